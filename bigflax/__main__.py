@@ -1,0 +1,3 @@
+from bigflax.main import run
+
+run()

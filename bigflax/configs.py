@@ -1,0 +1,106 @@
+"""Config helpers: the defaults every experiment starts from, validation, saving.
+
+An experiment is a file `experiments/<name>.py` with `get_config(arg=None)` returning an
+`ml_collections.ConfigDict`; it starts from `base()` and changes what it needs.
+"""
+
+import json
+import os
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+# Logical axis -> mesh axis. Data-parallel, FSDP and tensor parallelism are all this table
+# plus `mesh.shape`: batch over data x fsdp, weights' embed dim over fsdp, heads/mlp/vocab
+# over tensor. An axis already used in an array falls back to replication.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+    ("layers", None),
+)
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()  # fields of the model class `name`
+
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="byte", vocab_size=0))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="stdlib_corpus",
+      data_dir=placeholder(str),  # TFDS data dir; None = TFDS's default
+      source_dir=placeholder(str),  # local files for builders that read them
+      seq_len=256,
+      global_batch_size=16,
+      seed=0,
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(
+      shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
+      rules=DEFAULT_RULES,
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, warmup_steps=100, decay="cosine", final_lr_fraction=0.1,
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
+      no_decay=r"(bias|scale|position_embed/embedding)$",  # regex on parameter paths
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=1000,
+      microbatches=1,  # gradient accumulation: the batch is split in this many
+      log_every=10,
+      eval_every=200,
+      eval_steps=20,  # validation batches per evaluation
+      checkpoint_every=200,
+      keep_checkpoints=3,
+      async_checkpoints=True,
+      peak_flops_per_device=0.0,  # for MFU; 0 = look up by device kind
+  ))
+
+  c.sample = ml_collections.ConfigDict(dict(
+      prompts=("",), max_new_tokens=200, temperature=0.8, top_k=0, top_p=0.95, seed=0,
+  ))
+  return c
+
+
+def validate(config: ml_collections.ConfigDict):
+  """Checks that catch a bad config before any compile, naming the field and the fix."""
+  positive = ["data.seq_len", "data.global_batch_size", "train.num_steps",
+              "train.microbatches", "train.log_every", "train.checkpoint_every",
+              "train.eval_steps"]
+  for field in positive:
+    section, key = field.split(".")
+    value = config[section][key]
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{field}={value!r} must be a positive integer.")
+  if config.data.global_batch_size % config.train.microbatches:
+    raise ValueError(f"data.global_batch_size={config.data.global_batch_size} must be "
+                     f"divisible by train.microbatches={config.train.microbatches}.")
+  if config.data.seq_len > config.model.get("max_len", config.data.seq_len):
+    raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.max_len="
+                     f"{config.model.max_len}; lower one or raise the other.")
+  if config.tokenizer.kind not in ("byte", "sentencepiece"):
+    raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}; choose 'byte' or "
+                     f"'sentencepiece'.")
+
+
+def save(config: ml_collections.ConfigDict, workdir: str):
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No config.json in --workdir={workdir}: is it a bigflax run "
+                            f"directory? (`bigflax train` writes one when it starts.)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

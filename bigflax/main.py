@@ -1,0 +1,220 @@
+"""bigflax command line: `python -m bigflax COMMAND --config experiments/X.py --workdir DIR`.
+
+Commands:
+  train   train (or resume) the experiment in --workdir
+  sample  decode from the latest checkpoint in --workdir with a KV cache
+
+This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
+know nothing of one another.
+"""
+
+import functools
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/gpt_tiny.py"
+                                " (or file.py:arg); override fields with --config.a.b=value.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
+flags.DEFINE_string("prompt", None, "sample: the prompt (default: config.sample.prompts).")
+flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to generate.")
+flags.DEFINE_float("temperature", None, "sample: 0 = greedy.")
+flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = all).")
+flags.DEFINE_float("top_p", None, "sample: nucleus sampling mass (1 = all).")
+flags.DEFINE_integer("num_samples", 1, "sample: continuations per prompt.")
+flags.DEFINE_integer("seed", None, "sample: rng seed.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                    "(jax.distributed). On Cloud TPU leave unset and pass --distributed.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with the "
+                  "platform's defaults (Cloud TPU pods, SLURM).")
+flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
+
+COMMANDS = ("train", "sample")
+
+
+class UsageError(Exception):
+  """A mistake in the command line, config or workdir: reported without a traceback."""
+
+
+def initialize_distributed():
+  import jax
+  if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
+
+
+def build_tokenizer(config, workdir):
+  from bigflax.data import pipeline, tokenizers
+  texts = lambda: pipeline.load_text_split(config.data.name, "train", config.data.data_dir,
+                                           config.data.source_dir)
+  return tokenizers.build(config.tokenizer, texts, os.path.join(workdir, "tokenizer"))
+
+
+def build_model(config, tokenizer, **overrides):
+  from bigflax import models
+  vocab_size = config.model.get("vocab_size") or tokenizer.vocab_size
+  if vocab_size < tokenizer.vocab_size:
+    raise UsageError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
+                     f"{tokenizer.vocab_size}; set it to 0 to use the tokenizer's size.")
+  return models.build(config.model, vocab_size=vocab_size, **overrides)
+
+
+def build_state(config, model, mesh):
+  """(state, shardings, lr schedule, optimizer): a fresh state, laid out on the mesh."""
+  import jax
+  import jax.numpy as jnp
+
+  from bigflax.train import optim, state as state_lib
+  optimizer, schedule = optim.make(config.optim, config.train.num_steps)
+  dummy = jnp.zeros((1, config.data.seq_len), jnp.int32)
+  with mesh:
+    state, shardings = state_lib.create(lambda rng: model.init(rng, dummy)["params"],
+                                        optimizer, jax.random.key(config.seed), mesh,
+                                        config.mesh.rules)
+  return state, shardings, schedule, optimizer
+
+
+def train(config, workdir):
+  import jax
+  import numpy as np
+
+  from bigflax import configs
+  from bigflax.data import pipeline
+  from bigflax.tasks import lm
+  from bigflax.train import checkpoint, loop, partitioning, step as step_lib
+  from bigflax.models import FLOPS_PER_TOKEN
+
+  configs.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = build_tokenizer(config, workdir)
+  if jax.process_index() == 0:
+    configs.save(config, workdir)
+  model = build_model(config, tokenizer)
+  mesh = partitioning.make_mesh(config.mesh.shape)
+  rules = partitioning.rules_tuple(config.mesh.rules)
+  data = lambda split: pipeline.make_lm_batches(
+      config.data, tokenizer, split, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  train_data, eval_data = data("train"), data("validation")
+
+  state, shardings, schedule, optimizer = build_state(config, model, mesh)
+  checkpoints = checkpoint.manager(os.path.join(workdir, "checkpoints"),
+                                   config.train.keep_checkpoints,
+                                   config.train.async_checkpoints)
+  restored = checkpoint.restore(checkpoints, state)
+  if restored is not None:
+    state, data_position = restored
+    logging.info("Resumed from step %d (data position %s).", int(state.step), data_position)
+
+  num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+  tokens_per_step = config.data.global_batch_size * config.data.seq_len
+  flops_per_token = FLOPS_PER_TOKEN[config.model.name](
+      config.model, num_params, config.data.seq_len)
+  baseline = pipeline.unigram_entropy(train_data.windows, tokenizer.vocab_size)
+  print(f"bigflax: {num_params:,} parameters on a {dict(mesh.shape)} mesh of "
+        f"{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} "
+        f"process(es); unigram baseline loss {baseline:.3f} nats/token", flush=True)
+
+  run = loop.Run(
+      config=config.train, workdir=workdir, mesh=mesh, state=state,
+      state_shardings=shardings,
+      batch_sharding=partitioning.batch_sharding(mesh, rules),
+      train_step=step_lib.make_train_step(functools.partial(lm.loss_fn, model), optimizer,
+                                          schedule, config.train.microbatches),
+      eval_step=functools.partial(lm.eval_fn, model), finalize_eval=lm.finalize,
+      train_batches=train_data.iterate,
+      eval_batches=lambda: (eval_data.batch(i) for i in range(config.train.eval_steps)),
+      tokens_per_step=tokens_per_step, flops_per_step=flops_per_token * tokens_per_step,
+      checkpoints=checkpoints)
+  with mesh, nn_rules(rules):
+    state = loop.train(run)
+
+  if jax.process_index() == 0 and int(state.step) == config.train.num_steps:
+    print_samples(config, model, tokenizer, state.params, config.sample.prompts,
+                  num_samples=1)
+
+
+def nn_rules(rules):
+  import flax.linen as nn
+  return nn.logical_axis_rules(rules)
+
+
+def print_samples(config, model, tokenizer, params, prompts, num_samples, **overrides):
+  import jax
+  import jax.numpy as jnp
+
+  s = dict(config.sample, **{k: v for k, v in overrides.items() if v is not None})
+  decode_model = model.clone(decode=True)
+  for i, prompt in enumerate(prompts):
+    ids = [tokenizer.eos_id] + tokenizer.encode(prompt)  # eos marks a document start
+    if len(ids) + s["max_new_tokens"] > model.max_len:
+      raise UsageError(
+          f"The prompt ({len(ids)} tokens) plus --max_new_tokens={s['max_new_tokens']} "
+          f"exceeds the model's context (model.max_len={model.max_len}); shorten one.")
+    tokens = decode.generate(
+        decode_model, params, jnp.asarray([ids] * num_samples),
+        jax.random.key(s["seed"] + i), max_new_tokens=s["max_new_tokens"],
+        temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"])
+    for row in jax.device_get(tokens):
+      print(f"--- sample ({prompt!r}) ---\n{prompt}{tokenizer.decode(row.tolist())}")
+
+
+def sample(workdir):
+  import jax
+
+  from bigflax import configs
+  from bigflax.data import tokenizers
+  from bigflax.train import checkpoint, partitioning
+
+  config = configs.load(workdir)
+  tokenizer = tokenizers.load(os.path.join(workdir, "tokenizer"))
+  model = build_model(config, tokenizer)
+  mesh = partitioning.make_mesh(config.mesh.shape)
+  state, _, _, _ = build_state(config, model, mesh)
+  checkpoints = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=1)
+  restored = checkpoint.restore(checkpoints, state)
+  if restored is None:
+    raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first "
+                     f"(`python -m bigflax train --config ... --workdir {workdir}`).")
+  params = restored[0].params
+  prompts = [FLAGS.prompt] if FLAGS.prompt is not None else list(config.sample.prompts)
+  with mesh, nn_rules(partitioning.rules_tuple(config.mesh.rules)):
+    print_samples(config, model, tokenizer, params, prompts, FLAGS.num_samples,
+                  max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+                  top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"Give one command, one of {COMMANDS}; got {argv[1:]}.")
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required.")
+  command = argv[1]
+  try:
+    initialize_distributed()
+    if command == "train":
+      if FLAGS.config is None:
+        raise UsageError("train needs --config experiments/<name>.py.")
+      train(FLAGS.config, FLAGS.workdir)
+    elif command == "sample":
+      if not os.path.isdir(FLAGS.workdir):
+        raise UsageError(f"--workdir={FLAGS.workdir} does not exist.")
+      sample(FLAGS.workdir)
+  except (UsageError, ValueError, FileNotFoundError) as e:
+    if FLAGS.traceback:
+      raise
+    print(f"bigflax {command}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  app.run(main)

@@ -1,0 +1,34 @@
+"""Models, registered by name: `config.model.name` picks one, the other fields are its
+constructor arguments."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+from bigflax.models import gpt
+
+MODELS = {"gpt": gpt.GPT}
+FLOPS_PER_TOKEN = {"gpt": gpt.flops_per_token}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def build(config: ml_collections.ConfigDict, **overrides):
+  """Builds the model `config.name` from the remaining fields (plus `overrides`)."""
+  if config.name not in MODELS:
+    raise ValueError(f"model.name={config.name!r} is not a model; choose one of "
+                     f"{sorted(MODELS)}.")
+  cls = MODELS[config.name]
+  kwargs = {k: v for k, v in config.items() if k != "name"}
+  kwargs.update(overrides)
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"model.{unknown[0]} is not a field of model '{config.name}'; valid "
+                     f"fields: {sorted(fields)}.")
+  for key in ("dtype", "param_dtype"):
+    if isinstance(kwargs.get(key), str):
+      if kwargs[key] not in DTYPES:
+        raise ValueError(f"model.{key}={kwargs[key]!r}; choose one of {sorted(DTYPES)}.")
+      kwargs[key] = DTYPES[kwargs[key]]
+  return cls(**kwargs)

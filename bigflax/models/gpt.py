@@ -1,0 +1,96 @@
+"""Decoder-only language model (GPT-2 layout by default), assembled from `layers`."""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigflax.models import layers
+
+
+class GPT(nn.Module):
+  """tokens (B, T) int -> logits (B, T, vocab) float32."""
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  embed_dim: int
+  mlp_dim: int
+  max_len: int
+  num_kv_heads: int | None = None
+  head_dim: int | None = None  # default embed_dim // num_heads
+  position: str = "learned"  # or "rope"
+  rope_max_wavelength: float = 10_000.0
+  activation: str = "gelu"
+  norm: str = "layernorm"
+  norm_eps: float = 1e-5
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  init_std: float = 0.02
+  scan_layers: bool = False
+  remat: str = "none"
+  decode: bool = False  # KV-cache mode for sampling
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+    if self.position not in ("learned", "rope"):
+      raise ValueError(f"model.position must be 'learned' or 'rope', got {self.position!r}.")
+    token_embed = layers.Embed(self.vocab_size, self.embed_dim, self.init_std,
+                               dtype=self.dtype, param_dtype=self.param_dtype,
+                               name="token_embed")
+    x = token_embed(tokens)
+    if positions is None and not self.decode:
+      positions = jnp.arange(tokens.shape[1])[None]
+    if self.position == "learned":
+      if positions is None:  # decoding: the position is the number of tokens cached so far
+        index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+        positions = (index.value + jnp.arange(tokens.shape[1]))[None]
+        if not self.is_initializing():
+          index.value += tokens.shape[1]
+      x = x + layers.Embed(self.max_len, self.embed_dim, self.init_std / 2,
+                           axes=(None, "embed"), dtype=self.dtype,
+                           param_dtype=self.param_dtype, name="position_embed")(positions)
+    x = layers.apply_dropout(x, self.dropout_rate, self)
+
+    block = functools.partial(
+        layers.Block, num_heads=self.num_heads,
+        head_dim=self.head_dim or self.embed_dim // self.num_heads,
+        mlp_dim=self.mlp_dim, num_kv_heads=self.num_kv_heads, activation=self.activation,
+        norm=self.norm, norm_eps=self.norm_eps, use_bias=self.use_bias,
+        use_rope=self.position == "rope", rope_max_wavelength=self.rope_max_wavelength,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        init_std=self.init_std, out_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
+        decode=self.decode, max_len=self.max_len, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    # Under decode the causal mask comes from the cache; RoPE positions likewise.
+    mask = None if self.decode else layers.causal_mask(tokens.shape[1])
+    rope_positions = None if self.decode or self.position != "rope" else positions
+    x = layers.stack(block, self.num_layers, x, mask, rope_positions,
+                     scan=self.scan_layers, remat=self.remat)
+    x = layers.Norm(self.norm, self.norm_eps, self.dtype, name="final_norm")(x)
+
+    if self.tie_embeddings:
+      logits = token_embed.attend(x)
+    else:
+      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype,
+                        kernel_init=layers.normal(self.init_std, ("embed", "vocab")),
+                        name="lm_head")(x)
+    return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def flops_per_token(config, num_params: int, seq_len: int) -> float:
+  """Training FLOPs per token: 6N for the weights plus attention (PaLM appendix B).
+
+  N excludes the position embedding (a lookup, not a matmul); the token embedding counts
+  because the tied head multiplies by it.
+  """
+  head_dim = config.get("head_dim") or config.embed_dim // config.num_heads
+  n = num_params - (config.max_len * config.embed_dim if config.position == "learned" else 0)
+  attention = 12 * config.num_layers * config.num_heads * head_dim * seq_len
+  return 6 * n + attention

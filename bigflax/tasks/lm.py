@@ -1,0 +1,27 @@
+"""Causal language modelling: predict token t+1 from tokens <= t."""
+
+import jax.numpy as jnp
+
+from bigflax import losses, metrics
+
+
+def loss_fn(model, params, batch, rng):
+  logits = model.apply({"params": params}, batch["inputs"], rngs={"dropout": rng})
+  nll = losses.cross_entropy(logits, batch["targets"])
+  loss = nll.mean()
+  accuracy = (logits.argmax(-1) == batch["targets"]).mean()
+  return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_fn(model, params, batch):
+  logits = model.apply({"params": params}, batch["inputs"])
+  nll = losses.cross_entropy(logits, batch["targets"])
+  return {"loss": nll.sum(),
+          "correct": (logits.argmax(-1) == batch["targets"]).sum(),
+          "tokens": jnp.asarray(nll.size, jnp.float32)}
+
+
+def finalize(totals: dict) -> dict:
+  loss = float(totals["loss"] / totals["tokens"])
+  return {"loss": loss, "perplexity": metrics.perplexity(loss),
+          "accuracy": float(totals["correct"] / totals["tokens"])}

@@ -1,0 +1,141 @@
+"""The training loop, top to bottom. It trains whatever `main.py` hands it: a state, a
+jittable train step, an eval step and data; it imports no model, task or dataset."""
+
+import dataclasses
+import signal
+import sys
+import time
+from typing import Callable, Iterator
+
+import jax
+import ml_collections
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from bigflax import metrics as metrics_lib
+from bigflax.train import checkpoint, partitioning
+from bigflax.train.writers import MetricWriter
+
+
+@dataclasses.dataclass
+class Run:
+  """What a training run needs; `main.py` builds it from the config."""
+  config: ml_collections.ConfigDict  # the `train` section
+  workdir: str
+  mesh: jax.sharding.Mesh
+  state: object
+  state_shardings: object
+  batch_sharding: jax.sharding.NamedSharding
+  train_step: Callable  # (state, batch) -> (state, metrics)
+  eval_step: Callable  # (params, batch) -> dict of sums
+  finalize_eval: Callable  # totals -> metrics
+  train_batches: Callable[[int], Iterator[dict]]  # start step -> this process's batches
+  eval_batches: Callable[[], Iterator[dict]]
+  tokens_per_step: int
+  flops_per_step: float
+  checkpoints: object  # orbax CheckpointManager
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into 'save and stop at the next step'. With several processes JAX's
+  preemption sync point makes all of them stop at the same step."""
+
+  def __init__(self):
+    self.raised = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.raised = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.raised
+
+
+def peak_flops_per_device(config) -> float:
+  if config.peak_flops_per_device:
+    return config.peak_flops_per_device
+  kind = jax.devices()[0].device_kind.lower()
+  table = {"v4": 275e12, "v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v6": 918e12,
+           "h100": 989e12, "a100": 312e12}
+  return next((v for k, v in table.items() if k in kind), 2.1e11)  # 2.1e11: a 2-core CPU
+
+
+def evaluate(run: Run, params, eval_step) -> dict:
+  totals = None
+  for batch in run.eval_batches():
+    batch = partitioning.global_batch(batch, run.batch_sharding)
+    totals = metrics_lib.accumulate(totals, eval_step(params, batch))
+  return run.finalize_eval(totals)
+
+
+def train(run: Run) -> object:
+  cfg = run.config
+  is_main = jax.process_index() == 0
+  train_step = jax.jit(run.train_step,
+                       in_shardings=(run.state_shardings, run.batch_sharding),
+                       out_shardings=(run.state_shardings, None), donate_argnums=0)
+  eval_step = jax.jit(run.eval_step,
+                      in_shardings=(run.state_shardings.params, run.batch_sharding))
+  writer = MetricWriter(run.workdir)
+  state = run.state
+  start = int(state.step)
+  writer.truncate(start)
+  peak = peak_flops_per_device(cfg) * jax.device_count()
+  sigterm = _SigtermFlag()
+  batches = run.train_batches(start)
+
+  bar = tqdm(total=cfg.num_steps, initial=start, disable=not is_main, desc="train",
+             dynamic_ncols=True, mininterval=1.0)
+  pending = []  # per-step metrics still on device: fetched every log_every steps
+  interval_start, interval_steps = time.perf_counter(), 0
+  step = start
+  while step < cfg.num_steps:
+    batch = partitioning.global_batch(next(batches), run.batch_sharding)
+    state, step_metrics = train_step(state, batch)
+    step += 1
+    pending.append((step, step_metrics))
+    interval_steps += 1
+    bar.update(1)
+    if step == start + 1:  # the first step includes compilation: keep it out of speeds
+      jax.block_until_ready(step_metrics)
+      interval_start, interval_steps = time.perf_counter(), 0
+
+    stop = sigterm.should_stop(step)
+    last = step == cfg.num_steps or stop
+    evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or last)
+    if step % cfg.log_every == 0 or last or evaluate_now:
+      fetched = jax.device_get(pending)
+      elapsed = time.perf_counter() - interval_start
+      steps_per_sec = interval_steps / elapsed if interval_steps else float("nan")
+      for s, m in fetched:
+        m = dict(m, perplexity=metrics_lib.perplexity(float(m["loss"])),
+                 steps_per_sec=steps_per_sec,
+                 tokens_per_sec=steps_per_sec * run.tokens_per_step,
+                 mfu=steps_per_sec * run.flops_per_step / peak)
+        writer.write(s, "train", m)
+      bar.set_postfix(loss=f"{float(fetched[-1][1]['loss']):.4f}",
+                      tok_s=f"{steps_per_sec * run.tokens_per_step:,.0f}")
+      pending = []
+      interval_start, interval_steps = time.perf_counter(), 0
+
+    if evaluate_now:
+      eval_metrics = evaluate(run, state.params, eval_step)
+      writer.write(step, "validation", eval_metrics)
+      bar.write(f"step {step}: validation " + " ".join(
+          f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+      interval_start, interval_steps = time.perf_counter(), 0
+
+    if step % cfg.checkpoint_every == 0 or last:
+      checkpoint.save(run.checkpoints, step, state, {"next_step": step}, force=stop)
+    if stop:
+      bar.write(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to "
+                f"resume.")
+      break
+  bar.close()
+  run.checkpoints.wait_until_finished()
+  writer.close()
+  sys.stdout.flush()
+  return state

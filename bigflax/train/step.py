@@ -1,0 +1,52 @@
+"""The jitted train and eval steps. They know nothing of the model or the task: a task
+supplies `loss_fn(params, batch, rng) -> (loss, metrics)` and
+`eval_fn(params, batch) -> dict of sums`."""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bigflax.train.state import TrainState
+
+
+def _microbatches(batch: dict, n: int) -> dict:
+  """(B, ...) -> (n, B/n, ...), taking every n-th row so each device keeps its rows."""
+  def split(x):
+    if x.shape[0] % n:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by "
+                       f"train.microbatches={n}.")
+    return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, microbatches: int = 1) -> Callable:
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if microbatches == 1:
+      (_, metrics), grads = grad_fn(state.params, batch, rng)
+    else:
+      # Accumulate in float32 over a scan: one optimizer update for the whole batch.
+      def accumulate(carry, inputs):
+        i, microbatch = inputs
+        (_, metrics), grads = grad_fn(state.params, microbatch, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+      micro = _microbatches(batch, microbatches)
+      (_, metric_shapes), grad_shapes = jax.eval_shape(
+          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
+                           (grad_shapes, metric_shapes))
+      (grads, metrics), _ = jax.lax.scan(
+          accumulate, zeros, (jnp.arange(microbatches), micro))
+      grads, metrics = jax.tree.map(lambda x: x / microbatches, (grads, metrics))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step

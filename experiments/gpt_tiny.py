@@ -1,0 +1,35 @@
+"""The default experiment: a small byte-level GPT on the CPython standard library's own
+source (a corpus every machine with Python has). About 4 minutes on a 2-core laptop CPU.
+
+  python -m bigflax train --config experiments/gpt_tiny.py --workdir runs/gpt_tiny
+
+Variants: `--config.tokenizer.kind=sentencepiece --config.tokenizer.vocab_size=4096` trains
+a sentencepiece BPE vocabulary on the training split first.
+"""
+
+from bigflax import configs
+
+
+def get_config(arg=None):
+  del arg
+  config = configs.base()
+  config.model = dict(
+      name="gpt", vocab_size=0,  # 0 = the tokenizer's vocabulary size
+      num_layers=4, num_heads=4, embed_dim=256, mlp_dim=1024, max_len=256,
+      position="learned", dropout_rate=0.0, scan_layers=False, remat="none",
+      dtype="float32",
+  )
+  config.data.name = "stdlib_corpus"
+  config.data.seq_len = 256
+  config.data.global_batch_size = 16
+
+  config.optim.lr = 2e-3
+  config.optim.warmup_steps = 30
+  config.train.num_steps = 300
+  config.train.log_every = 10
+  config.train.eval_every = 100
+  config.train.eval_steps = 10
+  config.train.checkpoint_every = 100
+  config.sample.prompts = ("def ", "import os\n\n\nclass ")
+  config.sample.max_new_tokens = 120
+  return config
