@@ -1,0 +1,1 @@
+"""Data: tokenizers, TFDS text datasets and step-indexed LM batches."""
