@@ -8,6 +8,7 @@ Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode`,
 import io
 import json
 import os
+import uuid
 from typing import Callable, Iterable, Iterator, Sequence
 
 from etils import epath
@@ -71,8 +72,7 @@ class SentencePieceTokenizer:
 
   def save(self, directory) -> None:
     # Write the bytes we hold: `directory` may already contain our own model file.
-    epath.Path(directory).mkdir(parents=True, exist_ok=True)
-    (epath.Path(directory) / _SPM_FILE).write_bytes(self._model_proto)
+    _write_atomically(epath.Path(directory) / _SPM_FILE, self._model_proto)
     _write_config(directory, {"kind": self.kind, "model_file": _SPM_FILE})
 
 
@@ -125,18 +125,23 @@ def train_sentencepiece(
       num_threads=os.cpu_count(),
       minloglevel=2,
   )
-  directory = epath.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / _SPM_FILE).write_bytes(model.getvalue())
-  tokenizer = SentencePieceTokenizer(directory / _SPM_FILE)
-  tokenizer.save(directory)
-  return tokenizer
+  model_file = epath.Path(directory) / _SPM_FILE
+  _write_atomically(model_file, model.getvalue())
+  _write_config(directory, {"kind": SentencePieceTokenizer.kind, "model_file": _SPM_FILE})
+  return SentencePieceTokenizer(model_file)
+
+
+def _write_atomically(path: epath.Path, data: bytes) -> None:
+  # Every process of a run may build the same tokenizer into the same
+  # directory at once: a reader must see a whole file, never a half-written one.
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+  temporary.write_bytes(data)
+  temporary.replace(path)
 
 
 def _write_config(directory, config: dict) -> None:
-  directory = epath.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / _CONFIG_FILE).write_text(json.dumps(config))
+  _write_atomically(epath.Path(directory) / _CONFIG_FILE, json.dumps(config).encode())
 
 
 def load(directory) -> Tokenizer:
