@@ -83,15 +83,15 @@ def build_state(config, model, mesh):
   return state, shardings, schedule, optimizer
 
 
-def train(config, workdir):
+def build_run(config, workdir, mesh=None):
+  """Everything a training run needs, from the config: (loop.Run, model, tokenizer)."""
   import jax
-  import numpy as np
 
   from bigflax import configs
   from bigflax.data import pipeline
+  from bigflax.models import FLOPS_PER_TOKEN
   from bigflax.tasks import lm
   from bigflax.train import checkpoint, loop, partitioning, step as step_lib
-  from bigflax.models import FLOPS_PER_TOKEN
 
   configs.validate(config)
   os.makedirs(workdir, exist_ok=True)
@@ -99,7 +99,7 @@ def train(config, workdir):
   if jax.process_index() == 0:
     configs.save(config, workdir)
   model = build_model(config, tokenizer)
-  mesh = partitioning.make_mesh(config.mesh.shape)
+  mesh = mesh or partitioning.make_mesh(config.mesh.shape)
   rules = partitioning.rules_tuple(config.mesh.rules)
   data = lambda split: pipeline.make_lm_batches(
       config.data, tokenizer, split, process_index=jax.process_index(),
@@ -113,7 +113,7 @@ def train(config, workdir):
   restored = checkpoint.restore(checkpoints, state)
   if restored is not None:
     state, data_position = restored
-    logging.info("Resumed from step %d (data position %s).", int(state.step), data_position)
+    print(f"bigflax: resumed from step {int(state.step)} (data position {data_position}).")
 
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   tokens_per_step = config.data.global_batch_size * config.data.seq_len
@@ -121,11 +121,11 @@ def train(config, workdir):
       config.model, num_params, config.data.seq_len)
   baseline = pipeline.unigram_entropy(train_data.windows, tokenizer.vocab_size)
   print(f"bigflax: {num_params:,} parameters on a {dict(mesh.shape)} mesh of "
-        f"{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} "
+        f"{mesh.devices.size} {jax.devices()[0].platform} devices, {jax.process_count()} "
         f"process(es); unigram baseline loss {baseline:.3f} nats/token", flush=True)
 
   run = loop.Run(
-      config=config.train, workdir=workdir, mesh=mesh, state=state,
+      config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings,
       batch_sharding=partitioning.batch_sharding(mesh, rules),
       train_step=step_lib.make_train_step(functools.partial(lm.loss_fn, model), optimizer,
@@ -135,23 +135,26 @@ def train(config, workdir):
       eval_batches=lambda: (eval_data.batch(i) for i in range(config.train.eval_steps)),
       tokens_per_step=tokens_per_step, flops_per_step=flops_per_token * tokens_per_step,
       checkpoints=checkpoints)
-  with mesh, nn_rules(rules):
-    state = loop.train(run)
+  return run, model, tokenizer
 
+
+def train(config, workdir):
+  import jax
+
+  from bigflax.train import loop
+  run, model, tokenizer = build_run(config, workdir)
+  state = loop.train(run)
   if jax.process_index() == 0 and int(state.step) == config.train.num_steps:
-    print_samples(config, model, tokenizer, state.params, config.sample.prompts,
-                  num_samples=1)
-
-
-def nn_rules(rules):
-  import flax.linen as nn
-  return nn.logical_axis_rules(rules)
+    with run.mesh:
+      print_samples(config, model, tokenizer, state.params, config.sample.prompts,
+                    num_samples=1)
 
 
 def print_samples(config, model, tokenizer, params, prompts, num_samples, **overrides):
   import jax
   import jax.numpy as jnp
 
+  from bigflax.infer import decode
   s = dict(config.sample, **{k: v for k, v in overrides.items() if v is not None})
   decode_model = model.clone(decode=True)
   for i, prompt in enumerate(prompts):
@@ -169,7 +172,7 @@ def print_samples(config, model, tokenizer, params, prompts, num_samples, **over
 
 
 def sample(workdir):
-  import jax
+  import flax.linen as nn
 
   from bigflax import configs
   from bigflax.data import tokenizers
@@ -187,7 +190,7 @@ def sample(workdir):
                      f"(`python -m bigflax train --config ... --workdir {workdir}`).")
   params = restored[0].params
   prompts = [FLAGS.prompt] if FLAGS.prompt is not None else list(config.sample.prompts)
-  with mesh, nn_rules(partitioning.rules_tuple(config.mesh.rules)):
+  with mesh, nn.logical_axis_rules(partitioning.rules_tuple(config.mesh.rules)):
     print_samples(config, model, tokenizer, params, prompts, FLAGS.num_samples,
                   max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                   top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
@@ -199,6 +202,8 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   command = argv[1]
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax's INFO logs would drown the progress bar
   try:
     initialize_distributed()
     if command == "train":
@@ -209,12 +214,58 @@ def main(argv):
       if not os.path.isdir(FLAGS.workdir):
         raise UsageError(f"--workdir={FLAGS.workdir} does not exist.")
       sample(FLAGS.workdir)
-  except (UsageError, ValueError, FileNotFoundError) as e:
+  except (UsageError, ValueError, OSError) as e:
     if FLAGS.traceback:
       raise
     print(f"bigflax {command}: error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
+def unknown_override(argv) -> str | None:
+  """Names the first --config.a.b override that is not a field of the experiment's config."""
+  import difflib
+  import importlib.util
+
+  config_arg = None
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      config_arg = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      config_arg = argv[i + 1]
+  if config_arg is None:
+    return None
+  path, _, arg = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    node, name = config, "config"
+    for key in a[len("--config."):].split("=", 1)[0].split("."):
+      if not hasattr(node, "keys") or key not in node:
+        fields = sorted(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f" Did you mean '{name}.{close[0]}'?" if close else ""
+        return (f"{a.split('=')[0]}: '{key}' is not a field of {name}.{hint} "
+                f"Fields of {name}: {', '.join(fields)}.")
+      node, name = node[key], f"{name}.{key}"
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing, with config mistakes reported in one line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # absl/ml_collections raise several types for a bad override
+    try:
+      message = unknown_override(argv) or str(e)
+    except Exception:  # the experiment file itself is broken: show the original error
+      message = str(e)
+    print(f"bigflax: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Callable, Iterator
 
+import flax.linen as nn
 import jax
 import ml_collections
 from jax.experimental import multihost_utils
@@ -23,6 +24,7 @@ class Run:
   config: ml_collections.ConfigDict  # the `train` section
   workdir: str
   mesh: jax.sharding.Mesh
+  rules: tuple  # logical axis -> mesh axis
   state: object
   state_shardings: object
   batch_sharding: jax.sharding.NamedSharding
@@ -72,6 +74,11 @@ def evaluate(run: Run, params, eval_step) -> dict:
 
 
 def train(run: Run) -> object:
+  with run.mesh, nn.logical_axis_rules(run.rules):
+    return _train(run)
+
+
+def _train(run: Run) -> object:
   cfg = run.config
   is_main = jax.process_index() == 0
   train_step = jax.jit(run.train_step,
