@@ -61,7 +61,9 @@ def build_tokenizer(config, workdir):
 
 def build_model(config, tokenizer, **overrides):
   from bigflax import models
-  vocab_size = config.model.get("vocab_size") or tokenizer.vocab_size
+  # 0 = the tokenizer's size rounded up to a multiple of 128, so the vocab dimension
+  # shards evenly over a tensor axis (the extra rows are never targets).
+  vocab_size = config.model.get("vocab_size") or -(-tokenizer.vocab_size // 128) * 128
   if vocab_size < tokenizer.vocab_size:
     raise UsageError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}; set it to 0 to use the tokenizer's size.")

@@ -45,7 +45,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
       grads, metrics = jax.tree.map(lambda x: x / microbatches, (grads, metrics))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    learning_rate=schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
