@@ -147,9 +147,11 @@ def train(config, workdir):
   run, model, tokenizer = build_run(config, workdir)
   state = loop.train(run)
   if jax.process_index() == 0 and int(state.step) == config.train.num_steps:
-    with run.mesh:
+    longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1
+    with run.mesh:  # samples fit the context whatever config.sample asks
       print_samples(config, model, tokenizer, state.params, config.sample.prompts,
-                    num_samples=1)
+                    num_samples=1, max_new_tokens=min(config.sample.max_new_tokens,
+                                                      model.max_len - longest))
 
 
 def print_samples(config, model, tokenizer, params, prompts, num_samples, **overrides):
@@ -168,7 +170,8 @@ def print_samples(config, model, tokenizer, params, prompts, num_samples, **over
     tokens = decode.generate(
         decode_model, params, jnp.asarray([ids] * num_samples),
         jax.random.key(s["seed"] + i), max_new_tokens=s["max_new_tokens"],
-        temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"])
+        temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"],
+        vocab_size=tokenizer.vocab_size)
     for row in jax.device_get(tokens):
       print(f"--- sample ({prompt!r}) ---\n{prompt}{tokenizer.decode(row.tolist())}")
 
