@@ -146,7 +146,7 @@ def train(config, workdir):
   from bigflax.train import loop
   run, model, tokenizer = build_run(config, workdir)
   state = loop.train(run)
-  if jax.process_index() == 0 and int(state.step) == config.train.num_steps:
+  if int(state.step) == config.train.num_steps:  # every process decodes; process 0 prints
     longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1
     with run.mesh:  # samples fit the context whatever config.sample asks
       print_samples(config, model, tokenizer, state.params, config.sample.prompts,
@@ -157,6 +157,8 @@ def train(config, workdir):
 def print_samples(config, model, tokenizer, params, prompts, num_samples, **overrides):
   import jax
   import jax.numpy as jnp
+
+  from jax.experimental import multihost_utils
 
   from bigflax.infer import decode
   s = dict(config.sample, **{k: v for k, v in overrides.items() if v is not None})
@@ -172,7 +174,8 @@ def print_samples(config, model, tokenizer, params, prompts, num_samples, **over
         jax.random.key(s["seed"] + i), max_new_tokens=s["max_new_tokens"],
         temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"],
         vocab_size=tokenizer.vocab_size)
-    for row in jax.device_get(tokens):
+    tokens = multihost_utils.process_allgather(tokens, tiled=True)
+    for row in tokens if jax.process_index() == 0 else []:
       print(f"--- sample ({prompt!r}) ---\n{prompt}{tokenizer.decode(row.tolist())}")
 
 

@@ -11,7 +11,8 @@ TINY = ["--config", "experiments/gpt_tiny.py", "--config.model.num_layers=2",
         "--config.model.embed_dim=64", "--config.model.num_heads=4",
         "--config.model.mlp_dim=128", "--config.model.max_len=64", "--config.data.seq_len=64",
         "--config.data.global_batch_size=8", "--config.optim.warmup_steps=2",
-        "--config.train.log_every=1", "--config.train.eval_every=0"]
+        "--config.train.log_every=1", "--config.train.eval_every=0",
+        "--config.sample.max_new_tokens=8"]
 
 
 def env(devices: int) -> dict:

@@ -116,15 +116,17 @@ def _train(run: Run) -> object:
     if step % cfg.log_every == 0 or last or evaluate_now:
       fetched = jax.device_get(pending)
       elapsed = time.perf_counter() - interval_start
-      steps_per_sec = interval_steps / elapsed if interval_steps else float("nan")
+      speed = {}  # none for an interval holding only the compiling first step
+      if interval_steps:
+        steps_per_sec = interval_steps / elapsed
+        speed = dict(steps_per_sec=steps_per_sec,
+                     tokens_per_sec=steps_per_sec * run.tokens_per_step,
+                     mfu=steps_per_sec * run.flops_per_step / peak)
       for s, m in fetched:
-        m = dict(m, perplexity=metrics_lib.perplexity(float(m["loss"])),
-                 steps_per_sec=steps_per_sec,
-                 tokens_per_sec=steps_per_sec * run.tokens_per_step,
-                 mfu=steps_per_sec * run.flops_per_step / peak)
-        writer.write(s, "train", m)
+        writer.write(s, "train", dict(m, perplexity=metrics_lib.perplexity(float(m["loss"])),
+                                      **speed))
       bar.set_postfix(loss=f"{float(fetched[-1][1]['loss']):.4f}",
-                      tok_s=f"{steps_per_sec * run.tokens_per_step:,.0f}")
+                      tok_s=f"{speed.get('tokens_per_sec', 0):,.0f}")
       pending = []
       interval_start, interval_steps = time.perf_counter(), 0
 
