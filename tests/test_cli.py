@@ -1,0 +1,55 @@
+"""The command line as a user meets it: mistakes get one clear line naming the fix."""
+
+import pytest
+
+from cli_utils import TINY, run
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.train.bogus=1", "'bogus' is not a field of config.train"),
+    ("--config.trian.num_steps=1", "Did you mean 'config.train'?"),
+    ("--config.model.num_layer=1", "Did you mean 'config.model.num_layers'?"),
+    ("--config.train.num_steps=abc", "--config.train.num_steps=abc"),
+])
+def test_bad_overrides(tmp_path, override, expected):
+  result = run("train", tmp_path, "--config", "experiments/gpt_tiny.py", override)
+  assert result.returncode == 2
+  assert expected in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_inconsistent_config_is_named(tmp_path):
+  result = run("train", tmp_path, *TINY, "--config.data.seq_len=1000")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "data.seq_len=1000 exceeds model.max_len=64" in result.stderr
+
+
+def test_missing_config_file(tmp_path):
+  result = run("train", tmp_path, "--config", "experiments/nope.py")
+  assert result.returncode == 2 and "experiments/nope.py" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_sample_needs_a_run_directory(tmp_path):
+  result = run("sample", tmp_path / "missing")
+  assert result.returncode == 2 and "does not exist" in result.stderr
+  result = run("sample", tmp_path)
+  assert result.returncode == 2 and "No config.json" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_then_sample(tfds_dir, tmp_path):
+  trained = run("train", tmp_path, *TINY, f"--config.data.data_dir={tfds_dir}",
+                "--config.train.num_steps=3", "--config.train.checkpoint_every=3")
+  assert trained.returncode == 0, trained.stderr
+  assert (tmp_path / "config.json").exists() and (tmp_path / "checkpoints" / "3").is_dir()
+
+  sampled = run("sample", tmp_path, "--prompt", "def f(", "--max_new_tokens", "10",
+                "--num_samples", "2", "--temperature", "0")
+  assert sampled.returncode == 0, sampled.stderr
+  assert sampled.stdout.count("--- sample ('def f(') ---") == 2
+
+  too_long = run("sample", tmp_path, "--prompt", "x" * 60, "--max_new_tokens", "10")
+  assert too_long.returncode == 2 and "Traceback" not in too_long.stderr
+  assert "exceeds the model's context (model.max_len=64)" in too_long.stderr
