@@ -92,6 +92,30 @@ def validate(config: ml_collections.ConfigDict):
                      f"'sentencepiece'.")
 
 
+# Sections that fix the shapes in a checkpoint: a resume must not change them.
+STATE_DEFINING = ("model", "tokenizer", "optim")
+
+
+def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                    workdir: str):
+  """Refuses to resume a run whose checkpoints were written with another model."""
+  def flat(c, prefix=""):
+    for key, value in c.items():
+      if hasattr(value, "items"):
+        yield from flat(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", value
+  # Through JSON so that tuples in the config and lists in config.json compare equal.
+  old, new = (dict(flat(json.loads(c.to_json()))) for c in (saved, config))
+  changed = [k for k in sorted(set(old) | set(new))
+             if k.split(".")[0] in STATE_DEFINING and old.get(k) != new.get(k)]
+  if changed:
+    diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+    raise ValueError(f"--workdir={workdir} holds checkpoints of a different run ({diffs}). "
+                     f"Resume with the config in {workdir}/config.json, or use a new "
+                     f"--workdir.")
+
+
 def save(config: ml_collections.ConfigDict, workdir: str):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2, sort_keys=True))

@@ -7,8 +7,18 @@ import jax.numpy as jnp
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
   """Per-position softmax cross-entropy (nats) of integer labels, in float32."""
   logits = logits.astype(jnp.float32)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  # A one-hot product rather than a gather: the gather's gradient is a scatter into a
+  # (tokens, vocab) array, about 8% of a small GPT's step on CPU.
+  target_logit = jnp.sum(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+                         * logits, axis=-1)
+  nll = log_z - target_logit
   if label_smoothing:
-    nll = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(axis=-1)
+    nll = (1 - label_smoothing) * nll + label_smoothing * (log_z - logits.mean(axis=-1))
   return nll
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Whether the label has the highest logit (ties count as correct; cheaper than argmax)."""
+  target_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  return target_logit >= logits.max(axis=-1)

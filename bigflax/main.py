@@ -8,12 +8,25 @@ This file wires config -> tokenizer, data, model, task -> the trainer; the parts
 know nothing of one another.
 """
 
+import difflib
 import functools
+import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
+import flax.linen as nn
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 from ml_collections import config_flags
+
+from bigflax import configs, models
+from bigflax.data import pipeline, tokenizers
+from bigflax.infer import decode
+from bigflax.tasks import lm
+from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
+from bigflax.train import step as step_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/gpt_tiny.py"
@@ -43,7 +56,6 @@ class UsageError(Exception):
 
 
 def initialize_distributed():
-  import jax
   if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
@@ -53,14 +65,12 @@ def initialize_distributed():
 
 
 def build_tokenizer(config, workdir):
-  from bigflax.data import pipeline, tokenizers
   texts = lambda: pipeline.load_text_split(config.data.name, "train", config.data.data_dir,
                                            config.data.source_dir)
   return tokenizers.build(config.tokenizer, texts, os.path.join(workdir, "tokenizer"))
 
 
 def build_model(config, tokenizer, **overrides):
-  from bigflax import models
   # 0 = the tokenizer's size rounded up to a multiple of 128, so the vocab dimension
   # shards evenly over a tensor axis (the extra rows are never targets).
   vocab_size = config.model.get("vocab_size") or -(-tokenizer.vocab_size // 128) * 128
@@ -72,34 +82,23 @@ def build_model(config, tokenizer, **overrides):
 
 def build_state(config, model, mesh):
   """(state, shardings, lr schedule, optimizer): a fresh state, laid out on the mesh."""
-  import jax
-  import jax.numpy as jnp
-
-  from bigflax.train import optim, state as state_lib
   optimizer, schedule = optim.make(config.optim, config.train.num_steps)
   dummy = jnp.zeros((1, config.data.seq_len), jnp.int32)
-  with mesh:
-    state, shardings = state_lib.create(lambda rng: model.init(rng, dummy)["params"],
-                                        optimizer, jax.random.key(config.seed), mesh,
-                                        config.mesh.rules)
+  state, shardings = state_lib.create(lambda rng: model.init(rng, dummy)["params"],
+                                      optimizer, jax.random.key(config.seed), mesh,
+                                      config.mesh.rules)
   return state, shardings, schedule, optimizer
 
 
 def build_run(config, workdir, mesh=None):
   """Everything a training run needs, from the config: (loop.Run, model, tokenizer)."""
-  import jax
 
-  from bigflax import configs
-  from bigflax.data import pipeline
-  from bigflax.models import FLOPS_PER_TOKEN
-  from bigflax.tasks import lm
-  from bigflax.train import checkpoint, loop, partitioning, step as step_lib
 
   configs.validate(config)
+  if os.path.exists(os.path.join(workdir, "checkpoints")):
+    configs.check_resumable(configs.load(workdir), config, workdir)
   os.makedirs(workdir, exist_ok=True)
   tokenizer = build_tokenizer(config, workdir)
-  if jax.process_index() == 0:
-    configs.save(config, workdir)
   model = build_model(config, tokenizer)
   mesh = mesh or partitioning.make_mesh(config.mesh.shape)
   rules = partitioning.rules_tuple(config.mesh.rules)
@@ -116,10 +115,12 @@ def build_run(config, workdir, mesh=None):
   if restored is not None:
     state, data_position = restored
     print(f"bigflax: resumed from step {int(state.step)} (data position {data_position}).")
+  if jax.process_index() == 0:
+    configs.save(config, workdir)
 
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   tokens_per_step = config.data.global_batch_size * config.data.seq_len
-  flops_per_token = FLOPS_PER_TOKEN[config.model.name](
+  flops_per_token = models.FLOPS_PER_TOKEN[config.model.name](
       config.model, num_params, config.data.seq_len)
   baseline = pipeline.unigram_entropy(train_data.windows, tokenizer.vocab_size)
   print(f"bigflax: {num_params:,} parameters on a {dict(mesh.shape)} mesh of "
@@ -141,26 +142,20 @@ def build_run(config, workdir, mesh=None):
 
 
 def train(config, workdir):
-  import jax
 
-  from bigflax.train import loop
   run, model, tokenizer = build_run(config, workdir)
   state = loop.train(run)
   if int(state.step) == config.train.num_steps:  # every process decodes; process 0 prints
     longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1
-    with run.mesh:  # samples fit the context whatever config.sample asks
+    with jax.set_mesh(run.mesh):  # samples fit the context whatever config.sample asks
       print_samples(config, model, tokenizer, state.params, config.sample.prompts,
                     num_samples=1, max_new_tokens=min(config.sample.max_new_tokens,
                                                       model.max_len - longest))
 
 
 def print_samples(config, model, tokenizer, params, prompts, num_samples, **overrides):
-  import jax
-  import jax.numpy as jnp
 
-  from jax.experimental import multihost_utils
 
-  from bigflax.infer import decode
   s = dict(config.sample, **{k: v for k, v in overrides.items() if v is not None})
   decode_model = model.clone(decode=True)
   for i, prompt in enumerate(prompts):
@@ -180,11 +175,7 @@ def print_samples(config, model, tokenizer, params, prompts, num_samples, **over
 
 
 def sample(workdir):
-  import flax.linen as nn
 
-  from bigflax import configs
-  from bigflax.data import tokenizers
-  from bigflax.train import checkpoint, partitioning
 
   config = configs.load(workdir)
   tokenizer = tokenizers.load(os.path.join(workdir, "tokenizer"))
@@ -198,7 +189,8 @@ def sample(workdir):
                      f"(`python -m bigflax train --config ... --workdir {workdir}`).")
   params = restored[0].params
   prompts = [FLAGS.prompt] if FLAGS.prompt is not None else list(config.sample.prompts)
-  with mesh, nn.logical_axis_rules(partitioning.rules_tuple(config.mesh.rules)):
+  rules = partitioning.rules_tuple(config.mesh.rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     print_samples(config, model, tokenizer, params, prompts, FLAGS.num_samples,
                   max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                   top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
@@ -231,8 +223,6 @@ def main(argv):
 
 def unknown_override(argv) -> str | None:
   """Names the first --config.a.b override that is not a field of the experiment's config."""
-  import difflib
-  import importlib.util
 
   config_arg = None
   for i, a in enumerate(argv):

@@ -105,7 +105,7 @@ def bench_bigflax(args, tokens):
       step_lib.make_train_step(functools.partial(lm.loss_fn, model), optimizer, schedule),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
       donate_argnums=0)
-  with mesh, logical_axis_rules(rules):  # as loop.train
+  with jax.set_mesh(mesh), logical_axis_rules(rules):  # as loop.train
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start

@@ -53,3 +53,17 @@ def test_train_then_sample(tfds_dir, tmp_path):
   too_long = run("sample", tmp_path, "--prompt", "x" * 60, "--max_new_tokens", "10")
   assert too_long.returncode == 2 and "Traceback" not in too_long.stderr
   assert "exceeds the model's context (model.max_len=64)" in too_long.stderr
+
+
+@pytest.mark.slow
+def test_resume_with_another_model_is_refused(tfds_dir, tmp_path):
+  trained = run("train", tmp_path, *TINY, f"--config.data.data_dir={tfds_dir}",
+                "--config.train.num_steps=2")
+  assert trained.returncode == 0, trained.stderr
+  saved = (tmp_path / "config.json").read_text()
+  other = run("train", tmp_path, *TINY, f"--config.data.data_dir={tfds_dir}",
+              "--config.train.num_steps=4", "--config.model.num_layers=3")
+  assert other.returncode == 2 and "Traceback" not in other.stderr
+  assert "model.num_layers: 2 -> 3" in other.stderr
+  assert (tmp_path / "config.json").read_text() == saved  # the run directory is untouched
+  assert (tmp_path / "checkpoints" / "2").is_dir()

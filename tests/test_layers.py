@@ -33,6 +33,19 @@ def test_attention_matches_numpy(heads, kv_heads):
   np.testing.assert_allclose(got, numpy_attention(q, k, v, mask), atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [256, 12])
+def test_causal_attention_equals_masked_attention(length):
+  rng = np.random.default_rng(1)
+  q = rng.normal(size=(2, length, 4, 8)).astype(np.float32)
+  k = rng.normal(size=(2, length, 2, 8)).astype(np.float32)
+  v = rng.normal(size=(2, length, 2, 8)).astype(np.float32)
+  padding = rng.random((2, 1, 1, length)) > 0.2
+  padding[..., 0] = True
+  causal = np.tril(np.ones((length, length), bool))[None, None]
+  got = layers.causal_attention(*map(jnp.asarray, (q, k, v)), jnp.asarray(padding))
+  np.testing.assert_allclose(got, numpy_attention(q, k, v, causal & padding), atol=1e-5)
+
+
 def tiny_gpt(**kw):
   args = dict(vocab_size=64, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64, max_len=32)
   args.update(kw)

@@ -78,3 +78,13 @@ def test_loss_goes_down_on_tiny_shakespeare(tfds_dir, tmp_path):
   # Starts near uniform (ln 259 = 5.6 nats) and within 40 steps falls by over 2 nats.
   assert np.mean(losses[:3]) > 5.0
   assert np.mean(losses[-5:]) < 3.5 and validation < 3.5
+
+
+def test_bfloat16_compute_keeps_float32_params(one_device_losses, tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir)
+  config.model.dtype = "bfloat16"
+  losses, state = train_losses(config, tmp_path, dict(data=1, fsdp=1, tensor=1), 1)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+  # Same model and data, lower-precision matmuls: close to the float32 run, not equal.
+  np.testing.assert_allclose(losses, one_device_losses, atol=0.05)
+  assert losses != one_device_losses

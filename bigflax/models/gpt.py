@@ -60,17 +60,17 @@ class GPT(nn.Module):
     block = functools.partial(
         layers.Block, num_heads=self.num_heads,
         head_dim=self.head_dim or self.embed_dim // self.num_heads,
-        mlp_dim=self.mlp_dim, num_kv_heads=self.num_kv_heads, activation=self.activation,
+        mlp_dim=self.mlp_dim, num_kv_heads=self.num_kv_heads, causal=True,
+        activation=self.activation,
         norm=self.norm, norm_eps=self.norm_eps, use_bias=self.use_bias,
         use_rope=self.position == "rope", rope_max_wavelength=self.rope_max_wavelength,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         init_std=self.init_std, out_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
         decode=self.decode, max_len=self.max_len, dtype=self.dtype,
         param_dtype=self.param_dtype)
-    # Under decode the causal mask comes from the cache; RoPE positions likewise.
-    mask = None if self.decode else layers.causal_mask(tokens.shape[1])
+    # Under decode the RoPE positions come from the cache index.
     rope_positions = None if self.decode or self.position != "rope" else positions
-    x = layers.stack(block, self.num_layers, x, mask, rope_positions,
+    x = layers.stack(block, self.num_layers, x, None, rope_positions,
                      scan=self.scan_layers, remat=self.remat)
     x = layers.Norm(self.norm, self.norm_eps, self.dtype, name="final_norm")(x)
 

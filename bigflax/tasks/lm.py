@@ -1,5 +1,6 @@
 """Causal language modelling: predict token t+1 from tokens <= t."""
 
+import jax
 import jax.numpy as jnp
 
 from bigflax import losses, metrics
@@ -9,7 +10,7 @@ def loss_fn(model, params, batch, rng):
   logits = model.apply({"params": params}, batch["inputs"], rngs={"dropout": rng})
   nll = losses.cross_entropy(logits, batch["targets"])
   loss = nll.mean()
-  accuracy = (logits.argmax(-1) == batch["targets"]).mean()
+  accuracy = losses.correct(jax.lax.stop_gradient(logits), batch["targets"]).mean()
   return loss, {"loss": loss, "accuracy": accuracy}
 
 
@@ -17,7 +18,7 @@ def eval_fn(model, params, batch):
   logits = model.apply({"params": params}, batch["inputs"])
   nll = losses.cross_entropy(logits, batch["targets"])
   return {"loss": nll.sum(),
-          "correct": (logits.argmax(-1) == batch["targets"]).sum(),
+          "correct": losses.correct(logits, batch["targets"]).sum(),
           "tokens": jnp.asarray(nll.size, jnp.float32)}
 
 

@@ -27,7 +27,7 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
     restored = mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
   except (ValueError, KeyError, FileNotFoundError) as e:
-    raise RuntimeError(
+    raise ValueError(
         f"Checkpoint {mgr.directory}/{step} does not match this run's state (different "
         f"model or optimizer config?) or is damaged: {str(e)[:500]}\nUse a new --workdir, "
         f"or restore the config the checkpoint was written with (config.json).") from e

@@ -74,7 +74,7 @@ def evaluate(run: Run, params, eval_step) -> dict:
 
 
 def train(run: Run) -> object:
-  with run.mesh, nn.logical_axis_rules(run.rules):
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     return _train(run)
 
 
