@@ -29,6 +29,7 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
+  c.task = ml_collections.ConfigDict(dict(name="lm"))
   c.model = ml_collections.ConfigDict()  # fields of the model class `name`
 
   c.tokenizer = ml_collections.ConfigDict(dict(kind="byte", vocab_size=0))

@@ -2,6 +2,7 @@
 
 Commands:
   train   train (or resume) the experiment in --workdir
+  eval    the task's metrics for the latest checkpoint in --workdir (--split)
   sample  decode from the latest checkpoint in --workdir with a KV cache
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
@@ -11,6 +12,7 @@ know nothing of one another.
 import difflib
 import functools
 import importlib.util
+import json
 import os
 import sys
 
@@ -21,10 +23,9 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from bigflax import configs, models
+from bigflax import configs, models, tasks
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
-from bigflax.tasks import lm
 from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
 
@@ -33,6 +34,7 @@ config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experimen
                                 " (or file.py:arg); override fields with --config.a.b=value.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
+flags.DEFINE_string("split", "validation", "eval: the split to evaluate.")
 flags.DEFINE_string("prompt", None, "sample: the prompt (default: config.sample.prompts).")
 flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to generate.")
 flags.DEFINE_float("temperature", None, "sample: 0 = greedy.")
@@ -48,7 +50,7 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with 
                   "platform's defaults (Cloud TPU pods, SLURM).")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
-COMMANDS = ("train", "sample")
+COMMANDS = ("train", "eval", "sample")
 
 
 class UsageError(Exception):
@@ -83,15 +85,18 @@ def build_model(config, tokenizer, **overrides):
 def build_state(config, model, mesh):
   """(state, shardings, lr schedule, optimizer): a fresh state, laid out on the mesh."""
   optimizer, schedule = optim.make(config.optim, config.train.num_steps)
-  dummy = jnp.zeros((1, config.data.seq_len), jnp.int32)
-  state, shardings = state_lib.create(lambda rng: model.init(rng, dummy)["params"],
+  inputs = tasks.get(config.task.name).init_inputs(config)
+  state, shardings = state_lib.create(lambda rng: model.init(rng, *inputs)["params"],
                                       optimizer, jax.random.key(config.seed), mesh,
                                       config.mesh.rules)
   return state, shardings, schedule, optimizer
 
 
-def build_run(config, workdir, mesh=None):
-  """Everything a training run needs, from the config: (loop.Run, model, tokenizer)."""
+def build_run(config, workdir, mesh=None, eval_split="validation"):
+  """Everything a training run needs, from the config: (loop.Run, model, tokenizer).
+
+  Restores the latest checkpoint in `workdir` if there is one.
+  """
 
 
   configs.validate(config)
@@ -102,10 +107,11 @@ def build_run(config, workdir, mesh=None):
   model = build_model(config, tokenizer)
   mesh = mesh or partitioning.make_mesh(config.mesh.shape)
   rules = partitioning.rules_tuple(config.mesh.rules)
-  data = lambda split: pipeline.make_lm_batches(
-      config.data, tokenizer, split, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  train_data, eval_data = data("train"), data("validation")
+  task = tasks.get(config.task.name)
+  data = lambda split: task.make_data(config, tokenizer, split,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+  train_data, eval_data = data("train"), data(eval_split)
 
   state, shardings, schedule, optimizer = build_state(config, model, mesh)
   checkpoints = checkpoint.manager(os.path.join(workdir, "checkpoints"),
@@ -122,18 +128,20 @@ def build_run(config, workdir, mesh=None):
   tokens_per_step = config.data.global_batch_size * config.data.seq_len
   flops_per_token = models.FLOPS_PER_TOKEN[config.model.name](
       config.model, num_params, config.data.seq_len)
-  baseline = pipeline.unigram_entropy(train_data.windows, tokenizer.vocab_size)
   print(f"bigflax: {num_params:,} parameters on a {dict(mesh.shape)} mesh of "
         f"{mesh.devices.size} {jax.devices()[0].platform} devices, {jax.process_count()} "
-        f"process(es); unigram baseline loss {baseline:.3f} nats/token", flush=True)
+        f"process(es)", flush=True)
+  if config.task.name == "lm":
+    baseline = pipeline.unigram_entropy(train_data.windows, tokenizer.vocab_size)
+    print(f"bigflax: unigram baseline loss {baseline:.3f} nats/token", flush=True)
 
   run = loop.Run(
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings,
       batch_sharding=partitioning.batch_sharding(mesh, rules),
-      train_step=step_lib.make_train_step(functools.partial(lm.loss_fn, model), optimizer,
+      train_step=step_lib.make_train_step(functools.partial(task.loss_fn, model), optimizer,
                                           schedule, config.train.microbatches),
-      eval_step=functools.partial(lm.eval_fn, model), finalize_eval=lm.finalize,
+      eval_step=functools.partial(task.eval_fn, model), finalize_eval=task.finalize,
       train_batches=train_data.iterate,
       eval_batches=lambda: (eval_data.batch(i) for i in range(config.train.eval_steps)),
       tokens_per_step=tokens_per_step, flops_per_step=flops_per_token * tokens_per_step,
@@ -174,6 +182,25 @@ def print_samples(config, model, tokenizer, params, prompts, num_samples, **over
       print(f"--- sample ({prompt!r}) ---\n{prompt}{tokenizer.decode(row.tolist())}")
 
 
+def evaluate(workdir, split):
+  """Metrics of the latest checkpoint on `split`, computed exactly as training does."""
+  config = configs.load(workdir)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise UsageError(f"No checkpoints in {workdir}: train first.")
+  run, _, _ = build_run(config, workdir, eval_split=split)
+  step = int(run.state.step)
+  if step == 0:
+    raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    results = loop.evaluate(run, run.state.params, loop.jit_eval_step(run))
+  report = {"step": step, "split": split, "metrics": results}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"eval_{split}_{step}.json"), "w") as f:
+      json.dump(report, f, indent=2)
+    print(f"step {step}, {split}: " + " ".join(f"{k}={v:.4f}" for k, v in results.items()))
+    print(json.dumps(report))
+
+
 def sample(workdir):
 
 
@@ -210,10 +237,13 @@ def main(argv):
       if FLAGS.config is None:
         raise UsageError("train needs --config experiments/<name>.py.")
       train(FLAGS.config, FLAGS.workdir)
-    elif command == "sample":
+    else:
       if not os.path.isdir(FLAGS.workdir):
         raise UsageError(f"--workdir={FLAGS.workdir} does not exist.")
-      sample(FLAGS.workdir)
+      if command == "eval":
+        evaluate(FLAGS.workdir, FLAGS.split)
+      else:
+        sample(FLAGS.workdir)
   except (UsageError, ValueError, OSError) as e:
     if FLAGS.traceback:
       raise

@@ -1,7 +1,10 @@
 """The command line as a user meets it: mistakes get one clear line naming the fix."""
 
+import json
+
 import pytest
 
+from bigflax.train import writers
 from cli_utils import TINY, run
 
 
@@ -39,11 +42,21 @@ def test_sample_needs_a_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_then_sample(tfds_dir, tmp_path):
+def test_train_then_eval_and_sample(tfds_dir, tmp_path):
   trained = run("train", tmp_path, *TINY, f"--config.data.data_dir={tfds_dir}",
-                "--config.train.num_steps=3", "--config.train.checkpoint_every=3")
+                "--config.train.num_steps=3", "--config.train.checkpoint_every=3",
+                "--config.train.eval_every=3", "--config.train.eval_steps=2")
   assert trained.returncode == 0, trained.stderr
   assert (tmp_path / "config.json").exists() and (tmp_path / "checkpoints" / "3").is_dir()
+
+  evaluated = run("eval", tmp_path)
+  assert evaluated.returncode == 0, evaluated.stderr
+  report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+  logged = writers.read(str(tmp_path), "validation")[3]
+  assert report["step"] == 3 and report["split"] == "validation"
+  for name, value in report["metrics"].items():  # the very numbers training logged
+    assert value == logged[name], name
+  assert (tmp_path / "eval_validation_3.json").exists()
 
   sampled = run("sample", tmp_path, "--prompt", "def f(", "--max_new_tokens", "10",
                 "--num_samples", "2", "--temperature", "0")

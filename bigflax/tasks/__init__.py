@@ -1,0 +1,20 @@
+"""Tasks, registered by name: `config.task.name` picks one.
+
+A task module provides the data it trains on and the functions the trainer calls:
+  make_data(config, tokenizer, split, *, process_index, process_count) -> batches with
+      `iterate(start_step)` and `batch(step)` (this process's rows of a global batch)
+  init_inputs(config) -> example model inputs for `model.init`
+  loss_fn(model, params, batch, rng) -> (loss, metrics)
+  eval_fn(model, params, batch) -> dict of sums over the batch
+  finalize(totals) -> metrics
+"""
+
+from bigflax.tasks import lm
+
+TASKS = {"lm": lm}
+
+
+def get(name: str):
+  if name not in TASKS:
+    raise ValueError(f"task.name={name!r} is not a task; choose one of {sorted(TASKS)}.")
+  return TASKS[name]

@@ -4,6 +4,17 @@ import jax
 import jax.numpy as jnp
 
 from bigflax import losses, metrics
+from bigflax.data import pipeline
+
+
+def make_data(config, tokenizer, split, *, process_index, process_count):
+  """Documents tokenized and packed into windows; the batch of step s is fixed by s."""
+  return pipeline.make_lm_batches(config.data, tokenizer, split,
+                                  process_index=process_index, process_count=process_count)
+
+
+def init_inputs(config):
+  return (jnp.zeros((1, config.data.seq_len), jnp.int32),)
 
 
 def loss_fn(model, params, batch, rng):

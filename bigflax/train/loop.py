@@ -65,7 +65,12 @@ def peak_flops_per_device(config) -> float:
   return next((v for k, v in table.items() if k in kind), 2.1e11)  # 2.1e11: a 2-core CPU
 
 
+def jit_eval_step(run: Run) -> Callable:
+  return jax.jit(run.eval_step, in_shardings=(run.state_shardings.params, run.batch_sharding))
+
+
 def evaluate(run: Run, params, eval_step) -> dict:
+  """The task's metrics over `run.eval_batches()`; training and `bigflax eval` share it."""
   totals = None
   for batch in run.eval_batches():
     batch = partitioning.global_batch(batch, run.batch_sharding)
@@ -84,8 +89,7 @@ def _train(run: Run) -> object:
   train_step = jax.jit(run.train_step,
                        in_shardings=(run.state_shardings, run.batch_sharding),
                        out_shardings=(run.state_shardings, None), donate_argnums=0)
-  eval_step = jax.jit(run.eval_step,
-                      in_shardings=(run.state_shardings.params, run.batch_sharding))
+  eval_step = jit_eval_step(run)
   writer = MetricWriter(run.workdir)
   state = run.state
   start = int(state.step)
