@@ -132,7 +132,7 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
         f"{mesh.devices.size} {jax.devices()[0].platform} devices, {jax.process_count()} "
         f"process(es)", flush=True)
   if config.task.name == "lm":
-    baseline = pipeline.unigram_entropy(train_data.windows, tokenizer.vocab_size)
+    baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
     print(f"bigflax: unigram baseline loss {baseline:.3f} nats/token", flush=True)
 
   run = loop.Run(

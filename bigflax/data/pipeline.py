@@ -70,17 +70,17 @@ def unigram_entropy(windows: np.ndarray, vocab_size: int) -> float:
   return float(-np.sum(p[p > 0] * np.log(p[p > 0])))
 
 
-class LMBatches:
-  """Batches of packed windows, indexed by training step.
+class Batches:
+  """Batches of a dict of equal-length arrays, indexed by training step.
 
-  Global batch s holds windows [s*B, (s+1)*B) of an endless stream that grain
+  Global batch s holds examples [s*B, (s+1)*B) of an endless stream that grain
   reshuffles each epoch (when `shuffle`). Process p gets rows
   [p*B/P, (p+1)*B/P) of it, so P processes together see the one-process batch.
   """
 
   def __init__(
       self,
-      windows: np.ndarray,
+      arrays: dict[str, np.ndarray],
       global_batch_size: int,
       *,
       seed: int,
@@ -88,26 +88,26 @@ class LMBatches:
       process_index: int = 0,
       process_count: int = 1,
   ):
+    num_examples = len(next(iter(arrays.values())))
     if global_batch_size % process_count:
       raise ValueError(
           f"data.global_batch_size={global_batch_size} is not divisible by the "
           f"process count {process_count}"
       )
-    if len(windows) < global_batch_size:
+    if num_examples < global_batch_size:
       raise ValueError(
-          f"The split has {len(windows)} windows, fewer than one batch "
+          f"The split has {num_examples} examples, fewer than one batch "
           f"(data.global_batch_size={global_batch_size}); lower it or data.seq_len."
       )
-    self.windows = windows
-    self.steps_per_epoch = len(windows) // global_batch_size
+    self.arrays = arrays
+    self.steps_per_epoch = num_examples // global_batch_size
     local_batch_size = global_batch_size // process_count
     start = process_index * local_batch_size
 
-    def local_inputs_and_targets(batch):
-      rows = batch[start : start + local_batch_size]
-      return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
+    def local_rows(batch):
+      return {k: v[start : start + local_batch_size] for k, v in batch.items()}
 
-    dataset = grain.MapDataset.source(windows)
+    dataset = grain.MapDataset.range(num_examples)
     if shuffle:
       dataset = dataset.shuffle(seed=seed)
     # Every process materialises the whole global batch and keeps its rows: a
@@ -116,11 +116,11 @@ class LMBatches:
     self._batches = (
         dataset.repeat()
         .batch(global_batch_size, drop_remainder=True)
-        .map(local_inputs_and_targets)
+        .map(lambda indices: local_rows({k: v[indices] for k, v in arrays.items()}))
     )
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """{'inputs', 'targets'}: int32[global_batch_size / process_count, seq_len]."""
+    """This process's rows of global batch `step`: arrays [B / process_count, ...]."""
     return self._batches[step]
 
   def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -136,7 +136,7 @@ def make_lm_batches(
     *,
     process_index: int,
     process_count: int,
-) -> LMBatches:
+) -> Batches:
   """LM batches of one split; 'train' is shuffled, other splits are not.
 
   `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed.
@@ -149,7 +149,7 @@ def make_lm_batches(
   windows = pack_documents(
       tokenizer.encode_batch(texts), tokenizer.eos_id, data_config.seq_len
   )
-  return LMBatches(
+  return lm_batches(
       windows,
       data_config.global_batch_size,
       seed=data_config.seed,
@@ -157,3 +157,9 @@ def make_lm_batches(
       process_index=process_index,
       process_count=process_count,
   )
+
+
+def lm_batches(windows: np.ndarray, global_batch_size: int, **kwargs) -> Batches:
+  """{'inputs': w[:-1], 'targets': w[1:]} batches of packed windows (views, no copy)."""
+  return Batches({"inputs": windows[:, :-1], "targets": windows[:, 1:]},
+                 global_batch_size, **kwargs)
