@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
@@ -22,3 +23,14 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Whether the label has the highest logit (ties count as correct; cheaper than argmax)."""
   target_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
   return target_logit >= logits.max(axis=-1)
+
+
+def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example squared error, summed over output dimensions."""
+  return jnp.sum(jnp.square(predictions.astype(jnp.float32) - targets), axis=-1)
+
+
+def sigmoid_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Binary cross-entropy of a sigmoid output (logits (...,), labels in {0, 1})."""
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
+                                            labels.astype(jnp.float32))

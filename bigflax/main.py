@@ -67,12 +67,17 @@ def initialize_distributed():
 
 
 def build_tokenizer(config, workdir):
+  """The run's tokenizer (None for tasks on numbers: `tokenizer.kind='none'`)."""
+  if config.tokenizer.kind == "none":
+    return None
   texts = lambda: pipeline.load_text_split(config.data.name, "train", config.data.data_dir,
                                            config.data.source_dir)
   return tokenizers.build(config.tokenizer, texts, os.path.join(workdir, "tokenizer"))
 
 
 def build_model(config, tokenizer, **overrides):
+  if tokenizer is None or "vocab_size" not in models.fields(config.model.name):
+    return models.build(config.model, **overrides)
   # 0 = the tokenizer's size rounded up to a multiple of 128, so the vocab dimension
   # shards evenly over a tensor axis (the extra rows are never targets).
   vocab_size = config.model.get("vocab_size") or -(-tokenizer.vocab_size // 128) * 128
@@ -125,7 +130,7 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
     configs.save(config, workdir)
 
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
-  tokens_per_step = config.data.global_batch_size * config.data.seq_len
+  tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
   flops_per_token = models.FLOPS_PER_TOKEN[config.model.name](
       config.model, num_params, config.data.seq_len)
   print(f"bigflax: {num_params:,} parameters on a {dict(mesh.shape)} mesh of "
@@ -153,7 +158,8 @@ def train(config, workdir):
 
   run, model, tokenizer = build_run(config, workdir)
   state = loop.train(run)
-  if int(state.step) == config.train.num_steps:  # every process decodes; process 0 prints
+  # Language models end with samples; every process decodes, process 0 prints.
+  if config.task.name == "lm" and int(state.step) == config.train.num_steps:
     longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1
     with jax.set_mesh(run.mesh):  # samples fit the context whatever config.sample asks
       print_samples(config, model, tokenizer, state.params, config.sample.prompts,

@@ -6,11 +6,16 @@ import dataclasses
 import jax.numpy as jnp
 import ml_collections
 
-from bigflax.models import gpt
+from bigflax.models import bert, gpt, mlp
 
-MODELS = {"gpt": gpt.GPT}
-FLOPS_PER_TOKEN = {"gpt": gpt.flops_per_token}
+MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel}
+FLOPS_PER_TOKEN = {"bert": bert.flops_per_token, "gpt": gpt.flops_per_token,
+                   "mlp": mlp.flops_per_token}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def fields(name: str) -> set:
+  return {f.name for f in dataclasses.fields(MODELS[name])} - {"parent", "name"}
 
 
 def build(config: ml_collections.ConfigDict, **overrides):
@@ -21,11 +26,11 @@ def build(config: ml_collections.ConfigDict, **overrides):
   cls = MODELS[config.name]
   kwargs = {k: v for k, v in config.items() if k != "name"}
   kwargs.update(overrides)
-  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
-  unknown = sorted(set(kwargs) - fields)
+  valid = fields(config.name)
+  unknown = sorted(set(kwargs) - valid)
   if unknown:
     raise ValueError(f"model.{unknown[0]} is not a field of model '{config.name}'; valid "
-                     f"fields: {sorted(fields)}.")
+                     f"fields: {sorted(valid)}.")
   for key in ("dtype", "param_dtype"):
     if isinstance(kwargs.get(key), str):
       if kwargs[key] not in DTYPES:

@@ -4,14 +4,15 @@ A task module provides the data it trains on and the functions the trainer calls
   make_data(config, tokenizer, split, *, process_index, process_count) -> batches with
       `iterate(start_step)` and `batch(step)` (this process's rows of a global batch)
   init_inputs(config) -> example model inputs for `model.init`
+  tokens_per_example(config) -> tokens in one example (for throughput and MFU)
   loss_fn(model, params, batch, rng) -> (loss, metrics)
   eval_fn(model, params, batch) -> dict of sums over the batch
   finalize(totals) -> metrics
 """
 
-from bigflax.tasks import lm
+from bigflax.tasks import classify, lm, regression
 
-TASKS = {"lm": lm}
+TASKS = {"lm": lm, "regression": regression, "classify": classify}
 
 
 def get(name: str):

@@ -17,6 +17,10 @@ def init_inputs(config):
   return (jnp.zeros((1, config.data.seq_len), jnp.int32),)
 
 
+def tokens_per_example(config):
+  return config.data.seq_len
+
+
 def loss_fn(model, params, batch, rng):
   logits = model.apply({"params": params}, batch["inputs"], rngs={"dropout": rng})
   nll = losses.cross_entropy(logits, batch["targets"])

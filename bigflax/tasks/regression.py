@@ -1,0 +1,39 @@
+"""Regression with mean squared error on in-memory features."""
+
+import jax.numpy as jnp
+
+from bigflax import losses
+from bigflax.data import pipeline, synthetic
+
+
+def make_data(config, tokenizer, split, *, process_index, process_count):
+  del tokenizer
+  arrays = synthetic.make(config.data.name, split, config.data.num_examples, config.data.seed)
+  return pipeline.Batches(arrays, config.data.global_batch_size, seed=config.data.seed,
+                          shuffle=split == "train", process_index=process_index,
+                          process_count=process_count)
+
+
+def init_inputs(config):
+  return (jnp.zeros((1, 2), jnp.float32),)
+
+
+def tokens_per_example(config):
+  return 1
+
+
+def loss_fn(model, params, batch, rng):
+  predictions = model.apply({"params": params}, batch["features"], rngs={"dropout": rng})
+  loss = losses.mean_squared_error(predictions, batch["targets"]).mean()
+  return loss, {"loss": loss}
+
+
+def eval_fn(model, params, batch):
+  predictions = model.apply({"params": params}, batch["features"])
+  errors = losses.mean_squared_error(predictions, batch["targets"])
+  return {"squared_error": errors.sum(), "count": jnp.asarray(errors.size, jnp.float32)}
+
+
+def finalize(totals):
+  mse = float(totals["squared_error"] / totals["count"])
+  return {"loss": mse, "mse": mse, "rmse": mse ** 0.5}
