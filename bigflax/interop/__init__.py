@@ -1,0 +1,1 @@
+"""Weights in and out of other frameworks' formats (`hf`: Hugging Face safetensors)."""

@@ -1,0 +1,235 @@
+"""Hugging Face checkpoints <-> bigflax parameters, through safetensors only (no pickle).
+
+BERT: a checkpoint directory holds `config.json` and `model.safetensors`.
+  import_bert(directory, scan_layers=False) -> (model config dict, params)
+  export_bert(directory, config, params)   writes both back, HF-named
+  bert_config(hf_config) / bert_params(tensors, config) are the pure halves of the import.
+"""
+
+import dataclasses
+import json
+import os
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
+
+from bigflax.models import bert
+
+# HF config.json field -> bigflax BERT field.
+BERT_FIELDS = {
+    "vocab_size": "vocab_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "hidden_size": "embed_dim",
+    "intermediate_size": "mlp_dim",
+    "max_position_embeddings": "max_len",
+    "type_vocab_size": "num_segments",
+    "layer_norm_eps": "norm_eps",
+    "hidden_dropout_prob": "dropout_rate",
+    "attention_probs_dropout_prob": "attention_dropout_rate",
+    "initializer_range": "init_std",
+}
+BERT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(bert.BERT)
+                 if f.default is not dataclasses.MISSING and f.name not in ("parent", "name")}
+# HF hidden_act -> layers.ACTIVATIONS, and back. HF's "gelu" is the exact (erf) one.
+FROM_HF_ACTIVATION = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu",
+                      "relu": "relu", "silu": "silu", "swish": "silu"}
+TO_HF_ACTIVATION = {"gelu_exact": "gelu", "gelu": "gelu_new", "relu": "relu", "silu": "silu"}
+
+# bigflax module path (a regex over the unstacked layout) -> HF module name.
+BERT_MODULES = (
+    (r"token_embed", r"embeddings.word_embeddings"),
+    (r"position_embed", r"embeddings.position_embeddings"),
+    (r"segment_embed", r"embeddings.token_type_embeddings"),
+    (r"embed_norm", r"embeddings.LayerNorm"),
+    (r"layer_(\d+)/attention/(query|key|value)", r"encoder.layer.\1.attention.self.\2"),
+    (r"layer_(\d+)/attention/out", r"encoder.layer.\1.attention.output.dense"),
+    (r"layer_(\d+)/attention_norm", r"encoder.layer.\1.attention.output.LayerNorm"),
+    (r"layer_(\d+)/mlp/up", r"encoder.layer.\1.intermediate.dense"),
+    (r"layer_(\d+)/mlp/down", r"encoder.layer.\1.output.dense"),
+    (r"layer_(\d+)/mlp_norm", r"encoder.layer.\1.output.LayerNorm"),
+    (r"pooler", r"pooler.dense"),
+    (r"mlm_dense", r"cls.predictions.transform.dense"),
+    (r"mlm_norm", r"cls.predictions.transform.LayerNorm"),
+)
+LEAF_NAMES = {"embedding": "weight", "kernel": "weight", "scale": "weight", "bias": "bias"}
+MLM_BIAS = "cls.predictions.bias"
+# Tensors HF checkpoints carry that are no bigflax parameter: a buffer of 0..max_len-1, and
+# the next-sentence head (bigflax has no NSP task). Dropped on import.
+IGNORED_PREFIXES = ("embeddings.position_ids", "cls.seq_relationship.")
+# The MLM decoder: HF ties it to the word embedding and to cls.predictions.bias.
+TIED = {"cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": MLM_BIAS}
+
+
+def bert_config(hf_config: dict) -> dict:
+  """HF BertConfig (the parsed config.json) -> bigflax model config fields."""
+  # Shapes must be stated; the rest falls back to BERT's defaults, which are HF's too.
+  missing = [k for k, ours in BERT_FIELDS.items() if k not in hf_config
+             and ours not in BERT_DEFAULTS]
+  if missing:
+    raise ValueError(f"config.json lacks {missing}; is this a BERT checkpoint?")
+  if hf_config.get("position_embedding_type", "absolute") != "absolute":
+    raise ValueError(f"position_embedding_type={hf_config['position_embedding_type']!r}: "
+                     f"bigflax's BERT has absolute (learned) positions only.")
+  act = hf_config.get("hidden_act", "gelu")
+  if act not in FROM_HF_ACTIVATION:
+    raise ValueError(f"hidden_act={act!r}; supported: {sorted(FROM_HF_ACTIVATION)}.")
+  config = {"name": "bert", **{ours: hf_config.get(theirs, BERT_DEFAULTS.get(ours))
+                               for theirs, ours in BERT_FIELDS.items()}}
+  config["activation"] = FROM_HF_ACTIVATION[act]
+  return config
+
+
+def import_bert(directory: str, scan_layers: bool = False) -> tuple[dict, dict]:
+  """Reads a HF BERT checkpoint directory -> (bigflax model config, params).
+
+  `config["pooler"]` says whether the checkpoint has a pooler; params hold the MLM head
+  (mlm_*) when it has `cls.predictions.*` (call the model with head="mlm").
+  """
+  weights = os.path.join(directory, "model.safetensors")
+  if not os.path.exists(weights):
+    raise FileNotFoundError(f"{weights} not found; bigflax reads safetensors only (never "
+                            f"pickled .bin files).")
+  with open(os.path.join(directory, "config.json")) as f:
+    config = bert_config(json.load(f))
+  config["scan_layers"] = scan_layers
+  params = bert_params(load_file(weights), config)
+  config["pooler"] = "pooler" in params
+  return config, params
+
+
+def bert_params(tensors: dict[str, np.ndarray], config: dict) -> dict:
+  """HF-named tensors -> bigflax BERT params (float32) for the model `config` describes.
+
+  Accepts the `bert.` prefix of the *For* checkpoints and old LayerNorm gamma/beta names.
+  Raises one ValueError naming every missing, unexpected and mis-shaped tensor.
+  """
+  tensors = {_canonical(name): w for name, w in tensors.items()}
+  tensors = {name: w for name, w in tensors.items() if not name.startswith(IGNORED_PREFIXES)}
+  for name, target in TIED.items():
+    if name in tensors:
+      w = tensors.pop(name)
+      if target not in tensors:
+        tensors[target] = w
+      elif not np.array_equal(w, tensors[target]):
+        raise ValueError(f"{name} differs from {target}: bigflax ties the MLM output to "
+                         f"the token embedding and has one output bias.")
+
+  config = dict(config, pooler=any(k.startswith("pooler.") for k in tensors))
+  head = "mlm" if any(k.startswith("cls.predictions.") for k in tensors) else None
+  expected = {_hf_name(path): (path, shape, _hf_shape(path, shape))
+              for path, shape in _bert_param_shapes(config, head).items()}
+  missing = sorted(set(expected) - set(tensors))
+  unexpected = sorted(set(tensors) - set(expected))
+  misshaped = [f"{name}: expected {expected[name][2]}, got {tuple(tensors[name].shape)}"
+               for name in sorted(set(expected) & set(tensors))
+               if tuple(tensors[name].shape) != expected[name][2]]
+  problems = [f"{label}: {', '.join(items)}" for label, items in
+              (("missing tensors", missing), ("unexpected tensors", unexpected),
+               ("mis-shaped tensors (HF shape)", misshaped)) if items]
+  if problems:
+    shape = ", ".join(f"{k}={config[k]}" for k in ("num_layers", "embed_dim", "vocab_size"))
+    raise ValueError(f"The checkpoint's tensors do not fit BERT({shape}, ...): "
+                     + "; ".join(problems) + ".")
+
+  flat = {}
+  for name, (path, shape, _) in expected.items():
+    w = np.asarray(tensors[name], np.float32)
+    flat[path] = (w.T if path.endswith("kernel") else w).reshape(shape)
+  params = traverse_util.unflatten_dict(flat, sep="/")
+  return _stack_layers(params, config["num_layers"]) if config.get("scan_layers") else params
+
+
+def export_bert(directory: str, config, params) -> None:
+  """Writes bigflax BERT params as HF `model.safetensors` (float32) + `config.json`.
+
+  With the MLM head the names are BertForMaskedLM's (`bert.` prefix, `cls.predictions.*`;
+  HF's BertForMaskedLM skips a pooler, BertModel reads it), else BertModel's.
+  `import_bert` of the result gives back exactly these params.
+  """
+  config = {**BERT_DEFAULTS, **dict(config.items())}
+  if config["pre_norm"]:
+    raise ValueError("HF BERT is post-LN; a pre_norm=True model has no HF equivalent.")
+  flat = traverse_util.flatten_dict(_unstack_layers(nn.unbox(params)), sep="/")
+  mlm = "mlm_bias" in flat
+  tensors = {}
+  for path, x in flat.items():
+    name = _hf_name(path)
+    if mlm and not name.startswith("cls."):
+      name = "bert." + name
+    tensors[name] = np.ascontiguousarray(_to_hf(path, np.asarray(x, np.float32)))
+
+  hf_config = {theirs: config[ours] for theirs, ours in BERT_FIELDS.items()}
+  hf_config.update(model_type="bert", hidden_act=TO_HF_ACTIVATION[config["activation"]],
+                   position_embedding_type="absolute",
+                   architectures=["BertForMaskedLM" if mlm else "BertModel"])
+  os.makedirs(directory, exist_ok=True)
+  save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(hf_config, f, indent=2, sort_keys=True)
+
+
+def _canonical(name: str) -> str:
+  name = name.removeprefix("bert.")
+  return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight",
+                re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+
+
+def _hf_name(path: str) -> str:
+  """'layer_0/attention/query/kernel' -> 'encoder.layer.0.attention.self.query.weight'."""
+  if path == "mlm_bias":
+    return MLM_BIAS
+  module, leaf = path.rsplit("/", 1)
+  for pattern, hf_module in BERT_MODULES:
+    match = re.fullmatch(pattern, module)
+    if match:
+      return f"{match.expand(hf_module)}.{LEAF_NAMES[leaf]}"
+  raise ValueError(f"Parameter {path} has no HF BERT name.")
+
+
+def _to_hf(path: str, x):
+  """bigflax layout -> HF's: Linear weights are (out, in), q/k/v heads flattened."""
+  if path.endswith("kernel"):
+    in_dims = 2 if path.endswith("attention/out/kernel") else 1  # (heads, kv, embed)
+    return x.reshape(int(np.prod(x.shape[:in_dims])), -1).T
+  return x.reshape(-1) if path.endswith("bias") else x
+
+
+def _hf_shape(path: str, shape: tuple) -> tuple:
+  abstract = jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.eval_shape(lambda x: _to_hf(path, x), abstract).shape
+
+
+def _bert_param_shapes(config: dict, head: str | None) -> dict:
+  """{path: shape} of the unstacked parameters of the BERT `config` (+ `head`)."""
+  fields = {k: v for k, v in config.items() if k not in ("name", "dtype", "param_dtype")}
+  model = bert.BERT(**dict(fields, scan_layers=False))  # float32: only shapes matter
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  shapes = jax.eval_shape(lambda rng: model.init(rng, tokens, head=head), jax.random.key(0))
+  flat = traverse_util.flatten_dict(nn.unbox(shapes["params"]), sep="/")
+  return {path: tuple(s.shape) for path, s in flat.items()}
+
+
+def _stack_layers(params: dict, num_layers: int) -> dict:
+  """layer_0..layer_{n-1} -> 'layers' stacked on a leading axis (scan_layers=True)."""
+  params = dict(params)
+  blocks = [params.pop(f"layer_{i}") for i in range(num_layers)]
+  params["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *blocks)
+  return params
+
+
+def _unstack_layers(params: dict) -> dict:
+  if "layers" not in params:
+    return params
+  params = dict(params)
+  stacked = params.pop("layers")
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  for i in range(num_layers):
+    params[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return params
