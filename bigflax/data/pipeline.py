@@ -1,21 +1,25 @@
-"""Step-indexed language-model batches.
+"""Step-indexed batches: language-model windows and labelled sentences.
 
 The batch for step s is a pure function of (seed, s): a killed run resumes
 bit for bit by asking for `iterate(start_step=restored_step)`, with no iterator
 state in the checkpoint.
 """
 
+import itertools
 from typing import Iterator, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
+from bigflax.data import sst2
 from bigflax.data import stdlib_corpus
 from bigflax.data import tiny_shakespeare
 from bigflax.data import tokenizers
 
-DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare")
+DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2")
+# Datasets of labelled sentences (sentence, label, index), not documents (path, text).
+_SENTENCE_CLASSIFICATION = frozenset({"sst2"})
 # Datasets whose examples are consecutive chunks of one text: an eos between
 # chunks would teach the model document ends that aren't there.
 _CHUNKED_SINGLE_TEXT = frozenset({"tiny_shakespeare"})
@@ -26,15 +30,13 @@ def _builder(name: str, data_dir, source_dir):
     return stdlib_corpus.StdlibCorpus(data_dir=data_dir)
   if name == "tiny_shakespeare":
     return tiny_shakespeare.TinyShakespeare(data_dir=data_dir, source_dir=source_dir)
+  if name == "sst2":
+    return sst2.Sst2(data_dir=data_dir, source_dir=source_dir)
   raise ValueError(f"data.name={name!r} is not one of {list(DATASET_NAMES)}")
 
 
-def load_text_split(name: str, split: str, data_dir=None, source_dir=None) -> list[str]:
-  """The texts of one split, sorted by path; prepares the dataset if needed.
-
-  `data_dir` None means TFDS's default. `source_dir` is where
-  tiny_shakespeare's input.txt lives (None: download it).
-  """
+def _load_examples(name: str, split: str, data_dir, source_dir, order_key: str) -> list[dict]:
+  """Every example of one split, sorted by `order_key`; prepares the dataset if needed."""
   builder = _builder(name, data_dir, source_dir)
   try:
     builder.download_and_prepare(file_format="array_record")
@@ -44,9 +46,36 @@ def load_text_split(name: str, split: str, data_dir=None, source_dir=None) -> li
     builder = _builder(name, data_dir, source_dir)
   source = builder.as_data_source(split=split)
   examples = source.__getitems__(range(len(source)))
-  # TFDS writes examples in key-hash order; sort to get the documents' order.
-  examples.sort(key=lambda example: example["path"])
+  # TFDS writes examples in key-hash order; sort to get the source's order.
+  examples.sort(key=lambda example: example[order_key])
+  return examples
+
+
+def load_text_split(name: str, split: str, data_dir=None, source_dir=None) -> list[str]:
+  """The texts of one split in source order: documents sorted by path, or sst2's sentences.
+
+  Prepares the dataset if needed. `data_dir` None means TFDS's default.
+  `source_dir` is where tiny_shakespeare's input.txt or sst2's TSVs live (None:
+  download them).
+  """
+  if name in _SENTENCE_CLASSIFICATION:
+    return load_labelled_sentences(name, split, data_dir, source_dir)[0]
+  examples = _load_examples(name, split, data_dir, source_dir, "path")
   return [example["text"].decode("utf-8") for example in examples]
+
+
+def load_labelled_sentences(
+    name: str, split: str, data_dir=None, source_dir=None
+) -> tuple[list[str], np.ndarray]:
+  """(sentences, int32 labels) of one split of a sentence-classification dataset, in file order."""
+  if name not in _SENTENCE_CLASSIFICATION:
+    raise ValueError(
+        f"data.name={name!r} is not a text-classification dataset "
+        f"({sorted(_SENTENCE_CLASSIFICATION)})"
+    )
+  examples = _load_examples(name, split, data_dir, source_dir, "index")
+  sentences = [example["sentence"].decode("utf-8") for example in examples]
+  return sentences, np.array([example["label"] for example in examples], np.int32)
 
 
 def pack_documents(
@@ -163,3 +192,65 @@ def lm_batches(windows: np.ndarray, global_batch_size: int, **kwargs) -> Batches
   """{'inputs': w[:-1], 'targets': w[1:]} batches of packed windows (views, no copy)."""
   return Batches({"inputs": windows[:, :-1], "targets": windows[:, 1:]},
                  global_batch_size, **kwargs)
+
+
+def frame_sentences(
+    token_lists: Sequence[Sequence[int]], seq_len: int, *, bos_id: int, eos_id: int,
+    pad_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Each sentence as [bos] ids [eos] + padding: int32 tokens and mask (1 = real), [N, seq_len].
+
+  A sentence longer than seq_len - 2 keeps its first seq_len - 2 ids.
+  """
+  body = seq_len - 2
+  lengths = np.array([min(len(ids), body) for ids in token_lists], np.int64)
+  tokens = np.full((len(token_lists), seq_len), pad_id, np.int32)
+  tokens[:, 0] = bos_id
+  # A boolean assignment fills row by row, so each row's first `length` slots get
+  # that sentence's ids, in order.
+  tokens[:, 1:-1][np.arange(body) < lengths[:, None]] = np.fromiter(
+      itertools.chain.from_iterable(ids[:body] for ids in token_lists),
+      np.int32, count=lengths.sum(),
+  )
+  tokens[np.arange(len(tokens)), lengths + 1] = eos_id
+  mask = (np.arange(seq_len) < lengths[:, None] + 2).astype(np.int32)
+  return tokens, mask
+
+
+def make_text_classification_batches(
+    data_config: ml_collections.ConfigDict,
+    tokenizer: tokenizers.Tokenizer,
+    split: str,
+    *,
+    process_index: int,
+    process_count: int,
+) -> Batches:
+  """Labelled-sentence batches of one split: tokens, mask, segments, label, weight.
+
+  tokens are [CLS] ids [SEP] + padding for BERT tokenizers ([bos] ids [eos] for
+  the others), mask is 1 at real tokens, segments are 0 (one sentence), weight
+  is 1 for a real example. 'train' is shuffled and endless. Other splits are in
+  file order, padded with weight-0 empty sentences to whole global batches: an
+  evaluation of `steps_per_epoch` (= ceil(N / global_batch_size)) steps sees
+  every example exactly once, and sums weighted by `weight` ignore the padding.
+
+  `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed.
+  """
+  sentences, labels = load_labelled_sentences(
+      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+  )
+  weights = np.ones(len(sentences), np.float32)
+  shuffle = split == "train"
+  if not shuffle:
+    num_padding = -len(sentences) % data_config.global_batch_size
+    sentences += [""] * num_padding
+    labels = np.pad(labels, (0, num_padding))
+    weights = np.pad(weights, (0, num_padding))
+  tokens, mask = frame_sentences(
+      tokenizer.encode_batch(sentences), data_config.seq_len,
+      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+  )
+  arrays = {"tokens": tokens, "mask": mask, "segments": np.zeros_like(tokens),
+            "label": labels, "weight": weights}
+  return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
+                 shuffle=shuffle, process_index=process_index, process_count=process_count)

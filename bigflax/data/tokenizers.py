@@ -1,4 +1,4 @@
-"""Tokenizers behind one small interface: bytes, or a SentencePiece model.
+"""Tokenizers behind one small interface: bytes, a SentencePiece model, or an HF tokenizer.json.
 
 Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode`,
 `encode_batch`, `decode` and `save(directory)`; `load(directory)` restores what
@@ -15,9 +15,12 @@ from etils import epath
 import ml_collections
 import numpy as np
 import sentencepiece as spm
+import tokenizers as hf_tokenizers
 
 _CONFIG_FILE = "tokenizer.json"
 _SPM_FILE = "spm.model"
+# Not HF's own name: that is our _CONFIG_FILE's.
+_HF_FILE = "hf_tokenizer.json"
 
 
 class ByteTokenizer:
@@ -76,7 +79,56 @@ class SentencePieceTokenizer:
     _write_config(directory, {"kind": self.kind, "model_file": _SPM_FILE})
 
 
-Tokenizer = ByteTokenizer | SentencePieceTokenizer
+class HFTokenizer:
+  """A Hugging Face `tokenizers` file, e.g. the WordPiece tokenizer.json of a BERT.
+
+  BERT's [CLS] and [SEP] play bos and eos: a sentence is framed as [CLS] ids [SEP].
+  """
+
+  kind = "hf"
+
+  def __init__(self, tokenizer_file):
+    self._json = epath.Path(tokenizer_file).read_text()
+    self._tokenizer = hf_tokenizers.Tokenizer.from_str(self._json)
+    # Exported BERT tokenizers pad and truncate to a fixed length (MiniLM: 128);
+    # `encode` returns the whole sentence, and batching frames and cuts it.
+    self._tokenizer.no_padding()
+    self._tokenizer.no_truncation()
+    self.vocab_size = self._tokenizer.get_vocab_size()
+    self.pad_id, self.cls_id, self.sep_id = (
+        self._required_id(token, tokenizer_file) for token in ("[PAD]", "[CLS]", "[SEP]")
+    )
+    self.bos_id, self.eos_id = self.cls_id, self.sep_id
+    # The pretrained [MASK], which the mlm task uses when a tokenizer has one.
+    self.mask_id = self._tokenizer.token_to_id("[MASK]")
+
+  def _required_id(self, token: str, tokenizer_file) -> int:
+    token_id = self._tokenizer.token_to_id(token)
+    if token_id is None:
+      raise ValueError(f"{tokenizer_file} has no {token} token; is it a BERT tokenizer?")
+    return token_id
+
+  def encode(self, text: str) -> list[int]:
+    return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+    # Multithreaded in Rust; _fast skips the character offsets, which we never use.
+    encodings = self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+    return [encoding.ids for encoding in encodings]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    # Drop only the framing, as the other kinds do: an [UNK] or [MASK] stays visible.
+    special = {self.pad_id, self.bos_id, self.eos_id}
+    return self._tokenizer.decode([int(i) for i in ids if i not in special],
+                                  skip_special_tokens=False)
+
+  def save(self, directory) -> None:
+    _write_atomically(epath.Path(directory) / _HF_FILE, self._json.encode())
+    _write_config(directory, {"kind": self.kind, "tokenizer_file": _HF_FILE})
+
+
+Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer
+KINDS = (ByteTokenizer.kind, SentencePieceTokenizer.kind, HFTokenizer.kind)
 
 
 def _training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -152,6 +204,8 @@ def load(directory) -> Tokenizer:
     return ByteTokenizer()
   if config["kind"] == SentencePieceTokenizer.kind:
     return SentencePieceTokenizer(directory / config["model_file"])
+  if config["kind"] == HFTokenizer.kind:
+    return HFTokenizer(directory / config["tokenizer_file"])
   raise ValueError(f"{directory / _CONFIG_FILE}: unknown kind {config['kind']!r}")
 
 
@@ -163,17 +217,15 @@ def build(
   """Loads the tokenizer saved in `directory`, or builds, saves and returns one.
 
   Args:
-    tokenizer_config: `kind` ('byte' | 'sentencepiece') and, for sentencepiece,
-      `vocab_size`.
+    tokenizer_config: `kind` ('byte' | 'sentencepiece' | 'hf'); for sentencepiece,
+      `vocab_size`; for hf, `path`: a tokenizer.json or the directory holding it
+      (e.g. an HF checkpoint's), copied into `directory` on first use.
     texts_fn: returns the training texts; only called if a model must be trained.
     directory: where the tokenizer lives (e.g. inside the run's workdir).
   """
   kind = tokenizer_config.kind
-  if kind not in (ByteTokenizer.kind, SentencePieceTokenizer.kind):
-    raise ValueError(
-        f"tokenizer.kind={kind!r} is not one of "
-        f"{[ByteTokenizer.kind, SentencePieceTokenizer.kind]}"
-    )
+  if kind not in KINDS:
+    raise ValueError(f"tokenizer.kind={kind!r} is not one of {list(KINDS)}")
   if (epath.Path(directory) / _CONFIG_FILE).exists():
     tokenizer = load(directory)
     # A resumed run must not silently switch vocabularies under the model.
@@ -191,4 +243,19 @@ def build(
     tokenizer = ByteTokenizer()
     tokenizer.save(directory)
     return tokenizer
+  if kind == HFTokenizer.kind:
+    tokenizer = HFTokenizer(_hf_tokenizer_file(tokenizer_config))
+    tokenizer.save(directory)
+    return tokenizer
   return train_sentencepiece(texts_fn(), tokenizer_config.vocab_size, directory)
+
+
+def _hf_tokenizer_file(tokenizer_config: ml_collections.ConfigDict) -> epath.Path:
+  path = tokenizer_config.get("path")
+  if not path:
+    raise ValueError(
+        "tokenizer.kind='hf' needs tokenizer.path: a tokenizer.json or the directory "
+        "holding it (e.g. an HF checkpoint's)"
+    )
+  path = epath.Path(path)
+  return path / "tokenizer.json" if path.is_dir() else path
