@@ -88,9 +88,9 @@ def validate(config: ml_collections.ConfigDict):
   if config.data.seq_len > config.model.get("max_len", config.data.seq_len):
     raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.max_len="
                      f"{config.model.max_len}; lower one or raise the other.")
-  if config.tokenizer.kind not in ("byte", "sentencepiece", "none"):
+  if config.tokenizer.kind not in ("byte", "sentencepiece", "hf", "none"):
     raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}; choose 'byte', "
-                     f"'sentencepiece' or 'none'.")
+                     f"'sentencepiece', 'hf' or 'none'.")
 
 
 # Sections that fix the shapes in a checkpoint: a resume must not change them.

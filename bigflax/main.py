@@ -78,9 +78,9 @@ def build_tokenizer(config, workdir):
 def build_model(config, tokenizer, **overrides):
   if tokenizer is None or "vocab_size" not in models.fields(config.model.name):
     return models.build(config.model, **overrides)
-  # 0 = the tokenizer's size rounded up to a multiple of 128, so the vocab dimension
-  # shards evenly over a tensor axis (the extra rows are never targets).
-  vocab_size = config.model.get("vocab_size") or -(-tokenizer.vocab_size // 128) * 128
+  # 0 = the tokenizer's size plus one spare row (MLM's [MASK] where the tokenizer has
+  # none), rounded up to a multiple of 128 so the vocab dimension shards evenly.
+  vocab_size = config.model.get("vocab_size") or -(-(tokenizer.vocab_size + 1) // 128) * 128
   if vocab_size < tokenizer.vocab_size:
     raise UsageError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}; set it to 0 to use the tokenizer's size.")

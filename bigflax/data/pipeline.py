@@ -6,7 +6,7 @@ state in the checkpoint.
 """
 
 import itertools
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grain
 import ml_collections
@@ -116,7 +116,11 @@ class Batches:
       shuffle: bool,
       process_index: int = 0,
       process_count: int = 1,
+      transform: Callable[[int, dict], dict] | None = None,
   ):
+    """`transform(step, global_batch)`, if given, changes each global batch on the host
+    (e.g. MLM masking) before this process takes its rows; seed it from `step` to keep
+    the batch a pure function of the step."""
     num_examples = len(next(iter(arrays.values())))
     if global_batch_size % process_count:
       raise ValueError(
@@ -142,11 +146,14 @@ class Batches:
     # Every process materialises the whole global batch and keeps its rows: a
     # gather from memory, cheap next to a training step, and the simplest way
     # to make the processes' rows provably the one-process batch.
-    self._batches = (
+    batches = (
         dataset.repeat()
         .batch(global_batch_size, drop_remainder=True)
-        .map(lambda indices: local_rows({k: v[indices] for k, v in arrays.items()}))
+        .map(lambda indices: {k: v[indices] for k, v in arrays.items()})
     )
+    if transform is not None:
+      batches = batches.map_with_index(transform)
+    self._batches = batches.map(local_rows)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch `step`: arrays [B / process_count, ...]."""
@@ -170,14 +177,7 @@ def make_lm_batches(
 
   `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed.
   """
-  texts = load_text_split(
-      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
-  )
-  if data_config.name in _CHUNKED_SINGLE_TEXT:
-    texts = ["".join(texts)]
-  windows = pack_documents(
-      tokenizer.encode_batch(texts), tokenizer.eos_id, data_config.seq_len
-  )
+  windows = packed_windows(data_config, tokenizer, split, data_config.seq_len + 1)
   return lm_batches(
       windows,
       data_config.global_batch_size,
@@ -186,6 +186,16 @@ def make_lm_batches(
       process_index=process_index,
       process_count=process_count,
   )
+
+
+def packed_windows(data_config, tokenizer, split: str, length: int) -> np.ndarray:
+  """The split's documents tokenized, each followed by eos, cut into int32[n, length]."""
+  texts = load_text_split(
+      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+  )
+  if data_config.name in _CHUNKED_SINGLE_TEXT:
+    texts = ["".join(texts)]
+  return pack_documents(tokenizer.encode_batch(texts), tokenizer.eos_id, length - 1)
 
 
 def lm_batches(windows: np.ndarray, global_batch_size: int, **kwargs) -> Batches:

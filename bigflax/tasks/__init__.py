@@ -10,9 +10,9 @@ A task module provides the data it trains on and the functions the trainer calls
   finalize(totals) -> metrics
 """
 
-from bigflax.tasks import classify, lm, regression
+from bigflax.tasks import classify, lm, mlm, regression
 
-TASKS = {"lm": lm, "regression": regression, "classify": classify}
+TASKS = {"lm": lm, "mlm": mlm, "regression": regression, "classify": classify}
 
 
 def get(name: str):
