@@ -30,6 +30,12 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.task = ml_collections.ConfigDict(dict(name="lm"))
+  # Start a new run from another's parameters: a bigflax workdir (its latest checkpoint)
+  # or a Hugging Face checkpoint directory. Parameters matching the regex `init_new` keep
+  # their fresh initialisation (e.g. a new classifier head); any other the source lacks is
+  # an error.
+  c.init_from = ""
+  c.init_new = ""
   c.model = ml_collections.ConfigDict()  # fields of the model class `name`
 
   c.tokenizer = ml_collections.ConfigDict(dict(kind="byte", vocab_size=0))
@@ -52,6 +58,7 @@ def base() -> ml_collections.ConfigDict:
       lr=1e-3, warmup_steps=100, decay="cosine", final_lr_fraction=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
       no_decay=r"(bias|scale|position_embed/embedding)$",  # regex on parameter paths
+      freeze="",  # regex on parameter paths: these get no updates (e.g. "^layer_[0-3]/")
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -59,7 +66,7 @@ def base() -> ml_collections.ConfigDict:
       microbatches=1,  # gradient accumulation: the batch is split in this many
       log_every=10,
       eval_every=200,
-      eval_steps=20,  # validation batches per evaluation
+      eval_steps=20,  # validation batches per evaluation; 0 = the whole split
       checkpoint_every=200,
       keep_checkpoints=3,
       async_checkpoints=True,
@@ -75,8 +82,7 @@ def base() -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict):
   """Checks that catch a bad config before any compile, naming the field and the fix."""
   positive = ["data.seq_len", "data.global_batch_size", "train.num_steps",
-              "train.microbatches", "train.log_every", "train.checkpoint_every",
-              "train.eval_steps"]
+              "train.microbatches", "train.log_every", "train.checkpoint_every"]
   for field in positive:
     section, key = field.split(".")
     value = config[section][key]

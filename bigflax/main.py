@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from bigflax import configs, models, tasks
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
+from bigflax.interop import hf
 from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
 
@@ -97,6 +98,24 @@ def build_state(config, model, mesh):
   return state, shardings, schedule, optimizer
 
 
+def init_params(config, params):
+  """`params` with every parameter found in `config.init_from` (a bigflax workdir's latest
+  checkpoint or a Hugging Face checkpoint directory) taken from there; prints a report."""
+  source_dir = config.init_from
+  if os.path.exists(os.path.join(source_dir, "model.safetensors")):
+    _, source = hf.import_bert(source_dir, scan_layers=config.model.get("scan_layers", False))
+  elif os.path.isdir(os.path.join(source_dir, "checkpoints")):
+    source = checkpoint.restore_params(os.path.join(source_dir, "checkpoints"))
+  else:
+    raise UsageError(f"init_from={source_dir!r} is neither a bigflax workdir with "
+                     f"checkpoints nor a directory holding model.safetensors.")
+  params, report = state_lib.merge_params(params, source, config.init_new)
+  print(f"bigflax: init_from {source_dir}: restored {len(report['restored'])} parameters, "
+        f"{len(report['new'])} new {report['new']}, {len(report['unused'])} unused "
+        f"{report['unused']}", flush=True)
+  return params
+
+
 def build_run(config, workdir, mesh=None, eval_split="validation"):
   """Everything a training run needs, from the config: (loop.Run, model, tokenizer).
 
@@ -126,6 +145,8 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
   if restored is not None:
     state, data_position = restored
     print(f"bigflax: resumed from step {int(state.step)} (data position {data_position}).")
+  elif config.init_from:
+    state = state.replace(params=init_params(config, state.params))
   if jax.process_index() == 0:
     configs.save(config, workdir)
 
@@ -148,7 +169,8 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
                                           schedule, config.train.microbatches),
       eval_step=functools.partial(task.eval_fn, model), finalize_eval=task.finalize,
       train_batches=train_data.iterate,
-      eval_batches=lambda: (eval_data.batch(i) for i in range(config.train.eval_steps)),
+      eval_batches=lambda: (eval_data.batch(i) for i in range(
+          config.train.eval_steps or eval_data.steps_per_epoch)),
       tokens_per_step=tokens_per_step, flops_per_step=flops_per_token * tokens_per_step,
       checkpoints=checkpoints)
   return run, model, tokenizer

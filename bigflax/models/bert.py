@@ -6,6 +6,7 @@
   mask     (B, T) 1/True at real tokens, 0 at padding; default all real
   head     None   -> hidden states (B, T, embed_dim), the encoder's last layer
            "pool" -> pooled (B, embed_dim): tanh(dense(hidden[:, 0])), for classifiers
+           "classify" -> (B, num_classes) float32 logits of a linear head on the pooler
            "mlm"  -> masked-LM logits (B, T, vocab) float32; output tied to the token embedding
 
 Parameters exist for what a call uses: the pooler whenever `pooler=True` (as in HF's
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 
 from bigflax.models import layers
 
-HEADS = (None, "pool", "mlm")
+HEADS = (None, "pool", "classify", "mlm")
 
 
 class BERT(nn.Module):
@@ -39,6 +40,7 @@ class BERT(nn.Module):
   norm_eps: float = 1e-12
   pre_norm: bool = False  # BERT is post-LN; True gives the pre-LN (Megatron-BERT) layout
   pooler: bool = True
+  num_classes: int = 0  # > 0: head="classify" puts a fresh linear classifier on the pooler
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   init_std: float = 0.02
@@ -52,8 +54,10 @@ class BERT(nn.Module):
                mask: jax.Array | None = None, head: str | None = None) -> jax.Array:
     if head not in HEADS:
       raise ValueError(f"head={head!r}; choose one of {HEADS}.")
-    if head == "pool" and not self.pooler:
-      raise ValueError("head='pool' needs a model built with pooler=True.")
+    if head in ("pool", "classify") and not self.pooler:
+      raise ValueError(f"head={head!r} needs a model built with pooler=True.")
+    if head == "classify" and not self.num_classes:
+      raise ValueError("head='classify' needs model.num_classes > 0.")
     if tokens.shape[1] > self.max_len:  # a position lookup past the table would not fail
       raise ValueError(f"{tokens.shape[1]} tokens exceed max_len={self.max_len}.")
     embed = functools.partial(layers.Embed, features=self.embed_dim, init_std=self.init_std,
@@ -94,6 +98,11 @@ class BERT(nn.Module):
       pooled = jnp.tanh(dense(name="pooler")(x[:, 0]))
     if head == "pool":
       return pooled
+    if head == "classify":  # as HF's BertForSequenceClassification: dropout, then linear
+      pooled = layers.apply_dropout(pooled, self.dropout_rate, self)
+      return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      kernel_init=layers.normal(self.init_std, ("embed", None)),
+                      name="classifier")(pooled).astype(jnp.float32)
     if head == "mlm":
       h = layers.ACTIVATIONS[self.activation](dense(name="mlm_dense")(x))
       h = norm(name="mlm_norm")(h)

@@ -1,5 +1,7 @@
-"""Classification of in-memory feature vectors: softmax over classes, or a single sigmoid
-output for a binary problem (`model.num_outputs = 1`)."""
+"""Classification: of in-memory feature vectors (an `mlp`), or of sentences by an encoder
+(BERT's pooled output, `head="classify"`). Softmax over classes, or a single sigmoid output
+for a binary problem (`model.num_outputs = 1`). Metrics: loss, accuracy, P/R/F1 and the
+confusion matrix, from counts summed over every example of every host."""
 
 import jax.numpy as jnp
 
@@ -8,19 +10,30 @@ from bigflax.data import pipeline, synthetic
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
-  del tokenizer
+  kwargs = dict(process_index=process_index, process_count=process_count)
+  if config.data.name not in synthetic.NAMES:
+    return pipeline.make_text_classification_batches(config.data, tokenizer, split, **kwargs)
   arrays = synthetic.make(config.data.name, split, config.data.num_examples, config.data.seed)
   return pipeline.Batches(arrays, config.data.global_batch_size, seed=config.data.seed,
-                          shuffle=split == "train", process_index=process_index,
-                          process_count=process_count)
+                          shuffle=split == "train", **kwargs)
 
 
 def init_inputs(config):
-  return (jnp.zeros((1, 2), jnp.float32),)
+  if config.data.name in synthetic.NAMES:
+    return (jnp.zeros((1, 2), jnp.float32),)
+  tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
+  return (tokens, tokens, tokens + 1, "classify")
 
 
 def tokens_per_example(config):
-  return 1
+  return 1 if config.data.name in synthetic.NAMES else config.data.seq_len
+
+
+def _logits(model, params, batch, rngs):
+  if "features" in batch:
+    return model.apply({"params": params}, batch["features"], rngs=rngs)
+  return model.apply({"params": params}, batch["tokens"], batch["segments"], batch["mask"],
+                     "classify", rngs=rngs)
 
 
 def _loss_and_predictions(logits, labels):
@@ -30,19 +43,24 @@ def _loss_and_predictions(logits, labels):
   return losses.cross_entropy(logits, labels), logits.argmax(-1)
 
 
+def _sums(model, params, batch, rngs):
+  logits = _logits(model, params, batch, rngs)
+  nll, predictions = _loss_and_predictions(logits, batch["label"])
+  weights = batch.get("weight", jnp.ones_like(nll))  # 0 for rows padding a split
+  return {"loss": (nll * weights).sum(), "count": weights.sum(),
+          "confusion": metrics.confusion_matrix(batch["label"], predictions,
+                                                max(logits.shape[-1], 2), weights)}
+
+
 def loss_fn(model, params, batch, rng):
-  logits = model.apply({"params": params}, batch["features"], rngs={"dropout": rng})
-  nll, predictions = _loss_and_predictions(logits, batch["targets"])
-  return nll.mean(), {"loss": nll.mean(),
-                      "accuracy": (predictions == batch["targets"]).mean()}
+  sums = _sums(model, params, batch, {"dropout": rng})
+  count = jnp.maximum(sums["count"], 1.0)
+  return sums["loss"] / count, {"loss": sums["loss"] / count,
+                                "accuracy": jnp.trace(sums["confusion"]) / count}
 
 
 def eval_fn(model, params, batch):
-  logits = model.apply({"params": params}, batch["features"])
-  nll, predictions = _loss_and_predictions(logits, batch["targets"])
-  num_classes = max(logits.shape[-1], 2)
-  return {"loss": nll.sum(), "count": jnp.asarray(nll.size, jnp.float32),
-          "confusion": metrics.confusion_matrix(batch["targets"], predictions, num_classes)}
+  return _sums(model, params, batch, {})
 
 
 def finalize(totals):

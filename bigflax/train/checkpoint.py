@@ -32,3 +32,14 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
         f"model or optimizer config?) or is damaged: {str(e)[:500]}\nUse a new --workdir, "
         f"or restore the config the checkpoint was written with (config.json).") from e
   return restored.state, restored.data
+
+
+def restore_params(directory) -> dict:
+  """The parameters of the latest checkpoint under `directory`, as host arrays (for
+  initialising another run, which may be laid out differently)."""
+  mgr = ocp.CheckpointManager(epath.Path(directory).absolute(), item_names=("state", "data"))
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {directory}.")
+  state = ocp.StandardCheckpointer().restore(epath.Path(directory).absolute() / str(step) / "state")
+  return state["params"]

@@ -137,8 +137,8 @@ def _train(run: Run) -> object:
     if evaluate_now:
       eval_metrics = evaluate(run, state.params, eval_step)
       writer.write(step, "validation", eval_metrics)
-      bar.write(f"step {step}: validation " + " ".join(
-          f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+      bar.write(f"step {step}: validation " + " ".join(  # all of them go to the writers
+          f"{k}={v:.4f}" for k, v in eval_metrics.items() if "/" not in k or "macro" in k))
       interval_start, interval_steps = time.perf_counter(), 0
 
     if step % cfg.checkpoint_every == 0 or last:

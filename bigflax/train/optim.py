@@ -39,7 +39,11 @@ def path_mask(params, pattern: str, match: bool = True):
 
 
 def make(config: ml_collections.ConfigDict, num_steps: int):
-  """Returns (optax transformation, learning-rate schedule)."""
+  """Returns (optax transformation, learning-rate schedule).
+
+  Parameters whose path matches the regex `config.freeze` get no updates and no
+  optimizer state.
+  """
   lr = schedule(config, num_steps)
   tx = optax.chain(
       optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
@@ -47,4 +51,8 @@ def make(config: ml_collections.ConfigDict, num_steps: int):
                   weight_decay=config.weight_decay,
                   mask=lambda params: path_mask(params, config.no_decay, match=False)),
   )
+  if config.get("freeze"):
+    labels = lambda params: jax.tree.map(
+        lambda frozen: "frozen" if frozen else "trained", path_mask(params, config.freeze))
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, lr

@@ -1,13 +1,15 @@
 """Training state and its sharded creation."""
 
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
 import jax
+import numpy as np
 import optax
 
-from bigflax.train import partitioning
+from bigflax.train import optim, partitioning
 
 
 @flax.struct.dataclass
@@ -47,3 +49,38 @@ def abstract(state_shardings, shapes) -> Any:
 
 def num_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
+
+
+def merge_params(target, source: dict, new: str = "") -> tuple[object, dict]:
+  """Takes every parameter of `target` from `source` (same path and shape), except those
+  whose path matches the regex `new`, which keep their fresh initialisation.
+
+  Returns (params, report); report lists 'restored', 'new' and 'unused' (source
+  parameters the target has no place for, e.g. a pretraining head). A target parameter
+  neither in `source` nor matched by `new`, or one whose shape differs, is an error.
+  """
+  flat_source = {optim.param_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(source)}
+  report = {"restored": [], "new": [], "unused": []}
+  problems = []
+
+  def take(path, x):
+    name = optim.param_path(path)
+    if new and re.search(new, name):
+      report["new"].append(name)
+      return x
+    if name not in flat_source:
+      problems.append(f"{name}: not in the source and not matched by init.new={new!r}")
+      return x
+    value = flat_source[name]
+    if tuple(value.shape) != tuple(x.shape):
+      problems.append(f"{name}: source shape {tuple(value.shape)} != model {tuple(x.shape)}")
+      return x
+    report["restored"].append(name)
+    return jax.device_put(np.asarray(value, x.dtype), x.sharding)
+
+  params = jax.tree_util.tree_map_with_path(take, target)
+  if problems:
+    raise ValueError("Cannot initialise from the given parameters:\n  " + "\n  ".join(problems))
+  used = set(report["restored"])
+  report["unused"] = sorted(k for k in flat_source if k not in used)
+  return params, report
