@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from bigflax import configs, models, tasks
+from bigflax import configs, metrics, models, tasks
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
 from bigflax.interop import hf
@@ -144,7 +144,8 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
   restored = checkpoint.restore(checkpoints, state)
   if restored is not None:
     state, data_position = restored
-    print(f"bigflax: resumed from step {int(state.step)} (data position {data_position}).")
+    print(f"bigflax: restored the checkpoint of step {int(state.step)} (data position "
+          f"{data_position}).")
   elif config.init_from:
     state = state.replace(params=init_params(config, state.params))
   if jax.process_index() == 0:
@@ -220,12 +221,20 @@ def evaluate(workdir, split):
   if step == 0:
     raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-    results = loop.evaluate(run, run.state.params, loop.jit_eval_step(run))
+    totals = loop.evaluate_totals(run, run.state.params, loop.jit_eval_step(run))
+  results = run.finalize_eval(totals)
   report = {"step": step, "split": split, "metrics": results}
+  if "confusion" in totals:
+    report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"])
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"eval_{split}_{step}.json"), "w") as f:
+    name = os.path.join(workdir, f"eval_{split}_{step}")
+    with open(name + ".json", "w") as f:
       json.dump(report, f, indent=2)
     print(f"step {step}, {split}: " + " ".join(f"{k}={v:.4f}" for k, v in results.items()))
+    if "confusion" in totals:
+      metrics.save_confusion_matrix_png(totals["confusion"], name + "_confusion.png")
+      print(metrics.format_confusion_matrix(totals["confusion"]))
+      print(f"confusion matrix: {name}_confusion.png")
     print(json.dumps(report))
 
 

@@ -48,3 +48,37 @@ def test_frozen_parameters_get_no_updates():
   # Frozen parameters carry no Adam moments.
   moments = [x.size for x in jax.tree.leaves(opt_state)]
   assert sum(moments) < 2 * (6 + 6)
+
+
+def test_classifier_starts_from_a_bigflax_mlm_checkpoint(tfds_dir, tmp_path):
+  from bigflax import main
+  from bigflax.train import loop, partitioning, writers
+  from conftest import SHARED_DATA
+  from experiments import bert_mlm_tiny
+
+  mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  pretrain = bert_mlm_tiny.get_config()
+  pretrain.model.update(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64)
+  pretrain.data.update(seq_len=64, global_batch_size=8, data_dir=tfds_dir)
+  pretrain.train.update(num_steps=2, eval_every=0, checkpoint_every=2)
+  run, _, _ = main.build_run(pretrain, str(tmp_path / "mlm"), mesh=mesh)
+  pretrained = loop.train(run).params
+
+  finetune = bert_mlm_tiny.get_config()
+  finetune.model.update(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64,
+                        num_classes=2)
+  finetune.task.name = "classify"
+  finetune.data.update(name="sst2", source_dir=str(SHARED_DATA / "sst2"), seq_len=64,
+                       global_batch_size=8, data_dir=tfds_dir)
+  finetune.update(init_from=str(tmp_path / "mlm"), init_new=r"^classifier/")
+  finetune.optim.freeze = r"^layer_0/"
+  finetune.train.update(num_steps=3, eval_every=3, eval_steps=2, checkpoint_every=3)
+  run, _, _ = main.build_run(finetune, str(tmp_path / "cls"), mesh=mesh)
+  np.testing.assert_array_equal(run.state.params["token_embed"]["embedding"],
+                                pretrained["token_embed"]["embedding"])
+  state = loop.train(run)
+  np.testing.assert_array_equal(state.params["layer_0"]["mlp"]["up"]["kernel"],
+                                pretrained["layer_0"]["mlp"]["up"]["kernel"])  # frozen
+  assert not np.array_equal(state.params["layer_1"]["mlp"]["up"]["kernel"],
+                            pretrained["layer_1"]["mlp"]["up"]["kernel"])
+  assert "f1/macro" in writers.read(str(tmp_path / "cls"), "validation")[3]

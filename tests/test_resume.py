@@ -51,7 +51,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tfds_dir, tmp_path):
 
   resumed = run("train", workdir, *args(tfds_dir))
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-  assert "resumed from step" in resumed.stdout
+  assert "restored the checkpoint of step" in resumed.stdout
 
   assert losses(workdir) == losses(tmp_path / "reference")  # exact, every step
   want, got = final_params(tmp_path / "reference"), final_params(workdir)

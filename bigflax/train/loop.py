@@ -69,13 +69,18 @@ def jit_eval_step(run: Run) -> Callable:
   return jax.jit(run.eval_step, in_shardings=(run.state_shardings.params, run.batch_sharding))
 
 
-def evaluate(run: Run, params, eval_step) -> dict:
-  """The task's metrics over `run.eval_batches()`; training and `bigflax eval` share it."""
+def evaluate_totals(run: Run, params, eval_step) -> dict:
+  """The eval step's sums added up over `run.eval_batches()` (and so over all hosts)."""
   totals = None
   for batch in run.eval_batches():
     batch = partitioning.global_batch(batch, run.batch_sharding)
     totals = metrics_lib.accumulate(totals, eval_step(params, batch))
-  return run.finalize_eval(totals)
+  return totals
+
+
+def evaluate(run: Run, params, eval_step) -> dict:
+  """The task's metrics; training-time evaluation and `bigflax eval` share this code."""
+  return run.finalize_eval(evaluate_totals(run, params, eval_step))
 
 
 def train(run: Run) -> object:
