@@ -7,7 +7,10 @@ Paper-scale pretraining settings (batch 256 x 512, 1M steps, lr 1e-4, linear dec
 Pretrained weights: `bigflax.interop.hf.import_bert(<HF checkpoint dir>)`.
 """
 
+import os
+
 from bigflax import configs
+from experiments import sst2_minilm
 
 
 def get_config(arg=None):
@@ -20,8 +23,9 @@ def get_config(arg=None):
       pre_norm=False, pooler=True, dropout_rate=0.1, attention_dropout_rate=0.1,
       scan_layers=True, remat="dots_no_batch", dtype="bfloat16",
   )
-  config.tokenizer.kind = "sentencepiece"
-  config.tokenizer.vocab_size = 30522
+  # BERT's uncased WordPiece vocabulary; the offline MiniLM package ships the same one.
+  config.tokenizer = dict(kind="hf", path=os.path.join(sst2_minilm.minilm_dir(),
+                                                       "tokenizer.json"), vocab_size=0)
   config.data.seq_len = 512
   config.data.global_batch_size = 256
   config.mesh.shape = dict(data=1, fsdp=-1, tensor=1)

@@ -80,3 +80,18 @@ def test_resume_with_another_model_is_refused(tfds_dir, tmp_path):
   assert "model.num_layers: 2 -> 3" in other.stderr
   assert (tmp_path / "config.json").read_text() == saved  # the run directory is untouched
   assert (tmp_path / "checkpoints" / "2").is_dir()
+
+
+def test_eval_writes_classification_metrics_and_confusion_matrix(tmp_path):
+  trained = run("train", tmp_path, "--config", "experiments/seed_classifier.py",
+                "--config.train.num_steps=100", "--config.train.eval_every=0")
+  assert trained.returncode == 0, trained.stderr
+  evaluated = run("eval", tmp_path)
+  assert evaluated.returncode == 0, evaluated.stderr
+  report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+  matrix = report["confusion_matrix"]["matrix"]
+  assert sum(map(sum, matrix)) == 1000  # every validation example, once
+  assert report["metrics"]["accuracy"] == pytest.approx(
+      (matrix[0][0] + matrix[1][1]) / 1000)
+  png = (tmp_path / "eval_validation_100_confusion.png").read_bytes()
+  assert png.startswith(b"\x89PNG")
