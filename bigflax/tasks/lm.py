@@ -26,7 +26,7 @@ def loss_fn(model, params, batch, rng):
   nll = losses.cross_entropy(logits, batch["targets"])
   loss = nll.mean()
   accuracy = losses.correct(jax.lax.stop_gradient(logits), batch["targets"]).mean()
-  return loss, {"loss": loss, "accuracy": accuracy}
+  return loss, {"loss": loss, "perplexity": jnp.exp(loss), "accuracy": accuracy}
 
 
 def eval_fn(model, params, batch):

@@ -64,7 +64,8 @@ def loss_fn(model, params, batch, rng):
   sums = _masked_sums(model, params, batch, {"dropout": rng})
   count = jnp.maximum(sums["count"], 1.0)
   loss = sums["loss"] / count
-  return loss, {"loss": loss, "accuracy": sums["correct"] / count}
+  return loss, {"loss": loss, "perplexity": jnp.exp(loss),
+                "accuracy": sums["correct"] / count}
 
 
 def eval_fn(model, params, batch):

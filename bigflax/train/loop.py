@@ -132,8 +132,7 @@ def _train(run: Run) -> object:
                      tokens_per_sec=steps_per_sec * run.tokens_per_step,
                      mfu=steps_per_sec * run.flops_per_step / peak)
       for s, m in fetched:
-        writer.write(s, "train", dict(m, perplexity=metrics_lib.perplexity(float(m["loss"])),
-                                      **speed))
+        writer.write(s, "train", dict(m, **speed))
       bar.set_postfix(loss=f"{float(fetched[-1][1]['loss']):.4f}",
                       tok_s=f"{speed.get('tokens_per_sec', 0):,.0f}")
       pending = []
