@@ -9,6 +9,11 @@ classification head on the pooler, AdamW, and evaluation on the full dev set.
 
 `--config experiments/sst2_minilm.py:PATH` takes the checkpoint from another directory
 (config.json + model.safetensors + tokenizer.json), e.g. a bigflax `export`.
+
+Measured on a 2-core CPU (full 872-example dev set): these settings (1000 steps of 32,
+about half an epoch, lr 1e-4) reach 87.2 % accuracy / 0.872 macro F1 in 33 min wall with
+other jobs on the machine (~25 min idle); 600 steps at lr 5e-5 gave 86.0 % in 17 min.
+Published fine-tunes of MiniLM-L6 reach ~90-91 % after 2-3 full epochs.
 """
 
 import importlib.util
@@ -40,8 +45,8 @@ def get_config(arg=None):
                           vocab_size=0)
   config.data.update(name="sst2", source_dir="../shared/data/sst2", seq_len=64,
                      global_batch_size=32)
-  config.optim.update(lr=5e-5, warmup_steps=60, decay="linear", final_lr_fraction=0.0,
+  config.optim.update(lr=1e-4, warmup_steps=100, decay="linear", final_lr_fraction=0.0,
                       b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0)
-  config.train.update(num_steps=600, log_every=20, eval_every=200, eval_steps=0,
-                      checkpoint_every=200)
+  config.train.update(num_steps=1000, log_every=20, eval_every=250, eval_steps=0,
+                      checkpoint_every=250)
   return config
