@@ -5,8 +5,8 @@ An experiment is a file `experiments/<name>.py` with `get_config(arg=None)` retu
 """
 
 import json
-import os
 
+from etils import epath
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -123,15 +123,14 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
                      f"--workdir.")
 
 
+# Through etils.epath: a workdir may be a gs:// path.
 def save(config: ml_collections.ConfigDict, workdir: str):
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
+  (epath.Path(workdir) / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     raise FileNotFoundError(f"No config.json in --workdir={workdir}: is it a bigflax run "
                             f"directory? (`bigflax train` writes one when it starts.)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -4,6 +4,8 @@ Commands:
   train   train (or resume) the experiment in --workdir
   eval    the task's metrics for the latest checkpoint in --workdir (--split)
   sample  decode from the latest checkpoint in --workdir with a KV cache
+  launch  train on a Cloud TPU slice through gcloud (bigflax/launch.py; --help)
+  sweep   a hyperparameter sweep, one run directory per trial (bigflax/sweep.py; --help)
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
 know nothing of one another.
@@ -11,12 +13,14 @@ know nothing of one another.
 
 import difflib
 import functools
+import importlib
 import importlib.util
 import json
 import os
 import sys
 
 from absl import app, flags, logging
+from etils import epath
 import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
@@ -102,9 +106,9 @@ def init_params(config, params):
   """`params` with every parameter found in `config.init_from` (a bigflax workdir's latest
   checkpoint or a Hugging Face checkpoint directory) taken from there; prints a report."""
   source_dir = config.init_from
-  if os.path.exists(os.path.join(source_dir, "model.safetensors")):
+  if (epath.Path(source_dir) / "model.safetensors").exists():
     _, source = hf.import_bert(source_dir, scan_layers=config.model.get("scan_layers", False))
-  elif os.path.isdir(os.path.join(source_dir, "checkpoints")):
+  elif (epath.Path(source_dir) / "checkpoints").is_dir():
     source = checkpoint.restore_params(os.path.join(source_dir, "checkpoints"))
   else:
     raise UsageError(f"init_from={source_dir!r} is neither a bigflax workdir with "
@@ -124,9 +128,9 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
 
 
   configs.validate(config)
-  if os.path.exists(os.path.join(workdir, "checkpoints")):
+  if (epath.Path(workdir) / "checkpoints").exists():
     configs.check_resumable(configs.load(workdir), config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   tokenizer = build_tokenizer(config, workdir)
   model = build_model(config, tokenizer)
   mesh = mesh or partitioning.make_mesh(config.mesh.shape)
@@ -214,7 +218,7 @@ def print_samples(config, model, tokenizer, params, prompts, num_samples, **over
 def evaluate(workdir, split):
   """Metrics of the latest checkpoint on `split`, computed exactly as training does."""
   config = configs.load(workdir)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not (epath.Path(workdir) / "checkpoints").is_dir():
     raise UsageError(f"No checkpoints in {workdir}: train first.")
   run, _, _ = build_run(config, workdir, eval_split=split)
   step = int(run.state.step)
@@ -228,8 +232,7 @@ def evaluate(workdir, split):
     report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"])
   if jax.process_index() == 0:
     name = os.path.join(workdir, f"eval_{split}_{step}")
-    with open(name + ".json", "w") as f:
-      json.dump(report, f, indent=2)
+    epath.Path(name + ".json").write_text(json.dumps(report, indent=2))
     print(f"step {step}, {split}: " + " ".join(f"{k}={v:.4f}" for k, v in results.items()))
     if "confusion" in totals:
       metrics.save_confusion_matrix_png(totals["confusion"], name + "_confusion.png")
@@ -275,7 +278,7 @@ def main(argv):
         raise UsageError("train needs --config experiments/<name>.py.")
       train(FLAGS.config, FLAGS.workdir)
     else:
-      if not os.path.isdir(FLAGS.workdir):
+      if not epath.Path(FLAGS.workdir).is_dir():
         raise UsageError(f"--workdir={FLAGS.workdir} does not exist.")
       if command == "eval":
         evaluate(FLAGS.workdir, FLAGS.split)
@@ -333,4 +336,7 @@ def parse_flags(argv):
 
 
 def run():
+  if sys.argv[1:2] in (["launch"], ["sweep"]):  # their own flags; they start train processes
+    module = importlib.import_module(f"bigflax.{sys.argv[1]}")
+    sys.exit(module.main(sys.argv[2:]))
   app.run(main, flags_parser=parse_flags)

@@ -5,10 +5,16 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 
+def _absolute(directory) -> epath.Path:
+  # Not Path.absolute() alone: it turns gs://bucket/run into $PWD/gs:/bucket/run.
+  path = epath.Path(directory)
+  return path if path.is_absolute() else path.absolute()
+
+
 def manager(directory, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
+  return ocp.CheckpointManager(_absolute(directory), options=options,
                                item_names=("state", "data"))
 
 
@@ -37,9 +43,9 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
 def restore_params(directory) -> dict:
   """The parameters of the latest checkpoint under `directory`, as host arrays (for
   initialising another run, which may be laid out differently)."""
-  mgr = ocp.CheckpointManager(epath.Path(directory).absolute(), item_names=("state", "data"))
+  mgr = ocp.CheckpointManager(_absolute(directory), item_names=("state", "data"))
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {directory}.")
-  state = ocp.StandardCheckpointer().restore(epath.Path(directory).absolute() / str(step) / "state")
+  state = ocp.StandardCheckpointer().restore(_absolute(directory) / str(step) / "state")
   return state["params"]

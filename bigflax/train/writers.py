@@ -2,9 +2,15 @@
 
 import json
 import os
+import time
 
+from etils import epath
 import jax
 from tensorboardX import SummaryWriter
+
+# Object stores (gs://) cannot append to a file: there metrics.jsonl is rewritten whole,
+# at most this often (and at the end).
+REMOTE_FLUSH_SECONDS = 30.0
 
 
 class MetricWriter:
@@ -12,34 +18,47 @@ class MetricWriter:
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.remote = "://" in str(workdir)
+    self.lines, self.flushed = [], time.monotonic()  # remote: the file's whole contents
     self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.enabled else None
 
   def truncate(self, step: int):
     """Forgets records after `step` (from a run killed after its last checkpoint)."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not self.path.exists():
       return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.path, "w") as f:
-      f.writelines(kept)
+    lines = self.path.read_text().splitlines(keepends=True)
+    self.lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    self.path.write_text("".join(self.lines))
 
   def write(self, step: int, split: str, metrics: dict):
     if not self.enabled:
       return
     metrics = {k: float(v) for k, v in metrics.items()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+    line = json.dumps({"step": step, "split": split, **metrics}) + "\n"
+    if self.remote:
+      self.lines.append(line)
+      if time.monotonic() - self.flushed > REMOTE_FLUSH_SECONDS:
+        self._rewrite()
+    else:
+      with self.path.open("a") as f:
+        f.write(line)
     for name, value in metrics.items():
       self.tensorboard.add_scalar(f"{split}/{name}", value, step)
 
+  def _rewrite(self):
+    self.path.write_text("".join(self.lines))
+    self.flushed = time.monotonic()
+
   def close(self):
     if self.enabled:
+      if self.remote:
+        self._rewrite()
       self.tensorboard.close()
 
 
 def read(workdir: str, split: str = "train") -> dict:
   """{step: record} of a workdir's metrics.jsonl, for analysis and tests."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines if line.strip()]
   return {r["step"]: r for r in records if r["split"] == split}

@@ -1,0 +1,309 @@
+"""Train on a Cloud TPU slice with one command, through `gcloud`:
+
+  python -m bigflax launch --tpu NAME --zone ZONE --accelerator-type v5litepod-16 \\
+      --config experiments/X.py --workdir gs://BUCKET/run [--create] [--queued] [--spot] \\
+      [--delete] [--dry-run] [--project P] [--runtime-version V] [--config.a=b ...]
+
+Steps, one gcloud command each (--dry-run prints them; otherwise they run in order and the
+first failure stops the launch, naming the command and what is left running):
+  1. --create: create the TPU VM, or with --queued a queued resource and wait until it is
+     ACTIVE; --spot asks for Spot capacity.
+  2. pack this checkout (git ls-files: committed and uncommitted files), copy it to every
+     worker and install it there into a venv with this machine's Python version (uv).
+  3. start the same train command on every worker, in the background so that a dropped ssh
+     connection does not stop training; `--distributed` on multi-host slices, where
+     `jax.distributed.initialize()` reads the topology from the TPU metadata.
+  4. stream worker 0's log until training ends; exit with its status.
+  5. --delete: delete the VM (or the queued resource).
+"""
+
+import argparse
+import dataclasses
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from typing import Callable
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Default software image per TPU generation (Cloud TPU docs, "TPU software versions").
+RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
+                    "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
+# On the workers, relative to the home directory.
+REMOTE_TARBALL = "bigflax-src.tar.gz"
+REMOTE_SRC, REMOTE_VENV, REMOTE_LOGS = "bigflax", "bigflax-venv", "bigflax-logs"
+# pip extras installed on the workers: libtpu, and gs:// access for epath/tfds/tensorboard.
+EXTRAS = "tpu,gcs"
+
+
+def num_hosts(accelerator_type: str) -> int:
+  """Worker VMs of a slice. v4/v5p-N count TensorCores (2 per chip, 4 chips per VM);
+  v5litepod/v6e-N count chips (up to 8 on one VM, 4 per VM on multi-host slices)."""
+  match = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", accelerator_type)
+  generation, n = (match.group(1), int(match.group(2))) if match else (None, 0)
+  if generation in ("v2", "v3", "v4", "v5p") and n >= 8:
+    return n // 8
+  if generation in ("v5litepod", "v6e") and n >= 1:
+    return 1 if n <= 8 else n // 4
+  raise ValueError(f"--accelerator-type={accelerator_type!r}: expected e.g. v4-8, v4-32, "
+                   f"v5p-8, v5litepod-8, v5litepod-16 or v6e-16.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  name: str
+  zone: str
+  accelerator_type: str
+  project: str | None = None
+  runtime_version: str | None = None
+  spot: bool = False
+  queued: bool = False
+
+  @property
+  def hosts(self) -> int:
+    return num_hosts(self.accelerator_type)
+
+  def gcloud(self, *args) -> list[str]:
+    return ["gcloud", "compute", "tpus", *args, f"--zone={self.zone}",
+            *([f"--project={self.project}"] if self.project else [])]
+
+
+@dataclasses.dataclass
+class Step:
+  what: str
+  argv: list[str] | None = None  # a command; or `action`, done in this process
+  poll_until: str | None = None  # repeat argv until it prints this
+  action: Callable[[], None] | None = None
+
+
+class StepFailed(Exception):
+  pass
+
+
+def create_steps(s: Slice) -> list[Step]:
+  version = s.runtime_version or RUNTIME_VERSIONS.get(s.accelerator_type.split("-")[0])
+  if version is None:
+    raise ValueError(f"No default software version for {s.accelerator_type}: give "
+                     f"--runtime-version (see the Cloud TPU docs' 'TPU software versions').")
+  spot = ["--spot"] if s.spot else []
+  if not s.queued:
+    return [Step(f"create the TPU VM {s.name} ({s.accelerator_type}, {s.hosts} host(s))",
+                 s.gcloud("tpu-vm", "create", s.name, f"--accelerator-type={s.accelerator_type}",
+                          f"--version={version}", *spot))]
+  return [
+      Step(f"request the queued resource {s.name} ({s.accelerator_type}, {s.hosts} host(s))",
+           s.gcloud("queued-resources", "create", s.name, f"--node-id={s.name}",
+                    f"--accelerator-type={s.accelerator_type}",
+                    f"--runtime-version={version}", *spot)),
+      Step("wait until the queued resource is ACTIVE",
+           s.gcloud("queued-resources", "describe", s.name, "--format=value(state.state)"),
+           poll_until="ACTIVE"),
+  ]
+
+
+def ssh(s: Slice, command: str, worker: str = "all") -> list[str]:
+  return s.gcloud("tpu-vm", "ssh", s.name, f"--worker={worker}", f"--command={command}")
+
+
+def install_steps(s: Slice, python_version: str) -> list[Step]:
+  """Copies this checkout to every worker and installs it into a venv there."""
+  tarball = pathlib.Path(tempfile.gettempdir()) / REMOTE_TARBALL
+  script = " && ".join([
+      "set -e",
+      'export PATH="$HOME/.local/bin:$PATH"',
+      "(command -v uv > /dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh)",
+      f"rm -rf ~/{REMOTE_SRC}", f"mkdir -p ~/{REMOTE_SRC}",
+      f"tar xzf ~/{REMOTE_TARBALL} -C ~/{REMOTE_SRC}",
+      f"uv venv --allow-existing --python {python_version} ~/{REMOTE_VENV}",
+      f'uv pip install --python ~/{REMOTE_VENV}/bin/python -e "$HOME/{REMOTE_SRC}[{EXTRAS}]"',
+  ])
+  return [
+      Step(f"pack {ROOT} (git ls-files) into {tarball}", action=lambda: pack(ROOT, tarball)),
+      Step(f"copy it to the {s.hosts} worker(s)",
+           s.gcloud("tpu-vm", "scp", str(tarball), f"{s.name}:{REMOTE_TARBALL}",
+                    "--worker=all")),
+      Step(f"install it on every worker (Python {python_version} venv ~/{REMOTE_VENV})",
+           ssh(s, script)),
+  ]
+
+
+def pack(root: pathlib.Path, out: pathlib.Path):
+  """The checkout's files (tracked, and untracked but not ignored) as a .tar.gz."""
+  listed = subprocess.run(["git", "-C", str(root), "ls-files", "-co", "--exclude-standard"],
+                          capture_output=True, text=True)
+  if listed.returncode != 0:
+    raise StepFailed(f"{root} is not a git checkout (git ls-files: {listed.stderr.strip()}); "
+                     f"launch copies the checkout it runs from to the workers.")
+  with tarfile.open(out, "w:gz") as tar:
+    for name in listed.stdout.splitlines():
+      if (root / name).is_file():  # deleted but still tracked files are skipped
+        tar.add(root / name, arcname=name)
+
+
+def _log_name(workdir: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", workdir).strip("_")
+
+
+def train_steps(s: Slice, train_args: list[str]) -> tuple[Step, Step]:
+  """(start training on every worker, stream worker 0's log until it ends).
+
+  `train_args`: `--config X --workdir W [--config.a=b ...]` as for `bigflax train`."""
+  workdir = train_args[train_args.index("--workdir") + 1]
+  config = train_args[train_args.index("--config") + 1]
+  path, _, arg = config.partition(":")
+  if pathlib.Path(path).is_absolute():
+    if not pathlib.Path(path).is_relative_to(ROOT):
+      raise ValueError(f"--config={config} is outside {ROOT}, the checkout copied to the "
+                       f"workers; move the experiment file into it.")
+    path = str(pathlib.Path(path).relative_to(ROOT))
+  args = list(train_args)
+  args[train_args.index("--config") + 1] = path + (f":{arg}" if arg else "")
+  train = [f"../{REMOTE_VENV}/bin/python", "-m", "bigflax", "train", *args,
+           *(["--distributed"] if s.hosts > 1 else [])]
+  log = f"../{REMOTE_LOGS}/{_log_name(workdir)}"
+  background = (f"{shlex.join(train)} > {log}.log 2>&1 & echo $! > {log}.pid; wait $!; "
+                f"echo $? > {log}.exit")
+  start = (f"mkdir -p ~/{REMOTE_LOGS} && cd ~/{REMOTE_SRC} && rm -f {log}.exit && "
+           f"(setsid nohup bash -c {shlex.quote(background)} > /dev/null 2>&1 < /dev/null &)")
+  name = f"~/{REMOTE_LOGS}/{_log_name(workdir)}"
+  stream = (f"until [ -f {name}.log ]; do sleep 1; done; tail -n +1 -f {name}.log & T=$!; "
+            f"until [ -f {name}.exit ]; do sleep 2; done; sleep 1; kill $T; "
+            f'exit "$(cat {name}.exit)"')
+  return (Step(f"start training on all {s.hosts} worker(s): {workdir}", ssh(s, start)),
+          Step("stream worker 0's log until training ends", ssh(s, stream, worker="0")))
+
+
+def stop_step(s: Slice, workdir: str) -> Step:
+  """SIGTERM to the trainer on every worker: it saves a checkpoint and exits."""
+  name = f"~/{REMOTE_LOGS}/{_log_name(workdir)}"
+  return Step(f"stop training {workdir}",
+              ssh(s, f"kill -TERM $(cat {name}.pid) 2> /dev/null || true"))
+
+
+def delete_step(s: Slice) -> Step:
+  if s.queued:
+    return Step(f"delete the queued resource {s.name} and its VM",
+                s.gcloud("queued-resources", "delete", s.name, "--force", "--quiet"))
+  return Step(f"delete the TPU VM {s.name}", s.gcloud("tpu-vm", "delete", s.name, "--quiet"))
+
+
+def print_step(step: Step):
+  until = f" (repeat until it prints {step.poll_until})" if step.poll_until else ""
+  print(f"# {step.what}{until}")
+  if step.argv:
+    print(shlex.join(step.argv))
+
+
+def run_step(step: Step):
+  print(f"bigflax launch: {step.what}", flush=True)
+  if step.action:
+    return step.action()
+  while step.poll_until:
+    result = subprocess.run(step.argv, capture_output=True, text=True)
+    state = result.stdout.strip()
+    if result.returncode != 0 or state in ("FAILED", "SUSPENDED"):
+      raise StepFailed(f"{step.what}: state {state!r} (exit {result.returncode}) "
+                       f"{result.stderr.strip()[-500:]}\n  {shlex.join(step.argv)}")
+    if state == step.poll_until:
+      return
+    time.sleep(30)
+  returncode = subprocess.run(step.argv).returncode
+  if returncode != 0:
+    raise StepFailed(f"{step.what} failed (exit {returncode}):\n  {shlex.join(step.argv)}")
+
+
+def run_steps(steps: list[Step], dry_run: bool):
+  for step in steps:
+    print_step(step) if dry_run else run_step(step)
+
+
+def check_workdir(s: Slice, workdir: str, delete: bool = False):
+  if not workdir.startswith(("gs://", "/")):
+    raise ValueError(f"--workdir={workdir}: give a gs://bucket/path (or an absolute path on "
+                     f"the VM); a relative one would sit in the code directory each launch "
+                     f"replaces.")
+  if s.hosts > 1 and not workdir.startswith("gs://"):
+    raise ValueError(f"--workdir={workdir}: a {s.accelerator_type} slice has {s.hosts} "
+                     f"workers that all write checkpoints; use a gs://bucket/path.")
+  if delete and not workdir.startswith("gs://"):
+    raise ValueError(f"--workdir={workdir} is on the VM, which --delete deletes; use a "
+                     f"gs://bucket/path.")
+
+
+def add_slice_arguments(parser: argparse.ArgumentParser, required: bool):
+  parser.add_argument("--tpu", required=required, help="TPU VM (node) name")
+  parser.add_argument("--zone", required=required, help="e.g. us-west4-a")
+  parser.add_argument("--accelerator-type", "--accelerator_type", dest="accelerator_type",
+                      required=required, help="e.g. v5litepod-16, v4-32")
+  parser.add_argument("--project", help="GCP project (default: gcloud's)")
+  parser.add_argument("--runtime-version", "--runtime_version", dest="runtime_version",
+                      help="TPU software version (default: per generation)")
+  parser.add_argument("--create", action="store_true", help="create the slice first")
+  parser.add_argument("--queued", action="store_true", help="--create as a queued resource")
+  parser.add_argument("--spot", action="store_true", help="--create with Spot capacity")
+  parser.add_argument("--delete", action="store_true", help="delete the slice at the end")
+  parser.add_argument("--python", default="{}.{}".format(*sys.version_info[:2]),
+                      help="Python version of the workers' venv (default: this one's)")
+
+
+def slice_from_args(args) -> Slice:
+  for flag in ("tpu", "zone", "accelerator_type"):
+    if not getattr(args, flag):
+      raise ValueError(f"--{flag.replace('_', '-')} is required to run on a TPU slice.")
+  if (args.queued or args.spot) and not args.create:
+    raise ValueError("--queued and --spot apply when creating the slice: add --create.")
+  s = Slice(args.tpu, args.zone, args.accelerator_type, args.project, args.runtime_version,
+            args.spot, args.queued)
+  s.hosts  # validates the accelerator type
+  return s
+
+
+def setup_steps(s: Slice, args) -> list[Step]:
+  return (create_steps(s) if args.create else []) + install_steps(s, args.python)
+
+
+def main(argv) -> int:
+  parser = argparse.ArgumentParser(prog="python -m bigflax launch",
+                                   description=__doc__.split("\n\n")[0],
+                                   epilog="Other --config.a.b=value arguments go to train.")
+  parser.add_argument("--config", required=True, help="experiments/X.py[:arg]")
+  parser.add_argument("--workdir", required=True, help="gs://bucket/run")
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="print the gcloud commands, run nothing")
+  add_slice_arguments(parser, required=True)
+  args, rest = parser.parse_known_args(argv)
+  overrides = [a for a in rest if a.startswith("--config.") and "=" in a]
+  if len(overrides) < len(rest):
+    parser.error(f"unrecognized arguments {[a for a in rest if a not in overrides]} "
+                 f"(config overrides are --config.a.b=value)")
+  s, started = None, False
+  try:
+    s = slice_from_args(args)
+    check_workdir(s, args.workdir, args.delete)
+    from bigflax import main as cli  # the train command's own check of the overrides
+    problem = cli.unknown_override(["--config", args.config, *overrides])
+    if problem:
+      raise ValueError(problem)
+    train_args = ["--config", args.config, "--workdir", args.workdir, *overrides]
+    steps = setup_steps(s, args) + list(train_steps(s, train_args))
+    if args.dry_run:
+      print(f"# {s.accelerator_type}: {s.hosts} worker(s)")
+      run_steps(steps + ([delete_step(s)] if args.delete else []), dry_run=True)
+      return 0
+    started = True
+    run_steps(steps, dry_run=False)
+  except (ValueError, OSError, StepFailed) as e:
+    print(f"bigflax launch: error: {e}", file=sys.stderr)
+    if started and args.delete:
+      run_step(delete_step(s))
+    elif started and args.create:
+      print(f"bigflax launch: {s.name} may still be running (and billed); delete it "
+            f"with\n  {shlex.join(delete_step(s).argv)}", file=sys.stderr)
+    return 2
+  if args.delete:
+    run_step(delete_step(s))
+  return 0

@@ -1,0 +1,538 @@
+"""Hyperparameter sweeps: each trial is its own run directory, trained by its own process.
+
+An experiment file may define `get_sweep()` next to `get_config()`, returning trials (dicts
+of config field -> value) built with the helpers below:
+
+  def get_sweep():
+    return sweep.product(**{"optim.lr": [1e-3, 3e-3], "model.embed_dim": [64, 128]})
+
+  python -m bigflax sweep --config experiments/X.py --workdir DIR [--parallel N]
+
+trains every trial with `python -m bigflax train --config X --workdir DIR/<trial>
+--config.k=v ...`: a trial is resumable like any run, a finished one is skipped when the
+sweep is run again, a failed one is reported with its log and the sweep goes on. Then it
+writes DIR/results.csv, DIR/results.md (sorted by --metric, also printed) and DIR/results.png
+(the metric against each swept field).
+
+Adaptive search: `--optuna N` asks Optuna's TPE sampler for trials from a search space
+(`get_search_space()`, or `get_sweep()` returning a dict of distributions), prunes trials
+whose intermediate evaluations fall below the median (MedianPruner; the trial process is
+stopped), and keeps the study in DIR/study.db. `--storage URL` (e.g. a PostgreSQL URL) lets
+several machines pull trials from one study. `--launcher tpu` trains the trials on a Cloud
+TPU slice through `bigflax.launch`.
+"""
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import importlib.util
+import itertools
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from etils import epath
+import numpy as np
+
+from bigflax import launch
+from bigflax.train import writers
+
+STATUS_FILE = "sweep_trial.json"
+LOG_FILE = "train.log"
+
+
+# ---------------------------------------------------------------------------------------
+# Building trials: a sweep is a list of {config field: value}.
+
+def _sweeps(sweeps, fields) -> list[list[dict]]:
+  return [list(s) for s in sweeps] + [[{k: v} for v in values] for k, values in fields.items()]
+
+
+def _merge(*trials: dict) -> dict:
+  merged = {}
+  for trial in trials:
+    for key, value in trial.items():
+      if key in merged:
+        raise ValueError(f"sweep field {key!r} is set by two of the combined sweeps.")
+      merged[key] = value
+  return merged
+
+
+def product(*sweeps, **fields) -> list[dict]:
+  """Every combination: product(**{"optim.lr": [1e-3, 3e-4]}, seeds(2)) gives 4 trials."""
+  return [_merge(*combination) for combination in itertools.product(*_sweeps(sweeps, fields))]
+
+
+def zip_(*sweeps, **fields) -> list[dict]:
+  """Trial i takes the i-th value of each: zip_(**{"optim.lr": [...], "optim.b2": [...]})."""
+  parts = _sweeps(sweeps, fields)
+  lengths = sorted({len(p) for p in parts})
+  if len(lengths) > 1:
+    raise ValueError(f"zip_ needs sweeps of one length; got lengths {lengths}.")
+  return [_merge(*combination) for combination in zip(*parts)]
+
+
+def seeds(n: int, field: str = "seed") -> list[dict]:
+  """n trials differing only in `field` (0, 1, ..., n - 1)."""
+  return [{field: i} for i in range(n)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogUniform:
+  low: float
+  high: float
+
+  def sample(self, rng):
+    return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
+
+  def suggest(self, trial, name):
+    return trial.suggest_float(name, self.low, self.high, log=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+  low: float
+  high: float
+
+  def sample(self, rng):
+    return float(rng.uniform(self.low, self.high))
+
+  def suggest(self, trial, name):
+    return trial.suggest_float(name, self.low, self.high)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntUniform:
+  """An integer in [low, high], both included."""
+  low: int
+  high: int
+
+  def sample(self, rng):
+    return int(rng.integers(self.low, self.high + 1))
+
+  def suggest(self, trial, name):
+    return trial.suggest_int(name, self.low, self.high)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  values: tuple
+
+  def sample(self, rng):
+    return self.values[int(rng.integers(len(self.values)))]
+
+  def suggest(self, trial, name):
+    return trial.suggest_categorical(name, list(self.values))
+
+
+def random(n: int, seed: int = 0, **distributions) -> list[dict]:
+  """n trials drawn from `distributions` (LogUniform, Uniform, IntUniform, Choice) with a
+  fixed seed: random(8, seed=0, **{"optim.lr": LogUniform(1e-4, 1e-2)})."""
+  rng = np.random.default_rng(seed)
+  return [{k: d.sample(rng) for k, d in distributions.items()} for _ in range(n)]
+
+
+def format_value(value) -> str:
+  """A value as a --config.k=v override reads it back."""
+  return repr(value) if isinstance(value, float) else str(value)
+
+
+def trial_name(trial: dict) -> str:
+  """A readable, filesystem-safe name: 'lr=0.001,embed_dim=64' (last name components,
+  unless two swept fields share one)."""
+  short = {k: k.split(".")[-1] for k in trial}
+  if len(set(short.values())) < len(short):
+    short = {k: k for k in trial}
+  value = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v).replace("/", "-")
+  return ",".join(f"{short[k]}={value(v)}" for k, v in trial.items()) or "default"
+
+
+# ---------------------------------------------------------------------------------------
+# Running trials.
+
+def _config_flag(config_arg: str, workdir, overrides, trial: dict) -> list[str]:
+  return ["--config", config_arg, "--workdir", str(workdir), *overrides,
+          *(f"--config.{k}={format_value(v)}" for k, v in trial.items())]
+
+
+class LocalRunner:
+  """Trains a trial in a subprocess on this machine."""
+
+  def start(self, train_args: list[str], workdir: epath.Path, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bigflax", "train", *train_args],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+  def stop(self, process: subprocess.Popen, workdir):
+    process.terminate()  # SIGTERM: the trainer saves a checkpoint and exits
+
+
+class TpuRunner:
+  """Trains a trial on a Cloud TPU slice (all workers), streaming worker 0's log."""
+
+  def __init__(self, slice_: launch.Slice):
+    self.slice = slice_
+
+  def start(self, train_args, workdir, log) -> subprocess.Popen:
+    start, stream = launch.train_steps(self.slice, train_args)
+    launch.run_step(start)
+    return subprocess.Popen(stream.argv, stdout=log, stderr=subprocess.STDOUT)
+
+  def stop(self, process, workdir):
+    launch.run_step(launch.stop_step(self.slice, str(workdir)))
+
+
+def final_metrics(workdir) -> dict:
+  """{'split/name': value} of the last record of each split in workdir's metrics.jsonl."""
+  if not (epath.Path(workdir) / "metrics.jsonl").exists():
+    return {}
+  out = {}
+  for split in ("train", "validation"):
+    records = writers.read(str(workdir), split)
+    if records:
+      last = records[max(records)]
+      out[f"{split}/step"] = last["step"]
+      out.update({f"{split}/{k}": v for k, v in last.items() if k not in ("step", "split")})
+  return out
+
+
+def run_trial(runner, train_args, workdir: epath.Path, metric: str | None = None,
+              should_prune=None) -> dict:
+  """Trains one trial to the end (or until `should_prune(step, value)` says stop) and
+  records its status in workdir/sweep_trial.json."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  log_path = workdir / LOG_FILE
+  start = time.time()
+  seen = set()
+  pruned = False
+  with open(log_path, "a") if "://" not in str(workdir) else _remote_log(log_path) as log:
+    process = runner.start(train_args, workdir, log)
+    while process.poll() is None:
+      time.sleep(2)
+      if should_prune is None or pruned:
+        continue
+      for step, value in _new_evals(workdir, metric, seen):
+        if should_prune(step, value):
+          runner.stop(process, workdir)
+          pruned = True
+          break
+    process.wait()
+  status = "pruned" if pruned else "done" if process.returncode == 0 else "failed"
+  record = dict(status=status, returncode=process.returncode, args=train_args,
+                seconds=round(time.time() - start, 1), log=str(log_path))
+  (workdir / STATUS_FILE).write_text(json.dumps(record, indent=2))
+  return record
+
+
+class _remote_log:
+  """A local temporary log copied to a remote workdir (gs://) when the trial ends."""
+
+  def __init__(self, path):
+    self.path, self.local = path, None
+
+  def __enter__(self):
+    self.local = tempfile.NamedTemporaryFile("w+", suffix=".log")
+    return self.local
+
+  def __exit__(self, *exc):
+    self.local.flush()
+    self.path.write_text(pathlib.Path(self.local.name).read_text())
+    self.local.close()
+
+
+def _new_evals(workdir, metric, seen):
+  split, _, name = metric.partition("/")
+  try:
+    records = writers.read(str(workdir), split)
+  except (FileNotFoundError, json.JSONDecodeError):  # not written yet / mid-write
+    return []
+  new = [(s, r[name]) for s, r in sorted(records.items()) if s not in seen and name in r]
+  seen.update(s for s, _ in new)
+  return new
+
+
+def _finished(workdir: epath.Path, train_args) -> bool:
+  status_file = workdir / STATUS_FILE
+  if not status_file.exists():
+    return False
+  status = json.loads(status_file.read_text())
+  return status["status"] == "done" and status["args"] == train_args
+
+
+# ---------------------------------------------------------------------------------------
+# Results.
+
+def write_results(directory: epath.Path, rows: list[dict], fields: list[str], metric: str,
+                  mode: str) -> str:
+  """results.csv, results.md and results.png in `directory`; returns the markdown table."""
+  has_metric = [r for r in rows if isinstance(r.get(metric), float)]
+  rest = [r for r in rows if r not in has_metric]
+  rows = sorted(has_metric, key=lambda r: r[metric], reverse=mode == "max") + rest
+  metric_columns = sorted({k for r in rows for k in r if "/" in k and not k.endswith("/step")})
+  metric_columns.remove(metric) if metric in metric_columns else None
+  columns = ["trial", *fields, "status", metric, *metric_columns, "step", "seconds", "log"]
+  for r in rows:
+    r["step"] = r.get("train/step", "")
+  with (directory / "results.csv").open("w") as f:
+    writer = csv.DictWriter(f, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+  shown = ["trial", *fields, "status", metric, *[c for c in metric_columns
+                                                   if c.endswith("/loss")], "step", "seconds"]
+  cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
+  table = "\n".join(["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)] +
+                    ["| " + " | ".join(cell(r.get(c, "")) for c in shown) + " |" for r in rows])
+  (directory / "results.md").write_text(table + "\n")
+  if has_metric and fields:
+    plot(directory / "results.png", has_metric, fields, metric)
+  return table
+
+
+def plot(path, rows, fields, metric):
+  """The metric against each swept field, one line per combination of the other fields."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(fields), figsize=(5 * len(fields), 4), squeeze=False)
+  for ax, field in zip(axes[0], fields):
+    others = [f for f in fields if f != field]
+    groups = {}
+    for r in rows:
+      groups.setdefault(tuple(r.get(f) for f in others), []).append(r)
+    for key, group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+      group = sorted(group, key=lambda r: _sort_key(r.get(field)))
+      xs = [r.get(field) for r in group]
+      numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+      label = ", ".join(f"{f.split('.')[-1]}={format_value(v)}" for f, v in zip(others, key))
+      ax.plot(xs if numeric else [str(x) for x in xs], [r[metric] for r in group], "o-",
+              label=label or None)
+      if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(field)
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    if others:
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
+
+
+def _sort_key(value):
+  return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+# ---------------------------------------------------------------------------------------
+# The two modes.
+
+def grid(args, runner, experiment, overrides) -> list[dict]:
+  """Every trial of get_sweep(); returns the result rows."""
+  trials = experiment.get_sweep()
+  if isinstance(trials, dict):
+    raise ValueError(f"{args.config}: get_sweep() returns a search space (a dict); run it "
+                     f"with --optuna N_TRIALS, or return a list of trials.")
+  names = [trial_name(t) for t in trials]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"{args.config}: get_sweep() gives several trials named {duplicates}.")
+  _check_fields(args.config, overrides, trials)
+  directory = epath.Path(args.workdir)
+  jobs = []
+  for name, trial in zip(names, trials):
+    train_args = _config_flag(args.config, directory / name, overrides, trial)
+    jobs.append((name, trial, train_args))
+  print(f"bigflax sweep: {len(jobs)} trials in {directory}", flush=True)
+  if args.dry_run:
+    for name, _, train_args in jobs:
+      if isinstance(runner, TpuRunner):
+        for step in launch.train_steps(runner.slice, train_args):
+          launch.print_step(step)
+      else:
+        print(" ".join([sys.executable, "-m", "bigflax", "train", *train_args]))
+    return []
+
+  lock = threading.Lock()
+  done = [0]
+
+  def run(job):
+    name, trial, train_args = job
+    workdir = directory / name
+    if _finished(workdir, train_args):
+      record = json.loads((workdir / STATUS_FILE).read_text())
+      message = "finished earlier, skipped"
+    else:
+      record = run_trial(runner, train_args, workdir)
+      message = (f"{record['status']} in {record['seconds']:.0f} s" if record["status"] ==
+                 "done" else f"FAILED (exit {record['returncode']}), log: {record['log']}")
+    row = dict(trial=name, **trial, **final_metrics(workdir), status=record["status"],
+               seconds=record["seconds"], log=record["log"])
+    with lock:
+      done[0] += 1
+      value = row.get(args.metric)
+      shown = f", {args.metric}={value:.4f}" if isinstance(value, float) else ""
+      print(f"bigflax sweep: [{done[0]}/{len(jobs)}] {name}: {message}{shown}", flush=True)
+    return row
+
+  with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+    return list(pool.map(run, jobs))
+
+
+def optuna_search(args, runner, experiment, overrides) -> list[dict]:
+  """Trials from Optuna's TPE sampler until the study holds --optuna finished trials."""
+  import optuna
+  space = (experiment.get_search_space() if hasattr(experiment, "get_search_space")
+           else experiment.get_sweep() if hasattr(experiment, "get_sweep") else None)
+  if not isinstance(space, dict) or not space:
+    raise ValueError(f"{args.config}: --optuna needs get_search_space() (or get_sweep()) "
+                     f"returning {{field: LogUniform(...) | Uniform | IntUniform | Choice}}.")
+  _check_fields(args.config, overrides, [{k: None for k in space}])
+  directory = epath.Path(args.workdir)
+  storage = args.storage or f"sqlite:///{pathlib.Path(args.workdir).absolute()}/study.db"
+  if not args.storage:
+    if "://" in args.workdir:
+      raise ValueError(f"--workdir={args.workdir} is remote: give --storage URL for the study.")
+    pathlib.Path(args.workdir).mkdir(parents=True, exist_ok=True)
+  study = optuna.create_study(
+      study_name=args.study_name or pathlib.Path(args.config.split(":")[0]).stem,
+      storage=storage, load_if_exists=True,
+      direction="minimize" if args.mode == "min" else "maximize",
+      sampler=optuna.samplers.TPESampler(seed=args.seed),
+      pruner=optuna.pruners.MedianPruner(n_startup_trials=args.prune_after, n_warmup_steps=0))
+  print(f"bigflax sweep: Optuna study {study.study_name!r} in {storage}", flush=True)
+
+  def objective(trial):
+    values = {k: d.suggest(trial, k) for k, d in space.items()}
+    name = f"trial-{trial.number:03d}"
+    trial.set_user_attr("name", name)
+    workdir = directory / name
+    train_args = _config_flag(args.config, workdir, overrides, values)
+
+    def should_prune(step, value):
+      trial.report(value, step)
+      return trial.should_prune()
+
+    record = run_trial(runner, train_args, workdir, args.metric, should_prune)
+    value = final_metrics(workdir).get(args.metric)
+    print(f"bigflax sweep: {name} {trial_name(values)}: {record['status']}"
+          + (f", {args.metric}={value:.4f}" if value is not None else "")
+          + ("" if record["status"] != "failed" else f", log: {record['log']}"), flush=True)
+    if record["status"] == "pruned":
+      raise optuna.TrialPruned()
+    if record["status"] == "failed" or value is None:
+      raise TrialFailed(f"{name} failed, log: {record['log']}")
+    return value
+
+  finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+  remaining = args.optuna - len(study.get_trials(states=finished))
+  if remaining > 0:
+    study.optimize(objective, n_trials=remaining, n_jobs=args.parallel, catch=(TrialFailed,),
+                   callbacks=[optuna.study.MaxTrialsCallback(args.optuna, states=finished)])
+  rows = []
+  for t in study.trials:
+    name = t.user_attrs.get("name")
+    if name:
+      workdir = directory / name
+      status = {"COMPLETE": "done", "PRUNED": "pruned"}.get(t.state.name, "failed")
+      seconds = (t.duration.total_seconds() if t.duration else "")
+      rows.append(dict(trial=name, **t.params, **final_metrics(workdir), status=status,
+                       seconds=seconds, log=str(workdir / LOG_FILE)))
+  return rows
+
+
+class TrialFailed(Exception):
+  pass
+
+
+def _check_fields(config_arg, overrides, trials):
+  """Names a swept field or an override that the experiment's config does not have."""
+  from bigflax import main  # the CLI's own check, so the message is the same
+  fields = sorted({k for t in trials for k in t})
+  problem = main.unknown_override(["--config", config_arg, *overrides,
+                                   *(f"--config.{k}=0" for k in fields)])
+  if problem:
+    raise ValueError(problem)
+
+
+def load_experiment(config_arg: str):
+  path = config_arg.split(":")[0]
+  if not pathlib.Path(path).is_file():
+    raise ValueError(f"--config={config_arg}: no such experiment file.")
+  spec = importlib.util.spec_from_file_location("experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog="python -m bigflax sweep", description=__doc__.split("\n\n")[0],
+      epilog="Other --config.a.b=value arguments apply to every trial.")
+  parser.add_argument("--config", required=True, help="experiments/X.py with get_sweep()")
+  parser.add_argument("--workdir", required=True, help="sweep directory: one run per trial")
+  parser.add_argument("--parallel", type=int, default=1, help="trials trained at once")
+  parser.add_argument("--metric", default="validation/loss", help="split/name to rank by")
+  parser.add_argument("--mode", choices=("min", "max"), default="min")
+  parser.add_argument("--optuna", type=int, default=0, metavar="N_TRIALS",
+                      help="adaptive search: the study's number of finished trials")
+  parser.add_argument("--storage", help="Optuna storage URL (default sqlite DIR/study.db)")
+  parser.add_argument("--study_name", help="Optuna study (default: the experiment's name)")
+  parser.add_argument("--seed", type=int, default=None, help="Optuna sampler seed")
+  parser.add_argument("--prune_after", type=int, default=5,
+                      help="MedianPruner: trials finished before pruning starts")
+  parser.add_argument("--launcher", choices=("local", "tpu"), default="local")
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="print the trials' commands, run nothing")
+  launch.add_slice_arguments(parser, required=False)
+  args, rest = parser.parse_known_args(argv)
+  overrides = [a for a in rest if a.startswith("--config.") and "=" in a]
+  unknown = [a for a in rest if a not in overrides]
+  if unknown:
+    parser.error(f"unrecognized arguments {unknown} (config overrides are --config.a.b=v)")
+  return args, overrides
+
+
+def main(argv) -> int:
+  args, overrides = parse_args(argv)
+  try:
+    if args.parallel < 1:
+      raise ValueError(f"--parallel={args.parallel} must be at least 1.")
+    experiment = load_experiment(args.config)
+    if args.launcher == "tpu":
+      slice_ = launch.slice_from_args(args)
+      launch.check_workdir(slice_, args.workdir)
+      if args.parallel != 1:
+        raise ValueError("--launcher tpu trains one trial at a time on the slice: drop "
+                         "--parallel.")
+      runner = TpuRunner(slice_)
+      setup = launch.setup_steps(slice_, args)
+      launch.run_steps(setup, args.dry_run)
+    else:
+      runner = LocalRunner()
+    search = optuna_search if args.optuna else grid
+    if args.optuna and args.dry_run:
+      raise ValueError("--dry-run lists a grid sweep's trials; Optuna chooses them as it goes.")
+    try:
+      rows = search(args, runner, experiment, overrides)
+    finally:
+      if args.launcher == "tpu" and args.delete:
+        launch.run_steps([launch.delete_step(slice_)], args.dry_run)
+  except (ValueError, OSError, launch.StepFailed) as e:
+    print(f"bigflax sweep: error: {e}", file=sys.stderr)
+    return 2
+  if args.dry_run:
+    return 0
+  fields = list(dict.fromkeys(k for r in rows for k in r
+                              if k not in ("trial", "status", "seconds", "log") and "/" not in k))
+  table = write_results(epath.Path(args.workdir), rows, fields, args.metric, args.mode)
+  print(table)
+  print(f"bigflax sweep: {args.workdir}/results.csv, results.md, results.png")
+  failed = [r["trial"] for r in rows if r["status"] == "failed"]
+  if failed:
+    print(f"bigflax sweep: {len(failed)} trial(s) failed: {failed}; see their {LOG_FILE}.")
+  return 0

@@ -1,0 +1,193 @@
+"""Sweeps: trial expansion, a real sweep of tiny GPTs end to end (results, re-run skips
+finished trials, a failing trial is reported), Optuna on SQLite with pruning, and trials
+launched on a TPU slice (dry run)."""
+
+import csv
+import json
+import shlex
+
+from etils import epath
+import numpy as np
+import pytest
+
+from bigflax import sweep
+from bigflax.train import writers
+from cli_utils import TINY
+from conftest import REPO
+
+
+def test_product_zip_seeds():
+  grid = sweep.product(**{"optim.lr": [1e-3, 3e-4], "model.num_layers": [2, 4]})
+  assert grid == [{"optim.lr": 1e-3, "model.num_layers": 2},
+                  {"optim.lr": 1e-3, "model.num_layers": 4},
+                  {"optim.lr": 3e-4, "model.num_layers": 2},
+                  {"optim.lr": 3e-4, "model.num_layers": 4}]
+  width = sweep.zip_(**{"model.embed_dim": [64, 128], "model.mlp_dim": [256, 512]})
+  assert width == [{"model.embed_dim": 64, "model.mlp_dim": 256},
+                   {"model.embed_dim": 128, "model.mlp_dim": 512}]
+  combined = sweep.product(width, sweep.seeds(3), **{"optim.lr": [1e-3]})
+  assert len(combined) == 6
+  assert combined[-1] == {"model.embed_dim": 128, "model.mlp_dim": 512, "seed": 2,
+                          "optim.lr": 1e-3}
+  with pytest.raises(ValueError, match="one length; got lengths \\[2, 3\\]"):
+    sweep.zip_(**{"optim.lr": [1, 2], "seed": [1, 2, 3]})
+  with pytest.raises(ValueError, match="'seed' is set by two"):
+    sweep.product(sweep.seeds(2), sweep.seeds(2))
+
+
+def test_random_draws_are_seeded_and_follow_their_distributions():
+  space = {"optim.lr": sweep.LogUniform(1e-4, 1e-2), "model.num_layers": sweep.IntUniform(1, 3),
+           "tokenizer.kind": sweep.Choice(("byte", "sentencepiece"))}
+  draws = sweep.random(2000, seed=1, **space)
+  assert draws == sweep.random(2000, seed=1, **space)
+  assert draws != sweep.random(2000, seed=2, **space)
+  log_lr = np.log10([d["optim.lr"] for d in draws])
+  assert log_lr.min() >= -4 and log_lr.max() <= -2
+  # Log-uniform: each decade holds half of the draws.
+  assert abs(np.mean(log_lr < -3) - 0.5) < 0.05
+  assert {d["model.num_layers"] for d in draws} == {1, 2, 3}
+  assert {d["tokenizer.kind"] for d in draws} == {"byte", "sentencepiece"}
+
+
+def test_trial_names():
+  assert sweep.trial_name({"optim.lr": 0.001, "model.embed_dim": 64}) == "lr=0.001,embed_dim=64"
+  assert sweep.trial_name({"a.rate": 1, "b.rate": 2}) == "a.rate=1,b.rate=2"
+  assert sweep.trial_name({"optim.lr": 0.00012345678}) == "lr=0.0001235"
+  assert sweep.format_value(0.00012345678) == "0.00012345678"
+
+
+EXPERIMENT = """
+from bigflax import sweep
+from experiments import gpt_tiny
+
+get_config = gpt_tiny.get_config
+
+
+def get_sweep():
+  # The last trial fails: its sequences are longer than the model's context.
+  return (sweep.product(**{"optim.lr": [1e-3, 1e-2], "model.num_layers": [1, 2]})
+          + [{"optim.lr": 1e-3, "model.num_layers": 1, "data.seq_len": 1000}])
+
+
+def get_search_space():
+  return {"optim.lr": sweep.LogUniform(1e-3, 1e-2)}
+"""
+
+
+@pytest.fixture
+def experiment(tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)  # trials run `python -m bigflax` from the checkout
+  path = tmp_path / "tiny_sweep.py"
+  path.write_text(EXPERIMENT)
+  return str(path)
+
+
+def tiny(tfds_dir, steps=4):
+  return [*TINY[2:], f"--config.data.data_dir={tfds_dir}", f"--config.train.num_steps={steps}",
+          "--config.train.eval_every=2", "--config.train.eval_steps=1",
+          f"--config.train.checkpoint_every={steps}"]
+
+
+def read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end(experiment, tfds_dir, tmp_path, capsys):
+  directory = tmp_path / "sweep"
+  args = ["--config", experiment, "--workdir", str(directory), "--parallel", "2",
+          *tiny(tfds_dir)]
+  assert sweep.main(args) == 0
+  out = capsys.readouterr().out
+  failed = "lr=0.001,num_layers=1,seq_len=1000"
+  assert f"{failed}: FAILED (exit 2), log: {directory / failed / 'train.log'}" in out
+  assert "data.seq_len=1000 exceeds model.max_len" in (directory / failed / "train.log").read_text()
+
+  rows = read_csv(directory / "results.csv")
+  assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"]
+  losses = [float(r["validation/loss"]) for r in rows[:4]]
+  assert losses == sorted(losses)
+  for r in rows[:4]:  # the numbers each trial's own training logged
+    logged = writers.read(str(directory / r["trial"]), "validation")
+    assert float(r["validation/loss"]) == logged[4]["loss"] and r["step"] == "4"
+    assert r["trial"] == f"lr={float(r['optim.lr']):g},num_layers={r['model.num_layers']}"
+  table = (directory / "results.md").read_text()
+  assert table.splitlines()[0].startswith("| trial | optim.lr | model.num_layers | data.seq_len"
+                                          " | status | validation/loss |")
+  assert table.strip() in out
+  assert (directory / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+  # Again: the finished trials are skipped, untouched; the failed one is tried again.
+  metrics_file = directory / rows[0]["trial"] / "metrics.jsonl"
+  before = metrics_file.stat().st_mtime_ns
+  assert sweep.main(args) == 0
+  out = capsys.readouterr().out
+  assert out.count("finished earlier, skipped") == 4 and out.count("FAILED") == 1
+  assert metrics_file.stat().st_mtime_ns == before
+  assert read_csv(directory / "results.csv")[:4] == rows[:4]
+
+
+@pytest.mark.slow
+def test_optuna_on_sqlite(experiment, tfds_dir, tmp_path, capsys):
+  optuna = pytest.importorskip("optuna")
+  directory = tmp_path / "study"
+  args = ["--config", experiment, "--workdir", str(directory), "--optuna", "3", "--seed", "0",
+          *tiny(tfds_dir)]
+  assert sweep.main(args) == 0
+  study = optuna.load_study(study_name="tiny_sweep", storage=f"sqlite:///{directory}/study.db")
+  assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+  for t in study.trials:
+    assert 1e-3 <= t.params["optim.lr"] <= 1e-2
+    logged = writers.read(str(directory / f"trial-{t.number:03d}"), "validation")
+    assert t.value == logged[4]["loss"]
+    config = json.loads((directory / f"trial-{t.number:03d}" / "config.json").read_text())
+    assert config["optim"]["lr"] == t.params["optim.lr"]
+  rows = read_csv(directory / "results.csv")
+  assert sorted(float(r["validation/loss"]) for r in rows) == sorted(t.value for t in
+                                                                     study.trials)
+  # The study is complete: running the command again adds no trial.
+  assert sweep.main(args) == 0
+  assert len(optuna.load_study(study_name="tiny_sweep",
+                               storage=f"sqlite:///{directory}/study.db").trials) == 3
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_is_stopped(tfds_dir, tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  workdir = epath.Path(tmp_path / "trial")
+  train_args = ["--config", "experiments/gpt_tiny.py", "--workdir", str(workdir),
+                *tiny(tfds_dir, steps=3000)]
+  reported = []
+  prune = lambda step, value: reported.append((step, value)) or True
+  record = sweep.run_trial(sweep.LocalRunner(), train_args, workdir, "validation/loss", prune)
+  assert record["status"] == "pruned" and record["returncode"] == 0  # saved, then stopped
+  assert reported[0][0] == 2
+  assert reported[0][1] == writers.read(str(workdir), "validation")[2]["loss"]
+  assert max(writers.read(str(workdir), "train")) < 3000
+
+
+def test_sweep_on_a_tpu_slice_dry_run(capsys, monkeypatch):
+  monkeypatch.chdir(REPO)  # the experiment must be in the checkout copied to the workers
+  code = sweep.main(["--config", "experiments/gpt_tiny_sweep.py", "--workdir",
+                     "gs://bucket/sweep", "--launcher", "tpu", "--tpu", "t", "--zone", "z",
+                     "--accelerator-type", "v5litepod-16", "--create", "--delete", "--dry-run",
+                     "--config.train.num_steps=10"])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  commands = [shlex.split(line) for line in out.splitlines() if line.startswith("gcloud")]
+  assert sum("create" in c for c in commands) == 1 and sum("scp" in c for c in commands) == 1
+  starts = [c[-2] for c in commands if "--worker=all" in c and "bigflax train" in c[-2]]
+  assert len(starts) == 12
+  for trial in ["embed_dim=64,mlp_dim=256,lr=0.0001", "embed_dim=128,mlp_dim=512,lr=0.03"]:
+    assert any(f"--workdir gs://bucket/sweep/{trial} --config.train.num_steps=10" in s
+               and "--distributed" in s for s in starts)
+  assert commands[-1][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "delete"]
+
+
+def test_bad_sweep_fields_are_named(experiment, tmp_path, capsys):
+  bad = tmp_path / "bad.py"
+  bad.write_text(EXPERIMENT.replace('"model.num_layers": [1, 2]', '"model.num_layer": [1, 2]'))
+  assert sweep.main(["--config", str(bad), "--workdir", str(tmp_path / "s")]) == 2
+  assert "Did you mean 'config.model.num_layers'?" in capsys.readouterr().err
+  assert not (tmp_path / "s").exists()
