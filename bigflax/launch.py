@@ -167,7 +167,7 @@ def train_steps(s: Slice, train_args: list[str]) -> tuple[Step, Step]:
   log = f"../{REMOTE_LOGS}/{_log_name(workdir)}"
   background = (f"{shlex.join(train)} > {log}.log 2>&1 & echo $! > {log}.pid; wait $!; "
                 f"echo $? > {log}.exit")
-  start = (f"mkdir -p ~/{REMOTE_LOGS} && cd ~/{REMOTE_SRC} && rm -f {log}.exit && "
+  start = (f"mkdir -p ~/{REMOTE_LOGS} && cd ~/{REMOTE_SRC} && rm -f {log}.exit {log}.pid && "
            f"(setsid nohup bash -c {shlex.quote(background)} > /dev/null 2>&1 < /dev/null &)")
   name = f"~/{REMOTE_LOGS}/{_log_name(workdir)}"
   stream = (f"until [ -f {name}.log ]; do sleep 1; done; tail -n +1 -f {name}.log & T=$!; "

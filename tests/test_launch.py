@@ -123,6 +123,7 @@ def test_worker_scripts(tmp_path):
     if (home / "bigflax-logs" / "gs_b_run.pid").exists():
       break
     subprocess.run(["sleep", "0.1"])
+  subprocess.run(["sleep", "0.5"])  # and has set its trap
   assert bash(launch.stop_step(s, "gs://b/run")).returncode == 0
   streamed = bash(stream)
   assert streamed.returncode == 0 and "saved" in streamed.stdout
@@ -134,3 +135,29 @@ def test_cli_dispatches_launch(tmp_path):
                timeout=120)
   assert result.returncode == 0, result.stderr
   assert "gcloud compute tpus tpu-vm ssh t --worker=0" in result.stdout
+
+
+def test_metric_writer_without_appends(tmp_path):
+  """As on gs://, where a file cannot be appended to: metrics.jsonl is rewritten whole, at
+  most every REMOTE_FLUSH_SECONDS and at the end; a resume keeps the records it should."""
+  from bigflax.train import writers
+  writer = writers.MetricWriter(str(tmp_path))
+  writer.remote = True
+  writer.truncate(0)
+  writer.write(1, "train", {"loss": 3.0})
+  assert not (tmp_path / "metrics.jsonl").exists()
+  writer.flushed -= writers.REMOTE_FLUSH_SECONDS + 1
+  writer.write(2, "train", {"loss": 2.0})
+  assert writers.read(str(tmp_path)) == {1: {"step": 1, "split": "train", "loss": 3.0},
+                                         2: {"step": 2, "split": "train", "loss": 2.0}}
+  writer.write(3, "train", {"loss": 1.0})
+  writer.close()
+  assert sorted(writers.read(str(tmp_path))) == [1, 2, 3]
+
+  resumed = writers.MetricWriter(str(tmp_path))  # from a checkpoint of step 2
+  resumed.remote = True
+  resumed.truncate(2)
+  resumed.write(3, "train", {"loss": 1.5})
+  resumed.close()
+  assert {s: r["loss"] for s, r in writers.read(str(tmp_path)).items()} == {1: 3.0, 2: 2.0,
+                                                                            3: 1.5}
