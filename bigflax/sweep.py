@@ -333,6 +333,9 @@ def _sort_key(value):
 
 def grid(args, runner, experiment, overrides) -> list[dict]:
   """Every trial of get_sweep(); returns the result rows."""
+  if not hasattr(experiment, "get_sweep"):
+    raise ValueError(f"{args.config} defines no get_sweep(): add one returning trials, e.g. "
+                     f"sweep.product(**{{'optim.lr': [1e-3, 3e-4]}}).")
   trials = experiment.get_sweep()
   if isinstance(trials, dict):
     raise ValueError(f"{args.config}: get_sweep() returns a search space (a dict); run it "
