@@ -24,6 +24,7 @@ TPU slice through `bigflax.launch`.
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -155,7 +156,7 @@ def trial_name(trial: dict) -> str:
 # ---------------------------------------------------------------------------------------
 # Running trials.
 
-def _config_flag(config_arg: str, workdir, overrides, trial: dict) -> list[str]:
+def _train_args(config_arg: str, workdir, overrides, trial: dict) -> list[str]:
   return ["--config", config_arg, "--workdir", str(workdir), *overrides,
           *(f"--config.{k}={format_value(v)}" for k, v in trial.items())]
 
@@ -209,7 +210,7 @@ def run_trial(runner, train_args, workdir: epath.Path, metric: str | None = None
   start = time.time()
   seen = set()
   pruned = False
-  with open(log_path, "a") if "://" not in str(workdir) else _remote_log(log_path) as log:
+  with _log_file(log_path) as log:
     process = runner.start(train_args, workdir, log)
     while process.poll() is None:
       time.sleep(2)
@@ -228,20 +229,19 @@ def run_trial(runner, train_args, workdir: epath.Path, metric: str | None = None
   return record
 
 
-class _remote_log:
-  """A local temporary log copied to a remote workdir (gs://) when the trial ends."""
-
-  def __init__(self, path):
-    self.path, self.local = path, None
-
-  def __enter__(self):
-    self.local = tempfile.NamedTemporaryFile("w+", suffix=".log")
-    return self.local
-
-  def __exit__(self, *exc):
-    self.local.flush()
-    self.path.write_text(pathlib.Path(self.local.name).read_text())
-    self.local.close()
+@contextlib.contextmanager
+def _log_file(path: epath.Path):
+  """The trial's log; for a gs:// workdir a local file, copied there when the trial ends."""
+  if "://" not in str(path):
+    with open(path, "a") as f:
+      yield f
+    return
+  with tempfile.NamedTemporaryFile("w+", suffix=".log") as f:
+    try:
+      yield f
+    finally:
+      f.flush()
+      path.write_text(pathlib.Path(f.name).read_text())
 
 
 def _new_evals(workdir, metric, seen):
@@ -348,7 +348,7 @@ def grid(args, runner, experiment, overrides) -> list[dict]:
   directory = epath.Path(args.workdir)
   jobs = []
   for name, trial in zip(names, trials):
-    train_args = _config_flag(args.config, directory / name, overrides, trial)
+    train_args = _train_args(args.config, directory / name, overrides, trial)
     jobs.append((name, trial, train_args))
   print(f"bigflax sweep: {len(jobs)} trials in {directory}", flush=True)
   if args.dry_run:
@@ -414,7 +414,7 @@ def optuna_search(args, runner, experiment, overrides) -> list[dict]:
     name = f"trial-{trial.number:03d}"
     trial.set_user_attr("name", name)
     workdir = directory / name
-    train_args = _config_flag(args.config, workdir, overrides, values)
+    train_args = _train_args(args.config, workdir, overrides, values)
 
     def should_prune(step, value):
       trial.report(value, step)
