@@ -294,17 +294,22 @@ def write_results(directory: epath.Path, rows: list[dict], fields: list[str], me
 
 
 def plot(path, rows, fields, metric):
-  """The metric against each swept field, one line per combination of the other fields."""
+  """The metric against each swept field, one line per combination of the other fields.
+  Fields swept together (zip_) share a panel."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(fields), figsize=(5 * len(fields), 4), squeeze=False)
-  for ax, field in zip(axes[0], fields):
-    others = [f for f in fields if f != field]
+  panels = []  # [field, *fields tied to it]
+  for field in fields:
+    if not any(_tied(rows, panel[0], field) for panel in panels):
+      panels.append([field] + [g for g in fields if g != field and _tied(rows, field, g)])
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    field, others = panel[0], [f for f in fields if f not in panel]
     groups = {}
     for r in rows:
       groups.setdefault(tuple(r.get(f) for f in others), []).append(r)
-    for key, group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for key, group in sorted(groups.items(), key=lambda kv: [_sort_key(v) for v in kv[0]]):
       group = sorted(group, key=lambda r: _sort_key(r.get(field)))
       xs = [r.get(field) for r in group]
       numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
@@ -313,7 +318,7 @@ def plot(path, rows, fields, metric):
               label=label or None)
       if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
-    ax.set_xlabel(field)
+    ax.set_xlabel(" / ".join(panel))
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
     if others:
@@ -322,6 +327,13 @@ def plot(path, rows, fields, metric):
   with epath.Path(path).open("wb") as f:
     fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
+
+
+def _tied(rows, f, g) -> bool:
+  """Whether fields f and g were swept together: each value of one goes with one of the
+  other."""
+  pairs = {(repr(r.get(f)), repr(r.get(g))) for r in rows}
+  return len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
 
 
 def _sort_key(value):

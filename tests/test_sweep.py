@@ -178,8 +178,8 @@ def test_sweep_on_a_tpu_slice_dry_run(capsys, monkeypatch):
   commands = [shlex.split(line) for line in out.splitlines() if line.startswith("gcloud")]
   assert sum("create" in c for c in commands) == 1 and sum("scp" in c for c in commands) == 1
   starts = [c[-2] for c in commands if "--worker=all" in c and "bigflax train" in c[-2]]
-  assert len(starts) == 14
-  for trial in ["embed_dim=64,mlp_dim=256,lr=0.0001", "embed_dim=128,mlp_dim=512,lr=0.03"]:
+  assert len(starts) == 10
+  for trial in ["embed_dim=64,mlp_dim=256,lr=0.0003", "embed_dim=128,mlp_dim=512,lr=0.03"]:
     assert any(f"--workdir gs://bucket/sweep/{trial} --config.train.num_steps=10" in s
                and "--distributed" in s for s in starts)
   assert commands[-1][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "delete"]
