@@ -268,7 +268,8 @@ def setup_steps(s: Slice, args) -> list[Step]:
 
 def main(argv) -> int:
   parser = argparse.ArgumentParser(prog="python -m bigflax launch",
-                                   description=__doc__.split("\n\n")[0],
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="Other --config.a.b=value arguments go to train.")
   parser.add_argument("--config", required=True, help="experiments/X.py[:arg]")
   parser.add_argument("--workdir", required=True, help="gs://bucket/run")

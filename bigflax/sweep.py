@@ -486,7 +486,8 @@ def load_experiment(config_arg: str):
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
-      prog="python -m bigflax sweep", description=__doc__.split("\n\n")[0],
+      prog="python -m bigflax sweep", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="Other --config.a.b=value arguments apply to every trial.")
   parser.add_argument("--config", required=True, help="experiments/X.py with get_sweep()")
   parser.add_argument("--workdir", required=True, help="sweep directory: one run per trial")
