@@ -45,6 +45,7 @@ from bigflax.train import writers
 
 STATUS_FILE = "sweep_trial.json"
 LOG_FILE = "train.log"
+POLL_SECONDS = 2.0  # how often a running trial's metrics are read (for pruning)
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def run_trial(runner, train_args, workdir: epath.Path, metric: str | None = None
   with _log_file(log_path) as log:
     process = runner.start(train_args, workdir, log)
     while process.poll() is None:
-      time.sleep(2)
+      time.sleep(POLL_SECONDS)
       if should_prune is None or pruned:
         continue
       for step, value in _new_evals(workdir, metric, seen):

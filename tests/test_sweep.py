@@ -5,6 +5,8 @@ launched on a TPU slice (dry run)."""
 import csv
 import json
 import shlex
+import subprocess
+import sys
 
 from etils import epath
 import numpy as np
@@ -91,6 +93,92 @@ def tiny(tfds_dir, steps=4):
 def read_csv(path):
   with open(path) as f:
     return list(csv.DictReader(f))
+
+
+# A stand-in for `bigflax train` (no JAX, a fraction of a second): it logs validation
+# losses (log10(lr) + 2.5)^2 + 1/step for steps 1..5, and fails for lr > 0.05.
+FAKE_TRAINER = """
+import json, math, pathlib, sys, time
+args = sys.argv[1:]
+workdir = pathlib.Path(args[args.index("--workdir") + 1])
+lr = float(next(a.split("=")[1] for a in args if a.startswith("--config.optim.lr=")))
+if lr > 0.05:
+  sys.exit("diverged")
+with open(workdir / "metrics.jsonl", "a") as f:
+  for step in range(1, 6):
+    loss = (math.log10(lr) + 2.5) ** 2 + 1 / step
+    f.write(json.dumps({"step": step, "split": "validation", "loss": loss}) + "\\n")
+    f.flush()
+    time.sleep(0.2)
+"""
+
+
+def fake_loss(lr, step=5):
+  return (np.log10(lr) + 2.5) ** 2 + 1 / step
+
+
+class FakeRunner(sweep.LocalRunner):
+  def start(self, train_args, workdir, log):
+    return subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, *train_args], stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+  monkeypatch.setattr(sweep, "LocalRunner", FakeRunner)
+  monkeypatch.setattr(sweep, "POLL_SECONDS", 0.05)
+
+
+def test_grid_sweep_orchestration(experiment, fake_training, tmp_path, capsys):
+  fake = tmp_path / "fake.py"
+  fake.write_text(EXPERIMENT.replace("+ [{\"optim.lr\": 1e-3", "+ [{\"optim.lr\": 1e-1"))
+  directory = tmp_path / "sweep"
+  args = ["--config", str(fake), "--workdir", str(directory), "--parallel", "3"]
+  assert sweep.main(args) == 0
+  out = capsys.readouterr().out
+  rows = read_csv(directory / "results.csv")
+  assert [r["trial"] for r in rows] == ["lr=0.001,num_layers=1", "lr=0.001,num_layers=2",
+                                        "lr=0.01,num_layers=1", "lr=0.01,num_layers=2",
+                                        "lr=0.1,num_layers=1,seq_len=1000"]
+  assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"]
+  for r in rows[:4]:
+    assert float(r["validation/loss"]) == pytest.approx(fake_loss(float(r["optim.lr"])))
+  failed = directory / "lr=0.1,num_layers=1,seq_len=1000" / "train.log"
+  assert f"FAILED (exit 1), log: {failed}" in out and "diverged" in failed.read_text()
+  assert (directory / "results.md").read_text().strip() in out
+
+  assert sweep.main(args) == 0  # finished trials are skipped, the failed one retried
+  out = capsys.readouterr().out
+  assert out.count("finished earlier, skipped") == 4 and out.count("FAILED") == 1
+
+
+def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
+  optuna = pytest.importorskip("optuna")
+  space = tmp_path / "space.py"
+  space.write_text(EXPERIMENT.replace("LogUniform(1e-3, 1e-2)", "LogUniform(1e-5, 1e-2)"))
+  directory = tmp_path / "study"
+  args = ["--config", str(space), "--workdir", str(directory), "--optuna", "8", "--seed", "0",
+          "--prune_after", "2"]
+  assert sweep.main(args) == 0
+  study = optuna.load_study(study_name="space", storage=f"sqlite:///{directory}/study.db")
+  states = [t.state.name for t in study.trials]
+  assert len(states) == 8 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
+  for t in study.trials:
+    logged = writers.read(str(directory / f"trial-{t.number:03d}"), "validation")
+    if t.state.name == "COMPLETE":
+      assert t.value == pytest.approx(fake_loss(t.params["optim.lr"])) and len(logged) == 5
+    else:  # stopped once its loss at some step was above the median of earlier trials'
+      assert len(logged) < 5
+      step = max(t.intermediate_values)
+      earlier = [u.intermediate_values[step] for u in study.trials[:t.number]
+                 if step in u.intermediate_values]
+      assert t.intermediate_values[step] > np.median(earlier)
+  rows = read_csv(directory / "results.csv")
+  assert sorted(r["status"] for r in rows) == sorted(
+      {"COMPLETE": "done", "PRUNED": "pruned"}[s] for s in states)
+  assert sweep.main(args) == 0  # the study is complete: no new trial
+  assert len(optuna.load_study(study_name="space",
+                               storage=f"sqlite:///{directory}/study.db").trials) == 8
 
 
 @pytest.mark.slow
