@@ -3,7 +3,6 @@ with pruning) with a stand-in trainer; a real sweep of tiny GPTs end to end and 
 stopped by the pruner; trials launched on a TPU slice (dry run)."""
 
 import csv
-import json
 import shlex
 import subprocess
 import sys
