@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from bigflax import configs, metrics, models, tasks
+from bigflax.tasks import distill
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
 from bigflax.interop import hf
@@ -92,10 +93,58 @@ def build_state(config, model, mesh):
   """(state, shardings, lr schedule, optimizer): a fresh state, laid out on the mesh."""
   optimizer, schedule = optim.make(config.optim, config.train.num_steps)
   inputs = tasks.get(config.task.name).init_inputs(config)
-  state, shardings = state_lib.create(lambda rng: model.init(rng, *inputs)["params"],
-                                      optimizer, jax.random.key(config.seed), mesh,
+
+  def init(rng):
+    params = model.init(rng, *inputs)["params"]
+    if config.distill.teacher and config.distill.hidden_weight:
+      teacher_dim = configs.load(config.distill.teacher).model.embed_dim
+      params[distill.PROJECTION] = distill.init_projection(
+          jax.random.fold_in(rng, 1), config.model.embed_dim, teacher_dim)
+    return params
+
+  state, shardings = state_lib.create(init, optimizer, jax.random.key(config.seed), mesh,
                                       config.mesh.rules)
   return state, shardings, schedule, optimizer
+
+
+def build_teacher(config, tokenizer, mesh, rules):
+  """A distillation's frozen teacher: (model, params, shardings), the model from the
+  teacher run's config.json, its latest parameters laid out by this run's rules."""
+  teacher_dir = config.distill.teacher
+  teacher_config = configs.load(teacher_dir)
+  if teacher_config.task.name != config.task.name:
+    raise UsageError(f"distill.teacher={teacher_dir} was trained on task "
+                     f"{teacher_config.task.name!r}, this run on {config.task.name!r}.")
+  teacher_tokenizer = None
+  if tokenizer is not None:
+    teacher_tokenizer = tokenizers.load(os.path.join(teacher_dir, "tokenizer"))
+    probe = "def distill(teacher):\n  return 'student' # 42"
+    if (teacher_tokenizer.vocab_size != tokenizer.vocab_size
+        or teacher_tokenizer.encode(probe) != tokenizer.encode(probe)):
+      raise UsageError(f"distill.teacher={teacher_dir} uses another tokenizer than this "
+                       f"run; set tokenizer.* as in {teacher_dir}/config.json.")
+  teacher = build_model(teacher_config, teacher_tokenizer)
+  inputs = tasks.get(teacher_config.task.name).init_inputs(teacher_config)
+  boxed = jax.eval_shape(lambda: teacher.init(jax.random.key(0), *inputs)["params"])
+  shardings = partitioning.logical_shardings(boxed, mesh, rules)
+  source = checkpoint.restore_params(os.path.join(teacher_dir, "checkpoints"))
+  params, _ = state_lib.merge_params(state_lib.abstract(shardings, nn.unbox(boxed)), source)
+  return teacher, params, shardings
+
+
+def initialize_from(config, state, mesh):
+  """`state` started from `config.init_from`: its parameters, and with
+  `init_keep_optimizer` its optimizer state too."""
+  if not config.init_keep_optimizer:
+    return state.replace(params=init_params(config, state.params))
+  source = checkpoint.manager(os.path.join(config.init_from, "checkpoints"), keep=None)
+  restored = checkpoint.restore(source, state)
+  if restored is None:
+    raise UsageError(f"init_keep_optimizer needs init_from={config.init_from!r} to be a "
+                     f"bigflax workdir with checkpoints.")
+  print(f"bigflax: init_from {config.init_from}: parameters and optimizer state of its "
+        f"step {int(restored[0].step)}", flush=True)
+  return state.replace(params=restored[0].params, opt_state=restored[0].opt_state)
 
 
 def init_params(config, params):
@@ -147,7 +196,7 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
     print(f"bigflax: restored the checkpoint of step {int(state.step)} (data position "
           f"{data_position}).")
   elif config.init_from:
-    state = state.replace(params=init_params(config, state.params))
+    state = initialize_from(config, state, mesh)
   if jax.process_index() == 0:
     configs.save(config, workdir)
 
@@ -162,18 +211,26 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
     baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
     print(f"bigflax: unigram baseline loss {baseline:.3f} nats/token", flush=True)
 
+  loss_fn = tasks.trainer_loss(task, model)
+  teacher_params = teacher_shardings = None
+  if config.distill.teacher:
+    teacher, teacher_params, teacher_shardings = build_teacher(config, tokenizer, mesh, rules)
+    loss_fn = functools.partial(distill.loss_fn, task, model, teacher, config.distill)
+    print(f"bigflax: distilling from {config.distill.teacher} "
+          f"({state_lib.num_params(teacher_params):,} parameters)", flush=True)
+
   run = loop.Run(
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings,
       batch_sharding=partitioning.batch_sharding(mesh, rules),
-      train_step=step_lib.make_train_step(functools.partial(task.loss_fn, model), optimizer,
-                                          schedule, config.train.microbatches),
+      train_step=step_lib.make_train_step(loss_fn, optimizer, schedule,
+                                          config.train.microbatches),
       eval_step=functools.partial(task.eval_fn, model), finalize_eval=task.finalize,
       train_batches=train_data.iterate,
       eval_batches=lambda: (eval_data.batch(i) for i in range(
           config.train.eval_steps or eval_data.steps_per_epoch)),
       tokens_per_step=tokens_per_step, flops_per_step=flops_per_token * tokens_per_step,
-      checkpoints=checkpoints)
+      checkpoints=checkpoints, frozen=teacher_params, frozen_shardings=teacher_shardings)
   return run, model, tokenizer
 
 

@@ -19,3 +19,9 @@ def get(name: str):
   if name not in TASKS:
     raise ValueError(f"task.name={name!r} is not a task; choose one of {sorted(TASKS)}.")
   return TASKS[name]
+
+
+def trainer_loss(task, model):
+  """The trainer's `loss_fn(params, batch, rng, frozen)` for a task that reads nothing
+  frozen (every task but distillation)."""
+  return lambda params, batch, rng, frozen: task.loss_fn(model, params, batch, rng)

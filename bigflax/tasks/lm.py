@@ -21,9 +21,15 @@ def tokens_per_example(config):
   return config.data.seq_len
 
 
+def outputs(model, params, batch, rngs):
+  """(logits, labels, weights) of every position: what a distillation compares."""
+  logits = model.apply({"params": params}, batch["inputs"], rngs=rngs)
+  return logits, batch["targets"], jnp.ones(batch["targets"].shape, jnp.float32)
+
+
 def loss_fn(model, params, batch, rng):
-  logits = model.apply({"params": params}, batch["inputs"], rngs={"dropout": rng})
-  nll = losses.cross_entropy(logits, batch["targets"])
+  logits, targets, _ = outputs(model, params, batch, {"dropout": rng})
+  nll = losses.cross_entropy(logits, targets)
   loss = nll.mean()
   accuracy = losses.correct(jax.lax.stop_gradient(logits), batch["targets"]).mean()
   return loss, {"loss": loss, "perplexity": jnp.exp(loss), "accuracy": accuracy}
