@@ -5,7 +5,9 @@ bit for bit by asking for `iterate(start_step=restored_step)`, with no iterator
 state in the checkpoint.
 """
 
+import functools
 import itertools
+import sys
 from typing import Callable, Iterator, Sequence
 
 import grain
@@ -117,10 +119,12 @@ class Batches:
       process_index: int = 0,
       process_count: int = 1,
       transform: Callable[[int, dict], dict] | None = None,
+      lengths: np.ndarray | None = None,
   ):
     """`transform(step, global_batch)`, if given, changes each global batch on the host
     (e.g. MLM masking) before this process takes its rows; seed it from `step` to keep
-    the batch a pure function of the step."""
+    the batch a pure function of the step. `lengths` (with `shuffle`): put examples of
+    similar length in the same batch (see `length_grouped_order`)."""
     num_examples = len(next(iter(arrays.values())))
     if global_batch_size % process_count:
       raise ValueError(
@@ -140,17 +144,21 @@ class Batches:
     def local_rows(batch):
       return {k: v[start : start + local_batch_size] for k, v in batch.items()}
 
-    dataset = grain.MapDataset.range(num_examples)
-    if shuffle:
-      dataset = dataset.shuffle(seed=seed)
+    if lengths is not None and shuffle:
+      order = functools.lru_cache(maxsize=2)(lambda epoch: length_grouped_order(
+          lengths, global_batch_size, seed, epoch))
+      steps = self.steps_per_epoch
+      batch_indices = grain.MapDataset.range(sys.maxsize).map(
+          lambda step: order(step // steps)[step % steps])
+    else:
+      dataset = grain.MapDataset.range(num_examples)
+      if shuffle:
+        dataset = dataset.shuffle(seed=seed)
+      batch_indices = dataset.repeat().batch(global_batch_size, drop_remainder=True)
     # Every process materialises the whole global batch and keeps its rows: a
     # gather from memory, cheap next to a training step, and the simplest way
     # to make the processes' rows provably the one-process batch.
-    batches = (
-        dataset.repeat()
-        .batch(global_batch_size, drop_remainder=True)
-        .map(lambda indices: {k: v[indices] for k, v in arrays.items()})
-    )
+    batches = batch_indices.map(lambda indices: {k: v[indices] for k, v in arrays.items()})
     if transform is not None:
       batches = batches.map_with_index(transform)
     self._batches = batches.map(local_rows)
@@ -163,6 +171,32 @@ class Batches:
     """batch(start_step), batch(start_step + 1), ..., prepared in the background."""
     read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
     return iter(self._batches[start_step:].to_iter_dataset(read_options))
+
+
+def length_grouped_order(lengths: np.ndarray, global_batch_size: int, seed: int,
+                         epoch: int, pool: int = 50) -> np.ndarray:
+  """One epoch's batches [steps_per_epoch, B] of example indices, grouped by length.
+
+  A random permutation is cut into pools of `pool` batches; each pool is sorted by
+  length and cut into batches, and the batches are shuffled: every batch is random but
+  its rows have similar lengths, so little of it is padding (as in fairseq / HF's
+  group_by_length).
+  """
+  rng = np.random.default_rng([seed, epoch])
+  steps = len(lengths) // global_batch_size
+  indices = rng.permutation(len(lengths))[:steps * global_batch_size]
+  size = pool * global_batch_size
+  pools = [indices[i:i + size] for i in range(0, len(indices), size)]
+  grouped = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in pools])
+  return grouped.reshape(steps, global_batch_size)[rng.permutation(steps)]
+
+
+def trim_to_bucket(batch: dict, buckets: Sequence[int], keys: Sequence[str]) -> dict:
+  """The batch's `keys` arrays cut to the smallest bucket width that holds every row's
+  real tokens (batch['mask']): a few shapes, so jit compiles a few times, not per batch."""
+  longest = int(batch["mask"].sum(axis=1).max())
+  width = next((b for b in sorted(buckets) if b >= longest), batch["mask"].shape[1])
+  return {k: v[:, :width] if k in keys else v for k, v in batch.items()}
 
 
 def make_lm_batches(
@@ -262,5 +296,11 @@ def make_text_classification_batches(
   )
   arrays = {"tokens": tokens, "mask": mask, "segments": np.zeros_like(tokens),
             "label": labels, "weight": weights}
+  buckets = data_config.get("length_buckets")
+  if not buckets:
+    return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
+                   shuffle=shuffle, process_index=process_index, process_count=process_count)
+  trim = lambda step, batch: trim_to_bucket(batch, buckets, ("tokens", "mask", "segments"))
   return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
-                 shuffle=shuffle, process_index=process_index, process_count=process_count)
+                 shuffle=shuffle, process_index=process_index, process_count=process_count,
+                 transform=trim, lengths=mask.sum(axis=1))
