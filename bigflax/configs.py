@@ -148,4 +148,15 @@ def load(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"No config.json in --workdir={workdir}: is it a bigflax run "
                             f"directory? (`bigflax train` writes one when it starts.)")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(_with_defaults(json.load(f), json.loads(base().to_json())))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  """`saved` plus the fields bigflax gained after it was written, at their defaults."""
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _with_defaults(merged[key], value)
+  return merged
