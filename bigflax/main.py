@@ -4,6 +4,7 @@ Commands:
   train   train (or resume) the experiment in --workdir
   eval    the task's metrics for the latest checkpoint in --workdir (--split)
   sample  decode from the latest checkpoint in --workdir with a KV cache
+  promote --candidate RUN --incumbent RUN: serve the candidate only if it is not worse
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
 know nothing of one another.
@@ -23,7 +24,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from bigflax import configs, metrics, models, tasks
+from bigflax import configs, metrics, models, promote, tasks
 from bigflax.tasks import distill
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
@@ -50,9 +51,17 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with the "
                   "platform's defaults (Cloud TPU pods, SLURM).")
+flags.DEFINE_string("candidate", None, "promote: the run that may replace the incumbent.")
+flags.DEFINE_string("incumbent", None, "promote: the served run; its data's --split is the "
+                    "held-out set both runs are judged on.")
+flags.DEFINE_string("metric", None, "promote: the deciding metric (default: accuracy for "
+                    "classifiers, loss otherwise).")
+flags.DEFINE_float("min_delta", 0.0, "promote: the improvement required (0 = not worse).")
+flags.DEFINE_string("registry", None, "promote: directory of served.json and "
+                    "promotions.jsonl (default: the incumbent's parent directory).")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
-COMMANDS = ("train", "eval", "sample")
+COMMANDS = ("train", "eval", "sample", "promote")
 
 
 class UsageError(Exception):
@@ -165,13 +174,11 @@ def init_params(config, params):
   return params
 
 
-def build_run(config, workdir, mesh=None, eval_split="validation"):
+def build_run(config, workdir, mesh=None, eval_split="validation", save_config=True):
   """Everything a training run needs, from the config: (loop.Run, model, tokenizer).
 
   Restores the latest checkpoint in `workdir` if there is one.
   """
-
-
   configs.validate(config)
   if os.path.exists(os.path.join(workdir, "checkpoints")):
     configs.check_resumable(configs.load(workdir), config, workdir)
@@ -197,7 +204,7 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
           f"{data_position}).")
   elif config.init_from:
     state = initialize_from(config, state, mesh)
-  if jax.process_index() == 0:
+  if save_config and jax.process_index() == 0:
     configs.save(config, workdir)
 
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
@@ -268,18 +275,24 @@ def print_samples(config, model, tokenizer, params, prompts, num_samples, **over
       print(f"--- sample ({prompt!r}) ---\n{prompt}{tokenizer.decode(row.tolist())}")
 
 
-def evaluate(workdir, split):
-  """Metrics of the latest checkpoint on `split`, computed exactly as training does."""
-  config = configs.load(workdir)
+def evaluation(config, workdir, split):
+  """(step, metrics, totals) of the latest checkpoint in `workdir` on `split` of
+  `config.data`, computed exactly as training-time evaluation does."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise UsageError(f"No checkpoints in {workdir}: train first.")
-  run, _, _ = build_run(config, workdir, eval_split=split)
+  run, _, _ = build_run(config, workdir, eval_split=split, save_config=False)
   step = int(run.state.step)
   if step == 0:
     raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     totals = loop.evaluate_totals(run, run.state.params, loop.jit_eval_step(run))
-  results = run.finalize_eval(totals)
+  return step, run.finalize_eval(totals), totals
+
+
+def evaluate(workdir, split):
+  """Prints and writes (eval_{split}_{step}.json) the task's metrics of the latest
+  checkpoint."""
+  step, results, totals = evaluation(configs.load(workdir), workdir, split)
   report = {"step": step, "split": split, "metrics": results}
   if "confusion" in totals:
     report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"])
@@ -293,6 +306,43 @@ def evaluate(workdir, split):
       print(metrics.format_confusion_matrix(totals["confusion"]))
       print(f"confusion matrix: {name}_confusion.png")
     print(json.dumps(report))
+
+
+def promote_run(candidate, incumbent, split, metric, min_delta, registry):
+  """Evaluates both runs on the incumbent's held-out data; the candidate becomes the
+  registry's served run only if its improvement is at least `min_delta` (0: not worse)."""
+  incumbent_config = configs.load(incumbent)
+  candidate_config = configs.load(candidate)
+  if candidate_config.task.name != incumbent_config.task.name:
+    raise UsageError(f"--candidate={candidate} is a {candidate_config.task.name!r} run, "
+                     f"--incumbent={incumbent} a {incumbent_config.task.name!r} run.")
+  # The one held-out set both are judged on: the incumbent's.
+  candidate_config.unlock().data = incumbent_config.data
+  metric = metric or promote.default_metric(incumbent_config.task.name)
+  scores = {}
+  for role, workdir, config in (("incumbent", incumbent, incumbent_config),
+                                ("candidate", candidate, candidate_config)):
+    step, results, _ = evaluation(config, workdir, split)
+    if metric not in results:
+      raise UsageError(f"--metric={metric} is not among the task's metrics: "
+                       f"{', '.join(sorted(results))}.")
+    scores[role] = (step, results)
+  decision = dict(
+      **promote.decide(metric, scores["candidate"][1], scores["incumbent"][1], min_delta),
+      split=split, candidate=os.path.abspath(candidate),
+      candidate_step=scores["candidate"][0], candidate_metrics=scores["candidate"][1],
+      incumbent=os.path.abspath(incumbent), incumbent_step=scores["incumbent"][0],
+      incumbent_metrics=scores["incumbent"][1])
+  registry = registry or os.path.dirname(os.path.abspath(incumbent))
+  if jax.process_index() == 0:
+    promote.record(registry, decision)
+    verdict = "PROMOTED" if decision["promoted"] else "kept out"
+    print(f"{metric}: candidate {scores['candidate'][1][metric]:.4f}, incumbent "
+          f"{scores['incumbent'][1][metric]:.4f} (improvement "
+          f"{decision['improvement']:+.4f}, needed "
+          f"{min_delta:+.4f}): candidate {verdict}; log: {registry}/{promote.LOG}")
+    print(json.dumps(decision))
+  return decision
 
 
 def sample(workdir):
@@ -320,14 +370,20 @@ def sample(workdir):
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"Give one command, one of {COMMANDS}; got {argv[1:]}.")
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required.")
   command = argv[1]
+  if not FLAGS.workdir and command != "promote":
+    raise app.UsageError("--workdir is required.")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax's INFO logs would drown the progress bar
   try:
     initialize_distributed()
-    if command == "train":
+    if command == "promote":
+      for name in ("candidate", "incumbent"):
+        if not FLAGS[name].value or not os.path.isdir(FLAGS[name].value):
+          raise UsageError(f"--{name}={FLAGS[name].value} is not a run directory.")
+      promote_run(FLAGS.candidate, FLAGS.incumbent, FLAGS.split, FLAGS.metric,
+                  FLAGS.min_delta, FLAGS.registry)
+    elif command == "train":
       if FLAGS.config is None:
         raise UsageError("train needs --config experiments/<name>.py.")
       train(FLAGS.config, FLAGS.workdir)
