@@ -245,8 +245,9 @@ def train(config, workdir):
 
   run, model, tokenizer = build_run(config, workdir)
   state = loop.train(run)
-  # Language models end with samples; every process decodes, process 0 prints.
-  if config.task.name == "lm" and int(state.step) == config.train.num_steps:
+  # Language models end with samples (answers to config.sample.prompts after SFT); every
+  # process decodes, process 0 prints.
+  if config.task.name in ("lm", "sft") and int(state.step) == config.train.num_steps:
     longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1
     with jax.set_mesh(run.mesh):  # samples fit the context whatever config.sample asks
       print_samples(config, model, tokenizer, state.params, config.sample.prompts,
