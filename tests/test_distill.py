@@ -99,3 +99,16 @@ def test_continued_training_on_new_data_keeps_or_resets_the_optimizer(
   loop.train(kept)
   # Shakespeare is new to the model, yet it starts far below a random model's loss.
   assert writers.read(str(tmp_path / "keep"), "train")[1]["loss"] < 0.8 * np.log(256)
+
+
+def test_the_teacher_is_sharded_by_the_run_rules(tfds_dir, tmp_path, teacher):
+  mesh = partitioning.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  config = tiny(tfds_dir, embed_dim=32, mlp_dim=64, num_heads=2)
+  config.distill.teacher = teacher
+  config.train.num_steps = 2
+  run, _, _ = main.build_run(config, str(tmp_path), mesh=mesh)
+  up = run.frozen["layer_0"]["mlp"]["up"]["kernel"]  # (embed, mlp) -> (fsdp, tensor)
+  assert up.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert up.addressable_shards[0].data.shape == (32, 64)  # of (64, 128)
+  loop.train(run)
+  assert np.isfinite(writers.read(str(tmp_path), "train")[2]["kd_loss"])
