@@ -1,7 +1,9 @@
-"""Knowledge distillation of the default GPT (experiments/gpt_tiny.py, 4 layers) into a
-half-size student (2 layers, same width) on the same stdlib corpus and budget.
+"""Knowledge distillation of the default GPT (experiments/gpt_tiny.py, 4 layers, trained
+2x longer than the default) into a half-size student (2 layers, same width) trained for
+the default budget on the same stdlib corpus.
 
-  python -m bigflax train --config experiments/gpt_tiny.py --workdir runs/gpt_tiny
+  python -m bigflax train --config experiments/gpt_tiny.py --workdir runs/gpt_teacher \
+      --config.train.num_steps=500
   python -m bigflax train --config experiments/gpt_distill.py --workdir runs/gpt_distill
   python -m bigflax train --config experiments/gpt_distill.py:alone --workdir runs/gpt_alone
 
@@ -19,5 +21,5 @@ def get_config(arg=None):
   config = gpt_tiny.get_config()
   config.model.num_layers = 2
   if arg != "alone":
-    config.distill.update(teacher="runs/gpt_tiny", alpha=0.5, temperature=2.0)
+    config.distill.update(teacher="runs/gpt_teacher", alpha=0.5, temperature=2.0)
   return config
