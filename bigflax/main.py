@@ -109,6 +109,8 @@ def init_params(config, params):
   else:
     raise UsageError(f"init_from={source_dir!r} is neither a bigflax workdir with "
                      f"checkpoints nor a directory holding model.safetensors.")
+  if config.model.name == "vit":  # a checkpoint of another resolution: resize its grid
+    source = models.vit.adapt_to_resolution(source, params)
   params, report = state_lib.merge_params(params, source, config.init_new)
   print(f"bigflax: init_from {source_dir}: restored {len(report['restored'])} parameters, "
         f"{len(report['new'])} new {report['new']}, {len(report['unused'])} unused "
