@@ -1,4 +1,4 @@
-"""Step-indexed batches: language-model windows and labelled sentences.
+"""Step-indexed batches: language-model windows, labelled sentences and images.
 
 The batch for step s is a pure function of (seed, s): a killed run resumes
 bit for bit by asking for `iterate(start_step=restored_step)`, with no iterator
@@ -12,12 +12,15 @@ import grain
 import ml_collections
 import numpy as np
 
+from bigflax.data import fashion_mnist
 from bigflax.data import sst2
 from bigflax.data import stdlib_corpus
 from bigflax.data import tiny_shakespeare
 from bigflax.data import tokenizers
 
-DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2")
+DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2", "fashion_mnist")
+# Datasets of labelled images (image, label, index) -> their split rule.
+IMAGE_CLASSIFICATION = {"fashion_mnist": fashion_mnist.SPLITS}
 # Datasets of labelled sentences (sentence, label, index), not documents (path, text).
 _SENTENCE_CLASSIFICATION = frozenset({"sst2"})
 # Datasets whose examples are consecutive chunks of one text: an eos between
@@ -32,6 +35,8 @@ def _builder(name: str, data_dir, source_dir):
     return tiny_shakespeare.TinyShakespeare(data_dir=data_dir, source_dir=source_dir)
   if name == "sst2":
     return sst2.Sst2(data_dir=data_dir, source_dir=source_dir)
+  if name == "fashion_mnist":
+    return fashion_mnist.FashionMnist(data_dir=data_dir, source_dir=source_dir)
   raise ValueError(f"data.name={name!r} is not one of {list(DATASET_NAMES)}")
 
 
@@ -76,6 +81,26 @@ def load_labelled_sentences(
   examples = _load_examples(name, split, data_dir, source_dir, "index")
   sentences = [example["sentence"].decode("utf-8") for example in examples]
   return sentences, np.array([example["label"] for example in examples], np.int32)
+
+
+def load_labelled_images(
+    name: str, split: str, data_dir=None, source_dir=None
+) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 images (N, H, W, C), int32 labels) of one split, in file order.
+
+  `split` is a name in the dataset's split rule, e.g. fashion_mnist's validation is the
+  end of the TFDS train split.
+  """
+  if name not in IMAGE_CLASSIFICATION:
+    raise ValueError(f"data.name={name!r} is not an image-classification dataset "
+                     f"({sorted(IMAGE_CLASSIFICATION)})")
+  if split not in IMAGE_CLASSIFICATION[name]:
+    raise ValueError(f"{name} has no split {split!r}; choose one of "
+                     f"{sorted(IMAGE_CLASSIFICATION[name])}.")
+  tfds_split, start, stop = IMAGE_CLASSIFICATION[name][split]
+  examples = _load_examples(name, tfds_split, data_dir, source_dir, "index")[start:stop]
+  return (np.stack([example["image"] for example in examples]),
+          np.array([example["label"] for example in examples], np.int32))
 
 
 def pack_documents(
@@ -264,3 +289,33 @@ def make_text_classification_batches(
             "label": labels, "weight": weights}
   return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
                  shuffle=shuffle, process_index=process_index, process_count=process_count)
+
+
+def make_image_classification_batches(
+    data_config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    process_index: int,
+    process_count: int,
+    transform: Callable[[int, dict], dict] | None = None,
+) -> Batches:
+  """Labelled-image batches of one split: image (uint8), label, weight.
+
+  'train' is shuffled, endless and passed through `transform` (augmentation); other
+  splits are in file order, padded with weight-0 black images to whole global batches,
+  so `steps_per_epoch` steps evaluate every example exactly once.
+  """
+  images, labels = load_labelled_images(
+      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+  )
+  weights = np.ones(len(images), np.float32)
+  shuffle = split == "train"
+  if not shuffle:
+    num_padding = -len(images) % data_config.global_batch_size
+    images = np.pad(images, [(0, num_padding)] + [(0, 0)] * (images.ndim - 1))
+    labels = np.pad(labels, (0, num_padding))
+    weights = np.pad(weights, (0, num_padding))
+  return Batches({"image": images, "label": labels, "weight": weights},
+                 data_config.global_batch_size, seed=data_config.seed, shuffle=shuffle,
+                 process_index=process_index, process_count=process_count,
+                 transform=transform if shuffle else None)
