@@ -2,6 +2,8 @@
 position-embedding resizing against torch's bilinear interpolation, and loading a
 checkpoint of another resolution."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -134,3 +136,46 @@ def test_flops_per_image_counts_every_matmul():
   matmuls = t * (block + 2 * d) + 16 * (2 * 2 * 3 + 1) * d + (d + 1) * 5  # + final norm
   expected = 6 * matmuls + 12 * 1 * d * t * t
   assert vit.flops_per_token(config, num_params, 0) == expected
+
+
+@pytest.mark.slow
+def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, tmp_path):
+  from cli_utils import losses, run
+  from conftest import SHARED_DATA
+
+  tiny_flags = ["--config", "experiments/vit_fashion_mnist.py",
+                "--config.model.num_layers=1", "--config.model.embed_dim=32",
+                "--config.model.num_heads=2", "--config.model.mlp_dim=64",
+                f"--config.data.data_dir={tfds_dir}",
+                f"--config.data.source_dir={SHARED_DATA / 'fashion_mnist'}",
+                "--config.data.global_batch_size=64", "--config.optim.lr=1e-2",
+                "--config.optim.warmup_steps=3", "--config.optim.decay=constant",
+                "--config.train.log_every=1",
+                "--config.train.eval_every=0"]
+  trained = run("train", tmp_path / "p7", *tiny_flags, "--config.model.patch_size=7",
+                "--config.train.num_steps=40", "--config.train.checkpoint_every=40")
+  assert trained.returncode == 0, trained.stderr
+  loss = losses(tmp_path / "p7")
+  assert loss[1] == pytest.approx(np.log(10), abs=1e-4)  # the head starts at zero
+  assert np.mean([loss[s] for s in range(36, 41)]) < 2.05
+
+  evaluated = run("eval", tmp_path / "p7", "--split", "test")
+  assert evaluated.returncode == 0, evaluated.stderr
+  report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+  matrix = np.array(report["confusion_matrix"]["matrix"])
+  assert report["split"] == "test" and matrix.sum() == 10_000  # every test image, once
+  assert (matrix.sum(1) == 1_000).all()
+  assert report["metrics"]["accuracy"] == pytest.approx(np.trace(matrix) / 10_000)
+  assert report["metrics"]["accuracy"] > 0.3  # chance is 0.1
+  for c in range(10):
+    assert f"f1/class_{c}=" in evaluated.stdout
+  assert (tmp_path / "p7" / "eval_test_40_confusion.png").read_bytes().startswith(b"\x89PNG")
+
+  # Patch 4 instead of 7: a 7x7 grid of positions initialised from the 4x4 one.
+  finetuned = run("train", tmp_path / "p4", *tiny_flags, "--config.model.patch_size=4",
+                  f"--config.init_from={tmp_path / 'p7'}", "--config.init_new=^patch_embed/",
+                  "--config.train.num_steps=1")
+  assert finetuned.returncode == 0, finetuned.stderr
+  # Everything else, the resized position embedding included, comes from the checkpoint.
+  assert "restored 21 parameters, 2 new ['patch_embed/bias', 'patch_embed/kernel']" in (
+      finetuned.stdout)
