@@ -19,13 +19,15 @@ from experiments import vit_b16, vit_fashion_mnist
 def init_params(model_config, batch=1):
   model = models.build(model_config)
   shape = (batch, model.image_size, model.image_size, model.num_channels)
-  return model, nn.unbox(model.init(jax.random.key(0), jnp.zeros(shape, jnp.uint8))["params"])
+  init = jax.jit(model.init)
+  return model, nn.unbox(init(jax.random.key(0), jnp.zeros(shape, jnp.uint8))["params"])
 
 
 def tiny(**overrides):
   config = vit_fashion_mnist.get_config().model
   config.update(dict(dict(num_layers=1, embed_dim=16, num_heads=2, mlp_dim=32, image_size=8,
-                          patch_size=2, num_channels=3, num_classes=5), **overrides))
+                          patch_size=2, num_channels=3, num_classes=5, pool="cls"),
+                     **overrides))
   return config
 
 
@@ -43,7 +45,7 @@ def test_patch_embedding_is_a_strided_convolution():
   model, params = init_params(tiny())
   params = jax.tree.map(lambda x: x + 0.1, jax.device_get(params))  # a nonzero head
   images = jax.random.randint(jax.random.key(1), (2, 8, 8, 3), 0, 256).astype(jnp.uint8)
-  tokens = model.apply({"params": params}, images, None)
+  tokens = jax.jit(model.apply, static_argnums=2)({"params": params}, images, None)
 
   kernel = params["patch_embed"]["kernel"]  # (P, P, C, D): a conv's HWIO kernel
   conv = jax.lax.conv_general_dilated(
@@ -59,8 +61,8 @@ def test_patch_embedding_is_a_strided_convolution():
   expected = (x - mean) / np.sqrt(var + 1e-6) * norm["scale"] + norm["bias"]
   shallow = models.build(zero_layers)
   params0 = {k: v for k, v in params.items() if not k.startswith("layer_")}
-  np.testing.assert_allclose(shallow.apply({"params": params0}, images, None), expected,
-                             atol=1e-4)
+  np.testing.assert_allclose(jax.jit(shallow.apply, static_argnums=2)(
+      {"params": params0}, images, None), expected, atol=1e-4)
   assert tokens.shape == (2, 17, 16)
   logits = model.apply({"params": params}, images)
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
@@ -72,7 +74,7 @@ def test_mean_pooling_has_no_class_token():
   assert params["position_embed"]["embedding"].shape == (16, 16)
   images = jnp.zeros((3, 8, 8, 3), jnp.uint8)
   pooled = model.apply({"params": params}, images, "pool")
-  tokens = model.apply({"params": params}, images, None)
+  tokens = jax.jit(model.apply, static_argnums=2)({"params": params}, images, None)
   np.testing.assert_allclose(pooled, tokens.mean(1), atol=1e-6)
 
 
