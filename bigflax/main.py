@@ -226,16 +226,17 @@ def evaluate(workdir, split):
     totals = loop.evaluate_totals(run, run.state.params, loop.jit_eval_step(run))
   results = run.finalize_eval(totals)
   report = {"step": step, "split": split, "metrics": results}
+  names = pipeline.CLASS_NAMES.get(config.data.name)  # None: classes by index
   if "confusion" in totals:
-    report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"])
+    report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"], names)
   if jax.process_index() == 0:
     name = os.path.join(workdir, f"eval_{split}_{step}")
     with open(name + ".json", "w") as f:
       json.dump(report, f, indent=2)
     print(f"step {step}, {split}: " + " ".join(f"{k}={v:.4f}" for k, v in results.items()))
     if "confusion" in totals:
-      metrics.save_confusion_matrix_png(totals["confusion"], name + "_confusion.png")
-      print(metrics.format_confusion_matrix(totals["confusion"]))
+      metrics.save_confusion_matrix_png(totals["confusion"], name + "_confusion.png", names)
+      print(metrics.format_confusion_matrix(totals["confusion"], names))
       print(f"confusion matrix: {name}_confusion.png")
     print(json.dumps(report))
 

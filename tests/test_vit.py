@@ -166,6 +166,7 @@ def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, t
   report = json.loads(evaluated.stdout.strip().splitlines()[-1])
   matrix = np.array(report["confusion_matrix"]["matrix"])
   assert report["split"] == "test" and matrix.sum() == 10_000  # every test image, once
+  assert report["confusion_matrix"]["classes"][9] == "Ankle boot"
   assert (matrix.sum(1) == 1_000).all()
   assert report["metrics"]["accuracy"] == pytest.approx(np.trace(matrix) / 10_000)
   assert report["metrics"]["accuracy"] > 0.3  # chance is 0.1

@@ -21,6 +21,8 @@ from bigflax.data import tokenizers
 DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2", "fashion_mnist")
 # Datasets of labelled images (image, label, index) -> their split rule.
 IMAGE_CLASSIFICATION = {"fashion_mnist": fashion_mnist.SPLITS}
+# Class names of the labelled datasets, for confusion matrices.
+CLASS_NAMES = {"sst2": sst2.LABELS, "fashion_mnist": fashion_mnist.LABELS}
 # Datasets of labelled sentences (sentence, label, index), not documents (path, text).
 _SENTENCE_CLASSIFICATION = frozenset({"sst2"})
 # Datasets whose examples are consecutive chunks of one text: an eos between
