@@ -1,8 +1,9 @@
 """Classification: of in-memory feature vectors (an `mlp`), of sentences by an encoder
 (BERT's pooled output, `head="classify"`), or of images by a ViT (training images get
 random crops and flips: `data.crop_padding`, `data.flip`). Softmax over classes, or a
-single sigmoid output for a binary problem (`model.num_outputs = 1`). Metrics: loss, accuracy, P/R/F1 and the
-confusion matrix, from counts summed over every example of every host."""
+single sigmoid output for a binary problem (`model.num_outputs = 1`). Metrics: loss,
+accuracy, P/R/F1 and the confusion matrix, from counts summed over every example of every
+host."""
 
 import functools
 
