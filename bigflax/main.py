@@ -167,6 +167,8 @@ def init_params(config, params):
   else:
     raise UsageError(f"init_from={source_dir!r} is neither a bigflax workdir with "
                      f"checkpoints nor a directory holding model.safetensors.")
+  if config.model.name == "vit":  # a checkpoint of another resolution: resize its grid
+    source = models.vit.adapt_to_resolution(source, params)
   params, report = state_lib.merge_params(params, source, config.init_new)
   print(f"bigflax: init_from {source_dir}: restored {len(report['restored'])} parameters, "
         f"{len(report['new'])} new {report['new']}, {len(report['unused'])} unused "
@@ -293,18 +295,20 @@ def evaluation(config, workdir, split):
 def evaluate(workdir, split):
   """Prints and writes (eval_{split}_{step}.json) the task's metrics of the latest
   checkpoint."""
-  step, results, totals = evaluation(configs.load(workdir), workdir, split)
+  config = configs.load(workdir)
+  step, results, totals = evaluation(config, workdir, split)
   report = {"step": step, "split": split, "metrics": results}
+  names = pipeline.CLASS_NAMES.get(config.data.name)  # None: classes by index
   if "confusion" in totals:
-    report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"])
+    report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"], names)
   if jax.process_index() == 0:
     name = os.path.join(workdir, f"eval_{split}_{step}")
     with open(name + ".json", "w") as f:
       json.dump(report, f, indent=2)
     print(f"step {step}, {split}: " + " ".join(f"{k}={v:.4f}" for k, v in results.items()))
     if "confusion" in totals:
-      metrics.save_confusion_matrix_png(totals["confusion"], name + "_confusion.png")
-      print(metrics.format_confusion_matrix(totals["confusion"]))
+      metrics.save_confusion_matrix_png(totals["confusion"], name + "_confusion.png", names)
+      print(metrics.format_confusion_matrix(totals["confusion"], names))
       print(f"confusion matrix: {name}_confusion.png")
     print(json.dumps(report))
 

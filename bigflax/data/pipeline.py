@@ -1,4 +1,4 @@
-"""Step-indexed batches: language-model windows and labelled sentences.
+"""Step-indexed batches: language-model windows, labelled sentences and images.
 
 The batch for step s is a pure function of (seed, s): a killed run resumes
 bit for bit by asking for `iterate(start_step=restored_step)`, with no iterator
@@ -15,6 +15,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from bigflax.data import fashion_mnist
 from bigflax.data import feedback
 from bigflax.data import sst2
 from bigflax.data import stdlib_corpus
@@ -22,7 +23,12 @@ from bigflax.data import stdlib_qa
 from bigflax.data import tiny_shakespeare
 from bigflax.data import tokenizers
 
-DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2", "stdlib_qa", "feedback")
+DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2", "stdlib_qa", "feedback",
+                 "fashion_mnist")
+# Datasets of labelled images (image, label, index) -> their split rule.
+IMAGE_CLASSIFICATION = {"fashion_mnist": fashion_mnist.SPLITS}
+# Class names of the labelled datasets, for confusion matrices.
+CLASS_NAMES = {"sst2": sst2.LABELS, "fashion_mnist": fashion_mnist.LABELS}
 # Datasets of labelled sentences (sentence, label, index), not documents (path, text).
 _SENTENCE_CLASSIFICATION = frozenset({"sst2"})
 # Datasets of (prompt, answer) pairs for supervised fine-tuning.
@@ -46,6 +52,8 @@ def _builder(name: str, data_dir, source_dir):
     snapshot = feedback.snapshot_name(source_dir)
     return feedback.Feedback(source_dir=source_dir, data_dir=os.path.join(
         data_dir or os.path.join(source_dir, ".tfds"), snapshot))
+  if name == "fashion_mnist":
+    return fashion_mnist.FashionMnist(data_dir=data_dir, source_dir=source_dir)
   raise ValueError(f"data.name={name!r} is not one of {list(DATASET_NAMES)}")
 
 
@@ -100,6 +108,26 @@ def load_prompt_answers(name: str, split: str, data_dir=None,
                      f"({sorted(_PROMPT_ANSWER)}).")
   examples = _load_examples(name, split, data_dir, source_dir, "id")
   return [(e["prompt"].decode("utf-8"), e["answer"].decode("utf-8")) for e in examples]
+
+
+def load_labelled_images(
+    name: str, split: str, data_dir=None, source_dir=None
+) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 images (N, H, W, C), int32 labels) of one split, in file order.
+
+  `split` is a name in the dataset's split rule, e.g. fashion_mnist's validation is the
+  end of the TFDS train split.
+  """
+  if name not in IMAGE_CLASSIFICATION:
+    raise ValueError(f"data.name={name!r} is not an image-classification dataset "
+                     f"({sorted(IMAGE_CLASSIFICATION)})")
+  if split not in IMAGE_CLASSIFICATION[name]:
+    raise ValueError(f"{name} has no split {split!r}; choose one of "
+                     f"{sorted(IMAGE_CLASSIFICATION[name])}.")
+  tfds_split, start, stop = IMAGE_CLASSIFICATION[name][split]
+  examples = _load_examples(name, tfds_split, data_dir, source_dir, "index")[start:stop]
+  return (np.stack([example["image"] for example in examples]),
+          np.array([example["label"] for example in examples], np.int32))
 
 
 def pack_documents(
@@ -382,3 +410,33 @@ def make_text_classification_batches(
   return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
                  shuffle=shuffle, process_index=process_index, process_count=process_count,
                  transform=trim, lengths=mask.sum(axis=1))
+
+
+def make_image_classification_batches(
+    data_config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    process_index: int,
+    process_count: int,
+    transform: Callable[[int, dict], dict] | None = None,
+) -> Batches:
+  """Labelled-image batches of one split: image (uint8), label, weight.
+
+  'train' is shuffled, endless and passed through `transform` (augmentation); other
+  splits are in file order, padded with weight-0 black images to whole global batches,
+  so `steps_per_epoch` steps evaluate every example exactly once.
+  """
+  images, labels = load_labelled_images(
+      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+  )
+  weights = np.ones(len(images), np.float32)
+  shuffle = split == "train"
+  if not shuffle:
+    num_padding = -len(images) % data_config.global_batch_size
+    images = np.pad(images, [(0, num_padding)] + [(0, 0)] * (images.ndim - 1))
+    labels = np.pad(labels, (0, num_padding))
+    weights = np.pad(weights, (0, num_padding))
+  return Batches({"image": images, "label": labels, "weight": weights},
+                 data_config.global_batch_size, seed=data_config.seed, shuffle=shuffle,
+                 process_index=process_index, process_count=process_count,
+                 transform=transform if shuffle else None)
