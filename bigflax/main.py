@@ -161,19 +161,27 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
   if config.task.name == "lm":
     baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
     print(f"bigflax: unigram baseline loss {baseline:.3f} nats/token", flush=True)
+  loss_fn = functools.partial(task.loss_fn, model)
+  predict = {}
+  if config.task.name == "seq2seq":  # label smoothing; BLEU/chrF of decoded translations
+    loss_fn = functools.partial(loss_fn, label_smoothing=config.task.label_smoothing)
+    predict = dict(
+        predict_step=functools.partial(task.predict_fn, model, config, tokenizer),
+        finalize_predictions=functools.partial(task.finalize_predictions, config,
+                                               tokenizer, eval_split))
 
   run = loop.Run(
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings,
       batch_sharding=partitioning.batch_sharding(mesh, rules),
-      train_step=step_lib.make_train_step(functools.partial(task.loss_fn, model), optimizer,
-                                          schedule, config.train.microbatches),
+      train_step=step_lib.make_train_step(loss_fn, optimizer, schedule,
+                                          config.train.microbatches),
       eval_step=functools.partial(task.eval_fn, model), finalize_eval=task.finalize,
       train_batches=train_data.iterate,
       eval_batches=lambda: (eval_data.batch(i) for i in range(
           config.train.eval_steps or eval_data.steps_per_epoch)),
       tokens_per_step=tokens_per_step, flops_per_step=flops_per_token * tokens_per_step,
-      checkpoints=checkpoints)
+      checkpoints=checkpoints, **predict)
   return run, model, tokenizer
 
 
@@ -222,7 +230,10 @@ def evaluate(workdir, split):
     raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     totals = loop.evaluate_totals(run, run.state.params, loop.jit_eval_step(run))
-  results = run.finalize_eval(totals)
+    results = run.finalize_eval(totals)
+    if run.predict_step is not None:
+      results.update(loop.evaluate_predictions(run, run.state.params,
+                                               loop.jit_predict_step(run)))
   report = {"step": step, "split": split, "metrics": results}
   if "confusion" in totals:
     report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"])

@@ -10,9 +10,10 @@ A task module provides the data it trains on and the functions the trainer calls
   finalize(totals) -> metrics
 """
 
-from bigflax.tasks import classify, lm, mlm, regression
+from bigflax.tasks import classify, lm, mlm, regression, seq2seq
 
-TASKS = {"lm": lm, "mlm": mlm, "regression": regression, "classify": classify}
+TASKS = {"lm": lm, "mlm": mlm, "regression": regression, "classify": classify,
+         "seq2seq": seq2seq}
 
 
 def get(name: str):
