@@ -196,6 +196,9 @@ def train(config, workdir):
       print_samples(config, model, tokenizer, state.params, config.sample.prompts,
                     num_samples=1, max_new_tokens=min(config.sample.max_new_tokens,
                                                       model.max_len - longest))
+  if config.task.name == "seq2seq" and int(state.step) == config.train.num_steps:
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+      print_translations(config, model, tokenizer, state.params, config.sample.prompts)
 
 
 def print_samples(config, model, tokenizer, params, prompts, num_samples, **overrides):
@@ -266,9 +269,25 @@ def sample(workdir):
   prompts = [FLAGS.prompt] if FLAGS.prompt is not None else list(config.sample.prompts)
   rules = partitioning.rules_tuple(config.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    if config.task.name == "seq2seq":
+      print_translations(config, model, tokenizer, params, prompts)
+      return
     print_samples(config, model, tokenizer, params, prompts, FLAGS.num_samples,
                   max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                   top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
+
+
+def print_translations(config, model, tokenizer, params, sentences):
+  """Each sentence translated by the run's decoder (config.task.beam_size beams)."""
+  frame = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  source, source_mask = pipeline.frame_sentences(tokenizer.encode_batch(sentences),
+                                                 config.data.seq_len, **frame)
+  batch = {"source": jnp.asarray(source), "source_mask": jnp.asarray(source_mask)}
+  predictions = tasks.get("seq2seq").predict_fn(model, config, tokenizer, params, batch)
+  for sentence, row in zip(sentences, jax.device_get(predictions)):
+    if jax.process_index() == 0:
+      print(f"--- translation ({sentence!r}) ---\n"
+            f"{tasks.get('seq2seq').detokenize(tokenizer, row.tolist())}")
 
 
 def main(argv):

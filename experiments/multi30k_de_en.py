@@ -31,4 +31,6 @@ def get_config(arg=None):
                       b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.01, clip_norm=1.0)
   config.train.update(num_steps=900, log_every=25, eval_every=450, eval_steps=0,
                       checkpoint_every=150)
+  config.sample.prompts = ("Ein Mann fährt mit dem Fahrrad eine Straße entlang.",
+                           "Zwei Kinder spielen im Sand am Strand.")
   return config

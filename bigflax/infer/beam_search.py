@@ -97,8 +97,8 @@ def beam_search(logits_fn: Callable, cache, cache_axes, *, batch_size: int,
     alive_log_probs, alive = jax.lax.top_k(jnp.where(ends, NEG_INF, top_log_probs), k)
     seqs = jnp.take_along_axis(top_seqs, alive[:, :, None], axis=1)
     source_beam = jnp.take_along_axis(beam_index, alive, axis=1)
-    cache = jax.tree.map(lambda x, axis: x if axis is None else gather(x, source_beam, axis),
-                         cache, cache_axes)
+    cache = jax.tree.map(lambda axis, x: x if axis is None else gather(x, source_beam, axis),
+                         cache_axes, cache, is_leaf=lambda axis: axis is None)
 
     # The best k finished so far, old and new.
     # (A candidate from a beam that was never live, log-prob ~NEG_INF, never finishes.)
