@@ -11,7 +11,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 NEG_INF = -1e9  # finite: -inf - -inf would give NaN in the score arithmetic
 
