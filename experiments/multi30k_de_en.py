@@ -8,6 +8,17 @@ validation references.
       --config.data.source_dir=../shared/data/multi30k
   python -m bigflax eval --workdir runs/multi30k       # loss, accuracy, BLEU, chrF
   python -m bigflax sample --workdir runs/multi30k --prompt "Ein Mann fährt Fahrrad."
+
+Measured (2-core CPU shared with ~5 other workers' jobs, load average 8-12; the run got
+roughly a fifth of the machine for most of its time): `flock ... nice timeout -s TERM 2400
+python -m bigflax train` with these settings stopped by SIGTERM at step 301 of 900 (19k
+sentence pairs, 0.66 epochs; ~2.2 s/step once the load eased, ~20 s/step before). Its
+evaluation of the whole validation split (1,014 pairs, 4 beams, alpha 0.6): BLEU 17.8,
+chrF 34.7, token accuracy 47.1 %, perplexity 27.2; 42.8 min wall in all (40 min of
+training including compiles, 2.8 min final evaluation). "Ein Mann fährt mit dem Fahrrad
+eine Straße entlang." -> "A man is riding a bicycle down a bike." Published small
+Transformers reach ~35 BLEU after tens of epochs; at 2.2 s/step the full 900 steps take
+~35 min on an unshared machine and more epochs (num_steps) are what is missing.
 """
 
 from bigflax import configs
