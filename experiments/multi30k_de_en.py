@@ -17,8 +17,8 @@ evaluation of the whole validation split (1,014 pairs, 4 beams, alpha 0.6): BLEU
 chrF 34.7, token accuracy 47.1 %, perplexity 27.2; 42.8 min wall in all (40 min of
 training including compiles, 2.8 min final evaluation). "Ein Mann fährt mit dem Fahrrad
 eine Straße entlang." -> "A man is riding a bicycle down a bike." Published small
-Transformers reach ~35 BLEU after tens of epochs; at 2.2 s/step the full 900 steps take
-~35 min on an unshared machine and more epochs (num_steps) are what is missing.
+Transformers reach ~35 BLEU after tens of epochs; at the 2.2 s/step seen last, 900 steps
+take ~33 min; more epochs (train.num_steps) are what this run is missing.
 """
 
 from bigflax import configs
