@@ -219,8 +219,14 @@ def build_run(config, workdir, mesh=None, eval_split="validation", save_config=T
   if config.task.name == "lm":
     baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
     print(f"bigflax: unigram baseline loss {baseline:.3f} nats/token", flush=True)
-
-  loss_fn = tasks.trainer_loss(task, model)
+  loss_options, predict = {}, {}
+  if config.task.name == "seq2seq":  # label smoothing; BLEU/chrF of decoded translations
+    loss_options = dict(label_smoothing=config.task.label_smoothing)
+    predict = dict(
+        predict_step=functools.partial(task.predict_fn, model, config, tokenizer),
+        finalize_predictions=functools.partial(task.finalize_predictions, config,
+                                               tokenizer, eval_split))
+  loss_fn = tasks.trainer_loss(task, model, **loss_options)
   teacher_params = teacher_shardings = None
   if config.distill.teacher:
     teacher, teacher_params, teacher_shardings = build_teacher(config, tokenizer, mesh, rules)
@@ -239,7 +245,8 @@ def build_run(config, workdir, mesh=None, eval_split="validation", save_config=T
       eval_batches=lambda: (eval_data.batch(i) for i in range(
           config.train.eval_steps or eval_data.steps_per_epoch)),
       tokens_per_step=tokens_per_step, flops_per_step=flops_per_token * tokens_per_step,
-      checkpoints=checkpoints, frozen=teacher_params, frozen_shardings=teacher_shardings)
+      checkpoints=checkpoints, frozen=teacher_params, frozen_shardings=teacher_shardings,
+      **predict)
   return run, model, tokenizer
 
 
@@ -255,6 +262,9 @@ def train(config, workdir):
       print_samples(config, model, tokenizer, state.params, config.sample.prompts,
                     num_samples=1, max_new_tokens=min(config.sample.max_new_tokens,
                                                       model.max_len - longest))
+  if config.task.name == "seq2seq" and int(state.step) == config.train.num_steps:
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+      print_translations(config, model, tokenizer, state.params, config.sample.prompts)
 
 
 def print_samples(config, model, tokenizer, params, prompts, num_samples, **overrides):
@@ -289,7 +299,11 @@ def evaluation(config, workdir, split):
     raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     totals = loop.evaluate_totals(run, run.state.params, loop.jit_eval_step(run))
-  return step, run.finalize_eval(totals), totals
+    results = run.finalize_eval(totals)
+    if run.predict_step is not None:
+      results.update(loop.evaluate_predictions(run, run.state.params,
+                                               loop.jit_predict_step(run)))
+  return step, results, totals
 
 
 def evaluate(workdir, split):
@@ -367,9 +381,25 @@ def sample(workdir):
   prompts = [FLAGS.prompt] if FLAGS.prompt is not None else list(config.sample.prompts)
   rules = partitioning.rules_tuple(config.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    if config.task.name == "seq2seq":
+      print_translations(config, model, tokenizer, params, prompts)
+      return
     print_samples(config, model, tokenizer, params, prompts, FLAGS.num_samples,
                   max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                   top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
+
+
+def print_translations(config, model, tokenizer, params, sentences):
+  """Each sentence translated by the run's decoder (config.task.beam_size beams)."""
+  frame = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  source, source_mask = pipeline.frame_sentences(tokenizer.encode_batch(sentences),
+                                                 config.data.seq_len, **frame)
+  batch = {"source": jnp.asarray(source), "source_mask": jnp.asarray(source_mask)}
+  predictions = tasks.get("seq2seq").predict_fn(model, config, tokenizer, params, batch)
+  for sentence, row in zip(sentences, jax.device_get(predictions)):
+    if jax.process_index() == 0:
+      print(f"--- translation ({sentence!r}) ---\n"
+            f"{tasks.get('seq2seq').detokenize(tokenizer, row.tolist())}")
 
 
 def main(argv):

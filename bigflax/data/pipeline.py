@@ -17,6 +17,7 @@ import numpy as np
 
 from bigflax.data import fashion_mnist
 from bigflax.data import feedback
+from bigflax.data import multi30k
 from bigflax.data import sst2
 from bigflax.data import stdlib_corpus
 from bigflax.data import stdlib_qa
@@ -24,7 +25,7 @@ from bigflax.data import tiny_shakespeare
 from bigflax.data import tokenizers
 
 DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2", "stdlib_qa", "feedback",
-                 "fashion_mnist")
+                 "fashion_mnist", "multi30k")
 # Datasets of labelled images (image, label, index) -> their split rule.
 IMAGE_CLASSIFICATION = {"fashion_mnist": fashion_mnist.SPLITS}
 # Class names of the labelled datasets, for confusion matrices.
@@ -33,6 +34,8 @@ CLASS_NAMES = {"sst2": sst2.LABELS, "fashion_mnist": fashion_mnist.LABELS}
 _SENTENCE_CLASSIFICATION = frozenset({"sst2"})
 # Datasets of (prompt, answer) pairs for supervised fine-tuning.
 _PROMPT_ANSWER = frozenset({"stdlib_qa", "feedback"})
+# Datasets of sentence pairs, one feature per language (multi30k: 'de', 'en', 'index').
+_TRANSLATION = frozenset({"multi30k"})
 # Datasets whose examples are consecutive chunks of one text: an eos between
 # chunks would teach the model document ends that aren't there.
 _CHUNKED_SINGLE_TEXT = frozenset({"tiny_shakespeare"})
@@ -54,6 +57,8 @@ def _builder(name: str, data_dir, source_dir):
         data_dir or os.path.join(source_dir, ".tfds"), snapshot))
   if name == "fashion_mnist":
     return fashion_mnist.FashionMnist(data_dir=data_dir, source_dir=source_dir)
+  if name == "multi30k":
+    return multi30k.Multi30k(data_dir=data_dir, source_dir=source_dir)
   raise ValueError(f"data.name={name!r} is not one of {list(DATASET_NAMES)}")
 
 
@@ -82,6 +87,10 @@ def load_text_split(name: str, split: str, data_dir=None, source_dir=None) -> li
   """
   if name in _SENTENCE_CLASSIFICATION:
     return load_labelled_sentences(name, split, data_dir, source_dir)[0]
+  if name in _TRANSLATION:  # both sides: a joint vocabulary learns from both languages
+    examples = _load_examples(name, split, data_dir, source_dir, "index")
+    return [example[lang].decode("utf-8") for lang in sorted(set(examples[0]) - {"index"})
+            for example in examples]
   examples = _load_examples(name, split, data_dir, source_dir, "path")
   return [example["text"].decode("utf-8") for example in examples]
 
@@ -128,6 +137,23 @@ def load_labelled_images(
   examples = _load_examples(name, tfds_split, data_dir, source_dir, "index")[start:stop]
   return (np.stack([example["image"] for example in examples]),
           np.array([example["label"] for example in examples], np.int32))
+
+
+def load_translation_pairs(
+    name: str, split: str, source_lang: str, target_lang: str, data_dir=None,
+    source_dir=None,
+) -> tuple[list[str], list[str]]:
+  """(sources, targets) of one split of a translation dataset, in file order."""
+  if name not in _TRANSLATION:
+    raise ValueError(f"data.name={name!r} is not a translation dataset "
+                     f"({sorted(_TRANSLATION)})")
+  examples = _load_examples(name, split, data_dir, source_dir, "index")
+  for lang in (source_lang, target_lang):
+    if lang not in examples[0]:
+      raise ValueError(f"{name} has no language {lang!r} (data.source_lang / "
+                       f"data.target_lang); it has {sorted(set(examples[0]) - {'index'})}.")
+  return ([example[source_lang].decode("utf-8") for example in examples],
+          [example[target_lang].decode("utf-8") for example in examples])
 
 
 def pack_documents(
@@ -440,3 +466,54 @@ def make_image_classification_batches(
                  data_config.global_batch_size, seed=data_config.seed, shuffle=shuffle,
                  process_index=process_index, process_count=process_count,
                  transform=transform if shuffle else None)
+
+
+def make_translation_batches(
+    data_config: ml_collections.ConfigDict,
+    tokenizer: tokenizers.Tokenizer,
+    split: str,
+    *,
+    process_index: int,
+    process_count: int,
+) -> Batches:
+  """Sentence-pair batches of one split, padded (or cut) to data.seq_len tokens:
+  source ([bos] x [eos]) and source_mask; target_inputs ([bos] y), targets (y [eos]) and
+  target_weights (1 at real target tokens: the teacher-forcing loss counts those).
+
+  'train' is shuffled and endless; other splits are in file order, padded with
+  weight-0 empty pairs to whole global batches, so `steps_per_epoch` (ceil(N / B)) steps
+  see every pair once. `data_config` has name, data_dir, source_dir, source_lang,
+  target_lang, seq_len, global_batch_size, seed.
+  """
+  sources, targets = load_translation_pairs(
+      data_config.name, split, data_config.source_lang, data_config.target_lang,
+      data_config.data_dir, data_config.get("source_dir"))
+  shuffle = split == "train"
+  num_padding = 0 if shuffle else -len(sources) % data_config.global_batch_size
+  sources, targets = sources + [""] * num_padding, targets + [""] * num_padding
+  framing = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  source, source_mask = frame_sentences(tokenizer.encode_batch(sources),
+                                        data_config.seq_len, **framing)
+  target, target_mask = frame_sentences(tokenizer.encode_batch(targets),
+                                        data_config.seq_len + 1, **framing)
+  weights = target_mask[:, 1:].astype(np.float32)
+  weights[len(weights) - num_padding:] = 0
+  arrays = {"source": source, "source_mask": source_mask, "target_inputs": target[:, :-1],
+            "targets": target[:, 1:], "target_weights": weights}
+  # Training batches drop the columns that are padding in every row: a random batch of
+  # Multi30k needs ~32 of 48 tokens. Other splits keep one shape (one decoder compile).
+  return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
+                 shuffle=shuffle, process_index=process_index, process_count=process_count,
+                 transform=trim_pair_padding if shuffle else None)
+
+
+def trim_pair_padding(step: int, batch: dict, multiple: int = 8) -> dict:
+  """A sentence-pair batch cut to its longest source and target, rounded up to a multiple
+  of `multiple` (so a run compiles only a few shapes)."""
+  del step
+  def length(valid):
+    longest = int(valid.sum(axis=1).max())
+    return min(-(-longest // multiple) * multiple, valid.shape[1])
+  source, target = length(batch["source_mask"] > 0), length(batch["target_weights"] > 0)
+  return {k: v[:, :source] if k.startswith("source") else v[:, :target]
+          for k, v in batch.items()}

@@ -10,10 +10,10 @@ A task module provides the data it trains on and the functions the trainer calls
   finalize(totals) -> metrics
 """
 
-from bigflax.tasks import classify, lm, mlm, regression, sft
+from bigflax.tasks import classify, lm, mlm, regression, seq2seq, sft
 
 TASKS = {"lm": lm, "mlm": mlm, "regression": regression, "classify": classify,
-         "sft": sft}
+         "seq2seq": seq2seq, "sft": sft}
 
 
 def get(name: str):
@@ -22,7 +22,7 @@ def get(name: str):
   return TASKS[name]
 
 
-def trainer_loss(task, model):
+def trainer_loss(task, model, **options):
   """The trainer's `loss_fn(params, batch, rng, frozen)` for a task that reads nothing
-  frozen (every task but distillation)."""
-  return lambda params, batch, rng, frozen: task.loss_fn(model, params, batch, rng)
+  frozen (every task but distillation); `options` go to the task's loss_fn."""
+  return lambda params, batch, rng, frozen: task.loss_fn(model, params, batch, rng, **options)
