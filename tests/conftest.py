@@ -9,7 +9,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The shared datasets sit next to the checkout; BIGFLAX_SHARED_DATA points elsewhere (a
+# worktree one level deeper).
+SHARED_DATA = pathlib.Path(os.environ.get("BIGFLAX_SHARED_DATA",
+                                          REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

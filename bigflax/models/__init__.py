@@ -6,11 +6,13 @@ import dataclasses
 import jax.numpy as jnp
 import ml_collections
 
-from bigflax.models import bert, gpt, mlp
+from bigflax.models import bert, gpt, mlp, seq2seq, vit
 
-MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel}
+MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel, "seq2seq": seq2seq.Seq2Seq,
+          "vit": vit.ViT}
 FLOPS_PER_TOKEN = {"bert": bert.flops_per_token, "gpt": gpt.flops_per_token,
-                   "mlp": mlp.flops_per_token}
+                   "mlp": mlp.flops_per_token, "seq2seq": seq2seq.flops_per_token,
+                   "vit": vit.flops_per_token}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 

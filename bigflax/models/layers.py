@@ -104,6 +104,18 @@ def rope(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
   return out.astype(x.dtype)
 
 
+def sinusoidal_positions(positions: Array, features: int,
+                         max_wavelength: float = 10_000.0) -> Array:
+  """The fixed position encoding of "Attention Is All You Need": (B, T) -> (B, T, features).
+
+  Channel 2i is sin(pos / max_wavelength^(2i/features)), channel 2i+1 its cosine.
+  """
+  inverse_freq = max_wavelength ** (-np.arange(0, features, 2, dtype=np.float32) / features)
+  angle = positions[..., None].astype(jnp.float32) * inverse_freq  # (B, T, features/2)
+  return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(
+      *angle.shape[:-1], features)
+
+
 # ---------------------------------------------------------------- attention
 
 

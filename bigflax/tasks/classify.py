@@ -1,16 +1,26 @@
-"""Classification: of in-memory feature vectors (an `mlp`), or of sentences by an encoder
-(BERT's pooled output, `head="classify"`). Softmax over classes, or a single sigmoid output
-for a binary problem (`model.num_outputs = 1`). Metrics: loss, accuracy, P/R/F1 and the
-confusion matrix, from counts summed over every example of every host."""
+"""Classification: of in-memory feature vectors (an `mlp`), of sentences by an encoder
+(BERT's pooled output, `head="classify"`), or of images by a ViT (training images get
+random crops and flips: `data.crop_padding`, `data.flip`). Softmax over classes, or a
+single sigmoid output for a binary problem (`model.num_outputs = 1`). Metrics: loss,
+accuracy, P/R/F1 and the confusion matrix, from counts summed over every example of every
+host."""
+
+import functools
 
 import jax.numpy as jnp
 
 from bigflax import losses, metrics
-from bigflax.data import pipeline, synthetic
+from bigflax.data import augment, pipeline, synthetic
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
   kwargs = dict(process_index=process_index, process_count=process_count)
+  if config.data.name in pipeline.IMAGE_CLASSIFICATION:
+    padding, flip = config.data.get("crop_padding", 0), config.data.get("flip", False)
+    transform = functools.partial(augment.crop_and_flip, seed=config.data.seed,
+                                  padding=padding, flip=flip) if padding or flip else None
+    return pipeline.make_image_classification_batches(config.data, split, **kwargs,
+                                                      transform=transform)
   if config.data.name not in synthetic.NAMES:
     return pipeline.make_text_classification_batches(config.data, tokenizer, split, **kwargs)
   arrays = synthetic.make(config.data.name, split, config.data.num_examples, config.data.seed)
@@ -21,17 +31,25 @@ def make_data(config, tokenizer, split, *, process_index, process_count):
 def init_inputs(config):
   if config.data.name in synthetic.NAMES:
     return (jnp.zeros((1, 2), jnp.float32),)
+  if config.data.name in pipeline.IMAGE_CLASSIFICATION:
+    m = config.model
+    return (jnp.zeros((1, m.image_size, m.image_size, m.num_channels), jnp.uint8),)
   tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
   return (tokens, tokens, tokens + 1, "classify")
 
 
 def tokens_per_example(config):
-  return 1 if config.data.name in synthetic.NAMES else config.data.seq_len
+  """Sentences count their tokens; a feature vector or an image counts as one."""
+  if config.data.name in synthetic.NAMES or config.data.name in pipeline.IMAGE_CLASSIFICATION:
+    return 1
+  return config.data.seq_len
 
 
 def _logits(model, params, batch, rngs):
   if "features" in batch:
     return model.apply({"params": params}, batch["features"], rngs=rngs)
+  if "image" in batch:
+    return model.apply({"params": params}, batch["image"], rngs=rngs)
   return model.apply({"params": params}, batch["tokens"], batch["segments"], batch["mask"],
                      "classify", rngs=rngs)
 
@@ -43,12 +61,17 @@ def _loss_and_predictions(logits, labels):
   return losses.cross_entropy(logits, labels), logits.argmax(-1)
 
 
-def _sums(model, params, batch, rngs):
+def outputs(model, params, batch, rngs):
+  """(logits, labels, weights); weight 0 marks rows that pad a split."""
   logits = _logits(model, params, batch, rngs)
-  nll, predictions = _loss_and_predictions(logits, batch["label"])
-  weights = batch.get("weight", jnp.ones_like(nll))  # 0 for rows padding a split
+  return logits, batch["label"], batch.get("weight", jnp.ones(batch["label"].shape))
+
+
+def _sums(model, params, batch, rngs):
+  logits, labels, weights = outputs(model, params, batch, rngs)
+  nll, predictions = _loss_and_predictions(logits, labels)
   return {"loss": (nll * weights).sum(), "count": weights.sum(),
-          "confusion": metrics.confusion_matrix(batch["label"], predictions,
+          "confusion": metrics.confusion_matrix(labels, predictions,
                                                 max(logits.shape[-1], 2), weights)}
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -28,7 +29,7 @@ class Run:
   state: object
   state_shardings: object
   batch_sharding: jax.sharding.NamedSharding
-  train_step: Callable  # (state, batch) -> (state, metrics)
+  train_step: Callable  # (state, batch, frozen) -> (state, metrics)
   eval_step: Callable  # (params, batch) -> dict of sums
   finalize_eval: Callable  # totals -> metrics
   train_batches: Callable[[int], Iterator[dict]]  # start step -> this process's batches
@@ -36,6 +37,11 @@ class Run:
   tokens_per_step: int
   flops_per_step: float
   checkpoints: object  # orbax CheckpointManager
+  frozen: object = None  # the train step's untrained input (a distillation teacher's params)
+  frozen_shardings: object = None
+  # Optional metrics of outputs generated over the eval batches (e.g. BLEU of translations):
+  predict_step: Callable | None = None  # (params, batch) -> per-example outputs (B, ...)
+  finalize_predictions: Callable | None = None  # every eval row's outputs (numpy) -> metrics
 
 
 class _SigtermFlag:
@@ -78,9 +84,30 @@ def evaluate_totals(run: Run, params, eval_step) -> dict:
   return totals
 
 
-def evaluate(run: Run, params, eval_step) -> dict:
+def jit_predict_step(run: Run) -> Callable | None:
+  if run.predict_step is None:
+    return None
+  return jax.jit(run.predict_step,
+                 in_shardings=(run.state_shardings.params, run.batch_sharding))
+
+
+def evaluate_predictions(run: Run, params, predict_step) -> dict:
+  """run.finalize_predictions of the predict step's outputs for every eval batch's rows,
+  gathered from all hosts in batch order."""
+  outputs = []
+  for batch in run.eval_batches():
+    batch = partitioning.global_batch(batch, run.batch_sharding)
+    outputs.append(multihost_utils.process_allgather(predict_step(params, batch),
+                                                     tiled=True))
+  return run.finalize_predictions(np.concatenate(outputs))
+
+
+def evaluate(run: Run, params, eval_step, predict_step=None) -> dict:
   """The task's metrics; training-time evaluation and `bigflax eval` share this code."""
-  return run.finalize_eval(evaluate_totals(run, params, eval_step))
+  results = run.finalize_eval(evaluate_totals(run, params, eval_step))
+  if predict_step is not None:
+    results.update(evaluate_predictions(run, params, predict_step))
+  return results
 
 
 def train(run: Run) -> object:
@@ -92,9 +119,10 @@ def _train(run: Run) -> object:
   cfg = run.config
   is_main = jax.process_index() == 0
   train_step = jax.jit(run.train_step,
-                       in_shardings=(run.state_shardings, run.batch_sharding),
+                       in_shardings=(run.state_shardings, run.batch_sharding,
+                                     run.frozen_shardings),
                        out_shardings=(run.state_shardings, None), donate_argnums=0)
-  eval_step = jit_eval_step(run)
+  eval_step, predict_step = jit_eval_step(run), jit_predict_step(run)
   writer = MetricWriter(run.workdir)
   state = run.state
   start = int(state.step)
@@ -110,7 +138,7 @@ def _train(run: Run) -> object:
   step = start
   while step < cfg.num_steps:
     batch = partitioning.global_batch(next(batches), run.batch_sharding)
-    state, step_metrics = train_step(state, batch)
+    state, step_metrics = train_step(state, batch, run.frozen)
     step += 1
     pending.append((step, step_metrics))
     interval_steps += 1
@@ -139,7 +167,7 @@ def _train(run: Run) -> object:
       interval_start, interval_steps = time.perf_counter(), 0
 
     if evaluate_now:
-      eval_metrics = evaluate(run, state.params, eval_step)
+      eval_metrics = evaluate(run, state.params, eval_step, predict_step)
       writer.write(step, "validation", eval_metrics)
       bar.write(f"step {step}: validation " + " ".join(  # all of them go to the writers
           f"{k}={v:.4f}" for k, v in eval_metrics.items() if "/" not in k or "macro" in k))

@@ -1,0 +1,98 @@
+"""Sequence to sequence (translation): teacher forcing with label smoothing. Evaluation
+gives the target tokens' loss, accuracy and perplexity (without smoothing) and, from
+translations decoded by beam search, sacrebleu's BLEU and chrF against the raw references.
+
+Task options (`config.task`): label_smoothing, beam_size (1 = greedy), length_penalty
+(GNMT alpha), max_decode_len (0 = data.seq_len).
+"""
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from bigflax import losses, metrics
+from bigflax.data import pipeline
+from bigflax.infer import translate
+
+
+def make_data(config, tokenizer, split, *, process_index, process_count):
+  return pipeline.make_translation_batches(config.data, tokenizer, split,
+                                           process_index=process_index,
+                                           process_count=process_count)
+
+
+def init_inputs(config):
+  tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
+  return (tokens, tokens, tokens + 1)
+
+
+def tokens_per_example(config):
+  return 2 * config.data.seq_len  # source and target
+
+
+def _sums(model, params, batch, rngs, label_smoothing=0.0):
+  logits = model.apply({"params": params}, batch["source"], batch["target_inputs"],
+                       batch["source_mask"], rngs=rngs)
+  weights = batch["target_weights"]
+  nll = losses.cross_entropy(logits, batch["targets"])
+  sums = {"nll": (nll * weights).sum(),
+          "correct": (losses.correct(logits, batch["targets"]) * weights).sum(),
+          "tokens": weights.sum()}
+  if label_smoothing:
+    smoothed = losses.cross_entropy(logits, batch["targets"], label_smoothing)
+    sums["smoothed"] = (smoothed * weights).sum()
+  return sums
+
+
+def loss_fn(model, params, batch, rng, label_smoothing=0.0):
+  sums = _sums(model, params, batch, {"dropout": rng}, label_smoothing)
+  tokens = jnp.maximum(sums["tokens"], 1.0)
+  nll = sums["nll"] / tokens
+  loss = sums.get("smoothed", sums["nll"]) / tokens
+  return loss, {"loss": loss, "nll": nll, "perplexity": jnp.exp(nll),
+                "accuracy": sums["correct"] / tokens}
+
+
+def eval_fn(model, params, batch):
+  return _sums(model, params, batch, {})
+
+
+def finalize(totals):
+  nll = float(totals["nll"] / totals["tokens"])
+  return {"loss": nll, "perplexity": metrics.perplexity(nll),
+          "accuracy": float(totals["correct"] / totals["tokens"])}
+
+
+def predict_fn(model, config, tokenizer, params, batch):
+  """Translations of the batch's sources: (B, max_decode_len) token ids."""
+  return translate.translate(
+      model, params, batch["source"], batch["source_mask"],
+      beam_size=config.task.beam_size, alpha=config.task.length_penalty,
+      max_len=config.task.max_decode_len or config.data.seq_len, bos_id=tokenizer.bos_id,
+      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, vocab_size=tokenizer.vocab_size)
+
+
+@functools.lru_cache(maxsize=4)
+def references(name, split, source_lang, target_lang, data_dir, source_dir):
+  return pipeline.load_translation_pairs(name, split, source_lang, target_lang, data_dir,
+                                         source_dir)
+
+
+def finalize_predictions(config, tokenizer, split, predictions: np.ndarray) -> dict:
+  """BLEU and chrF of the decoded predictions (rows in split order; padding rows past
+  the split's end are dropped) against the split's raw target sentences."""
+  d = config.data
+  _, targets = references(d.name, split, d.source_lang, d.target_lang, d.data_dir,
+                          d.get("source_dir"))
+  hypotheses = [detokenize(tokenizer, row) for row in predictions[:len(targets)]]
+  targets = targets[:len(hypotheses)]  # an evaluation limited by train.eval_steps
+  return {"bleu": metrics.bleu(hypotheses, targets), "chrf": metrics.chrf(hypotheses, targets)}
+
+
+def detokenize(tokenizer, ids) -> str:
+  """Text of the ids up to the first EOS."""
+  ids = list(ids)
+  if tokenizer.eos_id in ids:
+    ids = ids[:ids.index(tokenizer.eos_id)]
+  return tokenizer.decode(ids)
