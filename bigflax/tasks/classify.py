@@ -3,6 +3,7 @@
 for a binary problem (`model.num_outputs = 1`). Metrics: loss, accuracy, P/R/F1 and the
 confusion matrix, from counts summed over every example of every host."""
 
+import jax
 import jax.numpy as jnp
 
 from bigflax import losses, metrics
@@ -27,6 +28,17 @@ def init_inputs(config):
 
 def tokens_per_example(config):
   return 1 if config.data.name in synthetic.NAMES else config.data.seq_len
+
+
+def batch_spec(config):
+  """Shapes of a global batch, for planning a run without its data."""
+  rows = config.data.global_batch_size
+  spec = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct((rows, *shape), dtype)
+  if config.data.name in synthetic.NAMES:
+    return {"features": spec(2, dtype=jnp.float32), "label": spec()}
+  length = config.data.seq_len
+  return {"tokens": spec(length), "segments": spec(length), "mask": spec(length),
+          "label": spec(), "weight": spec(dtype=jnp.float32)}
 
 
 def _logits(model, params, batch, rngs):
