@@ -158,7 +158,9 @@ def collectives(hlo: str) -> dict:
 
 
 def compile_step(config, devices, build):
-  """Compiles the trainer's train step for `devices`: (compiled, abstract state)."""
+  """Compiles the trainer's train step for `devices`: (compiled, abstract state, mesh,
+  None), or (None, abstract state, mesh, the compiler's message) when the TPU compiler
+  finds that the step does not fit in HBM."""
   mesh = partitioning.make_mesh(config.mesh.shape, devices=devices)
   abstract_state, shardings, batch_sharding, train_step = build(config, mesh)
   batch = jax.tree.map(
@@ -166,29 +168,60 @@ def compile_step(config, devices, build):
       tasks.get(config.task.name).batch_spec(config))
   jitted = loop.jit_train_step(train_step, shardings, batch_sharding)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.rules_tuple(config.mesh.rules)):
-    compiled = jitted.lower(abstract_state, batch, None).compile()
-  return compiled, abstract_state, mesh
+    lowered = jitted.lower(abstract_state, batch, None)
+    try:
+      return lowered.compile(), abstract_state, mesh, None
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      return None, abstract_state, mesh, str(e).split("RESOURCE_EXHAUSTED:")[-1].strip()
+
+
+def _gigabytes(message: str, what: str) -> float | None:
+  """Bytes of '... {what} (20.15G) ...' in a TPU compiler message."""
+  found = re.search(re.escape(what) + r"\s*\(([\d.]+)([KMGT])", message)
+  if not found:
+    return None
+  return float(found.group(1)) * 2 ** (10 * "KMGT".index(found.group(2)) + 10)
 
 
 def measure(config, devices, chip, num_chips, build) -> dict:
   """The plan of one layout: parameters, memory, FLOPs, collectives, roofline."""
-  compiled, state, mesh = compile_step(config, devices, build)
+  compiled, state, mesh, out_of_memory = compile_step(config, devices, build)
   num_devices = len(devices)
   device_hbm = chip.hbm_bytes * num_chips / num_devices  # v4: two devices (cores) a chip
   device_flops = chip.peak_flops * num_chips / num_devices
-
-  memory = compiled.memory_analysis()
   params_bytes, opt_bytes = per_device_bytes(state.params), per_device_bytes(state.opt_state)
-  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-           - memory.alias_size_in_bytes + memory.temp_size_in_bytes
-           + memory.generated_code_size_in_bytes)
-
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   per_module = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
   task = tasks.get(config.task.name)
   tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
   model_flops = models.FLOPS_PER_TOKEN[config.model.name](
       config.model, num_params, config.data.seq_len) * tokens_per_step
+  report = {
+      "chip": chip.name, "devices": num_devices, "chips": num_chips,
+      "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "remat": config.model.get("remat", "none"),
+      "microbatches": config.train.microbatches,
+      "global_batch_size": config.data.global_batch_size,
+      "tokens_per_step": tokens_per_step,
+      "parameters": {"total": int(num_params), **{k: int(v) for k, v in per_module.items()}},
+  }
+  if out_of_memory:  # the compiler's verdict; it stops before a full memory analysis
+    temporaries = _gigabytes(out_of_memory, "temporaries")
+    report.update(
+        memory_per_device={"parameters": params_bytes, "optimizer_state": opt_bytes,
+                           "temporaries": temporaries, "capacity": device_hbm,
+                           "total": params_bytes + opt_bytes + (temporaries or 0)},
+        fits=False, compiler_message=out_of_memory.splitlines()[0],
+        flops_per_step={"model": model_flops, "compiled": None}, collectives={},
+        roofline=None)
+    return report
+
+  memory = compiled.memory_analysis()
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+           - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+           + memory.generated_code_size_in_bytes)
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, list):  # older jax: one dict per program
     cost = cost[0] if cost else {}
@@ -205,14 +238,8 @@ def measure(config, devices, chip, num_chips, build) -> dict:
            "collectives": ici_bytes / (chip.ici_bandwidth * num_chips / num_devices)
            if chip.ici_bandwidth and num_devices > 1 else 0.0}
   step_time = max(times.values())
-  return {
-      "chip": chip.name, "devices": num_devices, "chips": num_chips,
-      "mesh": {k: int(v) for k, v in mesh.shape.items()},
-      "remat": config.model.get("remat", "none"),
-      "microbatches": config.train.microbatches,
-      "global_batch_size": config.data.global_batch_size,
-      "parameters": {"total": int(num_params), **{k: int(v) for k, v in per_module.items()}},
-      "memory_per_device": {
+  report.update(
+      memory_per_device={
           "parameters": params_bytes, "optimizer_state": opt_bytes,
           "other_arguments": memory.argument_size_in_bytes - params_bytes - opt_bytes,
           "arguments": memory.argument_size_in_bytes,
@@ -221,16 +248,15 @@ def measure(config, devices, chip, num_chips, build) -> dict:
           "temporaries": memory.temp_size_in_bytes,
           "generated_code": memory.generated_code_size_in_bytes,
           "total": total, "capacity": device_hbm},
-      "fits": total <= device_hbm,
-      "flops_per_step": {"model": model_flops, "compiled": compiled_flops},
-      "collectives": comms,
-      "roofline": {
+      fits=total <= device_hbm,
+      flops_per_step={"model": model_flops, "compiled": compiled_flops},
+      collectives=comms,
+      roofline={
           "seconds": times, "step_time": step_time,
           "tokens_per_second": tokens_per_step / step_time if step_time else None,
           "mfu_bound": model_flops / (step_time * device_flops * num_devices)
-          if step_time else None},
-      "tokens_per_step": tokens_per_step,
-  }
+          if step_time else None})
+  return report
 
 
 def candidates(config, num_devices):
@@ -326,8 +352,8 @@ def plan(config, topology: str, build, tokens: float | None = None,
   except ValueError as e:  # a mesh the slice cannot hold, an indivisible batch
     raise PlanError(str(e).splitlines()[0]) from None
   report["topology"] = topology
-  step_time = report["roofline"]["step_time"]
-  if tokens:
+  if tokens and report["roofline"]:
+    step_time = report["roofline"]["step_time"]
     steps = math.ceil(tokens / report["tokens_per_step"])
     report["budget"] = {"tokens": tokens, "steps": steps, "hours": steps * step_time / 3600}
     if price_per_chip_hour:
@@ -366,26 +392,29 @@ def format_report(r: dict) -> str:
   rows += [("memory / device", "")]
   rows += [(f"  {k}", _size(m[k])) for k in (
       "parameters", "optimizer_state", "other_arguments", "outputs", "aliased",
-      "temporaries", "generated_code")]
+      "temporaries", "generated_code") if m.get(k) is not None]
   verdict = "FITS" if r["fits"] else "DOES NOT FIT"
   rows += [("  total", f"{_size(m['total'])} of {_size(m['capacity'])} "
                        f"({100 * m['total'] / m['capacity']:.0f} %): {verdict}")]
+  if "compiler_message" in r:
+    rows += [("  compiler", r["compiler_message"])]
   f = r["flops_per_step"]
-  rows += [("FLOPs / step", f"model {_si(f['model'])}FLOP, compiled {_si(f['compiled'])}FLOP")]
+  compiled = f", compiled {_si(f['compiled'])}FLOP" if f["compiled"] else ""
+  rows += [("FLOPs / step", f"model {_si(f['model'])}FLOP{compiled}")]
   for op, c in sorted(r["collectives"].items()):
     rows.append((f"  {op}", f"{c['count']} ops, {_size(c['bytes'])} / device / step"))
-  s = roof["seconds"]
-  rows += [("roofline step", f"{roof['step_time'] * 1e3:.1f} ms (compute "
-                             f"{s['compute'] * 1e3:.1f}, HBM {s['memory'] * 1e3:.1f}, "
-                             f"collectives {s['collectives'] * 1e3:.1f} ms)")]
-  if roof["tokens_per_second"]:
+  if roof:
+    s = roof["seconds"]
+    rows += [("roofline step", f"{roof['step_time'] * 1e3:.1f} ms (compute "
+                               f"{s['compute'] * 1e3:.1f}, HBM {s['memory'] * 1e3:.1f}, "
+                               f"collectives {s['collectives'] * 1e3:.1f} ms)")]
     rows += [("tokens / s", f"{roof['tokens_per_second']:,.0f} (at most; MFU bound "
                             f"{100 * roof['mfu_bound']:.0f} %)")]
   if "budget" in r:
     b = r["budget"]
     text = f"{b['steps']:,} steps, {b['hours']:,.1f} h"
     if "cost" in b:
-      text += f", cost {b["cost"]:,.2f} at {b['price_per_chip_hour']}/chip-hour"
+      text += f", cost {b['cost']:,.2f} at {b['price_per_chip_hour']}/chip-hour"
     rows.append((f"{_si(b['tokens'])}tokens", text))
   if not r["fits"]:
     rows.append(("state alone needs", f">= {r['min_devices_for_state']} devices"))
