@@ -260,26 +260,22 @@ def measure(config, devices, chip, num_chips, build) -> dict:
 
 
 def candidates(config, num_devices):
-  """Layouts to try when `config` does not fit, least change first: (description,
-  overrides). Overrides are dotted config fields."""
+  """Layouts to try when `config` does not fit, least change first, as dotted config
+  overrides: FSDP over every device, then microbatches, then stronger remat; a smaller
+  batch last, since it changes the optimisation."""
   batch = config.data.global_batch_size
-  meshes = [dict(data=1, fsdp=-1, tensor=1)]
-  if num_devices % 2 == 0 and num_devices >= 4:
-    meshes.append(dict(data=1, fsdp=-1, tensor=2))
+  fsdp = dict(data=1, fsdp=-1, tensor=1)
   remats = [config.model.get("remat", "none")]
   remats += [r for r in ("dots_no_batch", "full") if r not in remats]
   layouts = []
   for remat in remats:
     for microbatches in (1, 2, 4, 8, 16):
-      for mesh in meshes:
-        if batch % microbatches or (batch // microbatches) % num_devices:
-          continue
-        layouts.append({"mesh.shape": mesh, "model.remat": remat,
+      if batch % microbatches == 0 and (batch // microbatches) % num_devices == 0:
+        layouts.append({"mesh.shape": fsdp, "model.remat": remat,
                         "train.microbatches": microbatches})
-  # Last resort, since it changes the optimisation: a smaller batch.
   for divisor in (2, 4, 8):
     if batch % divisor == 0 and (batch // divisor) % num_devices == 0:
-      layouts.append({"mesh.shape": meshes[0], "model.remat": remats[-1],
+      layouts.append({"mesh.shape": fsdp, "model.remat": remats[-1],
                       "data.global_batch_size": batch // divisor})
   return layouts
 
@@ -303,23 +299,41 @@ def same_layout(config, overrides) -> bool:
   return all(current.get(k) == v for k, v in overrides.items())
 
 
-def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=12):
-  """The first `limit` candidate layouts that fit (each compiled for real)."""
-  found = []
-  for overrides in candidates(config, len(devices))[:max_compiles]:
-    if same_layout(config, overrides):
+def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=8,
+            measured=None):
+  """The first `limit` candidate layouts that fit, each compiled for real. A layout whose
+  temporaries, scaled down from an out-of-memory compile with fewer microbatches, would
+  clearly still not fit is skipped without compiling."""
+  found, compiles, out_of_memory = [], 0, {}  # remat -> (microbatches, temporaries, free)
+  if measured and measured["memory_per_device"].get("temporaries") and same_layout(
+      config, {"mesh.shape": dict(data=1, fsdp=-1, tensor=1)}):
+    memory = measured["memory_per_device"]
+    out_of_memory[measured["remat"]] = (measured["microbatches"], memory["temporaries"],
+                                        memory["capacity"] - memory["parameters"]
+                                        - memory["optimizer_state"])
+  for overrides in candidates(config, len(devices)):
+    if same_layout(config, overrides) or compiles == max_compiles:
       continue
+    remat, microbatches = overrides["model.remat"], overrides.get("train.microbatches")
+    if remat in out_of_memory and microbatches:
+      seen, temporaries, free = out_of_memory[remat]
+      if temporaries * seen / microbatches > 1.3 * free:
+        continue
     candidate = with_overrides(config, overrides)
+    compiles += 1
     try:
       result = measure(candidate, devices, chip, num_chips, build)
     except Exception:  # a layout the model or XLA refuses is not a suggestion
       continue
+    memory = result["memory_per_device"]
     if result["fits"]:
-      found.append({"overrides": flags_of(overrides), "memory_per_device":
-                    result["memory_per_device"]["total"],
+      found.append({"overrides": flags_of(overrides), "memory_per_device": memory["total"],
                     "step_time": result["roofline"]["step_time"]})
       if len(found) == limit:
         break
+    elif memory.get("temporaries") and microbatches:
+      free = memory["capacity"] - memory["parameters"] - memory["optimizer_state"]
+      out_of_memory[remat] = (microbatches, memory["temporaries"], free)
   return found
 
 
@@ -360,7 +374,8 @@ def plan(config, topology: str, build, tokens: float | None = None,
       report["budget"]["price_per_chip_hour"] = price_per_chip_hour
       report["budget"]["cost"] = report["budget"]["hours"] * num_chips * price_per_chip_hour
   if not report["fits"]:
-    report["suggestions"] = suggest(config, devices, chip, num_chips, build, suggestions)
+    report["suggestions"] = suggest(config, devices, chip, num_chips, build, suggestions,
+                                    measured=report)
     state = (report["memory_per_device"]["parameters"]
              + report["memory_per_device"]["optimizer_state"]) * len(devices)
     report["min_devices_for_state"] = math.ceil(state / report["memory_per_device"]["capacity"])
