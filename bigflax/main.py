@@ -7,6 +7,8 @@ Commands:
   promote --candidate RUN --incumbent RUN: serve the candidate only if it is not worse
   launch  train on a Cloud TPU slice through gcloud (bigflax/launch.py; --help)
   sweep   a hyperparameter sweep, one run directory per trial (bigflax/sweep.py; --help)
+  plan    --config X --topology v5e:4x4: will it fit, how fast, how costly (no --workdir)
+  diff    RUN_A RUN_B: what differs between two runs' configs and environments
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
 know nothing of one another.
@@ -19,6 +21,7 @@ import importlib.util
 import json
 import os
 import sys
+import types
 
 from absl import app, flags, logging
 from etils import epath
@@ -28,7 +31,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from bigflax import configs, metrics, models, promote, tasks
+from bigflax import configs, metrics, models, plan, promote, run_info, tasks
 from bigflax.tasks import distill
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
@@ -63,9 +66,15 @@ flags.DEFINE_string("metric", None, "promote: the deciding metric (default: accu
 flags.DEFINE_float("min_delta", 0.0, "promote: the improvement required (0 = not worse).")
 flags.DEFINE_string("registry", None, "promote: directory of served.json and "
                     "promotions.jsonl (default: the incumbent's parent directory).")
+flags.DEFINE_string("topology", "local", "plan: a TPU slice (v5e:4x4, v5p:2x2x2, v4:2x2x1, "
+                    "v6e:8x8, ...) or 'local' (the devices present).")
+flags.DEFINE_float("tokens", None, "plan: a token budget, for wall time and cost.")
+flags.DEFINE_float("price_per_chip_hour", None, "plan: price of one chip-hour, for the cost.")
+flags.DEFINE_string("out", None, "plan: also write the report as JSON to this file.")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
-COMMANDS = ("train", "eval", "sample", "promote")
+COMMANDS = ("train", "eval", "sample", "promote", "plan", "diff")
+NO_WORKDIR = ("promote", "plan", "diff")
 
 
 class UsageError(Exception):
@@ -102,9 +111,8 @@ def build_model(config, tokenizer, **overrides):
   return models.build(config.model, vocab_size=vocab_size, **overrides)
 
 
-def build_state(config, model, mesh):
-  """(state, shardings, lr schedule, optimizer): a fresh state, laid out on the mesh."""
-  optimizer, schedule = optim.make(config.optim, config.train.num_steps)
+def param_init(config, model):
+  """`init(rng) -> params` (boxed with logical axis names) of the run's model."""
   inputs = tasks.get(config.task.name).init_inputs(config)
 
   def init(rng):
@@ -114,10 +122,38 @@ def build_state(config, model, mesh):
       params[distill.PROJECTION] = distill.init_projection(
           jax.random.fold_in(rng, 1), config.model.embed_dim, teacher_dim)
     return params
+  return init
 
-  state, shardings = state_lib.create(init, optimizer, jax.random.key(config.seed), mesh,
-                                      config.mesh.rules)
+
+def build_state(config, model, mesh):
+  """(state, shardings, lr schedule, optimizer): a fresh state, laid out on the mesh."""
+  optimizer, schedule = optim.make(config.optim, config.train.num_steps)
+  state, shardings = state_lib.create(param_init(config, model), optimizer,
+                                      jax.random.key(config.seed), mesh, config.mesh.rules)
   return state, shardings, schedule, optimizer
+
+
+def build_train_step(config, model, optimizer, schedule, loss_fn=None):
+  """The trainer's step over the task's loss, or over `loss_fn` (a distillation's)."""
+  if loss_fn is None:
+    options = {}
+    if config.task.name == "seq2seq":
+      options["label_smoothing"] = config.task.label_smoothing
+    loss_fn = tasks.trainer_loss(tasks.get(config.task.name), model, **options)
+  return step_lib.make_train_step(loss_fn, optimizer, schedule, config.train.microbatches)
+
+
+def build_step_layout(config, model, mesh):
+  """The trainer's train step and its state laid out on `mesh`, nothing allocated:
+  (abstract state, state shardings, batch sharding, train step). `bigflax plan` compiles
+  exactly this, through `loop.jit_train_step`, for a TPU slice it does not have."""
+  optimizer, schedule = optim.make(config.optim, config.train.num_steps)
+  abstract_state, shardings = state_lib.layout(param_init(config, model), optimizer,
+                                               jax.random.key(config.seed), mesh,
+                                               config.mesh.rules)
+  batch_sharding = partitioning.batch_sharding(mesh, partitioning.rules_tuple(config.mesh.rules))
+  return (abstract_state, shardings, batch_sharding,
+          build_train_step(config, model, optimizer, schedule))
 
 
 def build_teacher(config, tokenizer, mesh, rules):
@@ -212,6 +248,7 @@ def build_run(config, workdir, mesh=None, eval_split="validation", save_config=T
     state = initialize_from(config, state, mesh)
   if save_config and jax.process_index() == 0:
     configs.save(config, workdir)
+    run_info.record(workdir, mesh, int(state.step))
 
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
@@ -223,14 +260,13 @@ def build_run(config, workdir, mesh=None, eval_split="validation", save_config=T
   if config.task.name == "lm":
     baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
     print(f"bigflax: unigram baseline loss {baseline:.3f} nats/token", flush=True)
-  loss_options, predict = {}, {}
-  if config.task.name == "seq2seq":  # label smoothing; BLEU/chrF of decoded translations
-    loss_options = dict(label_smoothing=config.task.label_smoothing)
+  predict = {}
+  if config.task.name == "seq2seq":  # BLEU/chrF of decoded translations
     predict = dict(
         predict_step=functools.partial(task.predict_fn, model, config, tokenizer),
         finalize_predictions=functools.partial(task.finalize_predictions, config,
                                                tokenizer, eval_split))
-  loss_fn = tasks.trainer_loss(task, model, **loss_options)
+  loss_fn = None  # the task's own; a distillation's below
   teacher_params = teacher_shardings = None
   if config.distill.teacher:
     teacher, teacher_params, teacher_shardings = build_teacher(config, tokenizer, mesh, rules)
@@ -242,8 +278,7 @@ def build_run(config, workdir, mesh=None, eval_split="validation", save_config=T
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings,
       batch_sharding=partitioning.batch_sharding(mesh, rules),
-      train_step=step_lib.make_train_step(loss_fn, optimizer, schedule,
-                                          config.train.microbatches),
+      train_step=build_train_step(config, model, optimizer, schedule, loss_fn),
       eval_step=functools.partial(task.eval_fn, model), finalize_eval=task.finalize,
       train_batches=train_data.iterate,
       eval_batches=lambda: (eval_data.batch(i) for i in range(
@@ -405,15 +440,51 @@ def print_translations(config, model, tokenizer, params, sentences):
             f"{tasks.get('seq2seq').detokenize(tokenizer, row.tolist())}")
 
 
+def plan_model(config):
+  """The model `train` would build, without its data: a vocabulary size the tokenizer
+  would give comes from the tokenizer config."""
+  if "vocab_size" not in models.fields(config.model.name) or config.model.get("vocab_size"):
+    return models.build(config.model)
+  if config.tokenizer.kind == "byte":
+    size = tokenizers.ByteTokenizer.vocab_size
+  elif config.tokenizer.kind == "sentencepiece" and config.tokenizer.get("vocab_size"):
+    size = config.tokenizer.vocab_size
+  else:
+    raise UsageError(f"plan cannot tell the vocabulary size of tokenizer.kind="
+                     f"{config.tokenizer.kind!r} without its files; set "
+                     f"--config.model.vocab_size.")
+  return build_model(config, types.SimpleNamespace(vocab_size=size))
+
+
+def plan_run(config):
+  """Prints the plan of `config` on --topology as a table, then as one line of JSON."""
+  configs.validate(config)
+  build = lambda config, mesh: build_step_layout(config, plan_model(config), mesh)
+  report = plan.plan(config, FLAGS.topology, build, FLAGS.tokens, FLAGS.price_per_chip_hour)
+  print(plan.format_report(report))
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      f.write(plan.to_json(report))
+  print(json.dumps(json.loads(plan.to_json(report))))
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"Give one command, one of {COMMANDS}; got {argv[1:]}.")
-  command = argv[1]
-  if not FLAGS.workdir and command != "promote":
+  command = argv[1] if len(argv) > 1 else None
+  if command not in COMMANDS or len(argv) != (4 if command == "diff" else 2):
+    raise app.UsageError(f"Give one command, one of {COMMANDS} (diff RUN_A RUN_B); got "
+                         f"{argv[1:]}.")
+  if not FLAGS.workdir and command not in NO_WORKDIR:
     raise app.UsageError("--workdir is required.")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax's INFO logs would drown the progress bar
   try:
+    if command == "diff":
+      print(run_info.format_diff(argv[2], argv[3], run_info.diff(argv[2], argv[3])))
+      return
+    if command == "plan":
+      if FLAGS.config is None:
+        raise UsageError("plan needs --config experiments/<name>.py.")
+      return plan_run(FLAGS.config)
     initialize_distributed()
     if command == "promote":
       for name in ("candidate", "incumbent"):
@@ -432,7 +503,7 @@ def main(argv):
         evaluate(FLAGS.workdir, FLAGS.split)
       else:
         sample(FLAGS.workdir)
-  except (UsageError, ValueError, OSError) as e:
+  except (UsageError, plan.PlanError, ValueError, OSError) as e:
     if FLAGS.traceback:
       raise
     print(f"bigflax {command}: error: {e}", file=sys.stderr)

@@ -48,6 +48,7 @@ def test_train_then_eval_and_sample(tfds_dir, tmp_path):
                 "--config.train.eval_every=3", "--config.train.eval_steps=2")
   assert trained.returncode == 0, trained.stderr
   assert (tmp_path / "config.json").exists() and (tmp_path / "checkpoints" / "3").is_dir()
+  assert json.loads((tmp_path / "run_info.json").read_text())["latest"]["mesh"]["data"] == 2
 
   evaluated = run("eval", tmp_path)
   assert evaluated.returncode == 0, evaluated.stderr

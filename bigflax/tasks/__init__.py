@@ -5,6 +5,7 @@ A task module provides the data it trains on and the functions the trainer calls
       `iterate(start_step)` and `batch(step)` (this process's rows of a global batch)
   init_inputs(config) -> example model inputs for `model.init`
   tokens_per_example(config) -> tokens in one example (for throughput and MFU)
+  batch_spec(config) -> ShapeDtypeStructs of a global batch (for `bigflax plan`)
   loss_fn(model, params, batch, rng) -> (loss, metrics)
   eval_fn(model, params, batch) -> dict of sums over the batch
   finalize(totals) -> metrics

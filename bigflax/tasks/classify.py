@@ -7,6 +7,7 @@ host."""
 
 import functools
 
+import jax
 import jax.numpy as jnp
 
 from bigflax import losses, metrics
@@ -43,6 +44,17 @@ def tokens_per_example(config):
   if config.data.name in synthetic.NAMES or config.data.name in pipeline.IMAGE_CLASSIFICATION:
     return 1
   return config.data.seq_len
+
+
+def batch_spec(config):
+  """Shapes of a global batch, for planning a run without its data."""
+  rows = config.data.global_batch_size
+  spec = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct((rows, *shape), dtype)
+  if config.data.name in synthetic.NAMES:
+    return {"features": spec(2, dtype=jnp.float32), "label": spec()}
+  length = config.data.seq_len
+  return {"tokens": spec(length), "segments": spec(length), "mask": spec(length),
+          "label": spec(), "weight": spec(dtype=jnp.float32)}
 
 
 def _logits(model, params, batch, rngs):

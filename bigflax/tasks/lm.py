@@ -25,6 +25,13 @@ def tokens_per_example(config):
   return config.data.seq_len
 
 
+def batch_spec(config):
+  """Shapes of a global batch, for planning a run without its data."""
+  shape = (config.data.global_batch_size, config.data.seq_len)
+  return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+          "targets": jax.ShapeDtypeStruct(shape, jnp.int32)}
+
+
 def outputs(model, params, batch, rngs):
   """(logits, labels, weights) of every position: what a distillation compares."""
   logits = model.apply({"params": params}, batch["inputs"], rngs=rngs)

@@ -7,6 +7,7 @@ so a batch stays a pure function of (seed, step) and a resume replays it exactly
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,6 +50,14 @@ def init_inputs(config):
 
 def tokens_per_example(config):
   return config.data.seq_len
+
+
+def batch_spec(config):
+  """Shapes of a global batch, for planning a run without its data."""
+  shape = (config.data.global_batch_size, config.data.seq_len)
+  return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+          "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
+          "weights": jax.ShapeDtypeStruct(shape, jnp.float32)}
 
 
 def _masked_sums(model, params, batch, rngs):

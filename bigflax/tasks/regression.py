@@ -1,5 +1,6 @@
 """Regression with mean squared error on in-memory features."""
 
+import jax
 import jax.numpy as jnp
 
 from bigflax import losses
@@ -20,6 +21,13 @@ def init_inputs(config):
 
 def tokens_per_example(config):
   return 1
+
+
+def batch_spec(config):
+  """Shapes of a global batch, for planning a run without its data."""
+  rows = config.data.global_batch_size
+  return {"features": jax.ShapeDtypeStruct((rows, 2), jnp.float32),
+          "targets": jax.ShapeDtypeStruct((rows, 1), jnp.float32)}
 
 
 def loss_fn(model, params, batch, rng):

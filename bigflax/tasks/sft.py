@@ -2,7 +2,11 @@
 answer tokens only (prompt tokens are context, not targets). Metrics: answer-token loss,
 perplexity, accuracy and precision/recall/F1 over the vocabulary."""
 
+import jax
+import jax.numpy as jnp
+
 from bigflax.data import pipeline
+from bigflax.tasks import lm
 from bigflax.tasks.lm import eval_fn, finalize, init_inputs, loss_fn, outputs, tokens_per_example
 
 
@@ -11,5 +15,10 @@ def make_data(config, tokenizer, split, *, process_index, process_count):
                                    process_index=process_index, process_count=process_count)
 
 
-__all__ = ["make_data", "init_inputs", "tokens_per_example", "loss_fn", "eval_fn",
-           "finalize", "outputs"]
+def batch_spec(config):
+  shape = (config.data.global_batch_size, config.data.seq_len)
+  return dict(lm.batch_spec(config), weights=jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
+__all__ = ["make_data", "init_inputs", "tokens_per_example", "batch_spec", "loss_fn",
+           "eval_fn", "finalize", "outputs"]

@@ -71,6 +71,13 @@ def peak_flops_per_device(config) -> float:
   return next((v for k, v in table.items() if k in kind), 2.1e11)  # 2.1e11: a 2-core CPU
 
 
+def jit_train_step(train_step: Callable, state_shardings, batch_sharding,
+                   frozen_shardings=None) -> Callable:
+  """The train step as the trainer compiles it (`bigflax plan` compiles this very one)."""
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, frozen_shardings),
+                 out_shardings=(state_shardings, None), donate_argnums=0)
+
+
 def jit_eval_step(run: Run) -> Callable:
   return jax.jit(run.eval_step, in_shardings=(run.state_shardings.params, run.batch_sharding))
 
@@ -118,10 +125,8 @@ def train(run: Run) -> object:
 def _train(run: Run) -> object:
   cfg = run.config
   is_main = jax.process_index() == 0
-  train_step = jax.jit(run.train_step,
-                       in_shardings=(run.state_shardings, run.batch_sharding,
-                                     run.frozen_shardings),
-                       out_shardings=(run.state_shardings, None), donate_argnums=0)
+  train_step = jit_train_step(run.train_step, run.state_shardings, run.batch_sharding,
+                               run.frozen_shardings)
   eval_step, predict_step = jit_eval_step(run), jit_predict_step(run)
   writer = MetricWriter(run.workdir)
   state = run.state

@@ -20,6 +20,25 @@ class TrainState:
   rng: jax.Array  # base key; step s uses fold_in(rng, s), so a resume replays the same noise
 
 
+def _boxed_state_fn(init_params, optimizer, rng):
+  params_rng, state_rng = jax.random.split(rng)
+
+  def boxed_state():
+    params = init_params(params_rng)
+    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                      opt_state=optimizer.init(params), rng=state_rng)
+  return boxed_state
+
+
+def layout(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
+           rng: jax.Array, mesh, rules):
+  """(abstract state, shardings) without allocating anything: the state's
+  ShapeDtypeStructs carrying their shardings, and the shardings tree jit uses."""
+  boxed = jax.eval_shape(_boxed_state_fn(init_params, optimizer, rng))
+  shardings = partitioning.logical_shardings(boxed, mesh, rules)
+  return abstract(shardings, nn.unbox(boxed)), shardings
+
+
 def create(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
            rng: jax.Array, mesh, rules):
   """Initialises the state directly in its sharded layout.
@@ -28,15 +47,8 @@ def create(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTra
   `model.init(...)['params']` gives). Returns (state, shardings): the state is unboxed, the
   shardings tree matches it and is what jit and the checkpointer use.
   """
-  params_rng, state_rng = jax.random.split(rng)
-
-  def boxed_state():
-    params = init_params(params_rng)
-    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                      opt_state=optimizer.init(params), rng=state_rng)
-
-  abstract = jax.eval_shape(boxed_state)
-  shardings = partitioning.logical_shardings(abstract, mesh, rules)
+  _, shardings = layout(init_params, optimizer, rng, mesh, rules)
+  boxed_state = _boxed_state_fn(init_params, optimizer, rng)
   state = jax.jit(lambda: nn.unbox(boxed_state()), out_shardings=shardings)()
   return state, shardings
 

@@ -1,0 +1,447 @@
+"""`bigflax plan`: will a config fit a TPU slice, and how fast and costly will it be?
+
+The trainer's own train step (same function, state shardings, mesh rules and jit) is
+compiled ahead of time for the slice's devices: libtpu compiles for a named topology with
+no TPU present. Memory, FLOPs and collectives are read off that compile; nothing is
+allocated. When the config does not fit, the knobs that exist (FSDP over more devices,
+remat, microbatches, a smaller batch) are tried and the first layouts that fit are listed.
+"""
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import types
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from bigflax import models, tasks
+from bigflax.train import loop, partitioning
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_bytes: float  # per chip
+  peak_flops: float  # bf16 FLOP/s per chip
+  hbm_bandwidth: float  # bytes/s per chip
+  ici_bandwidth: float  # bytes/s per chip, one direction (all links)
+
+
+# Published per-chip numbers, Cloud TPU system architecture pages
+# (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): v4 275 TFLOP/s, 32 GiB at 1200 GB/s,
+# ICI 2400 Gbps; v5e 197 TFLOP/s, 16 GB at 819 GB/s, ICI 1600 Gbps; v5p 459 TFLOP/s,
+# 95 GB at 2765 GB/s, ICI 4800 Gbps; v6e 918 TFLOP/s, 32 GB at 1640 GB/s, ICI 3584 Gbps.
+CHIPS = {
+    "v4": Chip("v4", 32 * GiB, 275e12, 1200e9, 2400e9 / 8),
+    "v5e": Chip("v5e", 16 * GiB, 197e12, 819e9, 1600e9 / 8),
+    "v5p": Chip("v5p", 95e9, 459e12, 2765e9, 4800e9 / 8),
+    "v6e": Chip("v6e", 32 * GiB, 918e12, 1640e9, 3584e9 / 8),
+}
+DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5": "v5p", "TPU v6 lite": "v6e"}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+               "collective-permute")
+NO_TPU = ("libtpu is not installed, so TPU slices cannot be planned here: "
+          'pip install "bigflax[tpu]" (or plan for the devices present: --topology local).')
+
+
+class PlanError(Exception):
+  """Reported in one line: a topology or config the planner cannot use."""
+
+
+def slice_devices(topology: str):
+  """(devices, chip, number of chips) of a TPU slice such as 'v5e:4x4', compile-only."""
+  if importlib.util.find_spec("libtpu") is None:
+    raise PlanError(NO_TPU)
+  name, _, shape = topology.partition(":")
+  if name not in CHIPS or not re.fullmatch(r"\d+(x\d+)*", shape):
+    raise PlanError(f"--topology={topology!r}: give CHIP:SHAPE with CHIP one of "
+                    f"{sorted(CHIPS)} (e.g. v5e:4x4, v5p:2x2x2), or 'local'.")
+  # libtpu reads these when it starts: skip the GCE metadata lookups (and their warnings)
+  # of a machine that is not a TPU VM, and do not insist on owning the TPU lockfile,
+  # which any other JAX process on the machine may hold.
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{name}-{math.prod(map(int, shape.split('x')))}")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies
+  try:
+    devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  except Exception as e:  # libtpu reports a bad shape as a runtime error
+    raise PlanError(f"--topology={topology!r}: {str(e).splitlines()[0]}") from None
+  return devices, CHIPS[name], math.prod(int(s) for s in shape.split("x"))
+
+
+def local_devices():
+  """The devices present, with what is known of their memory and speed."""
+  devices = jax.devices()
+  kind = devices[0].device_kind
+  chip = CHIPS.get(DEVICE_KINDS.get(kind, ""))
+  if chip is None:
+    stats = devices[0].memory_stats() or {}
+    memory = stats.get("bytes_limit") or (
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / len(devices))
+    peak = loop.peak_flops_per_device(types.SimpleNamespace(peak_flops_per_device=0))
+    chip = Chip(kind, memory, peak, 0.0, 0.0)
+  return devices, chip, len(devices)
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs carrying shardings."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
+
+
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+|c64|c128)\[([\d,]*)\]")
+
+
+def _shape_bytes(text: str) -> int:
+  total = 0
+  for dtype, dims in _SHAPE.findall(text):
+    bits = 1 if dtype == "pred" else int(re.sub(r"\D", "", dtype.split("e")[0]) or 8)
+    total += math.prod(int(d) for d in dims.split(",") if d) * max(bits // 8, 1)
+  return total
+
+
+def collectives(hlo: str) -> dict:
+  """{op: {'count', 'bytes'}} of the compiled module's collectives, per device and per
+  step: ops inside a loop body (scanned layers) count once per iteration. 'bytes' is the
+  size of each op's result (for a reduce-scatter, of its operand)."""
+  computations, current = {}, None
+  for line in hlo.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if header and not line.startswith(" "):
+      current = computations.setdefault(header.group(1), {"ops": [], "calls": []})
+      if line.startswith("ENTRY"):
+        computations["__entry__"] = current
+      continue
+    if current is None or "=" not in line:
+      continue
+    trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+    for callee in re.findall(r"(?:body|calls|to_apply|branch_computations=\{)=?%?([\w.\-]+)",
+                             line):
+      current["calls"].append((callee, int(trips.group(1)) if trips and " while(" in line
+                               else 1))
+    match = re.search(r"=\s*(.*?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
+    if match:
+      result = match.group(1)
+      if match.group(3):  # async start: (operand, result) tuple, count the result
+        shapes = _SHAPE.findall(result)
+        result = "{}[{}]".format(*shapes[-1]) if shapes else result
+      size = _shape_bytes(result)
+      if match.group(2) == "reduce-scatter":
+        groups = re.search(r"replica_groups=\[(\d+),(\d+)\]", line)
+        size *= int(groups.group(2)) if groups else 1
+      current["ops"].append((match.group(2), size))
+
+  totals = {}
+
+  def visit(name, times, depth=0):
+    if name not in computations or depth > 20:
+      return
+    for op, size in computations[name]["ops"]:
+      entry = totals.setdefault(op, {"count": 0, "bytes": 0})
+      entry["count"] += times
+      entry["bytes"] += times * size
+    for callee, trips in computations[name]["calls"]:
+      visit(callee, times * trips, depth + 1)
+
+  visit("__entry__", 1)
+  return totals
+
+
+def compile_step(config, devices, build):
+  """Compiles the trainer's train step for `devices`: (compiled, abstract state, mesh,
+  None), or (None, abstract state, mesh, the compiler's message) when the TPU compiler
+  finds that the step does not fit in HBM."""
+  mesh = partitioning.make_mesh(config.mesh.shape, devices=devices)
+  abstract_state, shardings, batch_sharding, train_step = build(config, mesh)
+  batch = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding),
+      tasks.get(config.task.name).batch_spec(config))
+  jitted = loop.jit_train_step(train_step, shardings, batch_sharding)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.rules_tuple(config.mesh.rules)):
+    lowered = jitted.lower(abstract_state, batch, None)
+    try:
+      return lowered.compile(), abstract_state, mesh, None
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      return None, abstract_state, mesh, str(e).split("RESOURCE_EXHAUSTED:")[-1].strip()
+
+
+def _gigabytes(message: str, what: str) -> float | None:
+  """Bytes of '... {what} (20.15G) ...' in a TPU compiler message."""
+  found = re.search(re.escape(what) + r"\s*\(([\d.]+)([KMGT])", message)
+  if not found:
+    return None
+  return float(found.group(1)) * 2 ** (10 * "KMGT".index(found.group(2)) + 10)
+
+
+def measure(config, devices, chip, num_chips, build) -> dict:
+  """The plan of one layout: parameters, memory, FLOPs, collectives, roofline."""
+  compiled, state, mesh, out_of_memory = compile_step(config, devices, build)
+  num_devices = len(devices)
+  device_hbm = chip.hbm_bytes * num_chips / num_devices  # v4: two devices (cores) a chip
+  device_flops = chip.peak_flops * num_chips / num_devices
+  params_bytes, opt_bytes = per_device_bytes(state.params), per_device_bytes(state.opt_state)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  per_module = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
+  task = tasks.get(config.task.name)
+  tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
+  model_flops = models.FLOPS_PER_TOKEN[config.model.name](
+      config.model, num_params, config.data.seq_len) * tokens_per_step
+  report = {
+      "chip": chip.name, "devices": num_devices, "chips": num_chips,
+      "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "remat": config.model.get("remat", "none"),
+      "microbatches": config.train.microbatches,
+      "global_batch_size": config.data.global_batch_size,
+      "tokens_per_step": tokens_per_step,
+      "parameters": {"total": int(num_params), **{k: int(v) for k, v in per_module.items()}},
+  }
+  if out_of_memory:  # the compiler's verdict; it stops before a full memory analysis
+    temporaries = _gigabytes(out_of_memory, "temporaries")
+    report.update(
+        memory_per_device={"parameters": params_bytes, "optimizer_state": opt_bytes,
+                           "temporaries": temporaries, "capacity": device_hbm,
+                           "total": params_bytes + opt_bytes + (temporaries or 0)},
+        fits=False, compiler_message=out_of_memory.splitlines()[0],
+        flops_per_step={"model": model_flops, "compiled": None}, collectives={},
+        roofline=None)
+    return report
+
+  memory = compiled.memory_analysis()
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+           - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+           + memory.generated_code_size_in_bytes)
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, list):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  compiled_flops = float(cost.get("flops", 0.0)) * num_devices
+  bytes_accessed = float(cost.get("bytes accessed", 0.0))
+  comms = collectives(compiled.as_text())
+  # Ring algorithms: an all-reduce moves about twice its buffer over each device's links,
+  # the others about once.
+  ici_bytes = sum(v["bytes"] * (2 if op == "all-reduce" else 1) for op, v in comms.items())
+
+  times = {"compute": max(model_flops, compiled_flops) / num_devices / device_flops,
+           "memory": bytes_accessed / (chip.hbm_bandwidth * num_chips / num_devices)
+           if chip.hbm_bandwidth else 0.0,
+           "collectives": ici_bytes / (chip.ici_bandwidth * num_chips / num_devices)
+           if chip.ici_bandwidth and num_devices > 1 else 0.0}
+  step_time = max(times.values())
+  report.update(
+      memory_per_device={
+          "parameters": params_bytes, "optimizer_state": opt_bytes,
+          "other_arguments": memory.argument_size_in_bytes - params_bytes - opt_bytes,
+          "arguments": memory.argument_size_in_bytes,
+          "outputs": memory.output_size_in_bytes,
+          "aliased": memory.alias_size_in_bytes,
+          "temporaries": memory.temp_size_in_bytes,
+          "generated_code": memory.generated_code_size_in_bytes,
+          "total": total, "capacity": device_hbm},
+      fits=total <= device_hbm,
+      flops_per_step={"model": model_flops, "compiled": compiled_flops},
+      collectives=comms,
+      roofline={
+          "seconds": times, "step_time": step_time,
+          "tokens_per_second": tokens_per_step / step_time if step_time else None,
+          "mfu_bound": model_flops / (step_time * device_flops * num_devices)
+          if step_time else None})
+  return report
+
+
+def candidates(config, num_devices):
+  """Layouts to try when `config` does not fit, least change first, as dotted config
+  overrides: FSDP over every device, then microbatches, then stronger remat; a smaller
+  batch last, since it changes the optimisation."""
+  batch = config.data.global_batch_size
+  fsdp = dict(data=1, fsdp=-1, tensor=1)
+  remats = [config.model.get("remat", "none")]
+  remats += [r for r in ("dots_no_batch", "full") if r not in remats]
+  layouts = []
+  for remat in remats:
+    for microbatches in (1, 2, 4, 8, 16):
+      if batch % microbatches == 0 and (batch // microbatches) % num_devices == 0:
+        layouts.append({"mesh.shape": fsdp, "model.remat": remat,
+                        "train.microbatches": microbatches})
+  for divisor in (2, 4, 8):
+    if batch % divisor == 0 and (batch // divisor) % num_devices == 0:
+      layouts.append({"mesh.shape": fsdp, "model.remat": remats[-1],
+                      "data.global_batch_size": batch // divisor})
+  return layouts
+
+
+def with_overrides(config, overrides: dict):
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for key, value in overrides.items():
+      section, field = key.split(".")
+      if field == "shape":
+        config[section][field] = dict(value)
+      else:
+        config[section][field] = value
+  return config
+
+
+def same_layout(config, overrides) -> bool:
+  current = {"mesh.shape": {k: int(v) for k, v in config.mesh.shape.items()},
+             "model.remat": config.model.get("remat", "none"),
+             "train.microbatches": config.train.microbatches}
+  return all(current.get(k) == v for k, v in overrides.items())
+
+
+def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=8,
+            measured=None):
+  """The first `limit` candidate layouts that fit, each compiled for real. A layout whose
+  temporaries, scaled down from an out-of-memory compile with fewer microbatches, would
+  clearly still not fit is skipped without compiling."""
+  found, compiles, out_of_memory = [], 0, {}  # remat -> (microbatches, temporaries, free)
+  if measured and measured["memory_per_device"].get("temporaries") and same_layout(
+      config, {"mesh.shape": dict(data=1, fsdp=-1, tensor=1)}):
+    memory = measured["memory_per_device"]
+    out_of_memory[measured["remat"]] = (measured["microbatches"], memory["temporaries"],
+                                        memory["capacity"] - memory["parameters"]
+                                        - memory["optimizer_state"])
+  for overrides in candidates(config, len(devices)):
+    if same_layout(config, overrides) or compiles == max_compiles:
+      continue
+    remat, microbatches = overrides["model.remat"], overrides.get("train.microbatches")
+    if remat in out_of_memory and microbatches:
+      seen, temporaries, free = out_of_memory[remat]
+      if temporaries * seen / microbatches > 1.3 * free:
+        continue
+    candidate = with_overrides(config, overrides)
+    compiles += 1
+    try:
+      result = measure(candidate, devices, chip, num_chips, build)
+    except Exception:  # a layout the model or XLA refuses is not a suggestion
+      continue
+    memory = result["memory_per_device"]
+    if result["fits"]:
+      found.append({"overrides": flags_of(overrides), "memory_per_device": memory["total"],
+                    "step_time": result["roofline"]["step_time"]})
+      if len(found) == limit:
+        break
+    elif memory.get("temporaries") and microbatches:
+      free = memory["capacity"] - memory["parameters"] - memory["optimizer_state"]
+      out_of_memory[remat] = (microbatches, memory["temporaries"], free)
+  return found
+
+
+def flags_of(overrides: dict) -> list[str]:
+  flags = []
+  for key, value in overrides.items():
+    if isinstance(value, dict):
+      flags += [f"--config.{key}.{k}={v}" for k, v in value.items()]
+    else:
+      flags.append(f"--config.{key}={value}")
+  return flags
+
+
+def plan(config, topology: str, build, tokens: float | None = None,
+         price_per_chip_hour: float | None = None, suggestions: int = 3) -> dict:
+  """The whole report for `config` on `topology` ('v5e:4x4', ... or 'local')."""
+  if config.get("distill") and config.distill.get("teacher"):
+    raise PlanError("plan does not model a distillation teacher (distill.teacher); plan "
+                    "the student with --config.distill.teacher=''.")
+  task = tasks.get(config.task.name)
+  if not hasattr(task, "batch_spec"):
+    raise PlanError(f"task {config.task.name!r} has no batch_spec(config); the planner "
+                    f"needs the shapes of a batch.")
+  if topology == "local":
+    devices, chip, num_chips = local_devices()
+  else:
+    devices, chip, num_chips = slice_devices(topology)
+  try:
+    report = measure(config, devices, chip, num_chips, build)
+  except ValueError as e:  # a mesh the slice cannot hold, an indivisible batch
+    raise PlanError(str(e).splitlines()[0]) from None
+  report["topology"] = topology
+  if tokens and report["roofline"]:
+    step_time = report["roofline"]["step_time"]
+    steps = math.ceil(tokens / report["tokens_per_step"])
+    report["budget"] = {"tokens": tokens, "steps": steps, "hours": steps * step_time / 3600}
+    if price_per_chip_hour:
+      report["budget"]["price_per_chip_hour"] = price_per_chip_hour
+      report["budget"]["cost"] = report["budget"]["hours"] * num_chips * price_per_chip_hour
+  if not report["fits"]:
+    report["suggestions"] = suggest(config, devices, chip, num_chips, build, suggestions,
+                                    measured=report)
+    state = (report["memory_per_device"]["parameters"]
+             + report["memory_per_device"]["optimizer_state"]) * len(devices)
+    report["min_devices_for_state"] = math.ceil(state / report["memory_per_device"]["capacity"])
+  return report
+
+
+def _size(n: float) -> str:
+  for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f} {unit}"
+  return f"{int(n)} B"
+
+
+def _si(n: float) -> str:
+  for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f} {unit}"
+  return f"{n:.3g} "
+
+
+def format_report(r: dict) -> str:
+  m, roof = r["memory_per_device"], r["roofline"]
+  rows = [("topology", f"{r['topology']}: {r['chips']} {r['chip']} chips, {r['devices']} "
+                       f"devices, mesh {r['mesh']}"),
+          ("layout", f"remat={r['remat']} microbatches={r['microbatches']} "
+                     f"global_batch_size={r['global_batch_size']}"),
+          ("parameters", f"{r['parameters']['total']:,}")]
+  rows += [(f"  {k}", f"{v:,}") for k, v in r["parameters"].items() if k != "total"]
+  rows += [("memory / device", "")]
+  rows += [(f"  {k}", _size(m[k])) for k in (
+      "parameters", "optimizer_state", "other_arguments", "outputs", "aliased",
+      "temporaries", "generated_code") if m.get(k) is not None]
+  verdict = "FITS" if r["fits"] else "DOES NOT FIT"
+  rows += [("  total", f"{_size(m['total'])} of {_size(m['capacity'])} "
+                       f"({100 * m['total'] / m['capacity']:.0f} %): {verdict}")]
+  if "compiler_message" in r:
+    rows += [("  compiler", r["compiler_message"])]
+  f = r["flops_per_step"]
+  compiled = f", compiled {_si(f['compiled'])}FLOP" if f["compiled"] else ""
+  rows += [("FLOPs / step", f"model {_si(f['model'])}FLOP{compiled}")]
+  for op, c in sorted(r["collectives"].items()):
+    rows.append((f"  {op}", f"{c['count']} ops, {_size(c['bytes'])} / device / step"))
+  if roof:
+    s = roof["seconds"]
+    rows += [("roofline step", f"{roof['step_time'] * 1e3:.1f} ms (compute "
+                               f"{s['compute'] * 1e3:.1f}, HBM {s['memory'] * 1e3:.1f}, "
+                               f"collectives {s['collectives'] * 1e3:.1f} ms)")]
+    rows += [("tokens / s", f"{roof['tokens_per_second']:,.0f} (at most; MFU bound "
+                            f"{100 * roof['mfu_bound']:.0f} %)")]
+  if "budget" in r:
+    b = r["budget"]
+    text = f"{b['steps']:,} steps, {b['hours']:,.1f} h"
+    if "cost" in b:
+      text += f", cost {b['cost']:,.2f} at {b['price_per_chip_hour']}/chip-hour"
+    rows.append((f"{_si(b['tokens'])}tokens", text))
+  if not r["fits"]:
+    rows.append(("state alone needs", f">= {r['min_devices_for_state']} devices"))
+    if r["suggestions"]:
+      rows.append(("layouts that fit", ""))
+      for s in r["suggestions"]:
+        rows.append(("  " + _size(s["memory_per_device"]), " ".join(s["overrides"])))
+    else:
+      rows.append(("layouts that fit", "none of the tried layouts: use a bigger slice"))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def to_json(report: dict) -> str:
+  return json.dumps(report, indent=2, default=lambda x: float(np.asarray(x)))

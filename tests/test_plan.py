@@ -1,0 +1,159 @@
+"""`bigflax plan`: the trainer's own step compiled for a TPU slice this machine does not
+have; memory per device checked against arithmetic done here from the sharding rules."""
+
+import importlib.util
+import math
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import pytest
+
+from bigflax import configs, main, plan
+from cli_utils import env
+from conftest import REPO
+from experiments import gpt2_medium, gpt2_small, gpt_tiny
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu not installed (pip install bigflax[tpu])")
+
+
+def build(config, mesh):
+  return main.build_step_layout(config, main.plan_model(config), mesh)
+
+
+def tiny_config():
+  config = gpt_tiny.get_config()
+  config.model.update(vocab_size=384, num_layers=2, embed_dim=128, num_heads=4, mlp_dim=256,
+                      max_len=64)
+  config.data.update(seq_len=64, global_batch_size=8)
+  config.mesh.shape = dict(data=1, fsdp=-1, tensor=1)
+  return config
+
+
+def expected_bytes_per_device(config, mesh_sizes):
+  """Parameter bytes one device holds, from the logical axis names and the rules table:
+  a dimension whose logical name maps to mesh axes is divided by their sizes."""
+  model = main.plan_model(config)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                            jax.numpy.zeros((1, 64), jax.numpy.int32)))
+  rules = dict(configs.DEFAULT_RULES)
+  total = 0
+  for leaf in jax.tree.leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned)):
+    used, shape = set(), list(leaf.value.shape)
+    for i, name in enumerate(leaf.names):
+      axes = rules.get(name)
+      axes = (axes,) if isinstance(axes, str) else (axes or ())
+      if axes and not used & set(axes):
+        shape[i] //= math.prod(mesh_sizes[a] for a in axes)
+        used |= set(axes)
+    total += math.prod(shape) * leaf.value.dtype.itemsize
+  return total
+
+
+@needs_libtpu
+def test_tiny_gpt_memory_per_device_matches_the_sharding_rules():
+  config = tiny_config()
+  devices, chip, chips = plan.slice_devices("v5e:2x2")
+  report = plan.measure(config, devices, chip, chips, build)
+  memory = report["memory_per_device"]
+
+  params = expected_bytes_per_device(config, {"data": 1, "fsdp": 4, "tensor": 1})
+  assert memory["parameters"] == params
+  # AdamW keeps two float32 moments per parameter, laid out like it, plus int32 counters.
+  optimizer, _ = main.optim.make(config.optim, config.train.num_steps)
+  counters = [x for x in jax.tree.leaves(jax.eval_shape(optimizer.init, jax.eval_shape(
+      lambda: nn.unbox(main.plan_model(config).init(
+          jax.random.key(0), jax.numpy.zeros((1, 64), jax.numpy.int32)))["params"])))
+      if x.ndim == 0]
+  assert memory["optimizer_state"] == 2 * params + 4 * len(counters)
+  # The compiler's own count of argument bytes holds them (plus batch, step, rng and
+  # TPU tile padding); the donated state comes back in place.
+  assert memory["arguments"] >= memory["parameters"] + memory["optimizer_state"]
+  assert memory["aliased"] >= memory["parameters"] + memory["optimizer_state"]
+  assert report["fits"] and memory["capacity"] == 16 * 2**30
+  total = report["parameters"]["total"]
+  assert total == sum(v for k, v in report["parameters"].items() if k != "total")
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  # FSDP gathers the weights: the compiled step holds all-gathers.
+  assert report["collectives"]["all-gather"]["count"] > 0
+  assert report["roofline"]["step_time"] > 0 and 0 < report["roofline"]["mfu_bound"] <= 1
+
+
+def test_collectives_count_loop_bodies_once_per_iteration():
+  hlo = """HloModule m
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %ag = f32[64,128]{1,0} all-gather(f32[16,128]{1,0} %x), dimensions={0}
+  %rs = f32[4,128]{1,0} reduce-scatter(f32[16,128]{1,0} %y), replica_groups=[1,4]<=[4], dimensions={0}
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %w = (s32[], f32[8]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"24"}}
+  %ar = bf16[1024]{0} all-reduce(bf16[1024]{0} %z), to_apply=%add
+}
+"""
+  found = plan.collectives(hlo)
+  assert found["all-gather"] == {"count": 24, "bytes": 24 * 64 * 128 * 4}
+  assert found["reduce-scatter"] == {"count": 24, "bytes": 24 * 16 * 128 * 4}
+  assert found["all-reduce"] == {"count": 1, "bytes": 2048}
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_gpt2_medium_fits_a_v5e_4x4_slice():
+  config = gpt2_medium.get_config()
+  report = plan.plan(config, "v5e:4x4", build)
+  assert report["parameters"]["total"] == 354_823_168  # GPT-2 medium as published
+  assert report["devices"] == 16 and report["fits"], report["memory_per_device"]
+  # FSDP over 16 devices: a sixteenth of the float32 parameters each.
+  assert report["memory_per_device"]["parameters"] == pytest.approx(354_823_168 * 4 / 16,
+                                                                    rel=0.01)
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_a_multi_billion_parameter_model_does_not_fit_a_2x2_slice_and_gets_layouts():
+  config = gpt2_small.get_config("xl")  # GPT-2 xl (1.6 B) widened to 2.1 B parameters
+  config.model.update(embed_dim=2048, num_heads=16, mlp_dim=4 * 2048, num_layers=40)
+  config.data.global_batch_size = 64
+  report = plan.plan(config, "v5e:2x2", build, suggestions=1)
+  assert report["parameters"]["total"] > 2e9
+  assert not report["fits"]
+  assert report["suggestions"], "no layout that fits was found"
+  for suggestion in report["suggestions"]:
+    assert suggestion["memory_per_device"] <= 16 * 2**30
+  assert "layouts that fit" in plan.format_report(report)
+
+
+def test_missing_libtpu_is_one_plain_line():
+  hide_libtpu = (
+      "import importlib.util as u; find = u.find_spec; "
+      "u.find_spec = lambda name, *a: None if name == 'libtpu' else find(name, *a); "
+      "import sys, runpy; sys.argv = ['bigflax', 'plan', '--config', "
+      "'experiments/gpt_tiny.py', '--topology', 'v5e:2x2']; "
+      "runpy.run_module('bigflax', run_name='__main__')")
+  result = subprocess.run([sys.executable, "-c", hide_libtpu], cwd=REPO, env=env(1),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "libtpu is not installed" in result.stderr and "bigflax[tpu]" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_plan_for_the_local_devices_needs_no_workdir(tmp_path):
+  out = tmp_path / "plan.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "bigflax", "plan", "--config", "experiments/gpt_tiny.py",
+       "--topology", "local", "--config.model.num_layers=1", "--config.model.embed_dim=64",
+       "--config.model.mlp_dim=128", "--tokens", "1e6", "--price_per_chip_hour", "2",
+       "--out", str(out)], cwd=REPO, env=env(2), capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr
+  import json
+  report = json.loads(out.read_text())
+  assert report["devices"] == 2 and report["mesh"]["data"] == 2
+  assert report["budget"]["steps"] == math.ceil(1e6 / (16 * 256))
+  assert report["budget"]["cost"] == pytest.approx(
+      report["budget"]["hours"] * 2 * 2.0)
+  assert "parameters" in result.stdout and "FITS" in result.stdout
