@@ -79,6 +79,16 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+def lora(rank: int = 0, alpha: float = 16.0, dropout: float = 0.0,
+         targets: str = r"attention/(query|value)/kernel") -> ml_collections.ConfigDict:
+  """`config.model.lora`: low-rank adapters (bigflax.models.layers.LoRA) on the projection
+  kernels whose parameter path matches the regex `targets`. rank 0 = off, so
+  `--config.model.lora.rank=8` turns them on; then only the adapters (and what `init_new`
+  names) train."""
+  return ml_collections.ConfigDict(dict(rank=rank, alpha=alpha, dropout=dropout,
+                                        targets=targets))
+
+
 def validate(config: ml_collections.ConfigDict):
   """Checks that catch a bad config before any compile, naming the field and the fix."""
   positive = ["data.seq_len", "data.global_batch_size", "train.num_steps",

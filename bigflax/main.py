@@ -52,6 +52,7 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with 
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
 COMMANDS = ("train", "eval", "sample")
+ADAPTERS_FILE = "adapters.safetensors"  # a LoRA run's adapters, written when training ends
 
 
 class UsageError(Exception):
@@ -90,12 +91,24 @@ def build_model(config, tokenizer, **overrides):
 
 def build_state(config, model, mesh):
   """(state, shardings, lr schedule, optimizer): a fresh state, laid out on the mesh."""
-  optimizer, schedule = optim.make(config.optim, config.train.num_steps)
+  optimizer, schedule = optim.make(config.optim, config.train.num_steps,
+                                   train_only=trainable(config, model))
   inputs = tasks.get(config.task.name).init_inputs(config)
   state, shardings = state_lib.create(lambda rng: model.init(rng, *inputs)["params"],
                                       optimizer, jax.random.key(config.seed), mesh,
                                       config.mesh.rules)
+  if getattr(model, "lora", None) and not models.lora.adapters(state.params):
+    raise UsageError(f"model.lora.targets={model.lora.targets!r} matches no projection "
+                     f"kernel (paths look like 'layer_0/attention/query/kernel').")
   return state, shardings, schedule, optimizer
+
+
+def trainable(config, model) -> str:
+  """With LoRA only the adapters train, plus what `init_new` keeps fresh (a new head);
+  "" (no LoRA) trains everything optim.freeze does not freeze."""
+  if getattr(model, "lora", None) is None:
+    return ""
+  return "|".join(p for p in (models.lora.ADAPTERS, config.init_new) if p)
 
 
 def init_params(config, params):
@@ -109,7 +122,9 @@ def init_params(config, params):
   else:
     raise UsageError(f"init_from={source_dir!r} is neither a bigflax workdir with "
                      f"checkpoints nor a directory holding model.safetensors.")
-  params, report = state_lib.merge_params(params, source, config.init_new)
+  # LoRA adapters the source lacks start fresh (B = 0: the source model's outputs).
+  params, report = state_lib.merge_params(params, source, config.init_new,
+                                          optional=models.lora.ADAPTERS)
   print(f"bigflax: init_from {source_dir}: restored {len(report['restored'])} parameters, "
         f"{len(report['new'])} new {report['new']}, {len(report['unused'])} unused "
         f"{report['unused']}", flush=True)
@@ -181,6 +196,13 @@ def train(config, workdir):
 
   run, model, tokenizer = build_run(config, workdir)
   state = loop.train(run)
+  if getattr(model, "lora", None) is not None:  # the adapters alone, a few MB to ship
+    adapters = multihost_utils.process_allgather(models.lora.adapters(state.params),
+                                                 tiled=True)
+    if jax.process_index() == 0:
+      models.lora.save(os.path.join(workdir, ADAPTERS_FILE), adapters)
+      print(f"bigflax: LoRA adapters of step {int(state.step)} in "
+            f"{os.path.join(workdir, ADAPTERS_FILE)}", flush=True)
   # Language models end with samples; every process decodes, process 0 prints.
   if config.task.name == "lm" and int(state.step) == config.train.num_steps:
     longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1

@@ -6,7 +6,7 @@ import dataclasses
 import jax.numpy as jnp
 import ml_collections
 
-from bigflax.models import bert, gpt, mlp
+from bigflax.models import bert, gpt, lora, mlp
 
 MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel}
 FLOPS_PER_TOKEN = {"bert": bert.flops_per_token, "gpt": gpt.flops_per_token,
@@ -31,6 +31,8 @@ def build(config: ml_collections.ConfigDict, **overrides):
   if unknown:
     raise ValueError(f"model.{unknown[0]} is not a field of model '{config.name}'; valid "
                      f"fields: {sorted(valid)}.")
+  if "lora" in kwargs:
+    kwargs["lora"] = lora.from_config(kwargs["lora"])
   for key in ("dtype", "param_dtype"):
     if isinstance(kwargs.get(key), str):
       if kwargs[key] not in DTYPES:

@@ -38,11 +38,12 @@ def path_mask(params, pattern: str, match: bool = True):
       lambda path, _: bool(regex.search(param_path(path))) == match, params)
 
 
-def make(config: ml_collections.ConfigDict, num_steps: int):
+def make(config: ml_collections.ConfigDict, num_steps: int, train_only: str = ""):
   """Returns (optax transformation, learning-rate schedule).
 
-  Parameters whose path matches the regex `config.freeze` get no updates and no
-  optimizer state.
+  Parameters whose path matches the regex `config.freeze`, or does not match the regex
+  `train_only` (if given; LoRA trains its adapters alone), get no updates and no optimizer
+  state.
   """
   lr = schedule(config, num_steps)
   tx = optax.chain(
@@ -51,8 +52,11 @@ def make(config: ml_collections.ConfigDict, num_steps: int):
                   weight_decay=config.weight_decay,
                   mask=lambda params: path_mask(params, config.no_decay, match=False)),
   )
-  if config.get("freeze"):
-    labels = lambda params: jax.tree.map(
-        lambda frozen: "frozen" if frozen else "trained", path_mask(params, config.freeze))
+  def labels(params):
+    masks = [path_mask(params, config.freeze)] if config.get("freeze") else []
+    masks += [path_mask(params, train_only, match=False)] if train_only else []
+    return jax.tree.map(lambda *frozen: "frozen" if any(frozen) else "trained", *masks)
+
+  if config.get("freeze") or train_only:
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, lr
