@@ -104,9 +104,9 @@ def validate(config: ml_collections.ConfigDict):
   if config.data.seq_len > config.model.get("max_len", config.data.seq_len):
     raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.max_len="
                      f"{config.model.max_len}; lower one or raise the other.")
-  if config.tokenizer.kind not in ("byte", "sentencepiece", "hf", "none"):
+  if config.tokenizer.kind not in ("byte", "sentencepiece", "hf", "gpt2", "none"):
     raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}; choose 'byte', "
-                     f"'sentencepiece', 'hf' or 'none'.")
+                     f"'sentencepiece', 'hf', 'gpt2' or 'none'.")
 
 
 # Sections that fix the shapes in a checkpoint: a resume must not change them.

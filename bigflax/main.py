@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from bigflax import configs, metrics, models, tasks
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
-from bigflax.interop import hf
+from bigflax import interop
 from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
 
@@ -116,7 +116,7 @@ def init_params(config, params):
   checkpoint or a Hugging Face checkpoint directory) taken from there; prints a report."""
   source_dir = config.init_from
   if os.path.exists(os.path.join(source_dir, "model.safetensors")):
-    _, source = hf.import_bert(source_dir, scan_layers=config.model.get("scan_layers", False))
+    _, source = interop.import_checkpoint(source_dir, config.model.get("scan_layers", False))
   elif os.path.isdir(os.path.join(source_dir, "checkpoints")):
     source = checkpoint.restore_params(os.path.join(source_dir, "checkpoints"))
   else:
