@@ -3,7 +3,8 @@
 Commands:
   train   train (or resume) the experiment in --workdir
   eval    the task's metrics for the latest checkpoint in --workdir (--split)
-  sample  decode from the latest checkpoint in --workdir with a KV cache
+  sample  decode from the latest checkpoint in --workdir with a KV cache (or from a HF
+          GPT-2 checkpoint directory given as --workdir)
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
 know nothing of one another.
@@ -261,25 +262,43 @@ def evaluate(workdir, split):
 
 
 def sample(workdir):
-
-
-  config = configs.load(workdir)
-  tokenizer = tokenizers.load(os.path.join(workdir, "tokenizer"))
+  """Samples from a run's latest checkpoint, or from a HF GPT-2 directory as it is."""
+  hf_checkpoint = os.path.exists(os.path.join(workdir, "model.safetensors"))
+  if hf_checkpoint:
+    config, params = hf_language_model(workdir)
+    tokenizer = tokenizers.GPT2Tokenizer()
+  else:
+    config = configs.load(workdir)
+    tokenizer = tokenizers.load(os.path.join(workdir, "tokenizer"))
   model = build_model(config, tokenizer)
   mesh = partitioning.make_mesh(config.mesh.shape)
-  state, _, _, _ = build_state(config, model, mesh)
-  checkpoints = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=1)
-  restored = checkpoint.restore(checkpoints, state)
-  if restored is None:
-    raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first "
-                     f"(`python -m bigflax train --config ... --workdir {workdir}`).")
-  params = restored[0].params
+  if not hf_checkpoint:
+    state, _, _, _ = build_state(config, model, mesh)
+    checkpoints = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=1)
+    restored = checkpoint.restore(checkpoints, state)
+    if restored is None:
+      raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first "
+                       f"(`python -m bigflax train --config ... --workdir {workdir}`).")
+    params = restored[0].params
   prompts = [FLAGS.prompt] if FLAGS.prompt is not None else list(config.sample.prompts)
   rules = partitioning.rules_tuple(config.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     print_samples(config, model, tokenizer, params, prompts, FLAGS.num_samples,
                   max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                   top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
+
+
+def hf_language_model(directory):
+  """(config, params) of a HF GPT-2 checkpoint directory, with bigflax's defaults for the
+  rest of the config."""
+  model_config, params = interop.import_checkpoint(directory)
+  if model_config["name"] != "gpt":
+    raise UsageError(f"{directory} holds a {model_config['name']} checkpoint; sample needs "
+                     f"a language model (GPT-2).")
+  config = configs.base()
+  config.model = model_config
+  config.tokenizer.kind = "gpt2"
+  return config, params
 
 
 def main(argv):

@@ -176,3 +176,44 @@ def test_gpt2_small_experiment_is_hf_gpt2():
     if "dropout" not in key:
       assert ours[key] == value, key
   assert gpt2_small.get_config().tokenizer.kind == "gpt2"
+
+
+def test_sample_cli_on_a_hf_directory_matches_hf(tmp_path):
+  """`python -m bigflax sample --workdir HF_DIR` runs an imported GPT-2 (BPE tokenizer,
+  KV cache) to HF's own greedy text."""
+  from cli_utils import run
+  torch.manual_seed(1)
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3,
+      bos_token_id=None, eos_token_id=None)).eval()
+  model.save_pretrained(str(tmp_path), safe_serialization=True)
+  prompt = "Hello world, this is"
+  tokenizer = tokenizers.GPT2Tokenizer()
+  ids = torch.tensor([[tokenizer.eos_id] + tokenizer.encode(prompt)])
+  with torch.no_grad():
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         max_new_tokens=12, pad_token_id=0)
+  expected = prompt + tokenizer.decode(out[0, ids.shape[1]:].tolist())
+  result = run("sample", tmp_path, "--prompt", prompt, "--max_new_tokens", "12",
+               "--temperature", "0", devices=1)
+  assert result.returncode == 0, result.stderr
+  assert len(set(out[0, ids.shape[1]:].tolist())) > 3  # not one repeated token
+  assert f"--- sample ({prompt!r}) ---\n{expected}\n" in result.stdout
+
+
+def test_init_from_a_hf_gpt2_directory_with_lora(hf_gpt2, capsys):
+  """`--config.init_from=HF_DIR` picks the GPT-2 importer by model_type; LoRA adapters,
+  which the checkpoint lacks, start fresh."""
+  from bigflax import main
+  directory, _ = hf_gpt2
+  model_config, imported = gpt2.import_gpt2(directory)
+  config = configs.base()
+  config.model = dict(model_config, lora=configs.lora(rank=2))
+  config.init_from = directory
+  model = models.build(config.model)
+  fresh = nn.unbox(jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 4), jnp.int32))
+                   ["params"])
+  params = main.init_params(config, fresh)
+  jax.tree.map(np.testing.assert_array_equal, lora.merge(params, model.lora), imported)
+  jax.tree.map(np.testing.assert_array_equal, lora.adapters(params), lora.adapters(fresh))
+  assert "8 new ['layer_0/attention/query/lora_a'" in capsys.readouterr().out
