@@ -182,8 +182,10 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings,
       batch_sharding=partitioning.batch_sharding(mesh, rules),
-      train_step=step_lib.make_train_step(functools.partial(task.loss_fn, model), optimizer,
-                                          schedule, config.train.microbatches),
+      train_step=step_lib.make_train_step(
+          functools.partial(task.loss_fn, model), optimizer, schedule,
+          config.train.microbatches, trained=functools.partial(
+              optim.trained_mask, config.optim, train_only=trainable(config, model))),
       eval_step=functools.partial(task.eval_fn, model), finalize_eval=task.finalize,
       train_batches=train_data.iterate,
       eval_batches=lambda: (eval_data.batch(i) for i in range(

@@ -52,11 +52,17 @@ def make(config: ml_collections.ConfigDict, num_steps: int, train_only: str = ""
                   weight_decay=config.weight_decay,
                   mask=lambda params: path_mask(params, config.no_decay, match=False)),
   )
-  def labels(params):
-    masks = [path_mask(params, config.freeze)] if config.get("freeze") else []
-    masks += [path_mask(params, train_only, match=False)] if train_only else []
-    return jax.tree.map(lambda *frozen: "frozen" if any(frozen) else "trained", *masks)
-
   if config.get("freeze") or train_only:
+    labels = lambda params: jax.tree.map(lambda t: "trained" if t else "frozen",
+                                         trained_mask(config, params, train_only))
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, lr
+
+
+def trained_mask(config: ml_collections.ConfigDict, params, train_only: str = ""):
+  """A tree of bools: which parameters `make(config, ..., train_only)` updates."""
+  def trained(path, _):
+    name = param_path(path)
+    frozen = bool(config.get("freeze")) and re.search(config.freeze, name) is not None
+    return not frozen and (not train_only or re.search(train_only, name) is not None)
+  return jax.tree_util.tree_map_with_path(trained, params)
