@@ -183,3 +183,21 @@ def test_lora_run_from_a_base_run(tfds_dir, tmp_path):
   saved = lora.load(str(tmp_path / "lora" / main.ADAPTERS_FILE),
                     jax.tree.map(np.zeros_like, params))
   jax.tree.map(np.testing.assert_array_equal, lora.adapters(saved), adapters)
+
+
+def test_lora_fine_tune_of_a_classifier_trains_the_new_head_too():
+  """sst2_minilm with LoRA: the adapters and the fresh classifier (init_new) train, the
+  pretrained BERT does not."""
+  from bigflax import main
+  from experiments import sst2_minilm
+  config = sst2_minilm.get_config()
+  config.model.update(num_layers=2, lora=configs.lora(rank=4))
+  model = models.build(config.model)
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32), head="classify")["params"]))
+  mask = optim.trained_mask(config.optim, shapes, main.trainable(config, model))
+  trained = sorted(optim.param_path(p) for p, t in jax.tree_util.tree_leaves_with_path(mask)
+                   if t)
+  assert trained == sorted(["classifier/bias", "classifier/kernel"] + [
+      f"layer_{i}/attention/{p}/lora_{ab}" for i in range(2) for p in ("query", "value")
+      for ab in "ab"])
