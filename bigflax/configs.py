@@ -36,6 +36,9 @@ def base() -> ml_collections.ConfigDict:
   # an error.
   c.init_from = ""
   c.init_new = ""
+  # With init_from a bigflax workdir: also take its optimizer state (Adam moments and
+  # count) rather than starting fresh; it needs the same model and optim sections.
+  c.init_keep_optimizer = False
   c.model = ml_collections.ConfigDict()  # fields of the model class `name`
 
   c.tokenizer = ml_collections.ConfigDict(dict(kind="byte", vocab_size=0))
@@ -73,6 +76,12 @@ def base() -> ml_collections.ConfigDict:
       peak_flops_per_device=0.0,  # for MFU; 0 = look up by device kind
   ))
 
+  # Knowledge distillation from a frozen teacher (a bigflax workdir; "" = off), see
+  # tasks/distill.py. hidden_weight > 0 adds hidden-state matching at `hidden_module`.
+  c.distill = ml_collections.ConfigDict(dict(
+      teacher="", alpha=0.5, temperature=2.0, hidden_weight=0.0, hidden_module="final_norm",
+  ))
+
   c.sample = ml_collections.ConfigDict(dict(
       prompts=("",), max_new_tokens=200, temperature=0.8, top_k=0, top_p=0.95, seed=0,
   ))
@@ -104,6 +113,11 @@ def validate(config: ml_collections.ConfigDict):
   if config.data.seq_len > config.model.get("max_len", config.data.seq_len):
     raise ValueError(f"data.seq_len={config.data.seq_len} exceeds model.max_len="
                      f"{config.model.max_len}; lower one or raise the other.")
+  if not 0.0 <= config.distill.alpha <= 1.0 or config.distill.temperature <= 0:
+    raise ValueError(f"distill.alpha={config.distill.alpha} must lie in [0, 1] and "
+                     f"distill.temperature={config.distill.temperature} be positive.")
+  if config.init_keep_optimizer and not config.init_from:
+    raise ValueError("init_keep_optimizer=True needs init_from (the run to continue).")
   if config.tokenizer.kind not in ("byte", "sentencepiece", "hf", "gpt2", "none"):
     raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}; choose 'byte', "
                      f"'sentencepiece', 'hf', 'gpt2' or 'none'.")
@@ -144,4 +158,15 @@ def load(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"No config.json in --workdir={workdir}: is it a bigflax run "
                             f"directory? (`bigflax train` writes one when it starts.)")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(_with_defaults(json.load(f), json.loads(base().to_json())))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  """`saved` plus the fields bigflax gained after it was written, at their defaults."""
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _with_defaults(merged[key], value)
+  return merged

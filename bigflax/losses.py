@@ -34,3 +34,16 @@ def sigmoid_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Binary cross-entropy of a sigmoid output (logits (...,), labels in {0, 1})."""
   return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
                                             labels.astype(jnp.float32))
+
+
+def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array,
+                    temperature: float = 1.0) -> jax.Array:
+  """Per-position T^2 * KL(teacher_T || student_T) of temperature-softened softmaxes.
+
+  T^2 keeps the gradient's scale independent of T (Hinton et al., 2015). The teacher's
+  logits get no gradient.
+  """
+  t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
+                         / temperature)
+  s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
+  return temperature ** 2 * jnp.sum(jnp.exp(t) * (t - s), axis=-1)

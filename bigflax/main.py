@@ -5,6 +5,7 @@ Commands:
   eval    the task's metrics for the latest checkpoint in --workdir (--split)
   sample  decode from the latest checkpoint in --workdir with a KV cache (or from a HF
           GPT-2 checkpoint directory given as --workdir)
+  promote --candidate RUN --incumbent RUN: serve the candidate only if it is not worse
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
 know nothing of one another.
@@ -24,7 +25,8 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from bigflax import configs, metrics, models, tasks
+from bigflax import configs, metrics, models, promote, tasks
+from bigflax.tasks import distill
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
 from bigflax import interop
@@ -50,9 +52,17 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with the "
                   "platform's defaults (Cloud TPU pods, SLURM).")
+flags.DEFINE_string("candidate", None, "promote: the run that may replace the incumbent.")
+flags.DEFINE_string("incumbent", None, "promote: the served run; its data's --split is the "
+                    "held-out set both runs are judged on.")
+flags.DEFINE_string("metric", None, "promote: the deciding metric (default: accuracy for "
+                    "classifiers, loss otherwise).")
+flags.DEFINE_float("min_delta", 0.0, "promote: the improvement required (0 = not worse).")
+flags.DEFINE_string("registry", None, "promote: directory of served.json and "
+                    "promotions.jsonl (default: the incumbent's parent directory).")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
-COMMANDS = ("train", "eval", "sample")
+COMMANDS = ("train", "eval", "sample", "promote")
 ADAPTERS_FILE = "adapters.safetensors"  # a LoRA run's adapters, written when training ends
 
 
@@ -95,8 +105,16 @@ def build_state(config, model, mesh):
   optimizer, schedule = optim.make(config.optim, config.train.num_steps,
                                    train_only=trainable(config, model))
   inputs = tasks.get(config.task.name).init_inputs(config)
-  state, shardings = state_lib.create(lambda rng: model.init(rng, *inputs)["params"],
-                                      optimizer, jax.random.key(config.seed), mesh,
+
+  def init(rng):
+    params = model.init(rng, *inputs)["params"]
+    if config.distill.teacher and config.distill.hidden_weight:
+      teacher_dim = configs.load(config.distill.teacher).model.embed_dim
+      params[distill.PROJECTION] = distill.init_projection(
+          jax.random.fold_in(rng, 1), config.model.embed_dim, teacher_dim)
+    return params
+
+  state, shardings = state_lib.create(init, optimizer, jax.random.key(config.seed), mesh,
                                       config.mesh.rules)
   if getattr(model, "lora", None) and not models.lora.adapters(state.params):
     raise UsageError(f"model.lora.targets={model.lora.targets!r} matches no projection "
@@ -110,6 +128,46 @@ def trainable(config, model) -> str:
   if getattr(model, "lora", None) is None:
     return ""
   return "|".join(p for p in (models.lora.ADAPTERS, config.init_new) if p)
+
+
+def build_teacher(config, tokenizer, mesh, rules):
+  """A distillation's frozen teacher: (model, params, shardings), the model from the
+  teacher run's config.json, its latest parameters laid out by this run's rules."""
+  teacher_dir = config.distill.teacher
+  teacher_config = configs.load(teacher_dir)
+  if teacher_config.task.name != config.task.name:
+    raise UsageError(f"distill.teacher={teacher_dir} was trained on task "
+                     f"{teacher_config.task.name!r}, this run on {config.task.name!r}.")
+  teacher_tokenizer = None
+  if tokenizer is not None:
+    teacher_tokenizer = tokenizers.load(os.path.join(teacher_dir, "tokenizer"))
+    probe = "def distill(teacher):\n  return 'student' # 42"
+    if (teacher_tokenizer.vocab_size != tokenizer.vocab_size
+        or teacher_tokenizer.encode(probe) != tokenizer.encode(probe)):
+      raise UsageError(f"distill.teacher={teacher_dir} uses another tokenizer than this "
+                       f"run; set tokenizer.* as in {teacher_dir}/config.json.")
+  teacher = build_model(teacher_config, teacher_tokenizer)
+  inputs = tasks.get(teacher_config.task.name).init_inputs(teacher_config)
+  boxed = jax.eval_shape(lambda: teacher.init(jax.random.key(0), *inputs)["params"])
+  shardings = partitioning.logical_shardings(boxed, mesh, rules)
+  source = checkpoint.restore_params(os.path.join(teacher_dir, "checkpoints"))
+  params, _ = state_lib.merge_params(state_lib.abstract(shardings, nn.unbox(boxed)), source)
+  return teacher, params, shardings
+
+
+def initialize_from(config, state, mesh):
+  """`state` started from `config.init_from`: its parameters, and with
+  `init_keep_optimizer` its optimizer state too."""
+  if not config.init_keep_optimizer:
+    return state.replace(params=init_params(config, state.params))
+  source = checkpoint.manager(os.path.join(config.init_from, "checkpoints"), keep=None)
+  restored = checkpoint.restore(source, state)
+  if restored is None:
+    raise UsageError(f"init_keep_optimizer needs init_from={config.init_from!r} to be a "
+                     f"bigflax workdir with checkpoints.")
+  print(f"bigflax: init_from {config.init_from}: parameters and optimizer state of its "
+        f"step {int(restored[0].step)}", flush=True)
+  return state.replace(params=restored[0].params, opt_state=restored[0].opt_state)
 
 
 def init_params(config, params):
@@ -132,13 +190,11 @@ def init_params(config, params):
   return params
 
 
-def build_run(config, workdir, mesh=None, eval_split="validation"):
+def build_run(config, workdir, mesh=None, eval_split="validation", save_config=True):
   """Everything a training run needs, from the config: (loop.Run, model, tokenizer).
 
   Restores the latest checkpoint in `workdir` if there is one.
   """
-
-
   configs.validate(config)
   if os.path.exists(os.path.join(workdir, "checkpoints")):
     configs.check_resumable(configs.load(workdir), config, workdir)
@@ -163,8 +219,8 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
     print(f"bigflax: restored the checkpoint of step {int(state.step)} (data position "
           f"{data_position}).")
   elif config.init_from:
-    state = state.replace(params=init_params(config, state.params))
-  if jax.process_index() == 0:
+    state = initialize_from(config, state, mesh)
+  if save_config and jax.process_index() == 0:
     configs.save(config, workdir)
 
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
@@ -178,20 +234,28 @@ def build_run(config, workdir, mesh=None, eval_split="validation"):
     baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
     print(f"bigflax: unigram baseline loss {baseline:.3f} nats/token", flush=True)
 
+  loss_fn = tasks.trainer_loss(task, model)
+  teacher_params = teacher_shardings = None
+  if config.distill.teacher:
+    teacher, teacher_params, teacher_shardings = build_teacher(config, tokenizer, mesh, rules)
+    loss_fn = functools.partial(distill.loss_fn, task, model, teacher, config.distill)
+    print(f"bigflax: distilling from {config.distill.teacher} "
+          f"({state_lib.num_params(teacher_params):,} parameters)", flush=True)
+
   run = loop.Run(
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings,
       batch_sharding=partitioning.batch_sharding(mesh, rules),
       train_step=step_lib.make_train_step(
-          functools.partial(task.loss_fn, model), optimizer, schedule,
-          config.train.microbatches, trained=functools.partial(
-              optim.trained_mask, config.optim, train_only=trainable(config, model))),
+          loss_fn, optimizer, schedule, config.train.microbatches,
+          trained=functools.partial(optim.trained_mask, config.optim,
+                                    train_only=trainable(config, model))),
       eval_step=functools.partial(task.eval_fn, model), finalize_eval=task.finalize,
       train_batches=train_data.iterate,
       eval_batches=lambda: (eval_data.batch(i) for i in range(
           config.train.eval_steps or eval_data.steps_per_epoch)),
       tokens_per_step=tokens_per_step, flops_per_step=flops_per_token * tokens_per_step,
-      checkpoints=checkpoints)
+      checkpoints=checkpoints, frozen=teacher_params, frozen_shardings=teacher_shardings)
   return run, model, tokenizer
 
 
@@ -206,8 +270,9 @@ def train(config, workdir):
       models.lora.save(os.path.join(workdir, ADAPTERS_FILE), adapters)
       print(f"bigflax: LoRA adapters of step {int(state.step)} in "
             f"{os.path.join(workdir, ADAPTERS_FILE)}", flush=True)
-  # Language models end with samples; every process decodes, process 0 prints.
-  if config.task.name == "lm" and int(state.step) == config.train.num_steps:
+  # Language models end with samples (answers to config.sample.prompts after SFT); every
+  # process decodes, process 0 prints.
+  if config.task.name in ("lm", "sft") and int(state.step) == config.train.num_steps:
     longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1
     with jax.set_mesh(run.mesh):  # samples fit the context whatever config.sample asks
       print_samples(config, model, tokenizer, state.params, config.sample.prompts,
@@ -236,18 +301,24 @@ def print_samples(config, model, tokenizer, params, prompts, num_samples, **over
       print(f"--- sample ({prompt!r}) ---\n{prompt}{tokenizer.decode(row.tolist())}")
 
 
-def evaluate(workdir, split):
-  """Metrics of the latest checkpoint on `split`, computed exactly as training does."""
-  config = configs.load(workdir)
+def evaluation(config, workdir, split):
+  """(step, metrics, totals) of the latest checkpoint in `workdir` on `split` of
+  `config.data`, computed exactly as training-time evaluation does."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise UsageError(f"No checkpoints in {workdir}: train first.")
-  run, _, _ = build_run(config, workdir, eval_split=split)
+  run, _, _ = build_run(config, workdir, eval_split=split, save_config=False)
   step = int(run.state.step)
   if step == 0:
     raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     totals = loop.evaluate_totals(run, run.state.params, loop.jit_eval_step(run))
-  results = run.finalize_eval(totals)
+  return step, run.finalize_eval(totals), totals
+
+
+def evaluate(workdir, split):
+  """Prints and writes (eval_{split}_{step}.json) the task's metrics of the latest
+  checkpoint."""
+  step, results, totals = evaluation(configs.load(workdir), workdir, split)
   report = {"step": step, "split": split, "metrics": results}
   if "confusion" in totals:
     report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"])
@@ -261,6 +332,43 @@ def evaluate(workdir, split):
       print(metrics.format_confusion_matrix(totals["confusion"]))
       print(f"confusion matrix: {name}_confusion.png")
     print(json.dumps(report))
+
+
+def promote_run(candidate, incumbent, split, metric, min_delta, registry):
+  """Evaluates both runs on the incumbent's held-out data; the candidate becomes the
+  registry's served run only if its improvement is at least `min_delta` (0: not worse)."""
+  incumbent_config = configs.load(incumbent)
+  candidate_config = configs.load(candidate)
+  if candidate_config.task.name != incumbent_config.task.name:
+    raise UsageError(f"--candidate={candidate} is a {candidate_config.task.name!r} run, "
+                     f"--incumbent={incumbent} a {incumbent_config.task.name!r} run.")
+  # The one held-out set both are judged on: the incumbent's.
+  candidate_config.unlock().data = incumbent_config.data
+  metric = metric or promote.default_metric(incumbent_config.task.name)
+  scores = {}
+  for role, workdir, config in (("incumbent", incumbent, incumbent_config),
+                                ("candidate", candidate, candidate_config)):
+    step, results, _ = evaluation(config, workdir, split)
+    if metric not in results:
+      raise UsageError(f"--metric={metric} is not among the task's metrics: "
+                       f"{', '.join(sorted(results))}.")
+    scores[role] = (step, results)
+  decision = dict(
+      **promote.decide(metric, scores["candidate"][1], scores["incumbent"][1], min_delta),
+      split=split, candidate=os.path.abspath(candidate),
+      candidate_step=scores["candidate"][0], candidate_metrics=scores["candidate"][1],
+      incumbent=os.path.abspath(incumbent), incumbent_step=scores["incumbent"][0],
+      incumbent_metrics=scores["incumbent"][1])
+  registry = registry or os.path.dirname(os.path.abspath(incumbent))
+  if jax.process_index() == 0:
+    promote.record(registry, decision)
+    verdict = "PROMOTED" if decision["promoted"] else "kept out"
+    print(f"{metric}: candidate {scores['candidate'][1][metric]:.4f}, incumbent "
+          f"{scores['incumbent'][1][metric]:.4f} (improvement "
+          f"{decision['improvement']:+.4f}, needed "
+          f"{min_delta:+.4f}): candidate {verdict}; log: {registry}/{promote.LOG}")
+    print(json.dumps(decision))
+  return decision
 
 
 def sample(workdir):
@@ -306,14 +414,20 @@ def hf_language_model(directory):
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"Give one command, one of {COMMANDS}; got {argv[1:]}.")
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required.")
   command = argv[1]
+  if not FLAGS.workdir and command != "promote":
+    raise app.UsageError("--workdir is required.")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax's INFO logs would drown the progress bar
   try:
     initialize_distributed()
-    if command == "train":
+    if command == "promote":
+      for name in ("candidate", "incumbent"):
+        if not FLAGS[name].value or not os.path.isdir(FLAGS[name].value):
+          raise UsageError(f"--{name}={FLAGS[name].value} is not a run directory.")
+      promote_run(FLAGS.candidate, FLAGS.incumbent, FLAGS.split, FLAGS.metric,
+                  FLAGS.min_delta, FLAGS.registry)
+    elif command == "train":
       if FLAGS.config is None:
         raise UsageError("train needs --config experiments/<name>.py.")
       train(FLAGS.config, FLAGS.workdir)

@@ -60,6 +60,17 @@ def classification_sums(logits: jax.Array, labels: jax.Array,
           "confusion": confusion_matrix(labels, logits.argmax(-1), logits.shape[-1], weights)}
 
 
+def class_count_sums(labels: jax.Array, predictions: jax.Array, num_classes: int,
+                     weights: jax.Array) -> dict:
+  """Per-class true positives, support and predicted counts: P/R/F1 over many classes (a
+  vocabulary) without a num_classes^2 confusion matrix."""
+  labels, predictions = labels.reshape(-1), predictions.reshape(-1)
+  weights = weights.reshape(-1).astype(jnp.float32)
+  count = lambda w, classes: jax.ops.segment_sum(w, classes, num_segments=num_classes)
+  return {"true_positives": count(weights * (labels == predictions), labels),
+          "support": count(weights, labels), "predicted": count(weights, predictions)}
+
+
 # --- On the host: metrics from the totals (numpy). ---
 
 def _divide(numerator, denominator):
@@ -80,15 +91,35 @@ def classification_metrics(confusion) -> dict[str, float]:
   nor predicted (as scikit-learn with `labels=range(num_classes)`).
   """
   confusion = np.asarray(confusion, np.float64)
-  true_positives = np.diag(confusion)
-  support = confusion.sum(axis=1)
-  predicted = confusion.sum(axis=0)
+  result = {"accuracy": float(_divide(np.trace(confusion), confusion.sum())),
+            **averaged_metrics(np.diag(confusion), confusion.sum(1), confusion.sum(0))}
+  precision = _divide(np.diag(confusion), confusion.sum(axis=0))
+  recall = _divide(np.diag(confusion), confusion.sum(axis=1))
+  f1, support = _f1(precision, recall), confusion.sum(axis=1)
+  for i in range(len(confusion)):
+    result[f"precision/class_{i}"] = float(precision[i])
+    result[f"recall/class_{i}"] = float(recall[i])
+    result[f"f1/class_{i}"] = float(f1[i])
+    result[f"support/class_{i}"] = float(support[i])
+  return result
+
+
+def averaged_metrics(true_positives, support, predicted, present_only: bool = False) -> dict:
+  """Macro, micro and support-weighted precision/recall/F1 from per-class counts.
+
+  `present_only`: average over the classes that occur as a label or a prediction (as
+  scikit-learn's default), e.g. the tokens of a vocabulary that matter; otherwise over all.
+  """
+  true_positives, support, predicted = (np.asarray(x, np.float64)
+                                        for x in (true_positives, support, predicted))
+  if present_only:
+    present = (support > 0) | (predicted > 0)
+    true_positives, support, predicted = (x[present]
+                                          for x in (true_positives, support, predicted))
   precision = _divide(true_positives, predicted)
   recall = _divide(true_positives, support)
   f1 = _f1(precision, recall)
   class_weights = _divide(support, support.sum())
-
-  result = {"accuracy": float(_divide(true_positives.sum(), confusion.sum()))}
   # Micro P = R = F1 = accuracy when every example has exactly one label and one prediction.
   micro_precision = _divide(true_positives.sum(), predicted.sum())
   micro_recall = _divide(true_positives.sum(), support.sum())
@@ -97,15 +128,8 @@ def classification_metrics(confusion) -> dict[str, float]:
       "micro": (micro_precision, micro_recall, _f1(micro_precision, micro_recall)),
       "weighted": (class_weights @ precision, class_weights @ recall, class_weights @ f1),
   }
-  for average, values in averages.items():
-    for name, value in zip(("precision", "recall", "f1"), values):
-      result[f"{name}/{average}"] = float(value)
-  for i in range(len(confusion)):
-    result[f"precision/class_{i}"] = float(precision[i])
-    result[f"recall/class_{i}"] = float(recall[i])
-    result[f"f1/class_{i}"] = float(f1[i])
-    result[f"support/class_{i}"] = float(support[i])
-  return result
+  return {f"{name}/{average}": float(value) for average, values in averages.items()
+          for name, value in zip(("precision", "recall", "f1"), values)}
 
 
 def _class_names(confusion, class_names):

@@ -12,7 +12,6 @@ on a 2-core box easily moves the numbers by 50%.
 """
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import logical_axis_rules
 
-from bigflax import configs, models
+from bigflax import configs, models, tasks
 from bigflax.main import build_state
 from bigflax.models import gpt
 from bigflax.tasks import lm
@@ -102,7 +101,7 @@ def bench_bigflax(args, tokens):
       {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, batch_sharding)
   # The same jit as bigflax/train/loop.py.
   train_step = jax.jit(
-      step_lib.make_train_step(functools.partial(lm.loss_fn, model), optimizer, schedule),
+      step_lib.make_train_step(tasks.trainer_loss(lm, model), optimizer, schedule),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
       donate_argnums=0)
   with jax.set_mesh(mesh), logical_axis_rules(rules):  # as loop.train

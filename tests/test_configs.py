@@ -2,6 +2,7 @@
 optimizer does what the config says."""
 
 import importlib
+import json
 import pathlib
 
 import jax
@@ -75,3 +76,14 @@ def test_clipping_bounds_the_update():
   updates, _ = tx.update(grads, tx.init(params), params)
   # Adam's first step moves each coordinate by -lr * sign(g) (for g != 0)
   np.testing.assert_allclose(updates["w"], [-1, -1, 0, 0], atol=1e-4)
+
+
+def test_a_run_written_before_a_field_existed_loads_with_its_default(tmp_path):
+  config = configs.base()
+  config.model = dict(name="gpt", num_layers=3)
+  saved = json.loads(config.to_json())
+  del saved["distill"], saved["optim"]["freeze"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  loaded = configs.load(str(tmp_path))
+  assert loaded.distill.teacher == "" and loaded.optim.freeze == ""
+  assert loaded.model.to_dict() == {"name": "gpt", "num_layers": 3}

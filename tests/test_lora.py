@@ -2,7 +2,6 @@
 state for the rest), merges into plain weights with the same outputs, and its adapters
 save and load on their own."""
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -12,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from bigflax import configs, models
+from bigflax import configs, models, tasks
 from bigflax.models import gpt, layers, lora
 from bigflax.tasks import lm
 from bigflax.train import optim, step as step_lib
@@ -83,7 +82,7 @@ def test_only_the_adapters_train(targets, per_layer):
   # step counts).
   assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == 2 * L * per_layer
 
-  loss_fn = functools.partial(lm.loss_fn, model)
+  loss_fn = tasks.trainer_loss(lm, model)
   train_step = jax.jit(step_lib.make_train_step(loss_fn, tx, optax.constant_schedule(0.05)))
   state = TrainState(step=jnp.array(0), params=params, opt_state=opt_state,
                      rng=jax.random.key(2))

@@ -151,3 +151,22 @@ def test_confusion_png_is_a_real_image(tmp_path):
 def test_perplexity_is_exp_and_does_not_overflow():
   assert metrics.perplexity(np.log(7.0)) == pytest.approx(7.0)
   assert np.isfinite(metrics.perplexity(1e6))
+
+
+@needs_sklearn
+def test_token_metrics_from_class_counts_match_scikit_learn():
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 40, size=(4, 50))
+  predictions = np.where(rng.random((4, 50)) < 0.4, labels, rng.integers(0, 60, (4, 50)))
+  weights = (rng.random((4, 50)) < 0.8).astype(np.float32)
+  sums = metrics.class_count_sums(jnp.asarray(labels), jnp.asarray(predictions), 300,
+                                  jnp.asarray(weights))
+  result = metrics.averaged_metrics(sums["true_positives"], sums["support"],
+                                    sums["predicted"], present_only=True)
+  keep = weights.reshape(-1) > 0
+  y, p = labels.reshape(-1)[keep], predictions.reshape(-1)[keep]
+  for average in ("macro", "micro", "weighted"):
+    expected = skm.precision_recall_fscore_support(y, p, average=average,
+                                                               zero_division=0)[:3]
+    got = [result[f"{name}/{average}"] for name in ("precision", "recall", "f1")]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=average)

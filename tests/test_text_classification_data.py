@@ -181,3 +181,33 @@ def test_train_batches_shuffled_and_truncated_with_byte_tokenizer(sst2_dir):
   first = tok.decode(train.arrays["tokens"][0])
   assert first == _tsv_rows("train.tsv")[0][0][:30]
   assert tok.decode(batch["tokens"][0]) != first
+
+
+def test_length_grouped_batches_are_random_but_short():
+  lengths = np.random.default_rng(1).integers(3, 64, size=1000)
+  epoch0 = pipeline.length_grouped_order(lengths, 20, seed=0, epoch=0)
+  epoch1 = pipeline.length_grouped_order(lengths, 20, seed=0, epoch=1)
+  assert epoch0.shape == (50, 20) and len(np.unique(epoch0)) == 1000  # each example once
+  assert not np.array_equal(epoch0, epoch1)
+  np.testing.assert_array_equal(epoch0, pipeline.length_grouped_order(lengths, 20, 0, 0))
+  spread = lambda order: np.mean(lengths[order].max(1) - lengths[order].min(1))
+  assert spread(epoch0) < 0.1 * spread(np.arange(1000).reshape(50, 20))
+  assert np.std(lengths[epoch0].mean(1)) > 10  # batches differ: long ones and short ones
+
+
+def test_bucketed_batches_drop_only_padding(sst2_dir):
+  config = ml_collections.ConfigDict(dict(
+      name="sst2", data_dir=sst2_dir, source_dir=str(SHARED_DATA / "sst2"), seq_len=64,
+      global_batch_size=32, seed=0, length_buckets=(16, 32, 64)))
+  tokenizer = tokenizers.ByteTokenizer()
+  batches = pipeline.make_text_classification_batches(config, tokenizer, "train",
+                                                      process_index=0, process_count=1)
+  widths = collections.Counter()
+  for step in range(40):
+    batch = batches.batch(step)
+    width = batch["tokens"].shape[1]
+    widths[width] += 1
+    assert width in (16, 32, 64) and batch["mask"].shape == batch["tokens"].shape
+    longest = batch["mask"].sum(1).max()
+    assert {16: 0, 32: 16, 64: 32}[width] < longest <= width  # the smallest bucket that fits
+  assert len(widths) >= 2

@@ -5,21 +5,28 @@ bit for bit by asking for `iterate(start_step=restored_step)`, with no iterator
 state in the checkpoint.
 """
 
+import functools
 import itertools
+import os
+import sys
 from typing import Callable, Iterator, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
+from bigflax.data import feedback
 from bigflax.data import sst2
 from bigflax.data import stdlib_corpus
+from bigflax.data import stdlib_qa
 from bigflax.data import tiny_shakespeare
 from bigflax.data import tokenizers
 
-DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2")
+DATASET_NAMES = ("stdlib_corpus", "tiny_shakespeare", "sst2", "stdlib_qa", "feedback")
 # Datasets of labelled sentences (sentence, label, index), not documents (path, text).
 _SENTENCE_CLASSIFICATION = frozenset({"sst2"})
+# Datasets of (prompt, answer) pairs for supervised fine-tuning.
+_PROMPT_ANSWER = frozenset({"stdlib_qa", "feedback"})
 # Datasets whose examples are consecutive chunks of one text: an eos between
 # chunks would teach the model document ends that aren't there.
 _CHUNKED_SINGLE_TEXT = frozenset({"tiny_shakespeare"})
@@ -32,6 +39,13 @@ def _builder(name: str, data_dir, source_dir):
     return tiny_shakespeare.TinyShakespeare(data_dir=data_dir, source_dir=source_dir)
   if name == "sst2":
     return sst2.Sst2(data_dir=data_dir, source_dir=source_dir)
+  if name == "stdlib_qa":
+    return stdlib_qa.StdlibQa(data_dir=data_dir)
+  if name == "feedback":
+    # Feedback keeps arriving: each state of the directory is its own prepared dataset.
+    snapshot = feedback.snapshot_name(source_dir)
+    return feedback.Feedback(source_dir=source_dir, data_dir=os.path.join(
+        data_dir or os.path.join(source_dir, ".tfds"), snapshot))
   raise ValueError(f"data.name={name!r} is not one of {list(DATASET_NAMES)}")
 
 
@@ -78,6 +92,16 @@ def load_labelled_sentences(
   return sentences, np.array([example["label"] for example in examples], np.int32)
 
 
+def load_prompt_answers(name: str, split: str, data_dir=None,
+                        source_dir=None) -> list[tuple[str, str]]:
+  """(prompt, answer) pairs of one split of a fine-tuning dataset, in id order."""
+  if name not in _PROMPT_ANSWER:
+    raise ValueError(f"data.name={name!r} is not a prompt/answer dataset "
+                     f"({sorted(_PROMPT_ANSWER)}).")
+  examples = _load_examples(name, split, data_dir, source_dir, "id")
+  return [(e["prompt"].decode("utf-8"), e["answer"].decode("utf-8")) for e in examples]
+
+
 def pack_documents(
     token_lists: Sequence[Sequence[int]], eos_id: int, seq_len: int
 ) -> np.ndarray:
@@ -117,10 +141,12 @@ class Batches:
       process_index: int = 0,
       process_count: int = 1,
       transform: Callable[[int, dict], dict] | None = None,
+      lengths: np.ndarray | None = None,
   ):
     """`transform(step, global_batch)`, if given, changes each global batch on the host
     (e.g. MLM masking) before this process takes its rows; seed it from `step` to keep
-    the batch a pure function of the step."""
+    the batch a pure function of the step. `lengths` (with `shuffle`): put examples of
+    similar length in the same batch (see `length_grouped_order`)."""
     num_examples = len(next(iter(arrays.values())))
     if global_batch_size % process_count:
       raise ValueError(
@@ -140,17 +166,21 @@ class Batches:
     def local_rows(batch):
       return {k: v[start : start + local_batch_size] for k, v in batch.items()}
 
-    dataset = grain.MapDataset.range(num_examples)
-    if shuffle:
-      dataset = dataset.shuffle(seed=seed)
+    if lengths is not None and shuffle:
+      order = functools.lru_cache(maxsize=2)(lambda epoch: length_grouped_order(
+          lengths, global_batch_size, seed, epoch))
+      steps = self.steps_per_epoch
+      batch_indices = grain.MapDataset.range(sys.maxsize).map(
+          lambda step: order(step // steps)[step % steps])
+    else:
+      dataset = grain.MapDataset.range(num_examples)
+      if shuffle:
+        dataset = dataset.shuffle(seed=seed)
+      batch_indices = dataset.repeat().batch(global_batch_size, drop_remainder=True)
     # Every process materialises the whole global batch and keeps its rows: a
     # gather from memory, cheap next to a training step, and the simplest way
     # to make the processes' rows provably the one-process batch.
-    batches = (
-        dataset.repeat()
-        .batch(global_batch_size, drop_remainder=True)
-        .map(lambda indices: {k: v[indices] for k, v in arrays.items()})
-    )
+    batches = batch_indices.map(lambda indices: {k: v[indices] for k, v in arrays.items()})
     if transform is not None:
       batches = batches.map_with_index(transform)
     self._batches = batches.map(local_rows)
@@ -163,6 +193,32 @@ class Batches:
     """batch(start_step), batch(start_step + 1), ..., prepared in the background."""
     read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
     return iter(self._batches[start_step:].to_iter_dataset(read_options))
+
+
+def length_grouped_order(lengths: np.ndarray, global_batch_size: int, seed: int,
+                         epoch: int, pool: int = 50) -> np.ndarray:
+  """One epoch's batches [steps_per_epoch, B] of example indices, grouped by length.
+
+  A random permutation is cut into pools of `pool` batches; each pool is sorted by
+  length and cut into batches, and the batches are shuffled: every batch is random but
+  its rows have similar lengths, so little of it is padding (as in fairseq / HF's
+  group_by_length).
+  """
+  rng = np.random.default_rng([seed, epoch])
+  steps = len(lengths) // global_batch_size
+  indices = rng.permutation(len(lengths))[:steps * global_batch_size]
+  size = pool * global_batch_size
+  pools = [indices[i:i + size] for i in range(0, len(indices), size)]
+  grouped = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in pools])
+  return grouped.reshape(steps, global_batch_size)[rng.permutation(steps)]
+
+
+def trim_to_bucket(batch: dict, buckets: Sequence[int], keys: Sequence[str]) -> dict:
+  """The batch's `keys` arrays cut to the smallest bucket width that holds every row's
+  real tokens (batch['mask']): a few shapes, so jit compiles a few times, not per batch."""
+  longest = int(batch["mask"].sum(axis=1).max())
+  width = next((b for b in sorted(buckets) if b >= longest), batch["mask"].shape[1])
+  return {k: v[:, :width] if k in keys else v for k, v in batch.items()}
 
 
 def make_lm_batches(
@@ -202,6 +258,62 @@ def lm_batches(windows: np.ndarray, global_batch_size: int, **kwargs) -> Batches
   """{'inputs': w[:-1], 'targets': w[1:]} batches of packed windows (views, no copy)."""
   return Batches({"inputs": windows[:, :-1], "targets": windows[:, 1:]},
                  global_batch_size, **kwargs)
+
+
+def frame_prompt_answers(
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int, *, eos_id: int,
+    pad_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """[eos] prompt answer [eos] + padding as int32 windows [N, seq_len + 1], and float32
+  weights [N, seq_len] that are 1 where the target (window[1:]) is an answer token or the
+  closing eos: the loss of supervised fine-tuning. Cut at seq_len + 1 tokens."""
+  windows = np.full((len(pairs), seq_len + 1), pad_id, np.int32)
+  weights = np.zeros((len(pairs), seq_len), np.float32)
+  for i, (prompt, answer) in enumerate(pairs):
+    ids = ([eos_id] + list(prompt) + list(answer) + [eos_id])[:seq_len + 1]
+    windows[i, :len(ids)] = ids
+    weights[i, len(prompt):len(ids) - 1] = 1.0
+  return windows, weights
+
+
+def make_sft_batches(
+    data_config: ml_collections.ConfigDict,
+    tokenizer: tokenizers.Tokenizer,
+    split: str,
+    *,
+    process_index: int,
+    process_count: int,
+) -> Batches:
+  """Prompt/answer batches: inputs, targets and weights (1 on answer tokens).
+
+  On 'train', `data_config.replay_name` (a second prompt/answer dataset, e.g. the one the
+  model was fine-tuned on before) is mixed in to make up `replay_fraction` of the
+  examples, drawn with a fixed seed: continued training on new data that keeps the old
+  skills. Other splits are in id order, padded with weight-0 rows to whole batches.
+  """
+  load = lambda name, split: load_prompt_answers(
+      name, split, data_config.data_dir,
+      data_config.get("source_dir") if name == data_config.name else None)
+  pairs = load(data_config.name, split)
+  replay_name, fraction = data_config.get("replay_name"), data_config.get("replay_fraction", 0)
+  if split == "train" and replay_name and fraction:
+    replay = load(replay_name, "train")
+    count = round(len(pairs) * fraction / (1 - fraction))
+    rng = np.random.default_rng(data_config.seed)
+    pairs += [replay[i] for i in rng.choice(len(replay), count, replace=count > len(replay))]
+  if not pairs:
+    raise ValueError(f"data.name={data_config.name!r} has no {split} examples.")
+  encoded = [(tokenizer.encode(p), tokenizer.encode(a)) for p, a in pairs]
+  windows, weights = frame_prompt_answers(encoded, data_config.seq_len,
+                                          eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  shuffle = split == "train"
+  if not shuffle:
+    padding = -len(windows) % data_config.global_batch_size
+    windows = np.pad(windows, ((0, padding), (0, 0)), constant_values=tokenizer.pad_id)
+    weights = np.pad(weights, ((0, padding), (0, 0)))
+  return Batches({"inputs": windows[:, :-1], "targets": windows[:, 1:], "weights": weights},
+                 data_config.global_batch_size, seed=data_config.seed, shuffle=shuffle,
+                 process_index=process_index, process_count=process_count)
 
 
 def frame_sentences(
@@ -262,5 +374,11 @@ def make_text_classification_batches(
   )
   arrays = {"tokens": tokens, "mask": mask, "segments": np.zeros_like(tokens),
             "label": labels, "weight": weights}
+  buckets = data_config.get("length_buckets")
+  if not buckets:
+    return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
+                   shuffle=shuffle, process_index=process_index, process_count=process_count)
+  trim = lambda step, batch: trim_to_bucket(batch, buckets, ("tokens", "mask", "segments"))
   return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
-                 shuffle=shuffle, process_index=process_index, process_count=process_count)
+                 shuffle=shuffle, process_index=process_index, process_count=process_count,
+                 transform=trim, lengths=mask.sum(axis=1))

@@ -10,12 +10,19 @@ A task module provides the data it trains on and the functions the trainer calls
   finalize(totals) -> metrics
 """
 
-from bigflax.tasks import classify, lm, mlm, regression
+from bigflax.tasks import classify, lm, mlm, regression, sft
 
-TASKS = {"lm": lm, "mlm": mlm, "regression": regression, "classify": classify}
+TASKS = {"lm": lm, "mlm": mlm, "regression": regression, "classify": classify,
+         "sft": sft}
 
 
 def get(name: str):
   if name not in TASKS:
     raise ValueError(f"task.name={name!r} is not a task; choose one of {sorted(TASKS)}.")
   return TASKS[name]
+
+
+def trainer_loss(task, model):
+  """The trainer's `loss_fn(params, batch, rng, frozen)` for a task that reads nothing
+  frozen (every task but distillation)."""
+  return lambda params, batch, rng, frozen: task.loss_fn(model, params, batch, rng)

@@ -43,12 +43,17 @@ def _loss_and_predictions(logits, labels):
   return losses.cross_entropy(logits, labels), logits.argmax(-1)
 
 
-def _sums(model, params, batch, rngs):
+def outputs(model, params, batch, rngs):
+  """(logits, labels, weights); weight 0 marks rows that pad a split."""
   logits = _logits(model, params, batch, rngs)
-  nll, predictions = _loss_and_predictions(logits, batch["label"])
-  weights = batch.get("weight", jnp.ones_like(nll))  # 0 for rows padding a split
+  return logits, batch["label"], batch.get("weight", jnp.ones(batch["label"].shape))
+
+
+def _sums(model, params, batch, rngs):
+  logits, labels, weights = outputs(model, params, batch, rngs)
+  nll, predictions = _loss_and_predictions(logits, labels)
   return {"loss": (nll * weights).sum(), "count": weights.sum(),
-          "confusion": metrics.confusion_matrix(batch["label"], predictions,
+          "confusion": metrics.confusion_matrix(labels, predictions,
                                                 max(logits.shape[-1], 2), weights)}
 
 

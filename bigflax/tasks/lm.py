@@ -1,4 +1,8 @@
-"""Causal language modelling: predict token t+1 from tokens <= t."""
+"""Causal language modelling: predict token t+1 from tokens <= t.
+
+A batch may carry `weights` (1 where a target counts): supervised fine-tuning (tasks/sft.py)
+trains on answer tokens only with this very loss. Evaluation reports loss, perplexity,
+accuracy and precision/recall/F1 over the vocabulary (tokens seen or predicted)."""
 
 import jax
 import jax.numpy as jnp
@@ -21,23 +25,33 @@ def tokens_per_example(config):
   return config.data.seq_len
 
 
+def outputs(model, params, batch, rngs):
+  """(logits, labels, weights) of every position: what a distillation compares."""
+  logits = model.apply({"params": params}, batch["inputs"], rngs=rngs)
+  weights = batch.get("weights", jnp.ones(batch["targets"].shape, jnp.float32))
+  return logits, batch["targets"], weights
+
+
 def loss_fn(model, params, batch, rng):
-  logits = model.apply({"params": params}, batch["inputs"], rngs={"dropout": rng})
-  nll = losses.cross_entropy(logits, batch["targets"])
-  loss = nll.mean()
-  accuracy = losses.correct(jax.lax.stop_gradient(logits), batch["targets"]).mean()
-  return loss, {"loss": loss, "perplexity": jnp.exp(loss), "accuracy": accuracy}
+  logits, targets, weights = outputs(model, params, batch, {"dropout": rng})
+  count = jnp.maximum(weights.sum(), 1.0)
+  loss = (losses.cross_entropy(logits, targets) * weights).sum() / count
+  correct = losses.correct(jax.lax.stop_gradient(logits), targets)
+  return loss, {"loss": loss, "perplexity": jnp.exp(loss),
+                "accuracy": (correct * weights).sum() / count}
 
 
 def eval_fn(model, params, batch):
-  logits = model.apply({"params": params}, batch["inputs"])
-  nll = losses.cross_entropy(logits, batch["targets"])
-  return {"loss": nll.sum(),
-          "correct": losses.correct(logits, batch["targets"]).sum(),
-          "tokens": jnp.asarray(nll.size, jnp.float32)}
+  logits, targets, weights = outputs(model, params, batch, {})
+  return {"loss": (losses.cross_entropy(logits, targets) * weights).sum(),
+          "correct": (losses.correct(logits, targets) * weights).sum(),
+          "tokens": weights.sum(),
+          **metrics.class_count_sums(targets, logits.argmax(-1), logits.shape[-1], weights)}
 
 
 def finalize(totals: dict) -> dict:
   loss = float(totals["loss"] / totals["tokens"])
   return {"loss": loss, "perplexity": metrics.perplexity(loss),
-          "accuracy": float(totals["correct"] / totals["tokens"])}
+          "accuracy": float(totals["correct"] / totals["tokens"]),
+          **metrics.averaged_metrics(totals["true_positives"], totals["support"],
+                                     totals["predicted"], present_only=True)}

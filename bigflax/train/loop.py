@@ -28,7 +28,7 @@ class Run:
   state: object
   state_shardings: object
   batch_sharding: jax.sharding.NamedSharding
-  train_step: Callable  # (state, batch) -> (state, metrics)
+  train_step: Callable  # (state, batch, frozen) -> (state, metrics)
   eval_step: Callable  # (params, batch) -> dict of sums
   finalize_eval: Callable  # totals -> metrics
   train_batches: Callable[[int], Iterator[dict]]  # start step -> this process's batches
@@ -36,6 +36,8 @@ class Run:
   tokens_per_step: int
   flops_per_step: float
   checkpoints: object  # orbax CheckpointManager
+  frozen: object = None  # the train step's untrained input (a distillation teacher's params)
+  frozen_shardings: object = None
 
 
 class _SigtermFlag:
@@ -92,7 +94,8 @@ def _train(run: Run) -> object:
   cfg = run.config
   is_main = jax.process_index() == 0
   train_step = jax.jit(run.train_step,
-                       in_shardings=(run.state_shardings, run.batch_sharding),
+                       in_shardings=(run.state_shardings, run.batch_sharding,
+                                     run.frozen_shardings),
                        out_shardings=(run.state_shardings, None), donate_argnums=0)
   eval_step = jit_eval_step(run)
   writer = MetricWriter(run.workdir)
@@ -110,7 +113,7 @@ def _train(run: Run) -> object:
   step = start
   while step < cfg.num_steps:
     batch = partitioning.global_batch(next(batches), run.batch_sharding)
-    state, step_metrics = train_step(state, batch)
+    state, step_metrics = train_step(state, batch, run.frozen)
     step += 1
     pending.append((step, step_metrics))
     interval_steps += 1

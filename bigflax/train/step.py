@@ -1,6 +1,6 @@
-"""The jitted train and eval steps. They know nothing of the model or the task: a task
-supplies `loss_fn(params, batch, rng) -> (loss, metrics)` and
-`eval_fn(params, batch) -> dict of sums`."""
+"""The jitted train step. It knows nothing of the model or the task: it is given
+`loss_fn(params, batch, rng, frozen) -> (loss, metrics)`, where `frozen` holds inputs the
+loss reads but never trains (a distillation teacher's parameters; None for most tasks)."""
 
 from typing import Callable
 
@@ -30,26 +30,27 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
   if trained is not None:
     full_loss_fn = loss_fn
 
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, *inputs):
       params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
                             trained(params))
-      return full_loss_fn(params, batch, rng)
+      return full_loss_fn(params, *inputs)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch: dict):
+  def train_step(state: TrainState, batch: dict, frozen=None):
     rng = jax.random.fold_in(state.rng, state.step)
     if microbatches == 1:
-      (_, metrics), grads = grad_fn(state.params, batch, rng)
+      (_, metrics), grads = grad_fn(state.params, batch, rng, frozen)
     else:
       # Accumulate in float32 over a scan: one optimizer update for the whole batch.
       def accumulate(carry, inputs):
         i, microbatch = inputs
-        (_, metrics), grads = grad_fn(state.params, microbatch, jax.random.fold_in(rng, i))
+        (_, metrics), grads = grad_fn(state.params, microbatch, jax.random.fold_in(rng, i),
+                                     frozen)
         return jax.tree.map(jnp.add, carry, (grads, metrics)), None
       micro = _microbatches(batch, microbatches)
       (_, metric_shapes), grad_shapes = jax.eval_shape(
-          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+          grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng, frozen)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
                            (grad_shapes, metric_shapes))
       (grads, metrics), _ = jax.lax.scan(

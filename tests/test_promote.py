@@ -1,0 +1,49 @@
+"""Eval-gated promotion: better is promoted, worse is kept out, every decision is logged."""
+
+import json
+
+import pytest
+
+from bigflax import main, promote
+from bigflax.train import loop
+from cli_utils import run
+from test_distill import tiny
+
+
+def test_improvement_knows_which_way_each_metric_goes():
+  assert promote.improvement("loss", 2.0, 2.5) == pytest.approx(0.5)
+  assert promote.improvement("perplexity", 9.0, 8.0) == pytest.approx(-1.0)
+  assert promote.improvement("accuracy", 0.9, 0.8) == pytest.approx(0.1)
+  assert promote.improvement("f1/macro", 0.7, 0.8) == pytest.approx(-0.1)
+  assert promote.decide("loss", {"loss": 2.0}, {"loss": 2.0})["promoted"]  # not worse
+  assert not promote.decide("loss", {"loss": 2.0}, {"loss": 2.5}, min_delta=0.6)["promoted"]
+
+
+def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
+  runs = {}
+  for name, steps in (("good", 20), ("poor", 1)):
+    config = tiny(tfds_dir)
+    config.train.update(num_steps=steps, checkpoint_every=steps)
+    runs[name] = str(tmp_path / name)
+    loop.train(main.build_run(config, runs[name])[0])
+  registry = str(tmp_path / "registry")
+
+  kept_out = main.promote_run(runs["poor"], runs["good"], "validation", None, 0.0, registry)
+  assert not kept_out["promoted"] and kept_out["metric"] == "loss"
+  assert kept_out["candidate_metrics"]["loss"] > kept_out["incumbent_metrics"]["loss"]
+  assert promote.served(registry) is None
+
+  promoted = main.promote_run(runs["good"], runs["poor"], "validation", None, 0.0, registry)
+  assert promoted["promoted"]
+  assert promote.served(registry)["workdir"] == runs["good"]
+  # Scores are the evaluation's, not remembered ones: the same run scores the same.
+  assert promoted["candidate_metrics"] == kept_out["incumbent_metrics"]
+  log = [json.loads(line) for line in open(f"{registry}/{promote.LOG}")]
+  assert [d["promoted"] for d in log] == [False, True]
+
+
+def test_promote_names_a_missing_run(tmp_path):
+  result = run("promote", tmp_path, "--candidate", str(tmp_path / "nope"),
+               "--incumbent", str(tmp_path))
+  assert result.returncode == 2
+  assert "--candidate=" in result.stderr and "is not a run directory" in result.stderr
