@@ -5,7 +5,8 @@ ending at a validation loss near 2.3 nats/byte against a unigram baseline of 3.2
   python -m bigflax train --config experiments/gpt_tiny.py --workdir runs/gpt_tiny
 
 Variants: `--config.tokenizer.kind=sentencepiece --config.tokenizer.vocab_size=4096` trains
-a sentencepiece BPE vocabulary on the training split first.
+a sentencepiece BPE vocabulary on the training split first; `--config.init_from=RUN
+--config.model.lora.rank=8` trains low-rank adapters on another run's weights.
 """
 
 from bigflax import configs

@@ -158,6 +158,7 @@ def test_lora_config_errors_name_the_field():
   assert models.build(config).lora == layers.LoRA(4, 16.0, 0.0, config.lora.targets)
 
 
+@pytest.mark.slow
 def test_lora_run_from_a_base_run(tfds_dir, tmp_path):
   """`--config.init_from=RUN --config.model.lora.rank=8`: the base weights come from the
   run, the adapters start fresh, only they train, and adapters.safetensors holds them."""
