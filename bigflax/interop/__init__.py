@@ -1,1 +1,23 @@
-"""Weights in and out of other frameworks' formats (`hf`: Hugging Face safetensors)."""
+"""Hugging Face checkpoints <-> bigflax: hf.py (BERT and the shared helpers), gpt2.py."""
+
+import json
+import os
+
+from bigflax.interop import gpt2, hf
+
+IMPORTERS = {"bert": hf.import_bert, "gpt2": gpt2.import_gpt2}  # by config.json's model_type
+
+
+def import_checkpoint(directory: str, scan_layers: bool = False) -> tuple[dict, dict]:
+  """A HF checkpoint directory -> (bigflax model config, params), the importer chosen by
+  the model_type in its config.json."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: a Hugging Face checkpoint directory holds "
+                            f"config.json and model.safetensors.")
+  with open(path) as f:
+    model_type = json.load(f).get("model_type")
+  if model_type not in IMPORTERS:
+    raise ValueError(f"{path}: model_type={model_type!r}; bigflax imports "
+                     f"{sorted(IMPORTERS)}.")
+  return IMPORTERS[model_type](directory, scan_layers=scan_layers)

@@ -1,6 +1,7 @@
 """Hugging Face checkpoints <-> bigflax parameters, through safetensors only (no pickle).
 
-BERT: a checkpoint directory holds `config.json` and `model.safetensors`.
+A checkpoint directory holds `config.json` and `model.safetensors`. This file has BERT
+and the helpers every mapping shares (gpt2.py has GPT-2):
   import_bert(directory, scan_layers=False) -> (model config dict, params)
   export_bert(directory, config, params)   writes both back, HF-named
   bert_config(hf_config) / bert_params(tensors, config) are the pure halves of the import.
@@ -92,14 +93,10 @@ def import_bert(directory: str, scan_layers: bool = False) -> tuple[dict, dict]:
   `config["pooler"]` says whether the checkpoint has a pooler; params hold the MLM head
   (mlm_*) when it has `cls.predictions.*` (call the model with head="mlm").
   """
-  weights = os.path.join(directory, "model.safetensors")
-  if not os.path.exists(weights):
-    raise FileNotFoundError(f"{weights} not found; bigflax reads safetensors only (never "
-                            f"pickled .bin files).")
-  with open(os.path.join(directory, "config.json")) as f:
-    config = bert_config(json.load(f))
+  hf_config, tensors = read_checkpoint(directory)
+  config = bert_config(hf_config)
   config["scan_layers"] = scan_layers
-  params = bert_params(load_file(weights), config)
+  params = bert_params(tensors, config)
   config["pooler"] = "pooler" in params
   return config, params
 
@@ -125,25 +122,15 @@ def bert_params(tensors: dict[str, np.ndarray], config: dict) -> dict:
   head = "mlm" if any(k.startswith("cls.predictions.") for k in tensors) else None
   expected = {_hf_name(path): (path, shape, _hf_shape(path, shape))
               for path, shape in _bert_param_shapes(config, head).items()}
-  missing = sorted(set(expected) - set(tensors))
-  unexpected = sorted(set(tensors) - set(expected))
-  misshaped = [f"{name}: expected {expected[name][2]}, got {tuple(tensors[name].shape)}"
-               for name in sorted(set(expected) & set(tensors))
-               if tuple(tensors[name].shape) != expected[name][2]]
-  problems = [f"{label}: {', '.join(items)}" for label, items in
-              (("missing tensors", missing), ("unexpected tensors", unexpected),
-               ("mis-shaped tensors (HF shape)", misshaped)) if items]
-  if problems:
-    shape = ", ".join(f"{k}={config[k]}" for k in ("num_layers", "embed_dim", "vocab_size"))
-    raise ValueError(f"The checkpoint's tensors do not fit BERT({shape}, ...): "
-                     + "; ".join(problems) + ".")
+  check_tensors(tensors, {name: hf_shape for name, (_, _, hf_shape) in expected.items()},
+                "BERT", config)
 
   flat = {}
   for name, (path, shape, _) in expected.items():
     w = np.asarray(tensors[name], np.float32)
     flat[path] = (w.T if path.endswith("kernel") else w).reshape(shape)
   params = traverse_util.unflatten_dict(flat, sep="/")
-  return _stack_layers(params, config["num_layers"]) if config.get("scan_layers") else params
+  return stack_layers(params, config["num_layers"]) if config.get("scan_layers") else params
 
 
 def export_bert(directory: str, config, params) -> None:
@@ -156,7 +143,7 @@ def export_bert(directory: str, config, params) -> None:
   config = {**BERT_DEFAULTS, **dict(config.items())}
   if config["pre_norm"]:
     raise ValueError("HF BERT is post-LN; a pre_norm=True model has no HF equivalent.")
-  flat = traverse_util.flatten_dict(_unstack_layers(nn.unbox(params)), sep="/")
+  flat = traverse_util.flatten_dict(unstack_layers(nn.unbox(params)), sep="/")
   mlm = "mlm_bias" in flat
   tensors = {}
   for path, x in flat.items():
@@ -169,7 +156,42 @@ def export_bert(directory: str, config, params) -> None:
   hf_config.update(model_type="bert", hidden_act=TO_HF_ACTIVATION[config["activation"]],
                    position_embedding_type="absolute",
                    architectures=["BertForMaskedLM" if mlm else "BertModel"])
+  save_checkpoint(directory, hf_config, tensors)
+
+
+def read_checkpoint(directory: str) -> tuple[dict, dict]:
+  """(parsed config.json, {name: numpy tensor}) of a HF checkpoint directory."""
+  weights = os.path.join(directory, "model.safetensors")
+  if not os.path.exists(weights):
+    raise FileNotFoundError(f"{weights} not found; bigflax reads safetensors only (never "
+                            f"pickled .bin files).")
+  with open(os.path.join(directory, "config.json")) as f:
+    return json.load(f), load_file(weights)
+
+
+def check_tensors(tensors: dict, expected: dict, model: str, config: dict) -> None:
+  """Raises one ValueError naming every missing, unexpected and mis-shaped tensor.
+
+  `expected` maps HF names to HF shapes; `model` and `config` describe what was expected.
+  """
+  missing = sorted(set(expected) - set(tensors))
+  unexpected = sorted(set(tensors) - set(expected))
+  misshaped = [f"{name}: expected {tuple(expected[name])}, got {tuple(tensors[name].shape)}"
+               for name in sorted(set(expected) & set(tensors))
+               if tuple(tensors[name].shape) != tuple(expected[name])]
+  problems = [f"{label}: {', '.join(items)}" for label, items in
+              (("missing tensors", missing), ("unexpected tensors", unexpected),
+               ("mis-shaped tensors (HF shape)", misshaped)) if items]
+  if problems:
+    shape = ", ".join(f"{k}={config[k]}" for k in ("num_layers", "embed_dim", "vocab_size"))
+    raise ValueError(f"The checkpoint's tensors do not fit {model}({shape}, ...): "
+                     + "; ".join(problems) + ".")
+
+
+def save_checkpoint(directory: str, hf_config: dict, tensors: dict) -> None:
+  """Writes `config.json` and float32 `model.safetensors` (HF's layout) into `directory`."""
   os.makedirs(directory, exist_ok=True)
+  tensors = {k: np.ascontiguousarray(np.asarray(x, np.float32)) for k, x in tensors.items()}
   save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2, sort_keys=True)
@@ -216,7 +238,7 @@ def _bert_param_shapes(config: dict, head: str | None) -> dict:
   return {path: tuple(s.shape) for path, s in flat.items()}
 
 
-def _stack_layers(params: dict, num_layers: int) -> dict:
+def stack_layers(params: dict, num_layers: int) -> dict:
   """layer_0..layer_{n-1} -> 'layers' stacked on a leading axis (scan_layers=True)."""
   params = dict(params)
   blocks = [params.pop(f"layer_{i}") for i in range(num_layers)]
@@ -224,7 +246,7 @@ def _stack_layers(params: dict, num_layers: int) -> dict:
   return params
 
 
-def _unstack_layers(params: dict) -> dict:
+def unstack_layers(params: dict) -> dict:
   if "layers" not in params:
     return params
   params = dict(params)

@@ -6,7 +6,7 @@ import dataclasses
 import jax.numpy as jnp
 import ml_collections
 
-from bigflax.models import bert, gpt, mlp, seq2seq, vit
+from bigflax.models import bert, gpt, lora, mlp, seq2seq, vit
 
 MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel, "seq2seq": seq2seq.Seq2Seq,
           "vit": vit.ViT}
@@ -33,6 +33,8 @@ def build(config: ml_collections.ConfigDict, **overrides):
   if unknown:
     raise ValueError(f"model.{unknown[0]} is not a field of model '{config.name}'; valid "
                      f"fields: {sorted(valid)}.")
+  if "lora" in kwargs:
+    kwargs["lora"] = lora.from_config(kwargs["lora"])
   for key in ("dtype", "param_dtype"):
     if isinstance(kwargs.get(key), str):
       if kwargs[key] not in DTYPES:

@@ -46,6 +46,7 @@ class BERT(nn.Module):
   init_std: float = 0.02
   scan_layers: bool = False
   remat: str = "none"
+  lora: layers.LoRA | None = None  # low-rank adapters on the blocks' projections
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -88,7 +89,8 @@ class BERT(nn.Module):
         mlp_dim=self.mlp_dim, activation=self.activation, norm_eps=self.norm_eps,
         pre_norm=self.pre_norm, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
-        out_init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        out_init_std=self.init_std, lora=self.lora, dtype=self.dtype,
+        param_dtype=self.param_dtype)
     x = layers.stack(block, self.num_layers, x, attention_mask, scan=self.scan_layers,
                      remat=self.remat)
     if self.pre_norm:

@@ -33,6 +33,7 @@ class GPT(nn.Module):
   scan_layers: bool = False
   remat: str = "none"
   decode: bool = False  # KV-cache mode for sampling
+  lora: layers.LoRA | None = None  # low-rank adapters on the blocks' projections
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -66,7 +67,7 @@ class GPT(nn.Module):
         use_rope=self.position == "rope", rope_max_wavelength=self.rope_max_wavelength,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         init_std=self.init_std, out_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
-        decode=self.decode, max_len=self.max_len, dtype=self.dtype,
+        decode=self.decode, max_len=self.max_len, lora=self.lora, dtype=self.dtype,
         param_dtype=self.param_dtype)
     # Under decode the RoPE positions come from the cache index.
     rope_positions = None if self.decode or self.position != "rope" else positions

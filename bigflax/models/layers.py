@@ -5,7 +5,9 @@ Parameters and key activations carry logical axis names ("batch", "length", "emb
 mesh axes. Dropout is active exactly when the caller passes a 'dropout' rng.
 """
 
+import dataclasses
 import functools
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -119,31 +121,66 @@ def sinusoidal_positions(positions: Array, features: int,
 # ---------------------------------------------------------------- attention
 
 
+@dataclasses.dataclass(frozen=True)
+class LoRA:
+  """Low-rank adapters (Hu et al., 2021) on every DenseGeneral whose kernel's parameter
+  path (e.g. 'layer_0/attention/query/kernel'; 'layers/...' when scanned) matches the
+  regex `targets`: y = x W + (alpha / rank) dropout(x) A B. A is random and B zero, so
+  the adapted model starts out as the base model."""
+  rank: int
+  alpha: float
+  dropout: float
+  targets: str  # the defaults are configs.lora()'s
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+
 class DenseGeneral(nn.Module):
   """x (..., *in) -> (..., *features), contracting the last `in_dims` axes of x.
 
   Unlike flax's DenseGeneral the kernel is created in its final shape, so its logical
   axis names (`axes`: the input axes, then the feature axes) always match its rank.
+  With `lora` matching this layer's kernel it adds the adapter parameters lora_a
+  (*in, rank) and lora_b (rank, *features).
   """
   features: tuple
   axes: tuple
   init_std: float
   use_bias: bool = True
   in_dims: int = 1
+  lora: LoRA | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    shape = x.shape[x.ndim - self.in_dims:] + tuple(self.features)
-    kernel = self.param("kernel", normal(self.init_std, self.axes), shape, self.param_dtype)
-    contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    kernel = self.param("kernel", normal(self.init_std, self.axes),
+                        in_shape + tuple(self.features), self.param_dtype)
+    y = self._contract(x, kernel, self.in_dims)
     if self.use_bias:
       bias = self.param("bias", zeros(self.axes[self.in_dims:]), tuple(self.features),
                         self.param_dtype)
       y = y + bias.astype(self.dtype)
+    path = "/".join(self.scope.path) + "/kernel"
+    if self.lora is not None and re.search(self.lora.targets, path):
+      rank = self.lora.rank
+      a = self.param("lora_a", normal(1 / np.sqrt(np.prod(in_shape)),
+                                      self.axes[:self.in_dims] + (None,)),
+                     in_shape + (rank,), self.param_dtype)
+      b = self.param("lora_b", zeros((None,) + self.axes[self.in_dims:]),
+                     (rank,) + tuple(self.features), self.param_dtype)
+      h = self._contract(apply_dropout(x, self.lora.dropout, self), a, self.in_dims)
+      y = y + self.lora.scale * self._contract(h, b, 1)
     return y
+
+  def _contract(self, x: Array, w: Array, dims: int) -> Array:
+    """x's last `dims` axes with w's first `dims` axes."""
+    contract = (tuple(range(x.ndim - dims, x.ndim)), tuple(range(dims)))
+    return jax.lax.dot_general(x.astype(self.dtype), w.astype(self.dtype),
+                               (contract, ((), ())))
 
 
 
@@ -209,6 +246,7 @@ class Attention(nn.Module):
   out_init_std: float = 0.02
   decode: bool = False
   max_len: int = 0  # cache length, only used when decode=True
+  lora: LoRA | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -222,8 +260,8 @@ class Attention(nn.Module):
 
     def project(name, heads, inputs):
       return DenseGeneral((heads, self.head_dim), ("embed", "heads", "kv"), self.init_std,
-                          self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name=name)(inputs)
+                          self.use_bias, lora=self.lora, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name=name)(inputs)
 
     kv_input = x if kv_input is None else kv_input
     q = project("query", self.num_heads, x)
@@ -249,7 +287,7 @@ class Attention(nn.Module):
       out = dot_product_attention(q, k, v, mask, dropout)
     out = constrain(out, ("batch", "length", "heads", "kv"))
     return DenseGeneral((x.shape[-1],), ("heads", "kv", "embed"), self.out_init_std,
-                        self.use_bias, in_dims=2, dtype=self.dtype,
+                        self.use_bias, in_dims=2, lora=self.lora, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="out")(out)
 
   def _update_cache(self, k, v, mask, positions):
@@ -295,13 +333,13 @@ class MLP(nn.Module):
   out_init_std: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  lora: LoRA | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     def dense(name, features, axes, std):
-      return nn.Dense(features, use_bias=self.use_bias, name=name, dtype=self.dtype,
-                      param_dtype=self.param_dtype, kernel_init=normal(std, axes),
-                      bias_init=zeros(axes[-1:]))
+      return DenseGeneral((features,), axes, std, self.use_bias, lora=self.lora,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
     if self.activation == "swiglu":
       h = (jax.nn.silu(dense("gate", self.hidden_dim, ("embed", "mlp"), self.init_std)(x))
@@ -363,6 +401,7 @@ class Block(nn.Module):
   out_init_std: float = 0.02
   decode: bool = False
   max_len: int = 0
+  lora: LoRA | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -372,8 +411,8 @@ class Block(nn.Module):
     attention = functools.partial(
         Attention, num_heads=self.num_heads, head_dim=self.head_dim,
         use_bias=self.use_bias, dropout_rate=self.attention_dropout_rate,
-        init_std=self.init_std, out_init_std=self.out_init_std, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+        init_std=self.init_std, out_init_std=self.out_init_std, lora=self.lora,
+        dtype=self.dtype, param_dtype=self.param_dtype)
     sublayers = [("attention", lambda h: attention(
         num_kv_heads=self.num_kv_heads, causal=self.causal, use_rope=self.use_rope,
         rope_max_wavelength=self.rope_max_wavelength, decode=self.decode,
@@ -383,7 +422,7 @@ class Block(nn.Module):
           h, kv_input=encoded, mask=encoder_mask)))
     sublayers.append(("mlp", lambda h: MLP(
         self.mlp_dim, self.activation, self.use_bias, self.dropout_rate, self.init_std,
-        self.out_init_std, self.dtype, self.param_dtype, name="mlp")(h)))
+        self.out_init_std, self.dtype, self.param_dtype, self.lora, name="mlp")(h)))
 
     x = constrain(x, ("batch", "length", "embed"))
     for name, sublayer in sublayers:

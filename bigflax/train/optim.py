@@ -38,11 +38,12 @@ def path_mask(params, pattern: str, match: bool = True):
       lambda path, _: bool(regex.search(param_path(path))) == match, params)
 
 
-def make(config: ml_collections.ConfigDict, num_steps: int):
+def make(config: ml_collections.ConfigDict, num_steps: int, train_only: str = ""):
   """Returns (optax transformation, learning-rate schedule).
 
-  Parameters whose path matches the regex `config.freeze` get no updates and no
-  optimizer state.
+  Parameters whose path matches the regex `config.freeze`, or does not match the regex
+  `train_only` (if given; LoRA trains its adapters alone), get no updates and no optimizer
+  state.
   """
   lr = schedule(config, num_steps)
   tx = optax.chain(
@@ -51,8 +52,17 @@ def make(config: ml_collections.ConfigDict, num_steps: int):
                   weight_decay=config.weight_decay,
                   mask=lambda params: path_mask(params, config.no_decay, match=False)),
   )
-  if config.get("freeze"):
-    labels = lambda params: jax.tree.map(
-        lambda frozen: "frozen" if frozen else "trained", path_mask(params, config.freeze))
+  if config.get("freeze") or train_only:
+    labels = lambda params: jax.tree.map(lambda t: "trained" if t else "frozen",
+                                         trained_mask(config, params, train_only))
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, lr
+
+
+def trained_mask(config: ml_collections.ConfigDict, params, train_only: str = ""):
+  """A tree of bools: which parameters `make(config, ..., train_only)` updates."""
+  def trained(path, _):
+    name = param_path(path)
+    frozen = bool(config.get("freeze")) and re.search(config.freeze, name) is not None
+    return not frozen and (not train_only or re.search(train_only, name) is not None)
+  return jax.tree_util.tree_map_with_path(trained, params)

@@ -63,9 +63,11 @@ def num_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-def merge_params(target, source: dict, new: str = "") -> tuple[object, dict]:
+def merge_params(target, source: dict, new: str = "",
+                 optional: str = "") -> tuple[object, dict]:
   """Takes every parameter of `target` from `source` (same path and shape), except those
-  whose path matches the regex `new`, which keep their fresh initialisation.
+  whose path matches the regex `new`, which keep their fresh initialisation, and those
+  matching the regex `optional` that `source` lacks (e.g. LoRA adapters), which do too.
 
   Returns (params, report); report lists 'restored', 'new' and 'unused' (source
   parameters the target has no place for, e.g. a pretraining head). A target parameter
@@ -77,7 +79,8 @@ def merge_params(target, source: dict, new: str = "") -> tuple[object, dict]:
 
   def take(path, x):
     name = optim.param_path(path)
-    if new and re.search(new, name):
+    if (new and re.search(new, name)) or (
+        optional and re.search(optional, name) and name not in flat_source):
       report["new"].append(name)
       return x
     if name not in flat_source:
