@@ -4,6 +4,8 @@ Commands:
   train   train (or resume) the experiment in --workdir
   eval    the task's metrics for the latest checkpoint in --workdir (--split)
   sample  decode from the latest checkpoint in --workdir with a KV cache
+  export  write the latest checkpoint in --workdir as a self-contained bundle (--out)
+  serve   serve --workdir or --bundle over HTTP (--host, --port, --api_key)
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
 know nothing of one another.
@@ -22,10 +24,12 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from ml_collections import config_flags
+import numpy as np
 
 from bigflax import configs, metrics, models, tasks
 from bigflax.data import pipeline, tokenizers
-from bigflax.infer import decode
+from bigflax.infer import bundle as bundle_lib
+from bigflax.infer import decode, export as export_lib
 from bigflax.interop import hf
 from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
@@ -43,6 +47,15 @@ flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = 
 flags.DEFINE_float("top_p", None, "sample: nucleus sampling mass (1 = all).")
 flags.DEFINE_integer("num_samples", 1, "sample: continuations per prompt.")
 flags.DEFINE_integer("seed", None, "sample: rng seed.")
+flags.DEFINE_string("out", None, "export: the bundle directory to write (new or empty).")
+flags.DEFINE_string("bundle", None, "serve: an exported bundle (instead of --workdir).")
+flags.DEFINE_string("host", "127.0.0.1", "serve: the address to bind; 0.0.0.0 exposes the "
+                    "server to the network.")
+flags.DEFINE_integer("port", 8000, "serve: the port.")
+flags.DEFINE_string("api_key", None, "serve: if set, requests need 'Authorization: Bearer "
+                    "KEY'.")
+flags.DEFINE_integer("max_batch", 8, "serve: rows (prompts x n, or inputs) per forward batch.")
+flags.DEFINE_float("max_wait_ms", 10.0, "serve: how long a batch waits for more requests.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                     "(jax.distributed). On Cloud TPU leave unset and pass --distributed.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -51,7 +64,7 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with 
                   "platform's defaults (Cloud TPU pods, SLURM).")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
-COMMANDS = ("train", "eval", "sample")
+COMMANDS = ("train", "eval", "sample", "export", "serve")
 
 
 class UsageError(Exception):
@@ -260,10 +273,61 @@ def sample(workdir):
                   top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed)
 
 
+def load_for_inference(workdir):
+  """The latest checkpoint of a run and its task's inference functions:
+  (config, tokenizer, step, params, functions, meta); see `tasks/lm.py:serving`."""
+  config = configs.load(workdir)
+  task = tasks.get(config.task.name)
+  if not hasattr(task, "serving"):
+    raise UsageError(f"task.name={config.task.name!r} has no inference functions to export "
+                     f"or serve; tasks that have: "
+                     f"{sorted(n for n, t in tasks.TASKS.items() if hasattr(t, 'serving'))}.")
+  tokenizer = (None if config.tokenizer.kind == "none"
+               else tokenizers.load(os.path.join(workdir, "tokenizer")))
+  model = build_model(config, tokenizer)
+  step = checkpoint.latest_step(os.path.join(workdir, "checkpoints"))
+  if step is None:
+    raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
+  params = jax.tree.map(np.asarray,
+                        checkpoint.restore_params(os.path.join(workdir, "checkpoints")))
+  functions, meta = task.serving(config, model, params, tokenizer)
+  return config, tokenizer, step, params, functions, meta
+
+
+def export(workdir, out):
+  config, _, step, params, functions, meta = load_for_inference(workdir)
+  card = export_lib.write(out, config=config, workdir=workdir, step=step, params=params,
+                          functions=functions, meta=meta)
+  print(f"bigflax: exported step {step} of {workdir} ({card['parameters']:,} parameters, "
+        f"functions {sorted(functions)}) to {out}")
+
+
+def load_served_model(source):
+  """A bundle directory, or a run directory's latest checkpoint with the framework's own
+  functions jitted: either way a `bundle.Bundle` for the server."""
+  if os.path.exists(os.path.join(source, "bundle.json")):
+    return bundle_lib.load(source)
+  config, tokenizer, step, params, functions, meta = load_for_inference(source)
+  jitted = {name: jax.jit(fn) for name, (fn, _) in functions.items()}
+  return bundle_lib.Bundle(config.task.name, meta, jax.tree.map(jnp.asarray, params), jitted,
+                           tokenizer, info={"source": os.path.abspath(source),
+                                            "trained_steps": step})
+
+
+def serve_command(source):
+  from bigflax.infer import serve  # pylint: disable=import-outside-toplevel
+  serve.run(load_served_model, source, host=FLAGS.host, port=FLAGS.port,
+            api_key=FLAGS.api_key, max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms)
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"Give one command, one of {COMMANDS}; got {argv[1:]}.")
-  if not FLAGS.workdir:
+  if argv[1] == "serve" and bool(FLAGS.workdir) == bool(FLAGS.bundle):
+    raise app.UsageError("serve needs one of --workdir or --bundle.")
+  if argv[1] == "export" and not FLAGS.out:
+    raise app.UsageError("export needs --out: the bundle directory to write.")
+  if not FLAGS.workdir and argv[1] != "serve":
     raise app.UsageError("--workdir is required.")
   command = argv[1]
   if not FLAGS["verbosity"].present:
@@ -275,10 +339,16 @@ def main(argv):
         raise UsageError("train needs --config experiments/<name>.py.")
       train(FLAGS.config, FLAGS.workdir)
     else:
-      if not os.path.isdir(FLAGS.workdir):
-        raise UsageError(f"--workdir={FLAGS.workdir} does not exist.")
+      source = FLAGS.workdir or FLAGS.bundle
+      if not os.path.isdir(source):
+        raise UsageError(f"--{'workdir' if FLAGS.workdir else 'bundle'}={source} does not "
+                         f"exist.")
       if command == "eval":
         evaluate(FLAGS.workdir, FLAGS.split)
+      elif command == "export":
+        export(FLAGS.workdir, FLAGS.out)
+      elif command == "serve":
+        serve_command(source)
       else:
         sample(FLAGS.workdir)
   except (UsageError, ValueError, OSError) as e:

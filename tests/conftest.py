@@ -16,3 +16,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def tfds_dir(tmp_path_factory):
   """One TFDS data dir for the whole session: the corpora are prepared once."""
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt_run(tfds_dir, tmp_path_factory):
+  """A tiny byte-level GPT trained for 30 steps through the CLI (export and serve tests)."""
+  from cli_utils import TINY, run  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("tiny_gpt")
+  result = run("train", workdir, *TINY, f"--config.data.data_dir={tfds_dir}",
+               "--config.train.num_steps=30", "--config.train.checkpoint_every=30",
+               "--config.train.eval_every=30", "--config.train.eval_steps=2")
+  assert result.returncode == 0, result.stderr
+  return workdir
