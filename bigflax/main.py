@@ -285,11 +285,14 @@ def load_for_inference(workdir):
   tokenizer = (None if config.tokenizer.kind == "none"
                else tokenizers.load(os.path.join(workdir, "tokenizer")))
   model = build_model(config, tokenizer)
-  step = checkpoint.latest_step(os.path.join(workdir, "checkpoints"))
-  if step is None:
+  # Restored onto one device, whatever the training mesh was.
+  state, _, _, _ = build_state(config, model, partitioning.make_mesh({"data": 1},
+                                                                    jax.devices()[:1]))
+  restored = checkpoint.restore(
+      checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=1), state)
+  if restored is None:
     raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
-  params = jax.tree.map(np.asarray,
-                        checkpoint.restore_params(os.path.join(workdir, "checkpoints")))
+  step, params = int(restored[0].step), jax.tree.map(np.asarray, restored[0].params)
   functions, meta = task.serving(config, model, params, tokenizer)
   return config, tokenizer, step, params, functions, meta
 

@@ -43,11 +43,3 @@ def restore_params(directory) -> dict:
     raise FileNotFoundError(f"No checkpoint in {directory}.")
   state = ocp.StandardCheckpointer().restore(epath.Path(directory).absolute() / str(step) / "state")
   return state["params"]
-
-
-def latest_step(directory) -> int | None:
-  """The step of the latest committed checkpoint under `directory` (None if none)."""
-  if not epath.Path(directory).exists():
-    return None
-  return ocp.CheckpointManager(epath.Path(directory).absolute(),
-                               item_names=("state", "data")).latest_step()
