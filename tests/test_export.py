@@ -95,12 +95,9 @@ def test_lm_bundle_matches_the_framework_without_bigflax(tiny_gpt_run, tmp_path)
 
 
 @pytest.mark.slow
-def test_classifier_bundle_matches_the_framework_without_bigflax(tmp_path):
-  workdir, bundle_dir = tmp_path / "run", tmp_path / "bundle"
-  trained = run("train", workdir, "--config", "experiments/seed_classifier.py",
-                "--config.train.num_steps=20", "--config.train.eval_every=20",
-                "--config.train.checkpoint_every=20")
-  assert trained.returncode == 0, trained.stderr[-3000:]
+def test_classifier_bundle_matches_the_framework_without_bigflax(tiny_classifier_runs,
+                                                                 tmp_path):
+  workdir, bundle_dir = tiny_classifier_runs[1], tmp_path / "bundle"
   card = export(workdir, bundle_dir)
   assert card["task"] == "classify" and card["parameters"] == 2 * 16 + 16 + 16 + 1
   features = [[-1.5, -1.0], [2.0, 1.0], [0.1, -0.3]]
