@@ -56,6 +56,7 @@ flags.DEFINE_string("api_key", None, "serve: if set, requests need 'Authorizatio
                     "KEY'.")
 flags.DEFINE_integer("max_batch", 8, "serve: rows (prompts x n, or inputs) per forward batch.")
 flags.DEFINE_float("max_wait_ms", 10.0, "serve: how long a batch waits for more requests.")
+flags.DEFINE_bool("warmup", False, "serve: compile every batch shape before serving.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                     "(jax.distributed). On Cloud TPU leave unset and pass --distributed.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -320,7 +321,8 @@ def load_served_model(source):
 def serve_command(source):
   from bigflax.infer import serve  # pylint: disable=import-outside-toplevel
   serve.run(load_served_model, source, host=FLAGS.host, port=FLAGS.port,
-            api_key=FLAGS.api_key, max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms)
+            api_key=FLAGS.api_key, max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
+            warmup=FLAGS.warmup)
 
 
 def main(argv):

@@ -3,8 +3,8 @@ dynamic batching (--max_batch) and without (max_batch=1).
 
   python scripts/bench_serve.py --workdir runs/gpt_tiny --clients 16 --duration 30
 
-Starts one server per setting on a free local port, warms it up (compiles every batch
-shape it will meet), then measures: requests/s, generated tokens/s, p50/p99 latency and
+Starts one server per setting on a free local port with --warmup (every batch shape
+compiled first), runs the clients for --warmup seconds unmeasured, then measures: requests/s, generated tokens/s, p50/p99 latency and
 errors. Prints a table and writes --out (JSON). A language model gets completion requests,
 a classifier classification requests.
 """
@@ -38,7 +38,7 @@ def server(source_flag, source, max_batch, max_wait_ms):
   port = free_port()
   process = subprocess.Popen(
       [sys.executable, "-m", "bigflax", "serve", source_flag, source, "--port", str(port),
-       "--max_batch", str(max_batch), "--max_wait_ms", str(max_wait_ms)],
+       "--max_batch", str(max_batch), "--max_wait_ms", str(max_wait_ms), "--warmup"],
       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   url = f"http://127.0.0.1:{port}"
   try:

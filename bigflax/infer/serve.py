@@ -30,6 +30,7 @@ import uvicorn
 from bigflax.infer import bundle as bundle_lib
 
 MAX_STOPS = 4
+MIN_PROMPT_BUCKET = 16  # prompt lengths are padded to 16, 32, 64, ... tokens
 
 
 class CompletionRequest(pydantic.BaseModel):
@@ -126,9 +127,27 @@ class Batcher:
       return False
     if self.model.task != "lm":
       return True
-    # Rows share one cache: the longest prompt and the most tokens must fit together.
+    # Rows share one cache: the longest prompt, padded to its bucket, and the most tokens
+    # must fit together.
     longest = max(len(ids) for j in batch + [job] for ids in j.rows)
-    return longest + max(j.max_tokens for j in batch + [job]) <= self.model.meta["max_len"]
+    steps = max(j.max_tokens for j in batch + [job])
+    return self.prompt_bucket(longest) + steps <= self.model.meta["max_len"]
+
+  def prompt_bucket(self, length: int) -> int:
+    return bucket(max(length, MIN_PROMPT_BUCKET), self.model.meta["max_len"])
+
+  def warmup(self):
+    """Compiles every batch shape the worker can meet, so no request waits for jit."""
+    model = self.model
+    for rows in sorted({bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}):
+      if model.task != "lm":
+        example = ("" if model.meta["input"] == "text" else [0.0] * model.meta["num_features"])
+        model.logits([example], rows=rows)
+        continue
+      max_len = model.meta["max_len"]
+      for length in sorted({self.prompt_bucket(n) for n in range(1, max_len)}):
+        logits, state = model.prefill([[model.meta["pad_id"]]], length=length, rows=rows)
+      model.decode_step(state, model.sample(logits, 0, 0, 0.0, 0, 1.0))
 
   def _next_batch(self) -> list[Job]:
     batch = [self._held or self.queue.get()]
@@ -175,8 +194,10 @@ class Batcher:
     num_rows = bucket(len(rows), self.max_batch)
     steps = max(job.max_tokens for job in batch)
     max_len = model.meta["max_len"]
-    length = bucket(max(len(ids) for _, _, ids in rows), max_len)
-    length = min(length, max_len - steps)  # _fits keeps this >= the longest prompt
+    longest = max(len(ids) for _, _, ids in rows)
+    length = self.prompt_bucket(longest)
+    if length + steps > max_len:  # a lone request near the context limit: no padding
+      length = longest
 
     def per_row(field, default, dtype):
       values = [getattr(job, field) for job, _, _ in rows]
@@ -269,10 +290,14 @@ def error_response(status: int, message: str, param: str | None = None):
 
 
 def make_app(load: Callable[[str], bundle_lib.Bundle], source: str, *, api_key=None,
-             max_batch: int = 8, max_wait_ms: float = 10.0, max_n: int | None = None):
-  """The FastAPI app serving `load(source)`; `load` is also what /admin/reload calls."""
+             max_batch: int = 8, max_wait_ms: float = 10.0, max_n: int | None = None,
+             warmup: bool = False):
+  """The FastAPI app serving `load(source)`; `load` is also what /admin/reload calls.
+  `warmup` compiles every batch shape before serving."""
   metrics = Metrics()
   batcher = Batcher(load(source), max_batch, max_wait_ms, metrics)
+  if warmup:
+    batcher.warmup()
   max_n = max_n or max_batch
   app = fastapi.FastAPI(title="bigflax")
   app.state.batcher, app.state.source = batcher, source
