@@ -20,6 +20,8 @@ import safetensors.numpy
 from bigflax.infer import bundle
 
 LOADER = "load_bundle.py"
+# Lowered for each (the bundle then runs on any of them); only CPU is run in the tests.
+PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def flatten(params, prefix="") -> dict:
@@ -103,7 +105,7 @@ def write(out: str, *, config, workdir: str, step: int, params, functions: dict,
   """
   if os.path.exists(out) and os.listdir(out):
     raise FileExistsError(f"--out={out} exists and is not empty; choose a new directory.")
-  exported = {name: jax.export.export(jax.jit(fn))(*args)
+  exported = {name: jax.export.export(jax.jit(fn), platforms=PLATFORMS)(*args)
               for name, (fn, args) in functions.items()}
   staging = f"{out.rstrip('/')}.tmp-{uuid.uuid4().hex}"
   os.makedirs(os.path.join(staging, "functions"))
