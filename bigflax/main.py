@@ -10,6 +10,8 @@ Commands:
   sweep   a hyperparameter sweep, one run directory per trial (bigflax/sweep.py; --help)
   plan    --config X --topology v5e:4x4: will it fit, how fast, how costly (no --workdir)
   diff    RUN_A RUN_B: what differs between two runs' configs and environments
+  export  write the latest checkpoint in --workdir as a self-contained bundle (--out)
+  serve   serve --workdir or --bundle over HTTP (--host, --port, --api_key)
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
 know nothing of one another.
@@ -31,12 +33,14 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from ml_collections import config_flags
+import numpy as np
 
 from bigflax import configs, metrics, models, plan, promote, run_info, tasks
 from bigflax.tasks import distill
 from bigflax.data import pipeline, tokenizers
-from bigflax.infer import decode
 from bigflax import interop
+from bigflax.infer import bundle as bundle_lib
+from bigflax.infer import decode, export as export_lib
 from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
 
@@ -53,6 +57,17 @@ flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = 
 flags.DEFINE_float("top_p", None, "sample: nucleus sampling mass (1 = all).")
 flags.DEFINE_integer("num_samples", 1, "sample: continuations per prompt.")
 flags.DEFINE_integer("seed", None, "sample: rng seed.")
+flags.DEFINE_string("out", None, "export: the bundle directory to write (new or empty); "
+                    "plan: also write the report as JSON to this file.")
+flags.DEFINE_string("bundle", None, "serve: an exported bundle (instead of --workdir).")
+flags.DEFINE_string("host", "127.0.0.1", "serve: the address to bind; 0.0.0.0 exposes the "
+                    "server to the network.")
+flags.DEFINE_integer("port", 8000, "serve: the port.")
+flags.DEFINE_string("api_key", None, "serve: if set, requests need 'Authorization: Bearer "
+                    "KEY'.")
+flags.DEFINE_integer("max_batch", 8, "serve: rows (prompts x n, or inputs) per forward batch.")
+flags.DEFINE_float("max_wait_ms", 10.0, "serve: how long a batch waits for more requests.")
+flags.DEFINE_bool("warmup", False, "serve: compile every batch shape before serving.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                     "(jax.distributed). On Cloud TPU leave unset and pass --distributed.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -71,11 +86,10 @@ flags.DEFINE_string("topology", "local", "plan: a TPU slice (v5e:4x4, v5p:2x2x2,
                     "v6e:8x8, ...) or 'local' (the devices present).")
 flags.DEFINE_float("tokens", None, "plan: a token budget, for wall time and cost.")
 flags.DEFINE_float("price_per_chip_hour", None, "plan: price of one chip-hour, for the cost.")
-flags.DEFINE_string("out", None, "plan: also write the report as JSON to this file.")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
-COMMANDS = ("train", "eval", "sample", "promote", "plan", "diff")
-NO_WORKDIR = ("promote", "plan", "diff")
+COMMANDS = ("train", "eval", "sample", "promote", "plan", "diff", "export", "serve")
+NO_WORKDIR = ("promote", "plan", "diff", "serve")  # serve takes --workdir or --bundle
 ADAPTERS_FILE = "adapters.safetensors"  # a LoRA run's adapters, written when training ends
 
 
@@ -513,11 +527,66 @@ def hf_language_model(directory):
   return config, params
 
 
+def load_for_inference(workdir):
+  """The latest checkpoint of a run and its task's inference functions:
+  (config, tokenizer, step, params, functions, meta); see `tasks/lm.py:serving`."""
+  config = configs.load(workdir)
+  task = tasks.get(config.task.name)
+  if not hasattr(task, "serving"):
+    raise UsageError(f"task.name={config.task.name!r} has no inference functions to export "
+                     f"or serve; tasks that have: "
+                     f"{sorted(n for n, t in tasks.TASKS.items() if hasattr(t, 'serving'))}.")
+  tokenizer = (None if config.tokenizer.kind == "none"
+               else tokenizers.load(os.path.join(workdir, "tokenizer")))
+  model = build_model(config, tokenizer)
+  # Restored onto one device, whatever the training mesh was.
+  state, _, _, _ = build_state(config, model, partitioning.make_mesh({"data": 1},
+                                                                    jax.devices()[:1]))
+  restored = checkpoint.restore(
+      checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=1), state)
+  if restored is None:
+    raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
+  step, params = int(restored[0].step), jax.tree.map(np.asarray, restored[0].params)
+  functions, meta = task.serving(config, model, params, tokenizer)
+  return config, tokenizer, step, params, functions, meta
+
+
+def export(workdir, out):
+  config, _, step, params, functions, meta = load_for_inference(workdir)
+  card = export_lib.write(out, config=config, workdir=workdir, step=step, params=params,
+                          functions=functions, meta=meta)
+  print(f"bigflax: exported step {step} of {workdir} ({card['parameters']:,} parameters, "
+        f"functions {sorted(functions)}) to {out}")
+
+
+def load_served_model(source):
+  """A bundle directory, or a run directory's latest checkpoint with the framework's own
+  functions jitted: either way a `bundle.Bundle` for the server."""
+  if os.path.exists(os.path.join(source, "bundle.json")):
+    return bundle_lib.load(source)
+  config, tokenizer, step, params, functions, meta = load_for_inference(source)
+  jitted = {name: jax.jit(fn) for name, (fn, _) in functions.items()}
+  return bundle_lib.Bundle(config.task.name, meta, jax.tree.map(jnp.asarray, params), jitted,
+                           tokenizer, info={"source": os.path.abspath(source),
+                                            "trained_steps": step})
+
+
+def serve_command(source):
+  from bigflax.infer import serve  # pylint: disable=import-outside-toplevel
+  serve.run(load_served_model, source, host=FLAGS.host, port=FLAGS.port,
+            api_key=FLAGS.api_key, max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
+            warmup=FLAGS.warmup)
+
+
 def main(argv):
   command = argv[1] if len(argv) > 1 else None
   if command not in COMMANDS or len(argv) != (4 if command == "diff" else 2):
     raise app.UsageError(f"Give one command, one of {COMMANDS} (diff RUN_A RUN_B); got "
                          f"{argv[1:]}.")
+  if command == "serve" and bool(FLAGS.workdir) == bool(FLAGS.bundle):
+    raise app.UsageError("serve needs one of --workdir or --bundle.")
+  if command == "export" and not FLAGS.out:
+    raise app.UsageError("export needs --out: the bundle directory to write.")
   if not FLAGS.workdir and command not in NO_WORKDIR:
     raise app.UsageError("--workdir is required.")
   if not FLAGS["verbosity"].present:
@@ -542,10 +611,16 @@ def main(argv):
         raise UsageError("train needs --config experiments/<name>.py.")
       train(FLAGS.config, FLAGS.workdir)
     else:
-      if not epath.Path(FLAGS.workdir).is_dir():
-        raise UsageError(f"--workdir={FLAGS.workdir} does not exist.")
+      source = FLAGS.workdir or FLAGS.bundle
+      if not epath.Path(source).is_dir():
+        raise UsageError(f"--{'workdir' if FLAGS.workdir else 'bundle'}={source} does not "
+                         f"exist.")
       if command == "eval":
         evaluate(FLAGS.workdir, FLAGS.split)
+      elif command == "export":
+        export(FLAGS.workdir, FLAGS.out)
+      elif command == "serve":
+        serve_command(source)
       else:
         sample(FLAGS.workdir)
   except (UsageError, plan.PlanError, ValueError, OSError) as e:

@@ -11,7 +11,12 @@ from bigflax.models import layers
 
 
 class GPT(nn.Module):
-  """tokens (B, T) int -> logits (B, T, vocab) float32."""
+  """tokens (B, T) int -> logits (B, T, vocab) float32.
+
+  `positions` (B, T) default to 0.. (or, under decode, the number of tokens cached so far);
+  `mask` (B, S) is 1 at keys a query may see: S = T, or max_len (the cache slots) under
+  decode. Both let a batch of left-padded prompts decode together.
+  """
   vocab_size: int
   num_layers: int
   num_heads: int
@@ -38,7 +43,8 @@ class GPT(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               mask: jax.Array | None = None) -> jax.Array:
     if self.position not in ("learned", "rope"):
       raise ValueError(f"model.position must be 'learned' or 'rope', got {self.position!r}.")
     token_embed = layers.Embed(self.vocab_size, self.embed_dim, self.init_std,
@@ -69,9 +75,10 @@ class GPT(nn.Module):
         init_std=self.init_std, out_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
         decode=self.decode, max_len=self.max_len, lora=self.lora, dtype=self.dtype,
         param_dtype=self.param_dtype)
-    # Under decode the RoPE positions come from the cache index.
-    rope_positions = None if self.decode or self.position != "rope" else positions
-    x = layers.stack(block, self.num_layers, x, None, rope_positions,
+    # Under decode without explicit positions the RoPE positions come from the cache index.
+    rope_positions = positions if self.position == "rope" else None
+    attention_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
+    x = layers.stack(block, self.num_layers, x, attention_mask, rope_positions,
                      scan=self.scan_layers, remat=self.remat)
     x = layers.Norm(self.norm, self.norm_eps, self.dtype, name="final_norm")(x)
 

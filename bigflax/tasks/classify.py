@@ -101,3 +101,25 @@ def eval_fn(model, params, batch):
 def finalize(totals):
   return {"loss": float(totals["loss"] / totals["count"]),
           **metrics.classification_metrics(totals["confusion"])}
+
+
+def serving(config, model, params, tokenizer):
+  """What an export serialises and a server runs: ({name: (fn, example args)}, meta).
+
+  forward(params, features (b, F)) or forward(params, tokens, segments, mask (b, seq_len))
+  -> logits (b, classes), with the batch b symbolic.
+  """
+  b, = jax.export.symbolic_shape("b")
+  arrays = [jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype) for x in init_inputs(config)
+            if hasattr(x, "shape")]
+  names = ("features",) if config.data.name in synthetic.NAMES else ("tokens", "segments",
+                                                                      "mask")
+  forward = lambda params, *arrays: _logits(model, params, dict(zip(names, arrays)), {})
+  num_classes = max(jax.eval_shape(forward, params, *arrays).shape[-1], 2)
+  meta = {"labels": list(pipeline.CLASS_NAMES.get(config.data.name, map(str, range(num_classes))))}
+  if names == ("features",):
+    meta.update(input="features", num_features=arrays[0].shape[1])
+  else:
+    meta.update(input="text", seq_len=config.data.seq_len, bos_id=tokenizer.bos_id,
+                eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  return {"forward": (forward, (params, *arrays))}, meta

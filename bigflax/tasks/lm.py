@@ -4,11 +4,14 @@ A batch may carry `weights` (1 where a target counts): supervised fine-tuning (t
 trains on answer tokens only with this very loss. Evaluation reports loss, perplexity,
 accuracy and precision/recall/F1 over the vocabulary (tokens seen or predicted)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from bigflax import losses, metrics
 from bigflax.data import pipeline
+from bigflax.infer import decode
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
@@ -62,3 +65,38 @@ def finalize(totals: dict) -> dict:
           "accuracy": float(totals["correct"] / totals["tokens"]),
           **metrics.averaged_metrics(totals["true_positives"], totals["support"],
                                      totals["predicted"], present_only=True)}
+
+
+
+def serving(config, model, params, tokenizer):
+  """What an export serialises and a server runs: ({name: (fn, example args)}, meta).
+
+  prefill(params, tokens (b, t), lengths (b,)) -> (logits (b, V), state) for left-padded
+  prompts, decode_step(params, state, tokens (b,)) -> (logits, state) with the KV cache in
+  `state`, and sample(logits, seeds, step, temperature, top_k, top_p) -> tokens (b,). The
+  batch b and the prompt length t are symbolic.
+  """
+  del config
+  decoder = model.clone(decode=True)
+  prefill = functools.partial(decode.prefill, decoder)
+  ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+  floats = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  b, t = jax.export.symbolic_shape("b, t", constraints=(f"t <= {model.max_len}",))
+  prefill_args = (params, ints(b, t), ints(b))
+  _, state = jax.eval_shape(prefill, *prefill_args)
+  b, = jax.export.symbolic_shape("b")  # a decode step has no prompt length
+  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
+      tuple(d if isinstance(d, int) else b for d in s.shape), s.dtype), state)
+  functions = {
+      "prefill": (prefill, prefill_args),
+      "decode_step": (functools.partial(decode.decode_step, decoder),
+                      (params, state, ints(b))),
+      "sample": (functools.partial(decode.sample_rows, vocab_size=tokenizer.vocab_size),
+                 (floats(b, model.vocab_size), ints(b), ints(), floats(b), ints(b),
+                  floats(b))),
+  }
+  # A prompt starts after an eos, as documents do in training.
+  meta = {"max_len": model.max_len, "vocab_size": tokenizer.vocab_size,
+          "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
+          "prompt_prefix": [tokenizer.eos_id]}
+  return functions, meta

@@ -1,0 +1,132 @@
+"""Export: a run as a self-contained bundle directory that runs without bigflax.
+
+The task's inference functions (`tasks/<task>.serving`) are serialised with `jax.export`
+(StableHLO, batch dimension symbolic), the parameters written as safetensors, next to the
+tokenizer files, the resolved config, a model card and the loader `load_bundle.py` (a copy
+of `bundle.py`, which imports only jax, numpy and the tokenizer library).
+"""
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import uuid
+
+import jax
+import numpy as np
+import safetensors.numpy
+
+from bigflax.infer import bundle
+
+LOADER = "load_bundle.py"
+# Lowered for each (the bundle then runs on any of them); only CPU is run in the tests.
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def flatten(params, prefix="") -> dict:
+  """{'a/b/kernel': np.ndarray} of a nested dict of arrays."""
+  flat = {}
+  for key, value in params.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}/"))
+    else:
+      flat[f"{prefix}{key}"] = np.asarray(value)
+  return flat
+
+
+def abstract(params):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+
+
+def latest_eval(workdir: str) -> dict:
+  """The last evaluation record in the run's metrics.jsonl ({} if there is none)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    evals = [r for r in map(json.loads, filter(str.strip, f)) if r["split"] != "train"]
+  return evals[-1] if evals else {}
+
+
+def versions() -> dict:
+  import flax  # pylint: disable=import-outside-toplevel
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  try:
+    bigflax_version = metadata.version("bigflax")
+  except metadata.PackageNotFoundError:
+    bigflax_version = "unknown"
+  return {"bigflax": bigflax_version, "jax": jax.__version__, "flax": flax.__version__,
+          "numpy": np.__version__, "python": platform.python_version()}
+
+
+def model_card(config, params, workdir: str, step: int, functions: dict) -> dict:
+  evaluation = latest_eval(workdir)
+  return {
+      "task": config.task.name,
+      "model": dict(config.model),
+      "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+      "trained_steps": step,
+      "data": config.data.name,
+      "tokenizer": config.tokenizer.kind,
+      "metrics": {k: v for k, v in evaluation.items() if k not in ("step", "split")},
+      "metrics_step": evaluation.get("step"), "metrics_split": evaluation.get("split"),
+      "functions": {name: [str(a) for a in exported.in_avals]
+                    for name, exported in functions.items()},
+      "platforms": list(next(iter(functions.values())).platforms),
+      "source": os.path.abspath(workdir),
+      "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "versions": versions(),
+  }
+
+
+def readme(card: dict) -> str:
+  metrics = ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "none logged"
+  usage = ('model.complete(["def parse("], max_new_tokens=50, temperature=0.8)'
+           if card["task"] == "lm" else 'model.classify(["an input"])')
+  return (f"# bigflax bundle: {card['task']} model\n\n"
+          f"{card['parameters']:,} parameters ({card['model'].get('name')}), trained "
+          f"{card['trained_steps']} steps on {card['data']}.\n"
+          f"Metrics ({card['metrics_split']}, step {card['metrics_step']}): {metrics}.\n"
+          f"Exported {card['exported_at']} for {', '.join(card['platforms'])} with "
+          + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + ".\n\n"
+          "Runs with jax, numpy and the tokenizer library alone:\n\n```python\n"
+          "import sys; sys.path.insert(0, BUNDLE_DIR)\nimport load_bundle\n"
+          f"model = load_bundle.load(BUNDLE_DIR)\n{usage}\n```\n\n"
+          "Or serve it: `python -m bigflax serve --bundle BUNDLE_DIR`.\n")
+
+
+def write(out: str, *, config, workdir: str, step: int, params, functions: dict,
+          meta: dict) -> dict:
+  """Writes the bundle into the new directory `out`; returns its model card.
+
+  `functions` and `meta` come from the task's `serving`; each function is exported with
+  its example arguments. The bundle appears whole or not at all (written aside, renamed).
+  """
+  if os.path.exists(out) and os.listdir(out):
+    raise FileExistsError(f"--out={out} exists and is not empty; choose a new directory.")
+  exported = {name: jax.export.export(jax.jit(fn), platforms=PLATFORMS)(*args)
+              for name, (fn, args) in functions.items()}
+  staging = f"{out.rstrip('/')}.tmp-{uuid.uuid4().hex}"
+  os.makedirs(os.path.join(staging, "functions"))
+  for name, e in exported.items():
+    with open(os.path.join(staging, "functions", f"{name}.jax"), "wb") as f:
+      f.write(e.serialize())
+  safetensors.numpy.save_file(flatten(params), os.path.join(staging, "params.safetensors"))
+  tokenizer_dir = os.path.join(workdir, "tokenizer")
+  if os.path.isdir(tokenizer_dir):
+    shutil.copytree(tokenizer_dir, os.path.join(staging, "tokenizer"))
+  card = model_card(config, params, workdir, step, exported)
+  files = {"bundle.json": {"task": config.task.name, "functions": sorted(exported),
+                           "meta": meta},
+           "config.json": json.loads(config.to_json()), "model_card.json": card}
+  for name, content in files.items():
+    with open(os.path.join(staging, name), "w") as f:
+      json.dump(content, f, indent=2)
+  with open(os.path.join(staging, "README.md"), "w") as f:
+    f.write(readme(card))
+  shutil.copy(bundle.__file__, os.path.join(staging, LOADER))
+  if os.path.exists(out):
+    os.rmdir(out)
+  os.replace(staging, out)
+  return card
