@@ -547,6 +547,9 @@ def load_for_inference(workdir):
   if restored is None:
     raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first.")
   step, params = int(restored[0].step), jax.tree.map(np.asarray, restored[0].params)
+  if getattr(model, "lora", None) is not None:  # fold the adapters in: a plain model
+    params = models.lora.merge(params, model.lora)
+    model = model.clone(lora=None)
   functions, meta = task.serving(config, model, params, tokenizer)
   return config, tokenizer, step, params, functions, meta
 

@@ -64,7 +64,7 @@ def model_card(config, params, workdir: str, step: int, functions: dict) -> dict
   evaluation = latest_eval(workdir)
   return {
       "task": config.task.name,
-      "model": dict(config.model),
+      "model": json.loads(config.model.to_json()),
       "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
       "trained_steps": step,
       "data": config.data.name,

@@ -35,8 +35,12 @@ def layout(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTra
   """(abstract state, shardings) without allocating anything: the state's
   ShapeDtypeStructs carrying their shardings, and the shardings tree jit uses."""
   boxed = jax.eval_shape(_boxed_state_fn(init_params, optimizer, rng))
-  shardings = partitioning.logical_shardings(boxed, mesh, rules)
-  return abstract(shardings, nn.unbox(boxed)), shardings
+  shapes = nn.unbox(boxed)
+  # Spread each sharding over its subtree: flax gives one for an empty optimizer-state
+  # node (optax's MaskedNode of a frozen parameter), which then keeps the state's shape.
+  shardings = jax.tree.map(lambda sharding, subtree: jax.tree.map(lambda _: sharding, subtree),
+                           partitioning.logical_shardings(boxed, mesh, rules), shapes)
+  return abstract(shardings, shapes), shardings
 
 
 def create(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
