@@ -327,7 +327,8 @@ def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=8,
       continue
     memory = result["memory_per_device"]
     if result["fits"]:
-      found.append({"overrides": flags_of(overrides), "memory_per_device": memory["total"],
+      changed = {k: v for k, v in overrides.items() if not same_layout(config, {k: v})}
+      found.append({"overrides": flags_of(changed), "memory_per_device": memory["total"],
                     "step_time": result["roofline"]["step_time"]})
       if len(found) == limit:
         break
