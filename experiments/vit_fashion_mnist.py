@@ -12,6 +12,13 @@ epochs).
 Splits: train is the first 55,000 training images, validation the last 5,000 (watched
 during training), test the official 10,000 (only for the final `eval`).
 
+Measured on the 2-core CPU, shared with other jobs (other workers' tests kept running),
+2000 steps: 892 s of training (15 min) and 86.9 % test accuracy (macro F1 0.868;
+validation 87.5 %) -- short of the 88 % target. Shirt is the weak class, as usual for
+this data set. Also measured: init_std 0.02 with 2 px crops, 935 s, 78.0 % test; 3600
+steps of 64 (otherwise as here), 1144 s, 86.0 % test. Ideas not yet run: more steps
+(the curve was still rising), a higher lr, 7x7 patches for more epochs per minute.
+
 Shrink it (a distillation student) with --config.model.num_layers / embed_dim / num_heads /
 mlp_dim.
 """
