@@ -138,8 +138,11 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
         yield f"{prefix}{key}", value
   # Through JSON so that tuples in the config and lists in config.json compare equal.
   old, new = (dict(flat(json.loads(c.to_json()))) for c in (saved, config))
+  # A run written before model.lora existed had no LoRA: the same as rank 0 now.
+  lora_added = "model.lora.rank" not in old and new.get("model.lora.rank") == 0
   changed = [k for k in sorted(set(old) | set(new))
-             if k.split(".")[0] in STATE_DEFINING and old.get(k) != new.get(k)]
+             if k.split(".")[0] in STATE_DEFINING and old.get(k) != new.get(k)
+             and not (lora_added and k.startswith("model.lora."))]
   if changed:
     diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
     raise ValueError(f"--workdir={workdir} holds checkpoints of a different run ({diffs}). "

@@ -87,3 +87,14 @@ def test_a_run_written_before_a_field_existed_loads_with_its_default(tmp_path):
   loaded = configs.load(str(tmp_path))
   assert loaded.distill.teacher == "" and loaded.optim.freeze == ""
   assert loaded.model.to_dict() == {"name": "gpt", "num_layers": 3}
+
+
+def test_a_run_from_before_lora_resumes_with_lora_off(tmp_path):
+  saved = configs.base()
+  saved.model = dict(name="gpt", num_layers=2)
+  new = configs.base()
+  new.model = dict(name="gpt", num_layers=2, lora=configs.lora())
+  configs.check_resumable(saved, new, str(tmp_path))  # rank 0: the same model
+  new.model.lora.rank = 8
+  with pytest.raises(ValueError, match="model.lora.rank"):
+    configs.check_resumable(saved, new, str(tmp_path))
