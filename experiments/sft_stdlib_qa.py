@@ -8,6 +8,8 @@ library answered by its docstrings (data/stdlib_qa.py), loss on answer tokens on
       --prompt $'Q: What does the function json.dumps(obj) do?\\nA:' --temperature 0
 
 `--config.init_from=DIR` starts from another pretrained run (same byte tokenizer).
+`:lora` trains rank-8 adapters on every attention and MLP projection instead (the base
+weights stay frozen; at 1.5 % of the parameters it needs a higher learning rate).
 
 `:feedback` continues the fine-tuned run on what users sent back to `bigflax serve
 --feedback_dir runs/feedback` (approved or corrected answers), mixed half and half with
@@ -33,6 +35,10 @@ def get_config(arg=None):
       "Q: What does the function json.dumps(obj) do?\nA:",
       "Q: What does the function os.path.join(a, *p) do?\nA:"),
       max_new_tokens=100, temperature=0.0)
+  if arg == "lora":
+    config.model.lora.update(rank=8, alpha=16.0,
+                             targets=r"(attention/(query|key|value|out)|mlp/(up|down))/kernel")
+    config.optim.update(lr=2e-3)
   if arg == "feedback":
     config.init_from = "runs/sft_qa"
     config.data.update(name="feedback", source_dir="runs/feedback", replay_name="stdlib_qa",

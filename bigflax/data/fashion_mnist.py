@@ -2,11 +2,12 @@
 read from the four gzipped IDX files."""
 
 import gzip
-import hashlib
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from bigflax.data import checked
 
 # split -> (images file, labels file); with the sha256 of each .gz file.
 FILES = {
@@ -34,10 +35,8 @@ _IDX_MAGIC = {3: 2051, 1: 2049}  # rank -> magic number (uint8 data)
 def read_idx(path, rank: int, sha256: str | None = None) -> np.ndarray:
   """The uint8 array of a gzipped IDX file (big-endian int32 magic, then the dims);
   checks the .gz is byte for byte the known file when `sha256` is given."""
-  data = epath.Path(path).read_bytes()
-  if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-    raise ValueError(f"{path}: sha256 {hashlib.sha256(data).hexdigest()} is not "
-                     f"Fashion-MNIST's {sha256}; the file is corrupt or a different file.")
+  data = (epath.Path(path).read_bytes() if sha256 is None
+          else checked.read_bytes(path, sha256, "Fashion-MNIST"))
   data = gzip.decompress(data)
   header = np.frombuffer(data, ">i4", count=1 + rank)
   if header[0] != _IDX_MAGIC[rank]:

@@ -5,11 +5,11 @@ Reads the raw (untokenised, original case) files of github.com/multi30k/dataset
 against its sha256. The test_2016_flickr split is not part of this builder.
 """
 
-import hashlib
-
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from bigflax.data import checked
 
 LANGUAGES = ("de", "en")
 # split -> file stem; (stem, language) -> sha256 of the gunzipped raw file.
@@ -24,12 +24,8 @@ SHA256 = {
 
 def read_lines(path, sha256: str) -> list[str]:
   """The file's lines, after checking it is byte for byte the known file."""
-  data = epath.Path(path).read_bytes()
-  digest = hashlib.sha256(data).hexdigest()
-  if digest != sha256:
-    raise ValueError(f"{path}: sha256 {digest} is not Multi30k's {sha256}; the file is "
-                     "corrupt or a different file (the raw, gunzipped task-1 files are "
-                     "expected).")
+  data = checked.read_bytes(path, sha256, "Multi30k",
+                            " (the raw, gunzipped task-1 files are expected)")
   return data.decode("utf-8").splitlines()
 
 

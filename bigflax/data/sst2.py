@@ -1,10 +1,10 @@
 """TFDS builder: GLUE SST-2, binary sentiment of movie-review sentences and phrases."""
 
-import hashlib
-
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from bigflax.data import checked
 
 # split -> (GLUE file name, sha256 of the file as GLUE ships it).
 FILES = {
@@ -18,14 +18,7 @@ _URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 
 def read_checked(path, sha256: str) -> str:
   """The file's text, after checking it is byte for byte the known file."""
-  data = epath.Path(path).read_bytes()
-  digest = hashlib.sha256(data).hexdigest()
-  if digest != sha256:
-    raise ValueError(
-        f"{path}: sha256 {digest} is not GLUE SST-2's {sha256}; "
-        "the file is corrupt or a different file."
-    )
-  return data.decode("utf-8")
+  return checked.read_bytes(path, sha256, "GLUE SST-2").decode("utf-8")
 
 
 def parse_tsv(text: str) -> list[tuple[str, int]]:

@@ -1,9 +1,9 @@
 """TFDS builder: Karpathy's Tiny Shakespeare, 90/10 train/validation by characters."""
 
-import hashlib
-
 from etils import epath
 import tensorflow_datasets as tfds
+
+from bigflax.data import checked
 
 FILE_NAME = "input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -24,14 +24,7 @@ def split_text(text: str) -> dict[str, str]:
 
 def read_checked(path) -> str:
   """The file's text, after checking it is byte for byte the known file."""
-  data = epath.Path(path).read_bytes()
-  digest = hashlib.sha256(data).hexdigest()
-  if digest != SHA256:
-    raise ValueError(
-        f"{path}: sha256 {digest} is not Tiny Shakespeare's {SHA256}; "
-        "the file is corrupt or a different file."
-    )
-  return data.decode("utf-8")
+  return checked.read_bytes(path, SHA256, "Tiny Shakespeare").decode("utf-8")
 
 
 class TinyShakespeare(tfds.core.GeneratorBasedBuilder, skip_registration=True):
