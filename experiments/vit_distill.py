@@ -1,5 +1,6 @@
 """Knowledge distillation of the Fashion-MNIST ViT (experiments/vit_fashion_mnist.py: 6
-layers, d=128) into a small ViT (2 layers, d=64), on the same data and augmentation.
+layers, d=64, 0.3M parameters) into a 2-layer ViT of the same width, on the same data and
+augmentation.
 
   python -m bigflax train --config experiments/vit_fashion_mnist.py --workdir runs/vit_fm
   python -m bigflax train --config experiments/vit_distill.py --workdir runs/vit_distill
@@ -17,7 +18,7 @@ from experiments import vit_fashion_mnist
 def get_config(arg=None):
   config = vit_fashion_mnist.get_config()
   config.model.update(num_layers=2, embed_dim=64, num_heads=2, mlp_dim=256)
-  config.train.update(num_steps=1500, eval_every=500, checkpoint_every=500)
+  config.train.update(num_steps=3000, eval_every=1000, checkpoint_every=1000)
   if arg != "alone":
     config.distill.update(teacher="runs/vit_fm", alpha=0.5, temperature=4.0)
   return config
