@@ -3,12 +3,17 @@ for bit; SIGTERM saves and exits cleanly."""
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bigflax.train import checkpoint
 from cli_utils import TINY, losses, run, start
 
 pytestmark = pytest.mark.slow
@@ -80,3 +85,31 @@ def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
   assert "SIGTERM: saved a checkpoint at step" in out
   last = max(losses(workdir))
   assert ocp.CheckpointManager(workdir / "checkpoints").latest_step() == last
+
+
+RESTORE_ON_ONE_DEVICE = """
+import sys
+import jax
+from bigflax.train import checkpoint
+params = checkpoint.restore_params(sys.argv[1])
+print(len(jax.devices()), float(params["layer"]["kernel"].sum()))
+"""
+
+
+def test_parameters_saved_on_8_devices_initialise_a_run_on_one(tmp_path):
+  """`init_from` / a distillation teacher read a pod's checkpoint on a laptop."""
+  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("fsdp", "tensor"))
+  kernel = np.arange(64, dtype=np.float32).reshape(8, 8)
+  state = {"params": {"layer": {"kernel": jax.device_put(
+      kernel, NamedSharding(mesh, PartitionSpec("fsdp", "tensor")))}},
+           "opt_state": {"mu": jax.device_put(kernel, NamedSharding(mesh, PartitionSpec()))}}
+  mgr = checkpoint.manager(tmp_path / "checkpoints", keep=1, async_save=False)
+  checkpoint.save(mgr, 3, state, {"next_step": 3})
+  mgr.close()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", RESTORE_ON_ONE_DEVICE,
+                           str(tmp_path / "checkpoints")],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split()[-2:] == ["1", str(float(kernel.sum()))]

@@ -1,8 +1,10 @@
 """Checkpoints through orbax: async, atomic (a save killed mid-way is never the latest),
 keep-N, holding the train state and the data position."""
 
-import orbax.checkpoint as ocp
 from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 
 
 def _absolute(directory) -> epath.Path:
@@ -41,11 +43,16 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
 
 
 def restore_params(directory) -> dict:
-  """The parameters of the latest checkpoint under `directory`, as host arrays (for
-  initialising another run, which may be laid out differently)."""
+  """The parameters of the latest checkpoint under `directory`, as numpy arrays: another
+  run may have other devices (a pod's checkpoint on a laptop) and lays them out itself.
+  The optimizer state is not read."""
   mgr = ocp.CheckpointManager(_absolute(directory), item_names=("state", "data"))
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {directory}.")
-  state = ocp.StandardCheckpointer().restore(_absolute(directory) / str(step) / "state")
-  return state["params"]
+  path = _absolute(directory) / str(step) / "state"
+  checkpointer = ocp.PyTreeCheckpointer()
+  wanted = {"params": checkpointer.metadata(path).item_metadata.tree["params"]}
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=as_numpy, partial_restore=True))["params"]
