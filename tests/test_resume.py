@@ -1,5 +1,5 @@
 """Checkpoints: a run killed at any moment resumes and reproduces the uninterrupted run bit
-for bit; SIGTERM saves and exits cleanly."""
+for bit; SIGTERM saves and exits cleanly; parameters saved on 8 devices restore on 1."""
 
 import os
 import signal
