@@ -267,11 +267,16 @@ def length_grouped_order(lengths: np.ndarray, global_batch_size: int, seed: int,
   return grouped.reshape(steps, global_batch_size)[rng.permutation(steps)]
 
 
+def bucket_width(valid: np.ndarray, buckets: Sequence[int]) -> int:
+  """The smallest bucket width that holds every row's real tokens (`valid` > 0), else the
+  full width: a few shapes, so jit compiles a few times, not once per batch."""
+  longest = int((valid > 0).sum(axis=1).max())
+  return next((b for b in sorted(buckets) if b >= longest), valid.shape[1])
+
+
 def trim_to_bucket(batch: dict, buckets: Sequence[int], keys: Sequence[str]) -> dict:
-  """The batch's `keys` arrays cut to the smallest bucket width that holds every row's
-  real tokens (batch['mask']): a few shapes, so jit compiles a few times, not per batch."""
-  longest = int(batch["mask"].sum(axis=1).max())
-  width = next((b for b in sorted(buckets) if b >= longest), batch["mask"].shape[1])
+  """The batch's `keys` arrays cut to the bucket width of batch['mask']."""
+  width = bucket_width(batch["mask"], buckets)
   return {k: v[:, :width] if k in keys else v for k, v in batch.items()}
 
 
@@ -512,8 +517,7 @@ def trim_pair_padding(step: int, batch: dict, multiple: int = 8) -> dict:
   of `multiple` (so a run compiles only a few shapes)."""
   del step
   def length(valid):
-    longest = int(valid.sum(axis=1).max())
-    return min(-(-longest // multiple) * multiple, valid.shape[1])
-  source, target = length(batch["source_mask"] > 0), length(batch["target_weights"] > 0)
+    return bucket_width(valid, range(multiple, valid.shape[1] + 1, multiple))
+  source, target = length(batch["source_mask"]), length(batch["target_weights"])
   return {k: v[:, :source] if k.startswith("source") else v[:, :target]
           for k, v in batch.items()}
