@@ -11,7 +11,8 @@ Commands:
   plan    --config X --topology v5e:4x4: will it fit, how fast, how costly (no --workdir)
   diff    RUN_A RUN_B: what differs between two runs' configs and environments
   export  write the latest checkpoint in --workdir as a self-contained bundle (--out)
-  serve   serve --workdir or --bundle over HTTP (--host, --port, --api_key)
+  serve   serve --workdir, --bundle or --registry's promoted run over HTTP (--host, --port,
+          --api_key, --feedback_dir)
 
 This file wires config -> tokenizer, data, model, task -> the trainer; the parts below it
 know nothing of one another.
@@ -81,7 +82,10 @@ flags.DEFINE_string("metric", None, "promote: the deciding metric (default: accu
                     "classifiers, loss otherwise).")
 flags.DEFINE_float("min_delta", 0.0, "promote: the improvement required (0 = not worse).")
 flags.DEFINE_string("registry", None, "promote: directory of served.json and "
-                    "promotions.jsonl (default: the incumbent's parent directory).")
+                    "promotions.jsonl (default: the incumbent's parent directory). serve: "
+                    "serve the run served.json names and swap in each newly promoted one.")
+flags.DEFINE_string("feedback_dir", None, "serve: log every answer as JSON lines here and "
+                    "take ratings on POST /v1/feedback (a dataset for data.name=feedback).")
 flags.DEFINE_string("topology", "local", "plan: a TPU slice (v5e:4x4, v5p:2x2x2, v4:2x2x1, "
                     "v6e:8x8, ...) or 'local' (the devices present).")
 flags.DEFINE_float("tokens", None, "plan: a token budget, for wall time and cost.")
@@ -578,7 +582,7 @@ def serve_command(source):
   from bigflax.infer import serve  # pylint: disable=import-outside-toplevel
   serve.run(load_served_model, source, host=FLAGS.host, port=FLAGS.port,
             api_key=FLAGS.api_key, max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
-            warmup=FLAGS.warmup)
+            warmup=FLAGS.warmup, feedback_dir=FLAGS.feedback_dir, registry=FLAGS.registry)
 
 
 def main(argv):
@@ -586,8 +590,10 @@ def main(argv):
   if command not in COMMANDS or len(argv) != (4 if command == "diff" else 2):
     raise app.UsageError(f"Give one command, one of {COMMANDS} (diff RUN_A RUN_B); got "
                          f"{argv[1:]}.")
-  if command == "serve" and bool(FLAGS.workdir) == bool(FLAGS.bundle):
-    raise app.UsageError("serve needs one of --workdir or --bundle.")
+  if command == "serve" and (FLAGS.workdir and FLAGS.bundle
+                             or not (FLAGS.workdir or FLAGS.bundle or FLAGS.registry)):
+    raise app.UsageError("serve needs --workdir or --bundle (not both), or --registry (then "
+                         "it serves the run the registry's served.json names).")
   if command == "export" and not FLAGS.out:
     raise app.UsageError("export needs --out: the bundle directory to write.")
   if not FLAGS.workdir and command not in NO_WORKDIR:
@@ -614,16 +620,16 @@ def main(argv):
         raise UsageError("train needs --config experiments/<name>.py.")
       train(FLAGS.config, FLAGS.workdir)
     else:
-      source = FLAGS.workdir or FLAGS.bundle
+      flag = next(f for f in ("workdir", "bundle", "registry") if FLAGS[f].value)
+      source = FLAGS[flag].value
       if not epath.Path(source).is_dir():
-        raise UsageError(f"--{'workdir' if FLAGS.workdir else 'bundle'}={source} does not "
-                         f"exist.")
+        raise UsageError(f"--{flag}={source} does not exist.")
       if command == "eval":
         evaluate(FLAGS.workdir, FLAGS.split)
       elif command == "export":
         export(FLAGS.workdir, FLAGS.out)
       elif command == "serve":
-        serve_command(source)
+        serve_command(None if flag == "registry" else source)
       else:
         sample(FLAGS.workdir)
   except (UsageError, plan.PlanError, ValueError, OSError) as e:

@@ -35,6 +35,9 @@ BLOCKED = textwrap.dedent("""
       out["logits"] = [model.prefill([p])[0][0].tolist() for p in prompts]
       out["sampled"] = model.complete(request["prompts"], 5, temperature=1.0, top_k=5,
                                       top_p=0.9, seed=3)
+    elif model.task == "seq2seq":
+      out["ids"] = model.translate_ids(request["inputs"]).tolist()
+      out["translations"] = model.translate(request["inputs"])
     else:
       out["logits"] = model.logits(request["inputs"]).tolist()
       out["probabilities"] = model.classify(request["inputs"]).tolist()

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bigflax import promote
+from bigflax.data import feedback
 from bigflax.infer import decode
 from cli_utils import env, run
 from conftest import REPO
@@ -54,9 +56,14 @@ def server(*args):
 
 
 @pytest.fixture(scope="module")
-def lm_server(tiny_gpt_run):
+def feedback_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("feedback")
+
+
+@pytest.fixture(scope="module")
+def lm_server(tiny_gpt_run, feedback_dir):
   with server("--workdir", str(tiny_gpt_run), "--api_key", KEY, "--max_batch", "8",
-              "--max_wait_ms", "50") as url:
+              "--max_wait_ms", "50", "--feedback_dir", str(feedback_dir)) as url:
     yield url
 
 
@@ -223,3 +230,45 @@ def test_classifier_bundle_serving_and_reload_without_dropping_requests(
                      headers=AUTH)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "source"
     assert httpx.get(f"{url}/health").json()["trained_steps"] == 40
+
+
+def test_answers_and_feedback_are_logged_as_a_dataset(lm_server, feedback_dir):
+  two = complete(lm_server, prompt="import ", max_tokens=6, temperature=1.0, n=2, seed=3)
+  one = complete(lm_server, prompt="def ", max_tokens=4, temperature=0.0)
+  send = lambda **body: httpx.post(f"{lm_server}/v1/feedback", json=body, headers=AUTH)
+  assert send(id=one["id"], rating=1).json()["status"] == "recorded"
+  assert send(id=two["id"], index=1, rating=-1, correction="import os").status_code == 200
+  for body, param in [({"id": "cmpl-unknown", "rating": 1}, "id"),
+                      ({"id": one["id"], "index": 1, "rating": 1}, "index"),
+                      ({"id": one["id"], "rating": 2}, "rating"),
+                      ({"id": one["id"]}, "rating"),
+                      ({"id": one["id"], "rating": 1, "extra": 0}, "extra")]:
+    response = send(**body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, body
+  found = feedback.examples(feedback.read_records(feedback_dir))
+  assert found[one["id"]] == {"prompt": "def ", "answer": one["choices"][0]["text"],
+                              "rating": 1.0}
+  assert found[f"{two['id']}:1"] == {"prompt": "import ", "answer": "import os",
+                                     "rating": -1.0}
+  assert f"{two['id']}" not in found  # choice 0 was never rated
+
+
+def test_a_registry_server_follows_promotions(tiny_classifier_runs, tmp_path):
+  first, second = tiny_classifier_runs
+  registry = tmp_path / "registry"
+  decision = lambda run: {"promoted": True, "candidate": str(run), "candidate_step": 0,
+                          "candidate_metrics": {}}
+  promote.record(str(registry), decision(first))
+  with server("--registry", str(registry), "--feedback_dir", str(tmp_path / "fb")) as url:
+    assert httpx.get(f"{url}/health").json()["trained_steps"] == 5
+    answer = httpx.post(f"{url}/v1/classify", json={"input": [[0.5, 0.5]]}).json()
+    assert httpx.post(f"{url}/v1/feedback", json={"id": answer["id"], "rating": 1}
+                      ).status_code == 200
+    promote.record(str(registry), decision(second))
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{url}/health").json()["source"] != str(second):
+      assert time.monotonic() < deadline, "the promoted run was not swapped in"
+      time.sleep(0.5)
+    assert httpx.get(f"{url}/health").json()["trained_steps"] == 40
+    records = feedback.read_records(tmp_path / "fb")
+    assert [r["kind"] for r in records] == ["classification", "feedback"]

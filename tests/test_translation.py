@@ -4,6 +4,7 @@ wiring against sacrebleu called directly, and the seq2seq task end to end."""
 import json
 
 import flax.linen as nn
+import httpx
 import jax
 import ml_collections
 import numpy as np
@@ -154,3 +155,25 @@ def test_train_eval_and_translate_from_the_command_line(tfds_dir, tmp_path):
   translated = run("sample", tmp_path, "--prompt", "Ein Mann fährt Fahrrad.")
   assert translated.returncode == 0, translated.stderr
   assert "Ein Mann fährt Fahrrad." in translated.stdout
+
+  # The exported bundle (encoder + beam search over the decoder's KV cache, one program)
+  # translates as the framework does, without bigflax; so does a server on it.
+  from test_export import export, framework_model, run_blocked
+  from test_serve import server
+  bundle = tmp_path / "bundle"
+  assert export(tmp_path, bundle)["task"] == "seq2seq"
+  sentences = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", ""]
+  out = run_blocked(bundle, {"inputs": sentences}, tmp_path)
+  config, tokenizer, model, params = framework_model(tmp_path)
+  source, source_mask = pipeline.frame_sentences(
+      tokenizer.encode_batch(sentences), config.data.seq_len, bos_id=tokenizer.bos_id,
+      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  expected = seq2seq.predict_fn(model, config, tokenizer, params,
+                                {"source": source, "source_mask": source_mask})
+  assert out["ids"] == np.asarray(expected).tolist()
+  assert out["translations"] == [seq2seq.detokenize(tokenizer, row) for row in out["ids"]]
+  with server("--bundle", str(bundle)) as url:
+    response = httpx.post(f"{url}/v1/translate", json={"input": sentences}, timeout=120)
+    assert [d["translation"] for d in response.json()["data"]] == out["translations"]
+    wrong = httpx.post(f"{url}/v1/completions", json={"prompt": "a"}, timeout=60)
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "url"

@@ -174,6 +174,16 @@ def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, t
     assert f"f1/class_{c}=" in evaluated.stdout
   assert (tmp_path / "p7" / "eval_test_40_confusion.png").read_bytes().startswith(b"\x89PNG")
 
+  # The exported bundle (forward pass over uint8 images) equals the framework's logits.
+  from test_export import export, framework_model, run_blocked
+  card = export(tmp_path / "p7", tmp_path / "bundle")
+  assert card["task"] == "classify" and card["trained_steps"] == 40
+  images = np.random.RandomState(0).randint(0, 256, (3, 28, 28, 1)).astype(np.uint8)
+  out = run_blocked(tmp_path / "bundle", {"inputs": images.tolist()}, tmp_path)
+  _, _, model, params = framework_model(tmp_path / "p7")
+  np.testing.assert_allclose(out["logits"], model.apply({"params": params}, images),
+                             atol=1e-5)
+
   # Patch 4 instead of 7: a 7x7 grid of positions initialised from the 4x4 one.
   finetuned = run("train", tmp_path / "p4", *tiny_flags, "--config.model.patch_size=4",
                   f"--config.init_from={tmp_path / 'p7'}", "--config.init_new=^patch_embed/",

@@ -1,8 +1,9 @@
 """TFDS builder: what users sent back to a served model, as fine-tuning examples.
 
-`bigflax serve --feedback_dir DIR` appends JSON lines to DIR/*.jsonl:
-  {"id": ..., "kind": "completion", "prompt": ..., "completion": ...}   every answer given
-  {"id": ..., "kind": "feedback", "rating": 1 | -1, "correction": "..."}  what a user said
+`bigflax serve --feedback_dir DIR` appends JSON lines to DIR/*.jsonl (`infer/feedback_log`):
+  {"id", "index", "kind": "completion", "prompt", "completion"}       every answer given
+  {"id", "index", "kind": "feedback", "rating": 1 | -1, "correction"}  what a user said
+"index" is the choice of a request that asked for several (n > 1); absent means 0.
 A completion becomes an example (`prompt`, `answer`) when its latest feedback gives a
 correction (the answer is the correction) or a positive rating (the answer is the model's
 own completion); unrated and negatively rated completions are left out. Split by a hash
@@ -19,14 +20,20 @@ import tensorflow_datasets as tfds
 VALIDATION_FRACTION = 0.1
 
 
+def key(record: dict) -> str:
+  """One answer's name: its request's id, and the choice when there were several."""
+  index = record.get("index", 0)
+  return f"{record['id']}:{index}" if index else record["id"]
+
+
 def examples(records) -> dict[str, dict]:
-  """{id: {prompt, answer, rating}} of the completions the feedback approves or corrects."""
+  """{key: {prompt, answer, rating}} of the completions the feedback approves or corrects."""
   completions, feedback = {}, {}
   for record in records:
     if record.get("kind") == "completion":
-      completions[record["id"]] = record
+      completions[key(record)] = record
     elif record.get("kind") == "feedback":
-      feedback[record["id"]] = record  # the latest word counts
+      feedback[key(record)] = record  # the latest word counts
   result = {}
   for id_, said in feedback.items():
     if id_ not in completions:

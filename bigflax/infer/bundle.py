@@ -8,6 +8,7 @@ runs where bigflax is not installed:
   model = load_bundle.load("BUNDLE")
   model.complete(["def parse("], max_new_tokens=50)       # task "lm": texts
   model.classify(["a gorgeous film"])                      # task "classify": probabilities
+  model.translate(["Ein Mann fährt Fahrrad."])             # task "seq2seq": texts
 
 It must import nothing from bigflax. The bigflax server runs workdirs through the same
 `Bundle` class, with the framework's functions jitted in place of the deserialised ones.
@@ -161,21 +162,29 @@ class Bundle:
 
   # ------------------------------------------------------------ task "classify"
 
-  def classify_inputs(self, inputs, rows: int | None = None) -> tuple:
-    """The forward pass's arrays for texts ([bos] ids [eos] + padding, as bigflax frames
-    sentences) or feature vectors, the batch padded to `rows`."""
-    rows = rows or len(inputs)
-    if self.meta["input"] == "features":
-      features = np.zeros((rows, self.meta["num_features"]), np.float32)
-      features[:len(inputs)] = np.asarray(inputs, np.float32).reshape(len(inputs), -1)
-      return (features,)
+  def frame(self, texts: list[str], rows: int | None = None) -> tuple:
+    """Texts as bigflax frames sentences: [bos] ids [eos] + padding to meta's seq_len,
+    (tokens, mask), the batch padded to `rows`."""
     seq_len = self.meta["seq_len"]
-    tokens = np.full((rows, seq_len), self.meta["pad_id"], np.int32)
-    mask = np.zeros((rows, seq_len), np.int32)
-    for i, text in enumerate(inputs):
+    tokens = np.full((rows or len(texts), seq_len), self.meta["pad_id"], np.int32)
+    mask = np.zeros(tokens.shape, np.int32)
+    for i, text in enumerate(texts):
       ids = [self.meta["bos_id"]] + self.tokenizer.encode(text)[:seq_len - 2] + [
           self.meta["eos_id"]]
       tokens[i, :len(ids)], mask[i, :len(ids)] = ids, 1
+    return tokens, mask
+
+  def classify_inputs(self, inputs, rows: int | None = None) -> tuple:
+    """The forward pass's arrays for texts, feature vectors or images (uint8 pixels,
+    (H, W) or (H, W, C)), the batch padded to `rows`."""
+    rows = rows or len(inputs)
+    if self.meta["input"] in ("features", "image"):
+      shape = self.meta["input_shape"]
+      dtype = np.float32 if self.meta["input"] == "features" else np.uint8
+      arrays = np.zeros((rows, *shape), dtype)
+      arrays[:len(inputs)] = np.asarray(inputs).reshape(len(inputs), *shape)
+      return (arrays,)
+    tokens, mask = self.frame(inputs, rows)
     return tokens, np.zeros_like(tokens), mask
 
   def logits(self, inputs, rows: int | None = None) -> np.ndarray:
@@ -184,6 +193,23 @@ class Bundle:
   def classify(self, inputs) -> np.ndarray:
     """Class probabilities (N, len(meta['labels'])) for texts or feature vectors."""
     return probabilities(self.logits(inputs))
+
+
+  # ------------------------------------------------------------ task "seq2seq"
+
+  def translate_ids(self, texts: list[str], rows: int | None = None) -> np.ndarray:
+    """Target ids (rows, max_decode_len) of each text, by the run's beam search."""
+    return np.asarray(self.call("translate", *self.frame(texts, rows)))[:len(texts)]
+
+  def translate(self, texts: list[str]) -> list[str]:
+    return [self.detokenize(row) for row in self.translate_ids(texts)]
+
+  def detokenize(self, ids) -> str:
+    """Text of the ids up to the first eos."""
+    ids = list(ids)
+    if self.meta["eos_id"] in ids:
+      ids = ids[:ids.index(self.meta["eos_id"])]
+    return self.tokenizer.decode(ids)
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

@@ -82,8 +82,9 @@ def model_card(config, params, workdir: str, step: int, functions: dict) -> dict
 
 def readme(card: dict) -> str:
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "none logged"
-  usage = ('model.complete(["def parse("], max_new_tokens=50, temperature=0.8)'
-           if card["task"] == "lm" else 'model.classify(["an input"])')
+  usage = {"lm": 'model.complete(["def parse("], max_new_tokens=50, temperature=0.8)',
+           "seq2seq": 'model.translate(["a sentence"])'}.get(card["task"],
+                                                              'model.classify([an_input])')
   return (f"# bigflax bundle: {card['task']} model\n\n"
           f"{card['parameters']:,} parameters ({card['model'].get('name')}), trained "
           f"{card['trained_steps']} steps on {card['data']}.\n"

@@ -1,8 +1,12 @@
 """HTTP serving of a `bundle.Bundle` (an exported bundle or a run's latest checkpoint).
 
 FastAPI + uvicorn. Endpoints: POST /v1/completions (task "lm", OpenAI-style, streaming as
-server-sent events), POST /v1/classify (task "classify"), GET /health, GET /metrics
-(Prometheus), POST /admin/reload (swap in a new model between batches).
+server-sent events), POST /v1/classify (task "classify"), POST /v1/translate (task
+"seq2seq"), GET /health, GET /metrics
+(Prometheus), POST /admin/reload (swap in a new model between batches). With a feedback
+directory, every answer is logged and POST /v1/feedback records a user's rating or
+correction of one (`feedback_log`); with a registry, the server follows its served.json
+(`bigflax promote`) and swaps in each newly promoted run.
 
 Requests go into one queue. A worker thread takes up to `max_batch` rows (prompts x n, or
 inputs), waiting at most `max_wait_ms` for more after the first, pads them to one of a few
@@ -12,8 +16,10 @@ each token as it comes and rows stop at eos, a stop string or max_tokens.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import os
 import queue
 import secrets
 import threading
@@ -27,7 +33,9 @@ import prometheus_client as prom
 import pydantic
 import uvicorn
 
+from bigflax import promote
 from bigflax.infer import bundle as bundle_lib
+from bigflax.infer import feedback_log
 
 MAX_STOPS = 4
 MIN_PROMPT_BUCKET = 16  # prompt lengths are padded to 16, 32, 64, ... tokens
@@ -50,8 +58,24 @@ class CompletionRequest(pydantic.BaseModel):
 
 
 class ClassifyRequest(pydantic.BaseModel):
+  """Texts, feature vectors or images (pixel rows, 0-255), as the classifier takes."""
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-  input: str | list[str] | list[list[float]] = pydantic.Field(min_length=1)
+  input: str | list[str] | list[list[Any]] = pydantic.Field(min_length=1)
+
+
+class TranslateRequest(pydantic.BaseModel):
+  model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+  input: str | list[str] = pydantic.Field(min_length=1)
+
+
+class FeedbackRequest(pydantic.BaseModel):
+  """A user's word on one answer: the response's id (and choice index), a rating of +1
+  (good) or -1 (bad), and optionally the answer they wanted."""
+  model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+  id: str
+  index: int = pydantic.Field(0, ge=0)
+  rating: int = pydantic.Field(ge=-1, le=1)
+  correction: str | None = None
 
 
 class RequestError(Exception):
@@ -66,7 +90,7 @@ class RequestError(Exception):
 class Job:
   """One request in the queue. `emit(event)` hands events to the request's handler (from
   the worker thread); the last event has "done" or "error"."""
-  rows: list  # prompt ids per row (lm), inputs (classify)
+  rows: list  # prompt ids per row (lm), inputs (classify), texts (seq2seq)
   emit: Callable[[dict], None]
   max_tokens: int = 0
   temperature: float = 0.0
@@ -140,9 +164,12 @@ class Batcher:
     """Compiles every batch shape the worker can meet, so no request waits for jit."""
     model = self.model
     for rows in sorted({bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}):
-      if model.task != "lm":
-        example = ("" if model.meta["input"] == "text" else [0.0] * model.meta["num_features"])
-        model.logits([example], rows=rows)
+      if model.task == "seq2seq":
+        model.translate_ids([""], rows=rows)
+        continue
+      if model.task == "classify":
+        text = model.meta["input"] == "text"
+        model.logits(["" if text else np.zeros(model.meta["input_shape"])], rows=rows)
         continue
       max_len = model.meta["max_len"]
       for length in sorted({self.prompt_bucket(n) for n in range(1, max_len)}):
@@ -168,11 +195,10 @@ class Batcher:
     while True:
       batch = self._next_batch()
       model = self.model
+      run_batch = {"lm": self._generate, "classify": self._classify,
+                   "seq2seq": self._translate}[model.task]
       try:
-        if model.task == "lm":
-          self._generate(model, batch)
-        else:
-          self._classify(model, batch)
+        run_batch(model, batch)
       except Exception as e:  # pylint: disable=broad-except
         for job in batch:  # the server keeps serving; these requests get a 500
           job.emit({"error": f"{type(e).__name__}: {e}"})
@@ -186,6 +212,14 @@ class Batcher:
     start = 0
     for job in batch:
       job.emit({"done": probs[start:start + len(job.rows)]})
+      start += len(job.rows)
+
+  def _translate(self, model, batch: list[Job]):
+    texts = [x for job in batch for x in job.rows]
+    ids = model.translate_ids(texts, rows=bucket(len(texts), self.max_batch))
+    start = 0
+    for job in batch:
+      job.emit({"done": [model.detokenize(row) for row in ids[start:start + len(job.rows)]]})
       start += len(job.rows)
 
   def _generate(self, model, batch: list[Job]):
@@ -283,25 +317,99 @@ async def parse(request: fastapi.Request, schema: type[pydantic.BaseModel]):
     raise RequestError(params[0], "; ".join(dict.fromkeys(problems))) from e
 
 
+def check_inputs(meta: dict, inputs: list):
+  """RequestError naming "input" unless `inputs` are what the classifier takes."""
+  if meta["input"] == "text":
+    if not all(isinstance(x, str) for x in inputs):
+      raise RequestError("input", "this classifier takes text: a string or a list of "
+                         "strings")
+    return
+  shape = meta["input_shape"]
+  # A grayscale image may come without its channel axis.
+  shapes = [shape, shape[:-1]] if meta["input"] == "image" and shape[-1] == 1 else [shape]
+  what = ("feature vectors: a list of lists of {} numbers" if meta["input"] == "features"
+          else "images: a list of {} arrays of pixel values 0-255")
+  try:
+    array = np.asarray(inputs, np.float64)
+  except (ValueError, TypeError):
+    array = None
+  if array is None or list(array.shape[1:]) not in shapes or (
+      meta["input"] == "image" and ((array < 0) | (array > 255)).any()):
+    raise RequestError("input", "this classifier takes " + what.format(
+        "x".join(map(str, shape))))
+
+
 def error_response(status: int, message: str, param: str | None = None):
   return responses.JSONResponse(status_code=status, content={"error": {
       "message": message, "type": "invalid_request_error" if status < 500 else "server_error",
       "param": param}})
 
 
-def make_app(load: Callable[[str], bundle_lib.Bundle], source: str, *, api_key=None,
+def served_source(registry: str) -> str:
+  """The run the registry's served.json names; a clear error when there is none yet."""
+  entry = promote.served(registry)
+  if not entry:
+    raise FileNotFoundError(f"--registry={registry} has no {promote.SERVED} yet: promote a "
+                            f"run first (bigflax promote --registry {registry} ...).")
+  return entry["workdir"]
+
+
+def make_app(load: Callable[[str], bundle_lib.Bundle], source: str | None, *, api_key=None,
              max_batch: int = 8, max_wait_ms: float = 10.0, max_n: int | None = None,
-             warmup: bool = False):
+             warmup: bool = False, feedback_dir: str | None = None,
+             registry: str | None = None, poll_seconds: float = 2.0):
   """The FastAPI app serving `load(source)`; `load` is also what /admin/reload calls.
-  `warmup` compiles every batch shape before serving."""
+  `warmup` compiles every batch shape before serving. With a `registry`, serves `source`
+  or else the run its served.json names, checks the file every `poll_seconds` and swaps
+  in each run it comes to name."""
+  source = source or served_source(registry)
   metrics = Metrics()
   batcher = Batcher(load(source), max_batch, max_wait_ms, metrics)
   if warmup:
     batcher.warmup()
   max_n = max_n or max_batch
-  app = fastapi.FastAPI(title="bigflax")
-  app.state.batcher, app.state.source = batcher, source
+  log = feedback_log.FeedbackLog(feedback_dir) if feedback_dir else None
   reload_lock = asyncio.Lock()
+
+  async def swap(new_source: str):
+    """Loads a model aside, then swaps it in between two batches: requests in flight
+    finish on the old one."""
+    async with reload_lock:
+      model = await asyncio.to_thread(load, new_source)
+      if model.task != batcher.model.task:
+        raise ValueError(f"{new_source!r} holds a {model.task!r} model; this server serves "
+                         f"{batcher.model.task!r}")
+      batcher.model, app.state.source = model, new_source
+    return model
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app_):
+    del app_
+    watcher = asyncio.create_task(follow(registry)) if registry else None
+    yield
+    if watcher:
+      watcher.cancel()
+
+  async def follow(registry: str):
+    """Swaps in each run that served.json comes to name. A run that fails to load is
+    reported once and the served model stays."""
+    seen = promote.served(registry)
+    while True:
+      await asyncio.sleep(poll_seconds)
+      entry = promote.served(registry)
+      if not entry or entry == seen:
+        continue
+      seen = entry
+      try:
+        await swap(entry["workdir"])
+        print(f"bigflax: now serving {entry['workdir']} (promoted, step {entry.get('step')})",
+              flush=True)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"bigflax: cannot serve promoted run {entry['workdir']!r}, keeping "
+              f"{app.state.source!r}: {e}", flush=True)
+
+  app = fastapi.FastAPI(title="bigflax", lifespan=lifespan)
+  app.state.batcher, app.state.source = batcher, source
 
   @app.middleware("http")
   async def count_and_authorize(request: fastapi.Request, call_next):
@@ -372,10 +480,18 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str, *, api_key=N
     created, completion_id = int(time.time()), f"cmpl-{secrets.token_hex(12)}"
     header = {"id": completion_id, "object": "text_completion", "created": created,
               "model": model.info.get("source", "bigflax")}
+
+    def log_answers(texts):
+      if log:
+        log.write([{"id": completion_id, "index": i, "kind": "completion",
+                    "prompt": body.prompt, "completion": text, "source": app.state.source}
+                   for i, text in enumerate(texts)])
+
     if not body.stream:
       event = await final(events)
       if "error" in event:
         return error_response(500, event["error"])
+      log_answers([text for text, _ in event["done"]])
       return {**header, "usage": {**event["usage"], "total_tokens": sum(event["usage"].values())},
               "choices": [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
                           for i, (text, reason) in enumerate(event["done"])]}
@@ -387,6 +503,7 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str, *, api_key=N
           yield f"data: {json.dumps({'error': {'message': event['error']}})}\n\n"
           return
         if "done" in event:
+          log_answers([text for text, _ in event["done"]])
           yield "data: [DONE]\n\n"
           return
         for i, text, reason in event["delta"]:
@@ -401,14 +518,7 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str, *, api_key=N
     body = await parse(request, ClassifyRequest)
     model = batcher.model
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    text = model.meta["input"] == "text"
-    if text != isinstance(inputs[0], str):
-      raise RequestError("input", "this classifier takes " + (
-          "text: a string or a list of strings" if text else
-          f"features: a list of lists of {model.meta['num_features']} numbers"))
-    if not text and any(len(x) != model.meta["num_features"] for x in inputs):
-      raise RequestError("input", f"each feature vector needs {model.meta['num_features']} "
-                         f"numbers")
+    check_inputs(model.meta, inputs)
     if len(inputs) > max_batch:
       raise RequestError("input", f"{len(inputs)} inputs exceed this server's batch limit "
                          f"of {max_batch}")
@@ -417,9 +527,52 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str, *, api_key=N
     if "error" in event:
       return error_response(500, event["error"])
     labels = model.meta["labels"]
-    return {"object": "list", "data": [
-        {"index": i, "label": labels[int(np.argmax(p))],
-         "probabilities": dict(zip(labels, map(float, p)))} for i, p in enumerate(event["done"])]}
+    data = [{"index": i, "label": labels[int(np.argmax(p))],
+             "probabilities": dict(zip(labels, map(float, p)))}
+            for i, p in enumerate(event["done"])]
+    response_id = f"clf-{secrets.token_hex(12)}"
+    if log:
+      log.write([{"id": response_id, "index": d["index"], "kind": "classification",
+                  "input": x, "label": d["label"], "source": app.state.source}
+                 for x, d in zip(inputs, data)])
+    return {"id": response_id, "object": "list", "data": data}
+
+  @app.post("/v1/translate")
+  async def translate(request: fastapi.Request):
+    require_task("seq2seq")
+    body = await parse(request, TranslateRequest)
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if len(inputs) > max_batch:
+      raise RequestError("input", f"{len(inputs)} sentences exceed this server's batch "
+                         f"limit of {max_batch}")
+    _, events = await run_job(dict(rows=inputs))
+    event = await final(events)
+    if "error" in event:
+      return error_response(500, event["error"])
+    response_id = f"tr-{secrets.token_hex(12)}"
+    if log:
+      log.write([{"id": response_id, "index": i, "kind": "translation", "input": x,
+                  "translation": t, "source": app.state.source}
+                 for i, (x, t) in enumerate(zip(inputs, event["done"]))])
+    return {"id": response_id, "object": "list", "data": [
+        {"index": i, "translation": t} for i, t in enumerate(event["done"])]}
+
+  @app.post("/v1/feedback")
+  async def feedback(request: fastapi.Request):
+    if not log:
+      raise RequestError("url", "this server keeps no feedback: start it with "
+                         "--feedback_dir DIR")
+    body = await parse(request, FeedbackRequest)
+    wrong = log.answered(body.id, body.index)
+    if wrong == "id":
+      raise RequestError("id", f"no answer with id {body.id!r} was logged in "
+                         f"{os.path.dirname(log.path)}")
+    if wrong == "index":
+      raise RequestError("index", f"answer {body.id!r} has {log.answers[body.id]} "
+                         f"choice(s); index={body.index} is out of range")
+    log.write([{"id": body.id, "index": body.index, "kind": "feedback",
+                "rating": body.rating, "correction": body.correction}])
+    return {"status": "recorded", "id": body.id, "index": body.index}
 
   @app.get("/health")
   async def health():
@@ -439,28 +592,22 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str, *, api_key=N
 
   @app.post("/admin/reload")
   async def reload(request: fastapi.Request):
-    """Loads a model (e.g. a newly promoted run or bundle) aside, then swaps it in between
-    two batches; requests in flight finish on the old one."""
+    """Swaps in a model (e.g. a newly promoted run or bundle) without dropping requests."""
     body = await parse(request, ReloadRequest)
     source = body.source or app.state.source
-    async with reload_lock:
-      try:
-        model = await asyncio.to_thread(load, source)
-      except Exception as e:  # pylint: disable=broad-except
-        raise RequestError("source", f"cannot load {source!r}: {e}") from e
-      if model.task != batcher.model.task:
-        raise RequestError("source", f"{source!r} holds a {model.task!r} model; this server "
-                           f"serves {batcher.model.task!r}")
-      batcher.model, app.state.source = model, source
+    try:
+      model = await swap(source)
+    except Exception as e:  # pylint: disable=broad-except
+      raise RequestError("source", f"cannot serve {source!r}: {e}") from e
     return {"status": "reloaded", "source": source,
             "trained_steps": model.info.get("trained_steps")}
 
   return app
 
 
-def run(load: Callable[[str], Any], source: str, *, host: str = "127.0.0.1",
+def run(load: Callable[[str], Any], source: str | None, *, host: str = "127.0.0.1",
         port: int = 8000, **kwargs):
   app = make_app(load, source, **kwargs)
-  print(f"bigflax: serving {source} ({app.state.batcher.model.task}) on "
+  print(f"bigflax: serving {app.state.source} ({app.state.batcher.model.task}) on "
         f"http://{host}:{port}", flush=True)
   uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -27,11 +27,14 @@ def translate(model: nn.Module, params, source: jax.Array, source_mask: jax.Arra
     encoded, source_mask = (jnp.repeat(x, beam_size, axis=0) for x in (encoded, source_mask))
 
   def cache_shapes(rows):
+    like = lambda x: jax.ShapeDtypeStruct((rows, *x.shape[1:]), x.dtype)
     return jax.eval_shape(functools.partial(decoder.init, method="run_decoder"),
-                          jax.random.key(0), encoded[:rows], source_mask[:rows],
-                          jnp.zeros((rows, 1), jnp.int32))["cache"]
+                          jax.random.key(0), like(encoded), like(source_mask),
+                          jax.ShapeDtypeStruct((rows, 1), jnp.int32))["cache"]
 
-  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes(len(encoded)))
+  # shape[0], not len(): an export traces with a symbolic batch size.
+  batch_size = source.shape[0]
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes(encoded.shape[0]))
 
   def logits_fn(tokens, cache):
     logits, variables = decoder.apply(
@@ -42,8 +45,8 @@ def translate(model: nn.Module, params, source: jax.Array, source_mask: jax.Arra
   options = dict(max_len=max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
                  vocab_size=vocab_size)
   if beam_size == 1:
-    return search.greedy_search(logits_fn, cache, batch_size=len(source), **options)
+    return search.greedy_search(logits_fn, cache, batch_size=batch_size, **options)
   sequences, _ = search.beam_search(logits_fn, cache, search.cache_batch_axes(cache_shapes),
-                                    batch_size=len(source), beam_size=beam_size,
+                                    batch_size=batch_size, beam_size=beam_size,
                                     alpha=alpha, **options)
   return sequences[:, 0]

@@ -52,6 +52,9 @@ def batch_spec(config):
   spec = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct((rows, *shape), dtype)
   if config.data.name in synthetic.NAMES:
     return {"features": spec(2, dtype=jnp.float32), "label": spec()}
+  if config.data.name in pipeline.IMAGE_CLASSIFICATION:
+    image = init_inputs(config)[0]
+    return {"image": spec(*image.shape[1:], dtype=image.dtype), "label": spec()}
   length = config.data.seq_len
   return {"tokens": spec(length), "segments": spec(length), "mask": spec(length),
           "label": spec(), "weight": spec(dtype=jnp.float32)}
@@ -106,20 +109,25 @@ def finalize(totals):
 def serving(config, model, params, tokenizer):
   """What an export serialises and a server runs: ({name: (fn, example args)}, meta).
 
-  forward(params, features (b, F)) or forward(params, tokens, segments, mask (b, seq_len))
-  -> logits (b, classes), with the batch b symbolic.
+  forward(params, features (b, F)), forward(params, images (b, H, W, C) uint8) or
+  forward(params, tokens, segments, mask (b, seq_len)) -> logits (b, classes), with the
+  batch b symbolic.
   """
   b, = jax.export.symbolic_shape("b")
   arrays = [jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype) for x in init_inputs(config)
             if hasattr(x, "shape")]
-  names = ("features",) if config.data.name in synthetic.NAMES else ("tokens", "segments",
-                                                                      "mask")
+  if config.data.name in synthetic.NAMES:
+    names, meta = ("features",), {"input": "features"}
+  elif config.data.name in pipeline.IMAGE_CLASSIFICATION:
+    names, meta = ("image",), {"input": "image"}
+  else:
+    names = ("tokens", "segments", "mask")
+    meta = {"input": "text", "seq_len": config.data.seq_len, "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
+  if len(names) == 1:
+    meta["input_shape"] = list(arrays[0].shape[1:])
   forward = lambda params, *arrays: _logits(model, params, dict(zip(names, arrays)), {})
   num_classes = max(jax.eval_shape(forward, params, *arrays).shape[-1], 2)
-  meta = {"labels": list(pipeline.CLASS_NAMES.get(config.data.name, map(str, range(num_classes))))}
-  if names == ("features",):
-    meta.update(input="features", num_features=arrays[0].shape[1])
-  else:
-    meta.update(input="text", seq_len=config.data.seq_len, bos_id=tokenizer.bos_id,
-                eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  meta["labels"] = list(pipeline.CLASS_NAMES.get(config.data.name,
+                                                 map(str, range(num_classes))))
   return {"forward": (forward, (params, *arrays))}, meta

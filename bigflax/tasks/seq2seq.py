@@ -8,6 +8,7 @@ Task options (`config.task`): label_smoothing, beam_size (1 = greedy), length_pe
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -71,6 +72,23 @@ def predict_fn(model, config, tokenizer, params, batch):
       beam_size=config.task.beam_size, alpha=config.task.length_penalty,
       max_len=config.task.max_decode_len or config.data.seq_len, bos_id=tokenizer.bos_id,
       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, vocab_size=tokenizer.vocab_size)
+
+
+def serving(config, model, params, tokenizer):
+  """What an export serialises and a server runs: ({name: (fn, example args)}, meta).
+
+  translate(params, source, source_mask (b, seq_len)) -> target ids (b, max_decode_len):
+  the encoder, then the run's beam search over the decoder's KV cache, as one program (no
+  host round trip per decoded token). The batch b is symbolic.
+  """
+  b, = jax.export.symbolic_shape("b")
+  sources = jax.ShapeDtypeStruct((b, config.data.seq_len), jnp.int32)
+  translate_fn = lambda params, source, source_mask: predict_fn(
+      model, config, tokenizer, params, {"source": source, "source_mask": source_mask})
+  meta = {"seq_len": config.data.seq_len, "bos_id": tokenizer.bos_id,
+          "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
+          "beam_size": config.task.beam_size}
+  return {"translate": (translate_fn, (params, sources, sources))}, meta
 
 
 @functools.lru_cache(maxsize=4)
