@@ -558,10 +558,15 @@ def load_for_inference(workdir):
   return config, tokenizer, step, params, functions, meta
 
 
+def served_as(config) -> str:
+  """What a run is served as: its task's SERVED_AS (sft: "lm") or else the task's name."""
+  return getattr(tasks.get(config.task.name), "SERVED_AS", config.task.name)
+
+
 def export(workdir, out):
   config, _, step, params, functions, meta = load_for_inference(workdir)
   card = export_lib.write(out, config=config, workdir=workdir, step=step, params=params,
-                          functions=functions, meta=meta)
+                          functions=functions, meta=meta, task=served_as(config))
   print(f"bigflax: exported step {step} of {workdir} ({card['parameters']:,} parameters, "
         f"functions {sorted(functions)}) to {out}")
 
@@ -573,7 +578,7 @@ def load_served_model(source):
     return bundle_lib.load(source)
   config, tokenizer, step, params, functions, meta = load_for_inference(source)
   jitted = {name: jax.jit(fn) for name, (fn, _) in functions.items()}
-  return bundle_lib.Bundle(config.task.name, meta, jax.tree.map(jnp.asarray, params), jitted,
+  return bundle_lib.Bundle(served_as(config), meta, jax.tree.map(jnp.asarray, params), jitted,
                            tokenizer, info={"source": os.path.abspath(source),
                                             "trained_steps": step})
 

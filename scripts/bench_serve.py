@@ -4,8 +4,8 @@ dynamic batching (--max_batch) and without (max_batch=1).
   python scripts/bench_serve.py --workdir runs/gpt_tiny --clients 16 --duration 30
 
 Starts one server per setting on a free local port with --warmup (every batch shape
-compiled first), runs the clients for --warmup seconds unmeasured, then measures: requests/s, generated tokens/s, p50/p99 latency and
-errors. Prints a table and writes --out (JSON). A language model gets completion requests,
+compiled first), runs the clients for --warmup seconds unmeasured, then measures:
+requests/s, generated tokens/s, p50/p99 latency and errors. Prints a table and writes --out (JSON). A language model gets completion requests,
 a classifier classification requests.
 """
 

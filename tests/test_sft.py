@@ -113,3 +113,7 @@ def test_fine_tuning_learns_answers_not_questions(tfds_dir, tmp_path):
   assert train[25]["loss"] < train[1]["loss"] - 0.3
   validation = writers.read(str(tmp_path / "sft"), "validation")[25]
   assert {"perplexity", "accuracy", "recall/macro", "f1/macro"} <= set(validation)
+  # Served (and exported) as a language model whose prompts open with eos, as in training.
+  served = main.load_served_model(str(tmp_path / "sft"))
+  assert served.task == "lm" and served.meta["prompt_prefix"] == [served.meta["eos_id"]]
+  assert isinstance(served.complete(["Q: What does json.dumps do?\nA:"], 4)[0], str)

@@ -80,10 +80,10 @@ def model_card(config, params, workdir: str, step: int, functions: dict) -> dict
   }
 
 
-def readme(card: dict) -> str:
+def readme(card: dict, task: str) -> str:
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "none logged"
   usage = {"lm": 'model.complete(["def parse("], max_new_tokens=50, temperature=0.8)',
-           "seq2seq": 'model.translate(["a sentence"])'}.get(card["task"],
+           "seq2seq": 'model.translate(["a sentence"])'}.get(task,
                                                               'model.classify([an_input])')
   return (f"# bigflax bundle: {card['task']} model\n\n"
           f"{card['parameters']:,} parameters ({card['model'].get('name')}), trained "
@@ -98,10 +98,11 @@ def readme(card: dict) -> str:
 
 
 def write(out: str, *, config, workdir: str, step: int, params, functions: dict,
-          meta: dict) -> dict:
+          meta: dict, task: str) -> dict:
   """Writes the bundle into the new directory `out`; returns its model card.
 
-  `functions` and `meta` come from the task's `serving`; each function is exported with
+  `task` is what the bundle serves as ("lm" for a fine-tuned LM); `functions` and `meta`
+  come from the task's `serving`; each function is exported with
   its example arguments. The bundle appears whole or not at all (written aside, renamed).
   """
   if os.path.exists(out) and os.listdir(out):
@@ -118,14 +119,14 @@ def write(out: str, *, config, workdir: str, step: int, params, functions: dict,
   if os.path.isdir(tokenizer_dir):
     shutil.copytree(tokenizer_dir, os.path.join(staging, "tokenizer"))
   card = model_card(config, params, workdir, step, exported)
-  files = {"bundle.json": {"task": config.task.name, "functions": sorted(exported),
+  files = {"bundle.json": {"task": task, "functions": sorted(exported),
                            "meta": meta},
            "config.json": json.loads(config.to_json()), "model_card.json": card}
   for name, content in files.items():
     with open(os.path.join(staging, name), "w") as f:
       json.dump(content, f, indent=2)
   with open(os.path.join(staging, "README.md"), "w") as f:
-    f.write(readme(card))
+    f.write(readme(card, task))
   shutil.copy(bundle.__file__, os.path.join(staging, LOADER))
   if os.path.exists(out):
     os.rmdir(out)
