@@ -11,5 +11,5 @@ from experiments import gpt2_small
 def get_config(arg=None):
   del arg
   config = gpt2_small.get_config("medium")
-  config.train.microbatches = 4  # 512 x 1024 tokens in one pass overflow a v5e chip's 16 GiB
+  config.train.microbatches = 4  # 512 x 1024 tokens in one pass overflow a v5e's 16 GiB
   return config
