@@ -4,7 +4,7 @@ The trainer's own train step (same function, state shardings, mesh rules and jit
 compiled ahead of time for the slice's devices: libtpu compiles for a named topology with
 no TPU present. Memory, FLOPs and collectives are read off that compile; nothing is
 allocated. When the config does not fit, the knobs that exist (FSDP over more devices,
-remat, microbatches, a smaller batch) are tried and the first layouts that fit are listed.
+remat, microbatches, a smaller batch) are tried and layouts that fit are listed.
 """
 
 import copy
@@ -259,23 +259,27 @@ def measure(config, devices, chip, num_chips, build) -> dict:
   return report
 
 
+FSDP = dict(data=1, fsdp=-1, tensor=1)
+REMATS = ("none", "dots", "dots_no_batch", "full")  # ever less saved for the backward pass
+
+
 def candidates(config, num_devices):
   """Layouts to try when `config` does not fit, least change first, as dotted config
   overrides: FSDP over every device, then microbatches, then stronger remat; a smaller
   batch last, since it changes the optimisation."""
   batch = config.data.global_batch_size
-  fsdp = dict(data=1, fsdp=-1, tensor=1)
-  remats = [config.model.get("remat", "none")]
-  remats += [r for r in ("dots_no_batch", "full") if r not in remats]
+  remat = config.model.get("remat", "none")
+  remats = [remat] + [r for r in ("dots_no_batch", "full")
+                      if REMATS.index(r) > REMATS.index(remat)]
   layouts = []
   for remat in remats:
     for microbatches in (1, 2, 4, 8, 16):
       if batch % microbatches == 0 and (batch // microbatches) % num_devices == 0:
-        layouts.append({"mesh.shape": fsdp, "model.remat": remat,
+        layouts.append({"mesh.shape": FSDP, "model.remat": remat,
                         "train.microbatches": microbatches})
   for divisor in (2, 4, 8):
     if batch % divisor == 0 and (batch // divisor) % num_devices == 0:
-      layouts.append({"mesh.shape": fsdp, "model.remat": remats[-1],
+      layouts.append({"mesh.shape": FSDP, "model.remat": remats[-1],
                       "data.global_batch_size": batch // divisor})
   return layouts
 
@@ -299,20 +303,42 @@ def same_layout(config, overrides) -> bool:
   return all(current.get(k) == v for k, v in overrides.items())
 
 
+def state_per_device(config, devices, build) -> int:
+  """Bytes of parameters and optimizer state one device holds: from abstract shapes and
+  shardings, nothing compiled."""
+  state = build(config, partitioning.make_mesh(config.mesh.shape, devices=devices))[0]
+  return per_device_bytes(state.params) + per_device_bytes(state.opt_state)
+
+
 def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=8,
             measured=None):
-  """The first `limit` candidate layouts that fit, each compiled for real. A layout whose
-  temporaries, scaled down from an out-of-memory compile with fewer microbatches, would
-  clearly still not fit is skipped without compiling."""
+  """Up to `limit` candidate layouts that fit, each compiled for real, listed least change
+  first. The strongest microbatch layout (strongest remat, most microbatches) is compiled
+  first, then the others in candidate order: it is the likeliest to fit, so one compile
+  finds a first suggestion, and when it does not fit no other microbatch layout is tried
+  (each needs at least as much memory; a full compile of a near miss takes minutes). A
+  layout whose temporaries, scaled down from an out-of-memory compile with fewer
+  microbatches, would clearly still not fit is skipped without compiling."""
+  layouts = candidates(config, len(devices))
+  capacity = chip.hbm_bytes * num_chips / len(devices)
+  # Every candidate is FSDP over all devices: if its state alone overflows, none fits.
+  if state_per_device(with_overrides(config, {"mesh.shape": FSDP}), devices,
+                      build) > capacity:
+    return []
+  microbatched = [layout for layout in layouts if "train.microbatches" in layout]
+  strongest = microbatched[-1:]
   found, compiles, out_of_memory = [], 0, {}  # remat -> (microbatches, temporaries, free)
   if measured and measured["memory_per_device"].get("temporaries") and same_layout(
-      config, {"mesh.shape": dict(data=1, fsdp=-1, tensor=1)}):
+      config, {"mesh.shape": FSDP}):
     memory = measured["memory_per_device"]
     out_of_memory[measured["remat"]] = (measured["microbatches"], memory["temporaries"],
                                         memory["capacity"] - memory["parameters"]
                                         - memory["optimizer_state"])
-  for overrides in candidates(config, len(devices)):
+  strongest_fails = bool(strongest) and same_layout(config, strongest[0])
+  for overrides in strongest + [layout for layout in layouts if layout not in strongest]:
     if same_layout(config, overrides) or compiles == max_compiles:
+      continue
+    if strongest_fails and overrides in microbatched:
       continue
     remat, microbatches = overrides["model.remat"], overrides.get("train.microbatches")
     if remat in out_of_memory and microbatches:
@@ -328,14 +354,17 @@ def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=8,
     memory = result["memory_per_device"]
     if result["fits"]:
       changed = {k: v for k, v in overrides.items() if not same_layout(config, {k: v})}
-      found.append({"overrides": flags_of(changed), "memory_per_device": memory["total"],
-                    "step_time": result["roofline"]["step_time"]})
+      found.append((layouts.index(overrides), {
+          "overrides": flags_of(changed), "memory_per_device": memory["total"],
+          "step_time": result["roofline"]["step_time"]}))
       if len(found) == limit:
         break
-    elif memory.get("temporaries") and microbatches:
-      free = memory["capacity"] - memory["parameters"] - memory["optimizer_state"]
-      out_of_memory[remat] = (microbatches, memory["temporaries"], free)
-  return found
+    else:
+      strongest_fails |= overrides in strongest
+      if memory.get("temporaries") and microbatches:
+        free = memory["capacity"] - memory["parameters"] - memory["optimizer_state"]
+        out_of_memory[remat] = (microbatches, memory["temporaries"], free)
+  return [suggestion for _, suggestion in sorted(found, key=lambda x: x[0])]
 
 
 def flags_of(overrides: dict) -> list[str]:
