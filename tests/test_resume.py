@@ -40,9 +40,7 @@ def wait_for(predicate, proc, timeout=240):
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run(tfds_dir, tmp_path):
-  reference = run("train", tmp_path / "reference", *args(tfds_dir))
-  assert reference.returncode == 0, reference.stdout + reference.stderr
-
+  reference = start("train", tmp_path / "reference", *args(tfds_dir))  # alongside, for time
   workdir = tmp_path / "killed"
   proc = start("train", workdir, *args(tfds_dir))
   checkpoints = workdir / "checkpoints"
@@ -57,6 +55,8 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tfds_dir, tmp_path):
   resumed = run("train", workdir, *args(tfds_dir))
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert "restored the checkpoint of step" in resumed.stdout
+  output = reference.communicate(timeout=300)[0]
+  assert reference.returncode == 0, output[-3000:]
 
   assert losses(workdir) == losses(tmp_path / "reference")  # exact, every step
   want, got = final_params(tmp_path / "reference"), final_params(workdir)
