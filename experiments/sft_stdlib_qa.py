@@ -42,7 +42,7 @@ def get_config(arg=None):
   if arg == "feedback":
     config.init_from = "runs/sft_qa"
     config.data.update(name="feedback", source_dir="runs/feedback", replay_name="stdlib_qa",
-                       replay_fraction=0.5, global_batch_size=8)
-    config.optim.update(lr=2e-4, warmup_steps=5)
-    config.train.update(num_steps=50, eval_every=0, checkpoint_every=50)
+                       replay_fraction=0.5)
+    config.optim.update(warmup_steps=10)
+    config.train.update(num_steps=60, eval_every=0, checkpoint_every=60)
   return config

@@ -579,6 +579,7 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str | None, *, ap
     model = batcher.model
     return {"status": "ok", "task": model.task, "source": app.state.source,
             "trained_steps": model.info.get("trained_steps"),
+            "context": model.meta.get("max_len"),  # LMs: prompt + max_tokens must fit
             "queued": batcher.queue.qsize()}
 
   @app.get("/metrics")
