@@ -9,11 +9,18 @@ library answered by its docstrings (data/stdlib_qa.py), loss on answer tokens on
 
 `--config.init_from=DIR` starts from another pretrained run (same byte tokenizer).
 `:lora` trains rank-8 adapters on every attention and MLP projection instead (the base
-weights stay frozen; at 1.5 % of the parameters it needs a higher learning rate).
+weights stay frozen; 147,456 adapter weights, 4.4 % of the model, need a higher learning
+rate).
+
+Measured (validation split, answer tokens, 300 steps from the 250-step gpt_tiny, ~6 min
+each on 2 cores): full fine-tuning loss 2.173, perplexity 8.78, accuracy 36.4 %, macro
+recall 0.117, macro F1 0.111; LoRA loss 2.338, perplexity 10.36, accuracy 32.3 %, macro
+recall 0.087, macro F1 0.072.
 
 `:feedback` continues the fine-tuned run on what users sent back to `bigflax serve
 --feedback_dir runs/feedback` (approved or corrected answers), mixed half and half with
-replayed stdlib questions so the old skills stay; then `bigflax promote` decides:
+replayed stdlib questions so the old skills stay; then `bigflax promote` decides
+(scripts/feedback_loop.py runs the whole loop):
 
   python -m bigflax train --config experiments/sft_stdlib_qa.py:feedback \
       --workdir runs/sft_qa_feedback
