@@ -264,6 +264,9 @@ def test_a_registry_server_follows_promotions(tiny_classifier_runs, tmp_path):
     answer = httpx.post(f"{url}/v1/classify", json={"input": [[0.5, 0.5]]}).json()
     assert httpx.post(f"{url}/v1/feedback", json={"id": answer["id"], "rating": 1}
                       ).status_code == 200
+    (registry / promote.SERVED).write_text("{half a file")  # a hand edit gone wrong
+    time.sleep(3)
+    assert httpx.get(f"{url}/health").json()["source"] == str(first)
     promote.record(str(registry), decision(second))
     deadline = time.monotonic() + 120
     while httpx.get(f"{url}/health").json()["source"] != str(second):

@@ -393,19 +393,29 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str | None, *, ap
   async def follow(registry: str):
     """Swaps in each run that served.json comes to name. A run that fails to load is
     reported once and the served model stays."""
-    seen = promote.served(registry)
+    def read():
+      try:
+        return promote.served(registry)
+      except (OSError, ValueError) as e:  # a hand-edited file: say so, keep serving
+        return {"error": str(e)}
+
+    seen = read()
     while True:
       await asyncio.sleep(poll_seconds)
-      entry = promote.served(registry)
+      entry = read()
       if not entry or entry == seen:
         continue
       seen = entry
+      if "error" in entry:
+        print(f"bigflax: cannot read {registry}/{promote.SERVED}, keeping "
+              f"{app.state.source!r}: {entry['error']}", flush=True)
+        continue
       try:
         await swap(entry["workdir"])
         print(f"bigflax: now serving {entry['workdir']} (promoted, step {entry.get('step')})",
               flush=True)
       except Exception as e:  # pylint: disable=broad-except
-        print(f"bigflax: cannot serve promoted run {entry['workdir']!r}, keeping "
+        print(f"bigflax: cannot serve promoted run {entry.get('workdir')!r}, keeping "
               f"{app.state.source!r}: {e}", flush=True)
 
   app = fastapi.FastAPI(title="bigflax", lifespan=lifespan)
