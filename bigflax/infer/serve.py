@@ -2,11 +2,10 @@
 
 FastAPI + uvicorn. Endpoints: POST /v1/completions (task "lm", OpenAI-style, streaming as
 server-sent events), POST /v1/classify (task "classify"), POST /v1/translate (task
-"seq2seq"), GET /health, GET /metrics
-(Prometheus), POST /admin/reload (swap in a new model between batches). With a feedback
-directory, every answer is logged and POST /v1/feedback records a user's rating or
-correction of one (`feedback_log`); with a registry, the server follows its served.json
-(`bigflax promote`) and swaps in each newly promoted run.
+"seq2seq"), GET /health, GET /metrics (Prometheus), POST /admin/reload (swap in a new model
+between batches). With a feedback directory, every answer is logged and POST /v1/feedback
+records a user's rating or correction of one (`feedback_log`); with a registry, the server
+follows its served.json (`bigflax promote`) and swaps in each newly promoted run.
 
 Requests go into one queue. A worker thread takes up to `max_batch` rows (prompts x n, or
 inputs), waiting at most `max_wait_ms` for more after the first, pads them to one of a few
