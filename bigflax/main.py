@@ -584,7 +584,11 @@ def load_served_model(source):
 
 
 def serve_command(source):
-  from bigflax.infer import serve  # pylint: disable=import-outside-toplevel
+  try:
+    from bigflax.infer import serve  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UsageError(f"serve needs the HTTP libraries ({e.name} is missing): "
+                     f"pip install -e '.[serve]'") from e
   serve.run(load_served_model, source, host=FLAGS.host, port=FLAGS.port,
             api_key=FLAGS.api_key, max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
             warmup=FLAGS.warmup, feedback_dir=FLAGS.feedback_dir, registry=FLAGS.registry)
