@@ -181,8 +181,18 @@ def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, t
   images = np.random.RandomState(0).randint(0, 256, (3, 28, 28, 1)).astype(np.uint8)
   out = run_blocked(tmp_path / "bundle", {"inputs": images.tolist()}, tmp_path)
   _, _, model, params = framework_model(tmp_path / "p7")
-  np.testing.assert_allclose(out["logits"], model.apply({"params": params}, images),
-                             atol=1e-5)
+  logits = model.apply({"params": params}, images)
+  np.testing.assert_allclose(out["logits"], logits, atol=1e-5)
+  # Served: grayscale images may come without their channel axis.
+  import httpx
+  from test_serve import server
+  with server("--bundle", str(tmp_path / "bundle")) as url:
+    answer = httpx.post(f"{url}/v1/classify", json={"input": images[..., 0].tolist()},
+                        timeout=60).json()
+    assert [d["label"] for d in answer["data"]] == [
+        report["confusion_matrix"]["classes"][i] for i in np.argmax(logits, -1)]
+    bad = httpx.post(f"{url}/v1/classify", json={"input": [[[300] * 28] * 28]}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
 
   # Patch 4 instead of 7: a 7x7 grid of positions initialised from the 4x4 one.
   finetuned = run("train", tmp_path / "p4", *tiny_flags, "--config.model.patch_size=4",

@@ -194,7 +194,6 @@ class Bundle:
     """Class probabilities (N, len(meta['labels'])) for texts or feature vectors."""
     return probabilities(self.logits(inputs))
 
-
   # ------------------------------------------------------------ task "seq2seq"
 
   def translate_ids(self, texts: list[str], rows: int | None = None) -> np.ndarray:
