@@ -463,6 +463,14 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str | None, *, ap
       if "done" in event or "error" in event:
         return event
 
+  async def run_rows(inputs: list) -> dict:
+    """A classify or translate request's inputs, one row each, as one job: its last event."""
+    if len(inputs) > max_batch:
+      raise RequestError("input", f"{len(inputs)} inputs exceed this server's batch limit "
+                         f"of {max_batch}")
+    _, events = await run_job(dict(rows=inputs))
+    return await final(events)
+
   @app.post("/v1/completions")
   async def completions(request: fastapi.Request):
     require_task("lm")
@@ -528,11 +536,7 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str | None, *, ap
     model = batcher.model
     inputs = [body.input] if isinstance(body.input, str) else body.input
     check_inputs(model.meta, inputs)
-    if len(inputs) > max_batch:
-      raise RequestError("input", f"{len(inputs)} inputs exceed this server's batch limit "
-                         f"of {max_batch}")
-    _, events = await run_job(dict(rows=inputs))
-    event = await final(events)
+    event = await run_rows(inputs)
     if "error" in event:
       return error_response(500, event["error"])
     labels = model.meta["labels"]
@@ -551,11 +555,7 @@ def make_app(load: Callable[[str], bundle_lib.Bundle], source: str | None, *, ap
     require_task("seq2seq")
     body = await parse(request, TranslateRequest)
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    if len(inputs) > max_batch:
-      raise RequestError("input", f"{len(inputs)} sentences exceed this server's batch "
-                         f"limit of {max_batch}")
-    _, events = await run_job(dict(rows=inputs))
-    event = await final(events)
+    event = await run_rows(inputs)
     if "error" in event:
       return error_response(500, event["error"])
     response_id = f"tr-{secrets.token_hex(12)}"
