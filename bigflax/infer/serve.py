@@ -69,7 +69,8 @@ class TranslateRequest(pydantic.BaseModel):
 
 class FeedbackRequest(pydantic.BaseModel):
   """A user's word on one answer: the response's id (and choice index), a rating of +1
-  (good) or -1 (bad), and optionally the answer they wanted."""
+  (good), -1 (bad) or 0 (no verdict), and optionally the answer they wanted (which
+  becomes the training answer whatever the rating)."""
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
   id: str
   index: int = pydantic.Field(0, ge=0)
