@@ -1,3 +1,3 @@
-from bigflax.main import run
+from bigflax.cli import entry_point
 
-run()
+entry_point()

@@ -4,6 +4,8 @@ An experiment is a file `experiments/<name>.py` with `get_config(arg=None)` retu
 `ml_collections.ConfigDict`; it starts from `base()` and changes what it needs.
 """
 
+import difflib
+import importlib.util
 import json
 
 from etils import epath
@@ -23,6 +25,10 @@ DEFAULT_RULES = (
     ("length", None),
     ("layers", None),
 )
+
+
+class UsageError(ValueError):
+  """A mistake in the command line, config or workdir: reported without a traceback."""
 
 
 def base() -> ml_collections.ConfigDict:
@@ -173,3 +179,33 @@ def _with_defaults(saved: dict, defaults: dict) -> dict:
     elif isinstance(value, dict) and isinstance(merged[key], dict):
       merged[key] = _with_defaults(merged[key], value)
   return merged
+
+
+def unknown_override(argv) -> str | None:
+  """Names the first --config.a.b override that is not a field of the experiment's config."""
+  config_arg = None
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      config_arg = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      config_arg = argv[i + 1]
+  if config_arg is None:
+    return None
+  path, _, arg = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    node, name = config, "config"
+    for key in a[len("--config."):].split("=", 1)[0].split("."):
+      if not hasattr(node, "keys") or key not in node:
+        fields = sorted(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f" Did you mean '{name}.{close[0]}'?" if close else ""
+        return (f"{a.split('=')[0]}: '{key}' is not a field of {name}.{hint} "
+                f"Fields of {name}: {', '.join(fields)}.")
+      node, name = node[key], f"{name}.{key}"
+  return None

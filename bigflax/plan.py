@@ -162,19 +162,20 @@ def compile_step(config, devices, build):
   None), or (None, abstract state, mesh, the compiler's message) when the TPU compiler
   finds that the step does not fit in HBM."""
   mesh = partitioning.make_mesh(config.mesh.shape, devices=devices)
-  abstract_state, shardings, batch_sharding, train_step = build(config, mesh)
+  layout = build(config, mesh)
   batch = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding),
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=layout.batch_sharding),
       tasks.get(config.task.name).batch_spec(config))
-  jitted = loop.jit_train_step(train_step, shardings, batch_sharding)
+  jitted = loop.jit_train_step(layout.train_step, layout.shardings, layout.batch_sharding)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.rules_tuple(config.mesh.rules)):
-    lowered = jitted.lower(abstract_state, batch, None)
+    lowered = jitted.lower(layout.abstract_state, batch, None)
     try:
-      return lowered.compile(), abstract_state, mesh, None
+      return lowered.compile(), layout.abstract_state, mesh, None
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
-      return None, abstract_state, mesh, str(e).split("RESOURCE_EXHAUSTED:")[-1].strip()
+      return (None, layout.abstract_state, mesh,
+              str(e).split("RESOURCE_EXHAUSTED:")[-1].strip())
 
 
 def _gigabytes(message: str, what: str) -> float | None:
@@ -306,7 +307,7 @@ def same_layout(config, overrides) -> bool:
 def state_per_device(config, devices, build) -> int:
   """Bytes of parameters and optimizer state one device holds: from abstract shapes and
   shardings, nothing compiled."""
-  state = build(config, partitioning.make_mesh(config.mesh.shape, devices=devices))[0]
+  state = build(config, partitioning.make_mesh(config.mesh.shape, devices=devices)).abstract_state
   return per_device_bytes(state.params) + per_device_bytes(state.opt_state)
 
 
@@ -384,7 +385,7 @@ def plan(config, topology: str, build, tokens: float | None = None,
     raise PlanError("plan does not model a distillation teacher (distill.teacher); plan "
                     "the student with --config.distill.teacher=''.")
   task = tasks.get(config.task.name)
-  if not hasattr(task, "batch_spec"):
+  if task.batch_spec is None:
     raise PlanError(f"task {config.task.name!r} has no batch_spec(config); the planner "
                     f"needs the shapes of a batch.")
   if topology == "local":

@@ -10,14 +10,15 @@ import datetime
 import json
 import os
 
+import jax
+
+from bigflax import configs, inference, tasks
+from bigflax.configs import UsageError
+
 SERVED = "served.json"
 LOG = "promotions.jsonl"
 # Metrics where lower is better; every other metric (accuracy, f1, bleu, ...) is higher.
 LOWER_IS_BETTER = ("loss", "perplexity")
-
-
-def default_metric(task_name: str) -> str:
-  return "accuracy" if task_name == "classify" else "loss"
 
 
 def improvement(metric: str, candidate: float, incumbent: float) -> float:
@@ -55,3 +56,42 @@ def record(registry: str, decision: dict):
     with open(tmp, "w") as f:
       json.dump(entry, f, indent=2)
     os.replace(tmp, os.path.join(registry, SERVED))
+
+
+def promote(candidate: str, incumbent: str, split: str, metric: str | None = None,
+            min_delta: float = 0.0, registry: str | None = None) -> dict:
+  """Evaluates both runs on the incumbent's held-out data; the candidate becomes the
+  registry's served run only if its improvement is at least `min_delta` (0: not worse).
+  `metric` defaults to the task's; `registry` to the incumbent's parent directory."""
+  incumbent_config = configs.load(incumbent)
+  candidate_config = configs.load(candidate)
+  if candidate_config.task.name != incumbent_config.task.name:
+    raise UsageError(f"--candidate={candidate} is a {candidate_config.task.name!r} run, "
+                     f"--incumbent={incumbent} a {incumbent_config.task.name!r} run.")
+  # The one held-out set both are judged on: the incumbent's.
+  candidate_config.unlock().data = incumbent_config.data
+  metric = metric or tasks.get(incumbent_config.task.name).default_metric
+  scores = {}
+  for role, workdir, config in (("incumbent", incumbent, incumbent_config),
+                                ("candidate", candidate, candidate_config)):
+    result = inference.evaluation(workdir, split, config)
+    if metric not in result.metrics:
+      raise UsageError(f"--metric={metric} is not among the task's metrics: "
+                       f"{', '.join(sorted(result.metrics))}.")
+    scores[role] = (result.step, result.metrics)
+  decision = dict(
+      **decide(metric, scores["candidate"][1], scores["incumbent"][1], min_delta),
+      split=split, candidate=os.path.abspath(candidate),
+      candidate_step=scores["candidate"][0], candidate_metrics=scores["candidate"][1],
+      incumbent=os.path.abspath(incumbent), incumbent_step=scores["incumbent"][0],
+      incumbent_metrics=scores["incumbent"][1])
+  registry = registry or os.path.dirname(os.path.abspath(incumbent))
+  if jax.process_index() == 0:
+    record(registry, decision)
+    verdict = "PROMOTED" if decision["promoted"] else "kept out"
+    print(f"{metric}: candidate {scores['candidate'][1][metric]:.4f}, incumbent "
+          f"{scores['incumbent'][1][metric]:.4f} (improvement "
+          f"{decision['improvement']:+.4f}, needed "
+          f"{min_delta:+.4f}): candidate {verdict}; log: {registry}/{LOG}")
+    print(json.dumps(decision))
+  return decision

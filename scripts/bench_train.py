@@ -3,8 +3,8 @@
   python scripts/bench_train.py [--steps 10] [--dtype bfloat16] [--no-torch] [--out PATH]
 
 The bigflax side is exactly what `bigflax train` runs: configs.base(), models.build,
-main.build_state, step.make_train_step over lm.loss_fn, jitted with the loop's shardings
-and donation. The PyTorch side is a nanoGPT-style model with the same parameter count,
+run.step_layout (the trainer's step over lm's loss), jitted with the loop's shardings and
+donation. The PyTorch side is a nanoGPT-style model with the same parameter count,
 AdamW and clipping. Both see the same random tokens; MFU is against this machine's
 measured f32 matmul rate with the trainer's FLOPs formula (so bfloat16 on a CPU with
 native bf16 dots can exceed 100%). Run it on an otherwise idle machine: a background job
@@ -25,11 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import logical_axis_rules
 
-from bigflax import configs, models, tasks
-from bigflax.main import build_state
+from bigflax import configs, models, run
 from bigflax.models import gpt
-from bigflax.tasks import lm
-from bigflax.train import partitioning, state as state_lib, step as step_lib
+from bigflax.train import loop, partitioning, state as state_lib
 
 
 def parse_args():
@@ -95,23 +93,20 @@ def bench_bigflax(args, tokens):
   model = models.build(config.model)
   mesh = partitioning.make_mesh(config.mesh.shape)
   rules = partitioning.rules_tuple(config.mesh.rules)
-  state, shardings, schedule, optimizer = build_state(config, model, mesh)
-  batch_sharding = partitioning.batch_sharding(mesh, rules)
+  layout = run.step_layout(config, model, mesh)
+  state = state_lib.create(layout.init, layout.optimizer, jax.random.key(config.seed),
+                           layout.shardings)
   batch = partitioning.global_batch(
-      {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, batch_sharding)
-  # The same jit as bigflax/train/loop.py.
-  train_step = jax.jit(
-      step_lib.make_train_step(tasks.trainer_loss(lm, model), optimizer, schedule),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-      donate_argnums=0)
+      {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, layout.batch_sharding)
+  train_step = loop.jit_train_step(layout.train_step, layout.shardings, layout.batch_sharding)
   with jax.set_mesh(mesh), logical_axis_rules(rules):  # as loop.train
     start = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
+    compiled = train_step.lower(state, batch, None).compile()
     compile_s = time.perf_counter() - start
     times = []
     for _ in range(args.warmup + args.steps):
       start = time.perf_counter()
-      state, metrics = compiled(state, batch)
+      state, metrics = compiled(state, batch, None)
       jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - start)
   num_params = state_lib.num_params(state.params)

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from bigflax import losses, main
-from bigflax.train import loop, partitioning, writers
+from bigflax import configs, losses
+from bigflax import run as run_lib
+from bigflax.train import checkpoint, loop, partitioning, writers
 from conftest import SHARED_DATA
 import test_bert
 from experiments import gpt_tiny
@@ -48,7 +49,7 @@ def mesh():
 @pytest.fixture(scope="module")
 def teacher(tfds_dir, tmp_path_factory, mesh):
   workdir = str(tmp_path_factory.mktemp("teacher"))
-  run, _, _ = main.build_run(tiny(tfds_dir), workdir, mesh=mesh)
+  run = run_lib.build_training(tiny(tfds_dir), workdir, mesh=mesh).job
   loop.train(run)
   return workdir
 
@@ -57,7 +58,7 @@ def test_student_moves_toward_the_teacher(tfds_dir, tmp_path, mesh, teacher):
   config = tiny(tfds_dir, embed_dim=32, mlp_dim=64, num_heads=2)
   config.distill.update(teacher=teacher, alpha=0.0, temperature=2.0, hidden_weight=1.0)
   config.train.num_steps = 20
-  run, _, _ = main.build_run(config, str(tmp_path), mesh=mesh)
+  run = run_lib.build_training(config, str(tmp_path), mesh=mesh).job
   assert run.state.params["distill_projection"]["kernel"].shape == (32, 64)
   loop.train(run)
   train = writers.read(str(tmp_path), "train")
@@ -72,8 +73,8 @@ def test_a_teacher_with_another_vocabulary_is_refused(tfds_dir, tmp_path, mesh, 
   config = tiny(tfds_dir)
   config.distill.teacher = teacher
   config.tokenizer.update(kind="hf", path=str(test_bert.minilm_path()))
-  with pytest.raises(main.UsageError, match="another tokenizer"):
-    main.build_run(config, str(tmp_path), mesh=mesh)
+  with pytest.raises(configs.UsageError, match="another tokenizer"):
+    run_lib.build_training(config, str(tmp_path), mesh=mesh)
 
 
 def moments(opt_state):
@@ -85,15 +86,15 @@ def test_continued_training_on_new_data_keeps_or_resets_the_optimizer(
   config = tiny(tfds_dir)
   config.data.update(name="tiny_shakespeare", source_dir=str(SHARED_DATA / "tiny_shakespeare"))
   config.init_from = teacher
-  source = main.checkpoint.restore_params(f"{teacher}/checkpoints")
+  source = checkpoint.restore_params(f"{teacher}/checkpoints")
 
-  fresh, _, _ = main.build_run(config, str(tmp_path / "reset"), mesh=mesh)
+  fresh = run_lib.build_training(config, str(tmp_path / "reset"), mesh=mesh).job
   np.testing.assert_array_equal(fresh.state.params["final_norm"]["scale"],
                                 source["final_norm"]["scale"])
   assert not any(np.any(x) for x in moments(fresh.state.opt_state))
 
   config.init_keep_optimizer = True
-  kept, _, _ = main.build_run(config, str(tmp_path / "keep"), mesh=mesh)
+  kept = run_lib.build_training(config, str(tmp_path / "keep"), mesh=mesh).job
   assert int(kept.state.step) == 0  # a new run: its own schedule and data from the start
   assert np.mean([np.any(x) for x in moments(kept.state.opt_state)]) > 0.9
   loop.train(kept)
@@ -106,7 +107,7 @@ def test_the_teacher_is_sharded_by_the_run_rules(tfds_dir, tmp_path, teacher):
   config = tiny(tfds_dir, embed_dim=32, mlp_dim=64, num_heads=2)
   config.distill.teacher = teacher
   config.train.num_steps = 2
-  run, _, _ = main.build_run(config, str(tmp_path), mesh=mesh)
+  run = run_lib.build_training(config, str(tmp_path), mesh=mesh).job
   up = run.frozen["layer_0"]["mlp"]["up"]["kernel"]  # (embed, mlp) -> (fsdp, tensor)
   assert up.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert up.addressable_shards[0].data.shape == (32, 64)  # of (64, 128)

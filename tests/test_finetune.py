@@ -51,7 +51,7 @@ def test_frozen_parameters_get_no_updates():
 
 
 def test_classifier_starts_from_a_bigflax_mlm_checkpoint(tfds_dir, tmp_path):
-  from bigflax import main
+  from bigflax import run as run_lib
   from bigflax.train import loop, partitioning, writers
   from conftest import SHARED_DATA
   from experiments import bert_mlm_tiny
@@ -61,7 +61,7 @@ def test_classifier_starts_from_a_bigflax_mlm_checkpoint(tfds_dir, tmp_path):
   pretrain.model.update(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64)
   pretrain.data.update(seq_len=64, global_batch_size=8, data_dir=tfds_dir)
   pretrain.train.update(num_steps=2, eval_every=0, checkpoint_every=2)
-  run, _, _ = main.build_run(pretrain, str(tmp_path / "mlm"), mesh=mesh)
+  run = run_lib.build_training(pretrain, str(tmp_path / "mlm"), mesh=mesh).job
   pretrained = loop.train(run).params
 
   finetune = bert_mlm_tiny.get_config()
@@ -73,7 +73,7 @@ def test_classifier_starts_from_a_bigflax_mlm_checkpoint(tfds_dir, tmp_path):
   finetune.update(init_from=str(tmp_path / "mlm"), init_new=r"^classifier/")
   finetune.optim.freeze = r"^layer_0/"
   finetune.train.update(num_steps=3, eval_every=3, eval_steps=2, checkpoint_every=3)
-  run, _, _ = main.build_run(finetune, str(tmp_path / "cls"), mesh=mesh)
+  run = run_lib.build_training(finetune, str(tmp_path / "cls"), mesh=mesh).job
   np.testing.assert_array_equal(run.state.params["token_embed"]["embedding"],
                                 pretrained["token_embed"]["embedding"])
   state = loop.train(run)

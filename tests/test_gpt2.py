@@ -204,7 +204,7 @@ def test_sample_cli_on_a_hf_directory_matches_hf(tmp_path):
 def test_init_from_a_hf_gpt2_directory_with_lora(hf_gpt2, capsys):
   """`--config.init_from=HF_DIR` picks the GPT-2 importer by model_type; LoRA adapters,
   which the checkpoint lacks, start fresh."""
-  from bigflax import main
+  from bigflax import run as run_lib
   directory, _ = hf_gpt2
   model_config, imported = gpt2.import_gpt2(directory)
   config = configs.base()
@@ -213,7 +213,7 @@ def test_init_from_a_hf_gpt2_directory_with_lora(hf_gpt2, capsys):
   model = models.build(config.model)
   fresh = nn.unbox(jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 4), jnp.int32))
                    ["params"])
-  params = main.init_params(config, fresh)
+  params = run_lib.init_params(config, fresh)
   jax.tree.map(np.testing.assert_array_equal, lora.merge(params, model.lora), imported)
   jax.tree.map(np.testing.assert_array_equal, lora.adapters(params), lora.adapters(fresh))
   assert "8 new ['layer_0/attention/query/lora_a'" in capsys.readouterr().out

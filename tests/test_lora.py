@@ -162,7 +162,7 @@ def test_lora_config_errors_name_the_field():
 def test_lora_run_from_a_base_run(tfds_dir, tmp_path):
   """`--config.init_from=RUN --config.model.lora.rank=8`: the base weights come from the
   run, the adapters start fresh, only they train, and adapters.safetensors holds them."""
-  from bigflax import main
+  from bigflax import run as run_lib
   from bigflax.train import checkpoint
   from experiments import gpt_tiny
 
@@ -176,11 +176,11 @@ def test_lora_run_from_a_base_run(tfds_dir, tmp_path):
     c.update(updates)
     return c
 
-  main.train(config(), str(tmp_path / "base"))
+  run_lib.train(config(), str(tmp_path / "base"))
   base = checkpoint.restore_params(str(tmp_path / "base" / "checkpoints"))
   adapt = config(init_from=str(tmp_path / "base"))
   adapt.model.lora.rank = 8
-  main.train(adapt, str(tmp_path / "lora"))
+  run_lib.train(adapt, str(tmp_path / "lora"))
   params = checkpoint.restore_params(str(tmp_path / "lora" / "checkpoints"))
 
   adapters = lora.adapters(params)
@@ -189,7 +189,7 @@ def test_lora_run_from_a_base_run(tfds_dir, tmp_path):
   assert all(np.abs(x).max() > 0 for x in adapters.values())  # B left zero
   jax.tree.map(np.testing.assert_array_equal, without_adapters(params),
                without_adapters(base))
-  saved = lora.load(str(tmp_path / "lora" / main.ADAPTERS_FILE),
+  saved = lora.load(str(tmp_path / "lora" / run_lib.ADAPTERS_FILE),
                     jax.tree.map(np.zeros_like, params))
   jax.tree.map(np.testing.assert_array_equal, lora.adapters(saved), adapters)
 
@@ -197,14 +197,14 @@ def test_lora_run_from_a_base_run(tfds_dir, tmp_path):
 def test_lora_fine_tune_of_a_classifier_trains_the_new_head_too():
   """sst2_minilm with LoRA: the adapters and the fresh classifier (init_new) train, the
   pretrained BERT does not."""
-  from bigflax import main
+  from bigflax import run as run_lib
   from experiments import sst2_minilm
   config = sst2_minilm.get_config()
   config.model.update(num_layers=2, lora=configs.lora(rank=4))
   model = models.build(config.model)
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), jnp.zeros((1, 8), jnp.int32), head="classify")["params"]))
-  mask = optim.trained_mask(config.optim, shapes, main.trainable(config, model))
+  mask = optim.trained_mask(config.optim, shapes, run_lib.trainable(config, model))
   trained = sorted(optim.param_path(p) for p, t in jax.tree_util.tree_leaves_with_path(mask)
                    if t)
   assert trained == sorted(["classifier/bias", "classifier/kernel"] + [

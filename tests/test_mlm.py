@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from bigflax import main
+from bigflax import run as run_lib
 from bigflax.tasks import mlm
 from bigflax.train import loop, partitioning, writers
 from experiments import bert_mlm_tiny
@@ -36,7 +36,7 @@ def test_mlm_loss_goes_down(tfds_dir, tmp_path):
   config.train.update(num_steps=40, eval_every=40, eval_steps=4, log_every=1)
   config.optim.update(lr=3e-3, warmup_steps=5)
   mesh = partitioning.make_mesh(dict(data=2, fsdp=1, tensor=1), jax.devices()[:2])
-  run, _, _ = main.build_run(config, str(tmp_path), mesh=mesh)
+  run = run_lib.build_training(config, str(tmp_path), mesh=mesh).job
   loop.train(run)
   losses = [r["loss"] for r in writers.read(str(tmp_path)).values()]
   assert np.mean(losses[:3]) > 5.0  # ~ln(384) at initialisation

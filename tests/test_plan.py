@@ -10,7 +10,8 @@ import flax.linen as nn
 import jax
 import pytest
 
-from bigflax import configs, main, plan
+from bigflax import configs, plan, run
+from bigflax.train import optim
 from cli_utils import env
 from conftest import REPO
 from experiments import gpt2_medium, gpt2_small, gpt_tiny
@@ -19,8 +20,7 @@ needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu not installed (pip install bigflax[tpu])")
 
 
-def build(config, mesh):
-  return main.build_step_layout(config, main.plan_model(config), mesh)
+build = run.plan_step_layout
 
 
 def tiny_config():
@@ -35,7 +35,7 @@ def tiny_config():
 def expected_bytes_per_device(config, mesh_sizes):
   """Parameter bytes one device holds, from the logical axis names and the rules table:
   a dimension whose logical name maps to mesh axes is divided by their sizes."""
-  model = main.plan_model(config)
+  model = run.plan_model(config)
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                             jax.numpy.zeros((1, 64), jax.numpy.int32)))
   rules = dict(configs.DEFAULT_RULES)
@@ -62,9 +62,9 @@ def test_tiny_gpt_memory_per_device_matches_the_sharding_rules():
   params = expected_bytes_per_device(config, {"data": 1, "fsdp": 4, "tensor": 1})
   assert memory["parameters"] == params
   # AdamW keeps two float32 moments per parameter, laid out like it, plus int32 counters.
-  optimizer, _ = main.optim.make(config.optim, config.train.num_steps)
+  optimizer, _ = optim.make(config.optim, config.train.num_steps)
   counters = [x for x in jax.tree.leaves(jax.eval_shape(optimizer.init, jax.eval_shape(
-      lambda: nn.unbox(main.plan_model(config).init(
+      lambda: nn.unbox(run.plan_model(config).init(
           jax.random.key(0), jax.numpy.zeros((1, 64), jax.numpy.int32)))["params"])))
       if x.ndim == 0]
   assert memory["optimizer_state"] == 2 * params + 4 * len(counters)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from bigflax import main, promote
+from bigflax import promote
+from bigflax import run as run_lib
 from bigflax.train import loop
 from cli_utils import run
 from test_distill import tiny
@@ -25,15 +26,15 @@ def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
     config = tiny(tfds_dir)
     config.train.update(num_steps=steps, checkpoint_every=steps)
     runs[name] = str(tmp_path / name)
-    loop.train(main.build_run(config, runs[name])[0])
+    loop.train(run_lib.build_training(config, runs[name]).job)
   registry = str(tmp_path / "registry")
 
-  kept_out = main.promote_run(runs["poor"], runs["good"], "validation", None, 0.0, registry)
+  kept_out = promote.promote(runs["poor"], runs["good"], "validation", None, 0.0, registry)
   assert not kept_out["promoted"] and kept_out["metric"] == "loss"
   assert kept_out["candidate_metrics"]["loss"] > kept_out["incumbent_metrics"]["loss"]
   assert promote.served(registry) is None
 
-  promoted = main.promote_run(runs["good"], runs["poor"], "validation", None, 0.0, registry)
+  promoted = promote.promote(runs["good"], runs["poor"], "validation", None, 0.0, registry)
   assert promoted["promoted"]
   assert promote.served(registry)["workdir"] == runs["good"]
   # Scores are the evaluation's, not remembered ones: the same run scores the same.

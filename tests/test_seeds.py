@@ -3,14 +3,14 @@
 import jax
 import numpy as np
 
-from bigflax import main
+from bigflax import run as run_lib
 from bigflax.train import loop, partitioning, writers
 from experiments import seed_classifier, seed_regression
 
 
 def train(config, workdir):
   mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  run, _, _ = main.build_run(config, str(workdir), mesh=mesh)
+  run = run_lib.build_training(config, str(workdir), mesh=mesh).job
   return loop.train(run)
 
 

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from bigflax import main
+from bigflax import inference
+from bigflax import run as run_lib
 from bigflax.data import feedback, pipeline, stdlib_qa, tokenizers
 from bigflax.train import loop, partitioning, writers
 from test_distill import tiny
@@ -99,13 +100,14 @@ def test_fine_tuning_learns_answers_not_questions(tfds_dir, tmp_path):
   mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   pretrain = tiny(tfds_dir)
   pretrain.train.update(num_steps=5, checkpoint_every=5)
-  loop.train(main.build_run(pretrain, str(tmp_path / "pretrained"), mesh=mesh)[0])
+  loop.train(run_lib.build_training(pretrain, str(tmp_path / "pretrained"),
+                                    mesh=mesh).job)
   config = tiny(tfds_dir)
   config.task.name = "sft"
   config.init_from = str(tmp_path / "pretrained")
   config.data.update(name="stdlib_qa", seq_len=64)
   config.train.update(num_steps=25, eval_every=25, eval_steps=0, checkpoint_every=25)
-  run, _, _ = main.build_run(config, str(tmp_path / "sft"), mesh=mesh)
+  run = run_lib.build_training(config, str(tmp_path / "sft"), mesh=mesh).job
   batch = run.train_batches(0).__next__()
   assert 0 < batch["weights"].mean() < 1  # some positions are prompt, some answer
   loop.train(run)
@@ -114,6 +116,6 @@ def test_fine_tuning_learns_answers_not_questions(tfds_dir, tmp_path):
   validation = writers.read(str(tmp_path / "sft"), "validation")[25]
   assert {"perplexity", "accuracy", "recall/macro", "f1/macro"} <= set(validation)
   # Served (and exported) as a language model whose prompts open with eos, as in training.
-  served = main.load_served_model(str(tmp_path / "sft"))
+  served = inference.load_served_model(str(tmp_path / "sft"))
   assert served.task == "lm" and served.meta["prompt_prefix"] == [served.meta["eos_id"]]
   assert isinstance(served.complete(["Q: What does json.dumps do?\nA:"], 4)[0], str)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from bigflax import main
+from bigflax import run as run_lib
 from bigflax.train import loop, partitioning, writers
 from experiments import gpt_tiny
 
@@ -25,7 +25,7 @@ def tiny_config(tfds_dir, **train):
 
 def train_losses(config, workdir, mesh_shape, num_devices):
   mesh = partitioning.make_mesh(mesh_shape, jax.devices()[:num_devices])
-  run, _, _ = main.build_run(config, str(workdir), mesh=mesh)
+  run = run_lib.build_training(config, str(workdir), mesh=mesh).job
   state = loop.train(run)
   return [r["loss"] for r in writers.read(str(workdir)).values()], state
 

@@ -1,23 +1,19 @@
-"""Tasks, registered by name: `config.task.name` picks one.
-
-A task module provides the data it trains on and the functions the trainer calls:
-  make_data(config, tokenizer, split, *, process_index, process_count) -> batches with
-      `iterate(start_step)` and `batch(step)` (this process's rows of a global batch)
-  init_inputs(config) -> example model inputs for `model.init`
-  tokens_per_example(config) -> tokens in one example (for throughput and MFU)
-  batch_spec(config) -> ShapeDtypeStructs of a global batch (for `bigflax plan`)
-  loss_fn(model, params, batch, rng) -> (loss, metrics)
-  eval_fn(model, params, batch) -> dict of sums over the batch
-  finalize(totals) -> metrics
-"""
+"""Tasks, registered by name: `config.task.name` picks one. The interface is `base.Task`."""
 
 from bigflax.tasks import classify, lm, mlm, regression, seq2seq, sft
+from bigflax.tasks.base import Task
 
-TASKS = {"lm": lm, "mlm": mlm, "regression": regression, "classify": classify,
-         "seq2seq": seq2seq, "sft": sft}
+TASKS = {t.name: t for t in (lm.TASK, sft.TASK, mlm.TASK, regression.TASK, classify.TASK,
+                             seq2seq.TASK)}
 
 
-def get(name: str):
+def register(task: Task):
+  """Makes `task` available as `config.task.name=task.name` (a new task needs nothing
+  else; `tasks/base.py` lists what it provides)."""
+  TASKS[task.name] = task
+
+
+def get(name: str) -> Task:
   if name not in TASKS:
     raise ValueError(f"task.name={name!r} is not a task; choose one of {sorted(TASKS)}.")
   return TASKS[name]

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from bigflax import losses, metrics
 from bigflax.data import augment, pipeline, synthetic
+from bigflax.tasks import base
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
@@ -131,3 +132,19 @@ def serving(config, model, params, tokenizer):
   meta["labels"] = list(pipeline.CLASS_NAMES.get(config.data.name,
                                                  map(str, range(num_classes))))
   return {"forward": (forward, (params, *arrays))}, meta
+
+
+def eval_report(config, totals, prefix) -> dict:
+  """The confusion matrix: in the report, printed, and drawn in `prefix`_confusion.png."""
+  names = pipeline.CLASS_NAMES.get(config.data.name)  # None: classes by index
+  metrics.save_confusion_matrix_png(totals["confusion"], prefix + "_confusion.png", names)
+  print(metrics.format_confusion_matrix(totals["confusion"], names))
+  print(f"confusion matrix: {prefix}_confusion.png")
+  return {"confusion_matrix": metrics.confusion_matrix_json(totals["confusion"], names)}
+
+
+TASK = base.Task(
+    name="classify", make_data=make_data, init_inputs=init_inputs,
+    tokens_per_example=tokens_per_example, loss_fn=loss_fn, eval_fn=eval_fn,
+    finalize=finalize, batch_spec=batch_spec, outputs=outputs, eval_report=eval_report,
+    serving=serving, served_as="classify", default_metric="accuracy")

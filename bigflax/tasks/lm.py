@@ -7,11 +7,13 @@ accuracy and precision/recall/F1 over the vocabulary (tokens seen or predicted).
 import functools
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 
-from bigflax import losses, metrics
+from bigflax import configs, losses, metrics
 from bigflax.data import pipeline
 from bigflax.infer import decode
+from bigflax.tasks import base
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
@@ -67,6 +69,41 @@ def finalize(totals: dict) -> dict:
                                      totals["predicted"], present_only=True)}
 
 
+def data_summary(config, tokenizer, train_data) -> str:
+  del config
+  baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
+  return f"unigram baseline loss {baseline:.3f} nats/token"
+
+
+def sample(config, model, tokenizer, params, prompts, options):
+  """Prints `options['num_samples']` continuations of each prompt, decoded with a KV
+  cache; every process decodes, process 0 prints."""
+  s = dict(config.sample, **{k: v for k, v in options.items() if v is not None})
+  decode_model = model.clone(decode=True)
+  for i, prompt in enumerate(prompts):
+    ids = [tokenizer.eos_id] + tokenizer.encode(prompt)  # eos marks a document start
+    if len(ids) + s["max_new_tokens"] > model.max_len:
+      raise configs.UsageError(
+          f"The prompt ({len(ids)} tokens) plus --max_new_tokens={s['max_new_tokens']} "
+          f"exceeds the model's context (model.max_len={model.max_len}); shorten one.")
+    tokens = decode.generate(
+        decode_model, params, jnp.asarray([ids] * s["num_samples"]),
+        jax.random.key(s["seed"] + i), max_new_tokens=s["max_new_tokens"],
+        temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"],
+        vocab_size=tokenizer.vocab_size)
+    tokens = multihost_utils.process_allgather(tokens, tiled=True)
+    for row in tokens if jax.process_index() == 0 else []:
+      print(f"--- sample ({prompt!r}) ---\n{prompt}{tokenizer.decode(row.tolist())}")
+
+
+def after_training(config, model, tokenizer, params):
+  """A finished run ends with samples of config.sample.prompts (answers after SFT), as
+  long as fits the context whatever config.sample asks."""
+  longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1
+  sample(config, model, tokenizer, params, config.sample.prompts,
+         {"num_samples": 1,
+          "max_new_tokens": min(config.sample.max_new_tokens, model.max_len - longest)})
+
 
 def serving(config, model, params, tokenizer):
   """What an export serialises and a server runs: ({name: (fn, example args)}, meta).
@@ -100,3 +137,10 @@ def serving(config, model, params, tokenizer):
           "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
           "prompt_prefix": [tokenizer.eos_id]}
   return functions, meta
+
+
+TASK = base.Task(
+    name="lm", make_data=make_data, init_inputs=init_inputs,
+    tokens_per_example=tokens_per_example, loss_fn=loss_fn, eval_fn=eval_fn,
+    finalize=finalize, batch_spec=batch_spec, outputs=outputs, data_summary=data_summary,
+    sample=sample, after_training=after_training, serving=serving, served_as="lm")

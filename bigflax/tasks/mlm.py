@@ -13,6 +13,7 @@ import numpy as np
 
 from bigflax import losses, metrics
 from bigflax.data import pipeline
+from bigflax.tasks import base
 
 
 def mask_tokens(step: int, batch: dict, *, seed: int, rate: float, mask_id: int,
@@ -85,3 +86,9 @@ def finalize(totals):
   loss = float(totals["loss"] / totals["count"])
   return {"loss": loss, "perplexity": metrics.perplexity(loss),
           "accuracy": float(totals["correct"] / totals["count"])}
+
+
+TASK = base.Task(
+    name="mlm", make_data=make_data, init_inputs=init_inputs,
+    tokens_per_example=tokens_per_example, loss_fn=loss_fn, eval_fn=eval_fn,
+    finalize=finalize, batch_spec=batch_spec)

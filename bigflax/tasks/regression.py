@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from bigflax import losses
 from bigflax.data import pipeline, synthetic
+from bigflax.tasks import base
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
@@ -45,3 +46,9 @@ def eval_fn(model, params, batch):
 def finalize(totals):
   mse = float(totals["squared_error"] / totals["count"])
   return {"loss": mse, "mse": mse, "rmse": mse ** 0.5}
+
+
+TASK = base.Task(
+    name="regression", make_data=make_data, init_inputs=init_inputs,
+    tokens_per_example=tokens_per_example, loss_fn=loss_fn, eval_fn=eval_fn,
+    finalize=finalize, batch_spec=batch_spec)

@@ -15,6 +15,7 @@ import numpy as np
 from bigflax import losses, metrics
 from bigflax.data import pipeline
 from bigflax.infer import translate
+from bigflax.tasks import base
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
@@ -74,6 +75,29 @@ def predict_fn(model, config, tokenizer, params, batch):
       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, vocab_size=tokenizer.vocab_size)
 
 
+def prediction_metrics(config, model, tokenizer, split):
+  """Beam-searched translations of the eval batches, scored by BLEU and chrF."""
+  return (functools.partial(predict_fn, model, config, tokenizer),
+          functools.partial(finalize_predictions, config, tokenizer, split))
+
+
+def sample(config, model, tokenizer, params, sentences, options):
+  """Prints each sentence translated by the run's decoder (config.task.beam_size beams)."""
+  del options  # beam search is deterministic: no sampling options
+  frame = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  source, source_mask = pipeline.frame_sentences(tokenizer.encode_batch(sentences),
+                                                 config.data.seq_len, **frame)
+  batch = {"source": jnp.asarray(source), "source_mask": jnp.asarray(source_mask)}
+  predictions = predict_fn(model, config, tokenizer, params, batch)
+  for sentence, row in zip(sentences, jax.device_get(predictions)):
+    if jax.process_index() == 0:
+      print(f"--- translation ({sentence!r}) ---\n{detokenize(tokenizer, row.tolist())}")
+
+
+def after_training(config, model, tokenizer, params):
+  sample(config, model, tokenizer, params, config.sample.prompts, {})
+
+
 def serving(config, model, params, tokenizer):
   """What an export serialises and a server runs: ({name: (fn, example args)}, meta).
 
@@ -114,3 +138,12 @@ def detokenize(tokenizer, ids) -> str:
   if tokenizer.eos_id in ids:
     ids = ids[:ids.index(tokenizer.eos_id)]
   return tokenizer.decode(ids)
+
+
+TASK = base.Task(
+    name="seq2seq", make_data=make_data, init_inputs=init_inputs,
+    tokens_per_example=tokens_per_example, loss_fn=loss_fn, eval_fn=eval_fn,
+    finalize=finalize, loss_options=lambda config: {
+        "label_smoothing": config.task.label_smoothing},
+    prediction_metrics=prediction_metrics, sample=sample, after_training=after_training,
+    serving=serving, served_as="seq2seq")

@@ -2,15 +2,13 @@
 answer tokens only (prompt tokens are context, not targets). Metrics: answer-token loss,
 perplexity, accuracy and precision/recall/F1 over the vocabulary."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from bigflax.data import pipeline
 from bigflax.tasks import lm
-# Served as a language model: examples are framed [eos] prompt answer [eos], as lm's
-# serving frames prompts, so a served answer ends at its eos.
-from bigflax.tasks.lm import (eval_fn, finalize, init_inputs, loss_fn, outputs, serving,
-                              tokens_per_example)
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
@@ -23,7 +21,7 @@ def batch_spec(config):
   return dict(lm.batch_spec(config), weights=jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
-SERVED_AS = "lm"
-
-__all__ = ["make_data", "init_inputs", "tokens_per_example", "batch_spec", "loss_fn",
-           "eval_fn", "finalize", "outputs", "serving", "SERVED_AS"]
+# Everything else is the language model's: examples are framed [eos] prompt answer [eos],
+# as lm's serving frames prompts, so a served answer ends at its eos.
+TASK = dataclasses.replace(lm.TASK, name="sft", make_data=make_data, batch_spec=batch_spec,
+                           data_summary=None)

@@ -42,17 +42,29 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
   return restored.state, restored.data
 
 
-def restore_params(directory) -> dict:
-  """The parameters of the latest checkpoint under `directory`, as numpy arrays: another
-  run may have other devices (a pod's checkpoint on a laptop) and lays them out itself.
-  The optimizer state is not read."""
-  mgr = ocp.CheckpointManager(_absolute(directory), item_names=("state", "data"))
-  step = mgr.latest_step()
+def latest_step(directory) -> int | None:
+  return ocp.CheckpointManager(_absolute(directory), item_names=("state", "data")).latest_step()
+
+
+def restore_params(directory, target=None, step: int | None = None):
+  """The parameters of a checkpoint under `directory` (default: the latest step); the
+  optimizer state is not read. With `target` (ShapeDtypeStructs carrying shardings, the
+  model's parameter tree) they are read straight onto those devices, only what `target`
+  names; without, as numpy arrays, for a caller on other devices (a pod's checkpoint on a
+  laptop) to lay out itself."""
+  step = latest_step(directory) if step is None else step
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {directory}.")
   path = _absolute(directory) / str(step) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
-  wanted = {"params": checkpointer.metadata(path).item_metadata.tree["params"]}
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  if target is None:
+    wanted = checkpointer.metadata(path).item_metadata.tree["params"]
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  else:
+    wanted = target
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                                       dtype=x.dtype), target)
   return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item=wanted, restore_args=as_numpy, partial_restore=True))["params"]
+      item={"params": wanted}, restore_args={"params": restore_args},
+      partial_restore=True))["params"]

@@ -1,4 +1,4 @@
-"""The training loop, top to bottom. It trains whatever `main.py` hands it: a state, a
+"""The training loop, top to bottom. It trains whatever `run.py` hands it: a state, a
 jittable train step, an eval step and data; it imports no model, task or dataset."""
 
 import dataclasses
@@ -20,8 +20,19 @@ from bigflax.train.writers import MetricWriter
 
 
 @dataclasses.dataclass
+class Evaluator:
+  """How a run is evaluated; training-time evaluation and `bigflax eval` share it."""
+  eval_step: Callable  # (params, batch) -> dict of sums
+  finalize: Callable  # totals -> metrics
+  batches: Callable[[], Iterator[dict]]  # this process's rows of every eval batch
+  # Optional metrics of outputs generated over the eval batches (e.g. BLEU of translations):
+  predict_step: Callable | None = None  # (params, batch) -> per-example outputs (B, ...)
+  finalize_predictions: Callable | None = None  # every eval row's outputs (numpy) -> metrics
+
+
+@dataclasses.dataclass
 class Run:
-  """What a training run needs; `main.py` builds it from the config."""
+  """What a training run needs; `run.py` builds it from the config."""
   config: ml_collections.ConfigDict  # the `train` section
   workdir: str
   mesh: jax.sharding.Mesh
@@ -30,18 +41,13 @@ class Run:
   state_shardings: object
   batch_sharding: jax.sharding.NamedSharding
   train_step: Callable  # (state, batch, frozen) -> (state, metrics)
-  eval_step: Callable  # (params, batch) -> dict of sums
-  finalize_eval: Callable  # totals -> metrics
+  evaluator: Evaluator
   train_batches: Callable[[int], Iterator[dict]]  # start step -> this process's batches
-  eval_batches: Callable[[], Iterator[dict]]
   tokens_per_step: int
   flops_per_step: float
   checkpoints: object  # orbax CheckpointManager
   frozen: object = None  # the train step's untrained input (a distillation teacher's params)
   frozen_shardings: object = None
-  # Optional metrics of outputs generated over the eval batches (e.g. BLEU of translations):
-  predict_step: Callable | None = None  # (params, batch) -> per-example outputs (B, ...)
-  finalize_predictions: Callable | None = None  # every eval row's outputs (numpy) -> metrics
 
 
 class _SigtermFlag:
@@ -78,43 +84,41 @@ def jit_train_step(train_step: Callable, state_shardings, batch_sharding,
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
-def jit_eval_step(run: Run) -> Callable:
-  return jax.jit(run.eval_step, in_shardings=(run.state_shardings.params, run.batch_sharding))
+def jit_evaluator(evaluator: Evaluator, params_shardings, batch_sharding) -> Evaluator:
+  """`evaluator` with its eval and predict steps jitted for these shardings."""
+  jit = lambda f: None if f is None else jax.jit(
+      f, in_shardings=(params_shardings, batch_sharding))
+  return dataclasses.replace(evaluator, eval_step=jit(evaluator.eval_step),
+                             predict_step=jit(evaluator.predict_step))
 
 
-def evaluate_totals(run: Run, params, eval_step) -> dict:
-  """The eval step's sums added up over `run.eval_batches()` (and so over all hosts)."""
+def evaluate_totals(evaluator: Evaluator, params, batch_sharding) -> dict:
+  """The eval step's sums added up over every eval batch (and so over all hosts)."""
   totals = None
-  for batch in run.eval_batches():
-    batch = partitioning.global_batch(batch, run.batch_sharding)
-    totals = metrics_lib.accumulate(totals, eval_step(params, batch))
+  for batch in evaluator.batches():
+    batch = partitioning.global_batch(batch, batch_sharding)
+    totals = metrics_lib.accumulate(totals, evaluator.eval_step(params, batch))
   return totals
 
 
-def jit_predict_step(run: Run) -> Callable | None:
-  if run.predict_step is None:
-    return None
-  return jax.jit(run.predict_step,
-                 in_shardings=(run.state_shardings.params, run.batch_sharding))
-
-
-def evaluate_predictions(run: Run, params, predict_step) -> dict:
-  """run.finalize_predictions of the predict step's outputs for every eval batch's rows,
-  gathered from all hosts in batch order."""
+def evaluate_predictions(evaluator: Evaluator, params, batch_sharding) -> dict:
+  """evaluator.finalize_predictions of the predict step's outputs for every eval batch's
+  rows, gathered from all hosts in batch order."""
   outputs = []
-  for batch in run.eval_batches():
-    batch = partitioning.global_batch(batch, run.batch_sharding)
-    outputs.append(multihost_utils.process_allgather(predict_step(params, batch),
+  for batch in evaluator.batches():
+    batch = partitioning.global_batch(batch, batch_sharding)
+    outputs.append(multihost_utils.process_allgather(evaluator.predict_step(params, batch),
                                                      tiled=True))
-  return run.finalize_predictions(np.concatenate(outputs))
+  return evaluator.finalize_predictions(np.concatenate(outputs))
 
 
-def evaluate(run: Run, params, eval_step, predict_step=None) -> dict:
-  """The task's metrics; training-time evaluation and `bigflax eval` share this code."""
-  results = run.finalize_eval(evaluate_totals(run, params, eval_step))
-  if predict_step is not None:
-    results.update(evaluate_predictions(run, params, predict_step))
-  return results
+def evaluate(evaluator: Evaluator, params, batch_sharding) -> tuple[dict, dict]:
+  """(the task's metrics, the eval sums they came from) of a jitted evaluator."""
+  totals = evaluate_totals(evaluator, params, batch_sharding)
+  results = evaluator.finalize(totals)
+  if evaluator.predict_step is not None:
+    results.update(evaluate_predictions(evaluator, params, batch_sharding))
+  return results, totals
 
 
 def train(run: Run) -> object:
@@ -127,7 +131,7 @@ def _train(run: Run) -> object:
   is_main = jax.process_index() == 0
   train_step = jit_train_step(run.train_step, run.state_shardings, run.batch_sharding,
                                run.frozen_shardings)
-  eval_step, predict_step = jit_eval_step(run), jit_predict_step(run)
+  evaluator = jit_evaluator(run.evaluator, run.state_shardings.params, run.batch_sharding)
   writer = MetricWriter(run.workdir)
   state = run.state
   start = int(state.step)
@@ -172,7 +176,7 @@ def _train(run: Run) -> object:
       interval_start, interval_steps = time.perf_counter(), 0
 
     if evaluate_now:
-      eval_metrics = evaluate(run, state.params, eval_step, predict_step)
+      eval_metrics, _ = evaluate(evaluator, state.params, run.batch_sharding)
       writer.write(step, "validation", eval_metrics)
       bar.write(f"step {step}: validation " + " ".join(  # all of them go to the writers
           f"{k}={v:.4f}" for k, v in eval_metrics.items() if "/" not in k or "macro" in k))

@@ -44,17 +44,22 @@ def layout(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTra
 
 
 def create(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
-           rng: jax.Array, mesh, rules):
-  """Initialises the state directly in its sharded layout.
+           rng: jax.Array, shardings):
+  """Initialises the state directly in its sharded layout (`layout`'s shardings).
 
   `init_params(rng)` returns parameters boxed with logical axis names (what flax's
-  `model.init(...)['params']` gives). Returns (state, shardings): the state is unboxed, the
-  shardings tree matches it and is what jit and the checkpointer use.
+  `model.init(...)['params']` gives). The state is unboxed.
   """
-  _, shardings = layout(init_params, optimizer, rng, mesh, rules)
   boxed_state = _boxed_state_fn(init_params, optimizer, rng)
-  state = jax.jit(lambda: nn.unbox(boxed_state()), out_shardings=shardings)()
-  return state, shardings
+  return jax.jit(lambda: nn.unbox(boxed_state()), out_shardings=shardings)()
+
+
+def param_layout(init_params: Callable[[jax.Array], Any], mesh, rules):
+  """(abstract parameters, their shardings) of a model, nothing allocated: what inference
+  restores a checkpoint's parameters onto."""
+  boxed = jax.eval_shape(init_params, jax.random.key(0))
+  shardings = partitioning.logical_shardings(boxed, mesh, rules)
+  return abstract(shardings, nn.unbox(boxed)), shardings
 
 
 def abstract(state_shardings, shapes) -> Any:

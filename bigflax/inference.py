@@ -1,0 +1,181 @@
+"""A trained run's parameters, restored alone (no optimizer state, nothing initialised)
+onto the devices the command runs on, and what reads them: eval, sample, export, serve."""
+
+import dataclasses
+import json
+import os
+
+from etils import epath
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigflax import configs, interop, models, run, tasks
+from bigflax.configs import UsageError
+from bigflax.data import tokenizers
+from bigflax.infer import bundle as bundle_lib
+from bigflax.infer import export as export_lib
+from bigflax.train import checkpoint, loop, partitioning, state as state_lib
+
+
+@dataclasses.dataclass
+class Trained:
+  """A run's latest parameters on `mesh`, and what they mean."""
+  config: object
+  tokenizer: object  # None for tasks on numbers
+  model: nn.Module
+  task: tasks.Task
+  step: int
+  params: object
+  shardings: object  # of params
+  mesh: jax.sharding.Mesh
+
+
+@dataclasses.dataclass
+class Servable:
+  """What `export` writes and `serve` runs: the task's inference functions of a run."""
+  config: object
+  tokenizer: object
+  step: int
+  params: object  # numpy; LoRA adapters folded in
+  functions: dict  # name -> (fn, example args)
+  meta: dict
+  served_as: str
+
+
+def restore(workdir, mesh=None, config=None) -> Trained:
+  """The latest parameters of the run in `workdir`, laid out on `mesh` (default: the
+  run's mesh config over the devices present). `config` replaces the run's own
+  config.json (promote judges a candidate on the incumbent's data)."""
+  directory = epath.Path(workdir) / "checkpoints"
+  step = checkpoint.latest_step(directory) if directory.is_dir() else None
+  if not step:
+    raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first "
+                     f"(`python -m bigflax train --config ... --workdir {workdir}`).")
+  config = config or configs.load(workdir)
+  tokenizer = run.load_tokenizer(config, workdir)
+  model = run.build_model(config, tokenizer)
+  mesh = mesh or partitioning.make_mesh(config.mesh.shape)
+  target, shardings = state_lib.param_layout(run.model_init(config, model), mesh,
+                                             partitioning.rules_tuple(config.mesh.rules))
+  params = checkpoint.restore_params(directory, target, step)
+  return Trained(config, tokenizer, model, tasks.get(config.task.name), step, params,
+                 shardings, mesh)
+
+
+@dataclasses.dataclass
+class Evaluation:
+  step: int
+  metrics: dict
+  totals: dict  # the eval sums the metrics came from
+
+
+def evaluation(workdir, split, config=None) -> Evaluation:
+  """The task's metrics of the run's latest checkpoint on `split` of its data, computed
+  exactly as training-time evaluation does."""
+  trained = restore(workdir, config=config)
+  config, task = trained.config, trained.task
+  data = run.make_data(config, task, trained.tokenizer, split)
+  rules = partitioning.rules_tuple(config.mesh.rules)
+  batch_sharding = partitioning.batch_sharding(trained.mesh, rules)
+  evaluator = loop.jit_evaluator(
+      run.evaluator(config, task, trained.model, trained.tokenizer, data, split),
+      trained.shardings, batch_sharding)
+  with jax.set_mesh(trained.mesh), nn.logical_axis_rules(rules):
+    results, totals = loop.evaluate(evaluator, trained.params, batch_sharding)
+  return Evaluation(trained.step, results, totals)
+
+
+def evaluate(workdir, split) -> dict:
+  """Prints and writes (eval_{split}_{step}.json) the task's metrics of the latest
+  checkpoint; returns the report."""
+  config = configs.load(workdir)
+  result = evaluation(workdir, split, config)
+  report = {"step": result.step, "split": split, "metrics": result.metrics}
+  if jax.process_index() == 0:
+    prefix = os.path.join(workdir, f"eval_{split}_{result.step}")
+    print(f"step {result.step}, {split}: "
+          + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    eval_report = tasks.get(config.task.name).eval_report
+    if eval_report is not None:
+      report.update(eval_report(config, result.totals, prefix))
+    epath.Path(prefix + ".json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+  return report
+
+
+def hf_language_model(directory):
+  """(config, params) of a HF GPT-2 checkpoint directory, with bigflax's defaults for the
+  rest of the config."""
+  model_config, params = interop.import_checkpoint(directory)
+  if model_config["name"] != "gpt":
+    raise UsageError(f"{directory} holds a {model_config['name']} checkpoint; sample needs "
+                     f"a language model (GPT-2).")
+  config = configs.base()
+  config.model = model_config
+  config.tokenizer.kind = "gpt2"
+  return config, params
+
+
+def sample(workdir, prompts=None, options=None):
+  """Prints what the model of a run (or of a HF GPT-2 directory) makes of `prompts`
+  (default: config.sample.prompts); `options` as `tasks.Task.sample` takes them."""
+  options = dict({"num_samples": 1}, **(options or {}))
+  if os.path.exists(os.path.join(workdir, "model.safetensors")):
+    config, params = hf_language_model(workdir)
+    tokenizer = tokenizers.GPT2Tokenizer()
+    model = run.build_model(config, tokenizer)
+    mesh = partitioning.make_mesh(config.mesh.shape)
+  else:
+    trained = restore(workdir)
+    config, tokenizer, model = trained.config, trained.tokenizer, trained.model
+    params, mesh = trained.params, trained.mesh
+  task = tasks.get(config.task.name)
+  if task.sample is None:
+    raise UsageError(f"task.name={config.task.name!r} has nothing to sample; tasks that "
+                     f"have: {sorted(n for n, t in tasks.TASKS.items() if t.sample)}.")
+  prompts = list(config.sample.prompts) if prompts is None else prompts
+  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.rules_tuple(config.mesh.rules)):
+    task.sample(config, model, tokenizer, params, prompts, options)
+
+
+def servable(workdir) -> Servable:
+  """The latest checkpoint of a run, on one device whatever the training mesh was, and
+  its task's inference functions (see `tasks/lm.py:serving`)."""
+  config = configs.load(workdir)
+  task = tasks.get(config.task.name)
+  if task.serving is None:
+    raise UsageError(f"task.name={config.task.name!r} has no inference functions to export "
+                     f"or serve; tasks that have: "
+                     f"{sorted(n for n, t in tasks.TASKS.items() if t.serving)}.")
+  trained = restore(workdir, partitioning.make_mesh({"data": 1}, jax.devices()[:1]), config)
+  model, params = trained.model, jax.tree.map(np.asarray, trained.params)
+  if getattr(model, "lora", None) is not None:  # fold the adapters in: a plain model
+    params = models.lora.merge(params, model.lora)
+    model = model.clone(lora=None)
+  functions, meta = task.serving(config, model, params, trained.tokenizer)
+  return Servable(config, trained.tokenizer, trained.step, params, functions, meta,
+                  task.served_as)
+
+
+def export(workdir, out) -> dict:
+  """Writes the latest checkpoint of `workdir` as a self-contained bundle in `out`."""
+  s = servable(workdir)
+  card = export_lib.write(out, config=s.config, workdir=workdir, step=s.step, params=s.params,
+                          functions=s.functions, meta=s.meta, task=s.served_as)
+  print(f"bigflax: exported step {s.step} of {workdir} ({card['parameters']:,} parameters, "
+        f"functions {sorted(s.functions)}) to {out}")
+  return card
+
+
+def load_served_model(source) -> bundle_lib.Bundle:
+  """A bundle directory, or a run directory's latest checkpoint with the framework's own
+  functions jitted: either way a `bundle.Bundle` for the server."""
+  if os.path.exists(os.path.join(source, "bundle.json")):
+    return bundle_lib.load(source)
+  s = servable(source)
+  jitted = {name: jax.jit(fn) for name, (fn, _) in s.functions.items()}
+  return bundle_lib.Bundle(s.served_as, s.meta, jax.tree.map(jnp.asarray, s.params), jitted,
+                           s.tokenizer, info={"source": os.path.abspath(source),
+                                              "trained_steps": s.step})
