@@ -48,12 +48,12 @@ def restore(workdir, mesh=None, config=None) -> Trained:
   """The latest parameters of the run in `workdir`, laid out on `mesh` (default: the
   run's mesh config over the devices present). `config` replaces the run's own
   config.json (promote judges a candidate on the incumbent's data)."""
+  config = config or configs.load(workdir)
   directory = epath.Path(workdir) / "checkpoints"
   step = checkpoint.latest_step(directory) if directory.is_dir() else None
   if not step:
     raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first "
                      f"(`python -m bigflax train --config ... --workdir {workdir}`).")
-  config = config or configs.load(workdir)
   tokenizer = run.load_tokenizer(config, workdir)
   model = run.build_model(config, tokenizer)
   mesh = mesh or partitioning.make_mesh(config.mesh.shape)
