@@ -26,6 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# How a bundle of each kind is called, for its README.
+USAGE = {"lm": 'model.complete(["def parse("], max_new_tokens=50, temperature=0.8)',
+         "classify": "model.classify([an_input])",
+         "seq2seq": 'model.translate(["a sentence"])'}
+
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
                        "I32": np.int32, "I64": np.int64, "U8": np.uint8, "BOOL": np.bool_}
 

@@ -82,9 +82,6 @@ def model_card(config, params, workdir: str, step: int, functions: dict) -> dict
 
 def readme(card: dict, task: str) -> str:
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "none logged"
-  usage = {"lm": 'model.complete(["def parse("], max_new_tokens=50, temperature=0.8)',
-           "seq2seq": 'model.translate(["a sentence"])'}.get(task,
-                                                              'model.classify([an_input])')
   return (f"# bigflax bundle: {card['task']} model\n\n"
           f"{card['parameters']:,} parameters ({card['model'].get('name')}), trained "
           f"{card['trained_steps']} steps on {card['data']}.\n"
@@ -93,7 +90,7 @@ def readme(card: dict, task: str) -> str:
           + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + ".\n\n"
           "Runs with jax, numpy and the tokenizer library alone:\n\n```python\n"
           "import sys; sys.path.insert(0, BUNDLE_DIR)\nimport load_bundle\n"
-          f"model = load_bundle.load(BUNDLE_DIR)\n{usage}\n```\n\n"
+          f"model = load_bundle.load(BUNDLE_DIR)\n{bundle.USAGE[task]}\n```\n\n"
           "Or serve it: `python -m bigflax serve --bundle BUNDLE_DIR`.\n")
 
 

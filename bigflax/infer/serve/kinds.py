@@ -1,0 +1,33 @@
+"""The kinds a server can serve, keyed by a bundle's `task`: each kind's endpoint (its
+request model, input checks and response, in the kind's module) and how the batcher runs
+its rows. A new servable kind is a module like `classify.py` and a line here."""
+
+import dataclasses
+from typing import Callable
+
+from bigflax.infer.serve import batcher
+from bigflax.infer.serve import classify
+from bigflax.infer.serve import lm
+from bigflax.infer.serve import translate
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  path: str  # the endpoint's URL
+  endpoint: Callable  # async (request, server) -> response
+  batching: batcher.Batching
+
+
+KINDS = {
+    "lm": Kind("/v1/completions", lm.completions, batcher.DECODE),
+    "classify": Kind("/v1/classify", classify.classify,
+                     batcher.forward(classify.probabilities, classify.example)),
+    "seq2seq": Kind("/v1/translate", translate.translate,
+                    batcher.forward(translate.translations, translate.example)),
+}
+
+
+def get(task: str) -> Kind:
+  if task not in KINDS:
+    raise ValueError(f"cannot serve a {task!r} model; servable kinds: {sorted(KINDS)}")
+  return KINDS[task]
