@@ -7,7 +7,7 @@ frozen teacher's softened outputs,
 This wraps any task whose module has `outputs(model, params, batch, rngs) -> (logits,
 labels, weights)` (lm, classify), with its data, metrics and evaluation unchanged: the
 student is evaluated as the task would evaluate it. The teacher runs inside the same jitted
-step; its parameters arrive as the step's `frozen` input, restored and sharded by main.py.
+step; its parameters arrive as the step's `frozen` input, restored and sharded by run.py.
 """
 
 import flax.linen as nn
