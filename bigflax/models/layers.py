@@ -198,8 +198,8 @@ class BlockConfig:
 
   @classmethod
   def of(cls, model: nn.Module, **derived) -> "BlockConfig":
-    """The fields of `model` that share a name with a field here, then `derived`: what
-    the model computes from its fields (use_rope from position, ...)."""
+    """The fields of `model` that share a name with a field here (a model field of that
+    name must mean the same), then `derived`: what the model computes from its fields."""
     shared = ({f.name for f in dataclasses.fields(cls)}
               & {f.name for f in dataclasses.fields(model)})
     return cls(**{**{name: getattr(model, name) for name in shared}, **derived})
