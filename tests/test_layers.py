@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigflax.models import gpt, layers
+from bigflax.models import attention, gpt, layers
 
 
 def numpy_attention(q, k, v, mask):
@@ -28,8 +28,8 @@ def test_attention_matches_numpy(heads, kv_heads):
   v = rng.normal(size=(2, 7, kv_heads, 8)).astype(np.float32)
   mask = rng.random((2, 1, 5, 7)) > 0.3
   mask[..., 0] = True
-  got = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                                     jnp.asarray(mask))
+  got = attention.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                                        jnp.asarray(mask))
   np.testing.assert_allclose(got, numpy_attention(q, k, v, mask), atol=1e-5)
 
 
@@ -42,7 +42,7 @@ def test_causal_attention_equals_masked_attention(length):
   padding = rng.random((2, 1, 1, length)) > 0.2
   padding[..., 0] = True
   causal = np.tril(np.ones((length, length), bool))[None, None]
-  got = layers.causal_attention(*map(jnp.asarray, (q, k, v)), jnp.asarray(padding))
+  got = attention.causal_attention(*map(jnp.asarray, (q, k, v)), jnp.asarray(padding))
   np.testing.assert_allclose(got, numpy_attention(q, k, v, causal & padding), atol=1e-5)
 
 
@@ -50,6 +50,14 @@ def tiny_gpt(**kw):
   args = dict(vocab_size=64, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64, max_len=32)
   args.update(kw)
   return gpt.GPT(**args)
+
+
+def test_a_block_config_takes_the_models_fields_then_what_it_derives():
+  model = tiny_gpt(num_kv_heads=2, dropout_rate=0.1, position="rope")
+  config = layers.BlockConfig.of(model, causal=True, dropout_rate=0.0)
+  assert (config.num_heads, config.num_kv_heads, config.mlp_dim, config.max_len) == (4, 2, 64, 32)
+  assert config.causal and config.dropout_rate == 0.0
+  assert not config.use_rope  # GPT derives it from position; its own field is not one here
 
 
 def init(model, tokens):
@@ -68,14 +76,14 @@ def test_gpt_is_causal(position):
 
 
 def test_padding_mask_hides_padded_keys():
-  attention = layers.Attention(num_heads=2, head_dim=8)
+  module = layers.Attention(layers.BlockConfig(num_heads=2, mlp_dim=0, head_dim=8))
   x = jax.random.normal(jax.random.key(0), (2, 6, 16))
   valid = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
-  params = attention.init(jax.random.key(1), x)
-  mask = layers.padding_mask(valid, valid)
-  out = attention.apply(params, x, mask=mask)
+  params = module.init(jax.random.key(1), x)
+  mask = attention.padding_mask(valid, valid)
+  out = module.apply(params, x, mask=mask)
   garbage = x.at[0, 4:].set(100.0)  # change only the padded positions of row 0
-  out2 = attention.apply(params, garbage, mask=mask)
+  out2 = module.apply(params, garbage, mask=mask)
   np.testing.assert_allclose(out[0, :4], out2[0, :4], atol=1e-6)
   np.testing.assert_array_equal(out[1], out2[1])
 
@@ -85,14 +93,14 @@ def test_rope_depends_only_on_relative_position():
   q = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
   def score(i, j):
-    qi = layers.rope(q, jnp.array([[i]]))
-    kj = layers.rope(k, jnp.array([[j]]))
+    qi = attention.rope(q, jnp.array([[i]]))
+    kj = attention.rope(k, jnp.array([[j]]))
     return float(jnp.sum(qi * kj))
   assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
   assert score(0, 0) == pytest.approx(float(jnp.sum(q * k)), abs=1e-5)
   assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
   # rotation preserves norms
-  np.testing.assert_allclose(jnp.linalg.norm(layers.rope(q, jnp.array([[5]]))),
+  np.testing.assert_allclose(jnp.linalg.norm(attention.rope(q, jnp.array([[5]]))),
                              jnp.linalg.norm(q), rtol=1e-6)
 
 
@@ -115,7 +123,8 @@ def test_kv_cache_decoding_equals_full_forward(position, scan):
 
 
 def test_swiglu_mlp_matches_numpy():
-  mlp = layers.MLP(hidden_dim=6, activation="swiglu", use_bias=False)
+  mlp = layers.MLP(layers.BlockConfig(num_heads=1, mlp_dim=6, activation="swiglu",
+                                       use_bias=False))
   x = jax.random.normal(jax.random.key(0), (3, 4))
   p = nn.unbox(mlp.init(jax.random.key(1), x)["params"])
   silu = lambda z: z / (1 + np.exp(-z))

@@ -22,9 +22,9 @@ def test_decoder_block_matches_torch(pre_norm):
   """Causal self-attention, cross-attention to a padded memory and the ReLU MLP of a
   layers.Block equal torch.nn.TransformerDecoderLayer's with the same weights."""
   d, heads, mlp_dim, b, t, s = 16, 4, 32, 2, 5, 7
-  block = layers.Block(num_heads=heads, head_dim=d // heads, mlp_dim=mlp_dim, causal=True,
-                       activation="relu", norm_eps=1e-6, pre_norm=pre_norm,
-                       cross_attention=True)
+  block = layers.Block(layers.BlockConfig(
+      num_heads=heads, mlp_dim=mlp_dim, causal=True, cross_attention=True, activation="relu",
+      norm_eps=1e-6, pre_norm=pre_norm))
   rng = np.random.default_rng(0)
   x = rng.normal(size=(b, t, d)).astype(np.float32)
   memory = rng.normal(size=(b, s, d)).astype(np.float32)

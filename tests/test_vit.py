@@ -117,10 +117,11 @@ def test_resize_keeps_constant_and_linear_fields():
 def test_a_checkpoint_of_another_resolution_initialises_the_model():
   _, low = init_params(tiny())  # 8 px: a 4x4 grid
   low = jax.device_get(low)
-  _, high = init_params(tiny(image_size=12))  # a 6x6 grid
+  high_config = tiny(image_size=12)  # a 6x6 grid
+  _, high = init_params(high_config)
   with pytest.raises(ValueError, match=r"position_embed/embedding: source shape \(17, 16\)"):
     state_lib.merge_params(high, low)
-  params, report = state_lib.merge_params(high, vit.adapt_to_resolution(low, high))
+  params, report = state_lib.merge_params(high, models.adapt_checkpoint(high_config, low, high))
   assert "position_embed/embedding" in report["restored"] and not report["new"]
   np.testing.assert_array_equal(params["position_embed"]["embedding"],
                                 vit.resize_position_embedding(
@@ -137,7 +138,7 @@ def test_flops_per_image_counts_every_matmul():
   block = 4 * (d * d + d) + (d * mlp + mlp) + (mlp * d + d) + 4 * d  # incl. its norms
   matmuls = t * (block + 2 * d) + 16 * (2 * 2 * 3 + 1) * d + (d + 1) * 5  # + final norm
   expected = 6 * matmuls + 12 * 1 * d * t * t
-  assert vit.flops_per_token(config, num_params, 0) == expected
+  assert models.flops_per_token(config, num_params, 0) == expected
 
 
 @pytest.mark.slow

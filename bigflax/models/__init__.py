@@ -1,5 +1,6 @@
 """Models, registered by name: `config.model.name` picks one, the other fields are its
-constructor arguments."""
+constructor arguments. Code outside models/ asks these functions, never a model's name,
+for what differs by model: its fields, FLOPs count and checkpoint surgery."""
 
 import dataclasses
 
@@ -13,6 +14,9 @@ MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel, "seq2seq": seq
 FLOPS_PER_TOKEN = {"bert": bert.flops_per_token, "gpt": gpt.flops_per_token,
                    "mlp": mlp.flops_per_token, "seq2seq": seq2seq.flops_per_token,
                    "vit": vit.flops_per_token}
+# What parameters saved for another shape of the model need before they fit; by default
+# nothing.
+ADAPT_CHECKPOINT = {"vit": vit.adapt_to_resolution}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -20,11 +24,29 @@ def fields(name: str) -> set:
   return {f.name for f in dataclasses.fields(MODELS[name])} - {"parent", "name"}
 
 
+def _check_name(name: str) -> None:
+  if name not in MODELS:
+    raise ValueError(f"model.name={name!r} is not a model; choose one of {sorted(MODELS)}.")
+
+
+def flops_per_token(config: ml_collections.ConfigDict, num_params: int,
+                    seq_len: int) -> float:
+  """Training FLOPs per token of the model `config` (each model counts its own)."""
+  _check_name(config.name)
+  return FLOPS_PER_TOKEN[config.name](config, num_params, seq_len)
+
+
+def adapt_checkpoint(config: ml_collections.ConfigDict, source: dict, target: dict) -> dict:
+  """`source` parameters made to fit the model `config`, whose fresh parameters are
+  `target`: a ViT's position embedding resized to its grid; other models' unchanged."""
+  _check_name(config.name)
+  adapt = ADAPT_CHECKPOINT.get(config.name)
+  return source if adapt is None else adapt(source, target)
+
+
 def build(config: ml_collections.ConfigDict, **overrides):
   """Builds the model `config.name` from the remaining fields (plus `overrides`)."""
-  if config.name not in MODELS:
-    raise ValueError(f"model.name={config.name!r} is not a model; choose one of "
-                     f"{sorted(MODELS)}.")
+  _check_name(config.name)
   cls = MODELS[config.name]
   kwargs = {k: v for k, v in config.items() if k != "name"}
   kwargs.update(overrides)

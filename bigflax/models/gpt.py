@@ -1,6 +1,5 @@
 """Decoder-only language model (GPT-2 layout by default), assembled from `layers`."""
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -64,21 +63,13 @@ class GPT(nn.Module):
                            param_dtype=self.param_dtype, name="position_embed")(positions)
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
-    block = functools.partial(
-        layers.Block, num_heads=self.num_heads,
-        head_dim=self.head_dim or self.embed_dim // self.num_heads,
-        mlp_dim=self.mlp_dim, num_kv_heads=self.num_kv_heads, causal=True,
-        activation=self.activation,
-        norm=self.norm, norm_eps=self.norm_eps, use_bias=self.use_bias,
-        use_rope=self.position == "rope", rope_max_wavelength=self.rope_max_wavelength,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        init_std=self.init_std, out_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
-        decode=self.decode, max_len=self.max_len, lora=self.lora, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+    block_config = layers.BlockConfig.of(
+        self, causal=True, use_rope=self.position == "rope",
+        out_init_std=self.init_std / (2 * self.num_layers) ** 0.5)
     # Under decode without explicit positions the RoPE positions come from the cache index.
     rope_positions = positions if self.position == "rope" else None
     attention_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
-    x = layers.stack(block, self.num_layers, x, attention_mask, rope_positions,
+    x = layers.stack(block_config, self.num_layers, x, attention_mask, rope_positions,
                      scan=self.scan_layers, remat=self.remat)
     x = layers.Norm(self.norm, self.norm_eps, self.dtype, name="final_norm")(x)
 

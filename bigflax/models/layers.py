@@ -1,5 +1,8 @@
 """Transformer building blocks. Each exists here once and every model reuses it.
 
+A model builds one `BlockConfig` from its own fields and hands it whole to `stack`, `Block`,
+`Attention` and `MLP`, so a new block option is a field here and in the models that offer it.
+
 Parameters and key activations carry logical axis names ("batch", "length", "embed",
 "heads", "kv", "mlp", "vocab", "layers"); `bigflax.train.partitioning` alone maps them to
 mesh axes. Dropout is active exactly when the caller passes a 'dropout' rng.
@@ -15,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigflax.models import attention
+
 Array = jax.Array
 Dtype = Any
-
-NEG_INF = -1e10  # finite, so fully masked rows give a uniform softmax instead of NaN
-
 
 def partitioned(init_fn: Callable, axes: tuple) -> Callable:
   return nn.with_logical_partitioning(init_fn, axes)
@@ -35,14 +37,6 @@ def zeros(axes: tuple) -> Callable:
 
 def constrain(x: Array, axes: tuple) -> Array:
   return nn.with_logical_constraint(x, axes)
-
-
-# ---------------------------------------------------------------- masks
-
-
-def padding_mask(query_valid: Array, key_valid: Array) -> Array:
-  """(B, 1, T, S) boolean from per-token validity (B, T) and (B, S)."""
-  return (query_valid[:, None, :, None] & key_valid[:, None, None, :]).astype(bool)
 
 
 # ---------------------------------------------------------------- embeddings
@@ -92,20 +86,6 @@ def _tied_logits_bwd(residuals, g):
 tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
-def rope(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
-  """Rotary position embedding of x (B, T, H, D) at integer positions (B, T).
-
-  Rotates pairs (x[i], x[i + D/2]) (the GPT-NeoX / LLaMA layout).
-  """
-  half = x.shape[-1] // 2
-  freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle = positions[..., None, None].astype(jnp.float32) * freq  # (B, T, 1, D/2)
-  sin, cos = jnp.sin(angle), jnp.cos(angle)
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x.dtype)
-
-
 def sinusoidal_positions(positions: Array, features: int,
                          max_wavelength: float = 10_000.0) -> Array:
   """The fixed position encoding of "Attention Is All You Need": (B, T) -> (B, T, features).
@@ -118,7 +98,7 @@ def sinusoidal_positions(positions: Array, features: int,
       *angle.shape[:-1], features)
 
 
-# ---------------------------------------------------------------- attention
+# ---------------------------------------------------------------- projections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,131 +163,126 @@ class DenseGeneral(nn.Module):
                                (contract, ((), ())))
 
 
-
-def causal_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
-                     dropout: Callable[[Array], Array] = lambda p: p) -> Array:
-  """Self-attention where query t sees keys <= t (and `mask`, if given).
-
-  The queries are split in blocks and block i only meets keys up to its own end, which
-  skips the fully masked upper triangle: 5/8 of the work with 4 blocks.
-  """
-  t = q.shape[1]
-  blocks = next((n for n in (4, 2) if t % n == 0 and t // n >= CAUSAL_BLOCK_MIN), 1)
-  size = t // blocks
-  outputs = []
-  for i in range(blocks):
-    queries, end = slice(i * size, (i + 1) * size), (i + 1) * size
-    block_mask = (jnp.arange(end)[None, :] <= jnp.arange(i * size, end)[:, None])[None, None]
-    if mask is not None:  # its query dimension may be 1 (a padding mask broadcasts)
-      block_mask = block_mask & mask[..., queries if mask.shape[-2] > 1 else slice(None), :end]
-    outputs.append(dot_product_attention(q[:, queries], k[:, :end], v[:, :end], block_mask,
-                                         dropout))
-  return jnp.concatenate(outputs, axis=1)
+# ---------------------------------------------------------------- the block config
 
 
-CAUSAL_BLOCK_MIN = 64  # shorter query blocks cost more in overhead than they save
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """Hyperparameters of one transformer layer, handed whole to Block, Attention and MLP.
 
-
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
-                          dropout: Callable[[Array], Array] = lambda p: p) -> Array:
-  """Softmax attention with grouped-query support.
-
-  q: (B, T, H, D); k, v: (B, S, K, D) with H a multiple of K; mask: boolean broadcastable
-  to (B, 1, T, S). Logits and softmax are in float32 whatever the input dtype.
-  """
-  b, t, h, d = q.shape
-  kv_heads = k.shape[2]
-  q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  logits = logits / np.sqrt(d).astype(np.float32)
-  if mask is not None:
-    logits = jnp.where(mask[:, :, None], logits, NEG_INF)  # (B, 1, 1, T, S)
-  probs = dropout(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(b, t, h, d)
-
-
-class Attention(nn.Module):
-  """Multi-head attention: self or cross, MHA or GQA, optional RoPE and KV cache.
-
-  `causal=True` lets query t see only keys <= t; any `mask` given is and-ed in. With
-  `decode=True` keys and values are appended to a 'cache' collection of length `max_len`,
-  and queries at positions cache_index.. see the cached keys up to their own position.
+  A model builds it with `BlockConfig.of(model, ...)` from its own fields (the
+  config.model.* a user sets), so the block options are listed here alone.
   """
   num_heads: int
-  head_dim: int
-  num_kv_heads: int | None = None
-  causal: bool = False
+  mlp_dim: int
+  head_dim: int | None = None  # default embed_dim // num_heads
+  num_kv_heads: int | None = None  # fewer key/value than query heads: grouped-query
+  causal: bool = False  # self-attention sees only earlier positions
+  cross_attention: bool = False  # a sublayer attending to an encoder's output
+  activation: str = "gelu"  # a key of ACTIVATIONS, or "swiglu"
+  norm: str = "layernorm"
+  norm_eps: float = 1e-5
+  pre_norm: bool = True  # x + f(norm(x)) (GPT-2, ViT); False: norm(x + f(x)) (BERT)
   use_bias: bool = True
   use_rope: bool = False
   rope_max_wavelength: float = 10_000.0
-  dropout_rate: float = 0.0
+  dropout_rate: float = 0.0  # on the residual branches and the MLP's hidden layer
+  attention_dropout_rate: float = 0.0  # on the attention probabilities
   init_std: float = 0.02
-  out_init_std: float = 0.02
-  decode: bool = False
-  max_len: int = 0  # cache length, only used when decode=True
+  out_init_std: float = 0.02  # the projections back into the residual stream
+  decode: bool = False  # self-attention appends to a KV cache of length max_len
+  max_len: int = 0
   lora: LoRA | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @classmethod
+  def of(cls, model: nn.Module, **derived) -> "BlockConfig":
+    """The fields of `model` that share a name with a field here (a model field of that
+    name must mean the same), then `derived`: what the model computes from its fields."""
+    shared = ({f.name for f in dataclasses.fields(cls)}
+              & {f.name for f in dataclasses.fields(model)})
+    return cls(**{**{name: getattr(model, name) for name in shared}, **derived})
+
+
+# ---------------------------------------------------------------- attention
+
+
+class Attention(nn.Module):
+  """Multi-head attention, MHA or GQA: self-attention, or cross-attention to `kv_input`.
+
+  Self-attention is causal under `config.causal` (query t sees only keys <= t; any `mask`
+  given is and-ed in) and rotates queries and keys under `config.use_rope`. Under
+  `config.decode` its keys and values are appended to a 'cache' collection of length
+  `config.max_len`, and queries at positions cache_index.. see the cached keys up to their
+  own position. Cross-attention sees all of `kv_input` that `mask` allows. Shape suffixes
+  as in `attention`.
+  """
+  config: BlockConfig
+
   @nn.compact
   def __call__(self, x: Array, kv_input: Array | None = None, mask: Array | None = None,
                positions: Array | None = None) -> Array:
-    kv_heads = self.num_kv_heads or self.num_heads
-    if self.num_heads % kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+    c = self.config
+    self_attention = kv_input is None
+    kv_heads = c.num_kv_heads or c.num_heads
+    if c.num_heads % kv_heads:
+      raise ValueError(f"num_heads={c.num_heads} must be a multiple of "
                        f"num_kv_heads={kv_heads}")
+    head_dim = c.head_dim or x.shape[-1] // c.num_heads
 
     def project(name, heads, inputs):
-      return DenseGeneral((heads, self.head_dim), ("embed", "heads", "kv"), self.init_std,
-                          self.use_bias, lora=self.lora, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name=name)(inputs)
+      return DenseGeneral((heads, head_dim), ("embed", "heads", "kv"), c.init_std,
+                          c.use_bias, lora=c.lora, dtype=c.dtype, param_dtype=c.param_dtype,
+                          name=name)(inputs)
 
-    kv_input = x if kv_input is None else kv_input
-    q = project("query", self.num_heads, x)
-    k = project("key", kv_heads, kv_input)
-    v = project("value", kv_heads, kv_input)
-
-    if self.decode:
-      k, v, mask, positions = self._update_cache(k, v, mask, positions)
-    if self.use_rope:
+    kv_input = x if self_attention else kv_input
+    q_BxTxHxD = project("query", c.num_heads, x)
+    k_BxSxKxD = project("key", kv_heads, kv_input)
+    v_BxSxKxD = project("value", kv_heads, kv_input)
+    decode = c.decode and self_attention
+    if decode:  # from here on S = max_len, the cache's slots
+      k_BxSxKxD, v_BxSxKxD, mask, positions = self._update_cache(k_BxSxKxD, v_BxSxKxD,
+                                                                  mask, positions)
+    if c.use_rope and self_attention:
       if positions is None:
         positions = jnp.arange(x.shape[1])[None]
-      q = rope(q, positions, self.rope_max_wavelength)
-      if not self.decode:  # cached keys were rotated when they were written
-        k = rope(k, positions, self.rope_max_wavelength)
-    q = constrain(q, ("batch", "length", "heads", "kv"))
-    k = constrain(k, ("batch", "length", "heads", "kv"))
-    v = constrain(v, ("batch", "length", "heads", "kv"))
+      q_BxTxHxD = attention.rope(q_BxTxHxD, positions, c.rope_max_wavelength)
+      if not decode:  # cached keys were rotated when they were written
+        k_BxSxKxD = attention.rope(k_BxSxKxD, positions, c.rope_max_wavelength)
+    axes = ("batch", "length", "heads", "kv")
+    q_BxTxHxD = constrain(q_BxTxHxD, axes)
+    k_BxSxKxD, v_BxSxKxD = constrain(k_BxSxKxD, axes), constrain(v_BxSxKxD, axes)
 
-    dropout = lambda p: apply_dropout(p, self.dropout_rate, self)
-    if self.causal and not self.decode:  # under decode the cache mask is causal already
-      out = causal_attention(q, k, v, mask, dropout)
-    else:
-      out = dot_product_attention(q, k, v, mask, dropout)
-    out = constrain(out, ("batch", "length", "heads", "kv"))
-    return DenseGeneral((x.shape[-1],), ("heads", "kv", "embed"), self.out_init_std,
-                        self.use_bias, in_dims=2, lora=self.lora, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="out")(out)
+    causal = c.causal and self_attention and not decode  # the cache mask is causal already
+    attend = attention.causal_attention if causal else attention.dot_product_attention
+    dropout = lambda p: apply_dropout(p, c.attention_dropout_rate, self)
+    out_BxTxHxD = constrain(attend(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask, dropout), axes)
+    return DenseGeneral((x.shape[-1],), ("heads", "kv", "embed"), c.out_init_std,
+                        c.use_bias, in_dims=2, lora=c.lora, dtype=c.dtype,
+                        param_dtype=c.param_dtype, name="out")(out_BxTxHxD)
 
-  def _update_cache(self, k, v, mask, positions):
-    b, t, kv_heads, d = k.shape
-    shape = (b, self.max_len, kv_heads, d)
-    cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
-    cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+  def _update_cache(self, k_BxTxKxD, v_BxTxKxD, mask, positions):
+    """Writes this step's T keys and values at the cache index; returns the whole cache
+    (B, max_len, K, D) and the mask of the slots each query may see."""
+    c = self.config
+    b, t, kv_heads, d = k_BxTxKxD.shape
+    shape = (b, c.max_len, kv_heads, d)
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k_BxTxKxD.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v_BxTxKxD.dtype)
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if self.is_initializing():  # only create the (empty) cache
-      return k, v, mask, positions
+      return k_BxTxKxD, v_BxTxKxD, mask, positions
     i = index.value
     if positions is None:
       positions = (i + jnp.arange(t))[None]
-    if self.use_rope:
-      k = rope(k, positions, self.rope_max_wavelength)
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, i, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, i, 0, 0))
+    if c.use_rope:
+      k_BxTxKxD = attention.rope(k_BxTxKxD, positions, c.rope_max_wavelength)
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxKxD, (0, i, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxKxD, (0, i, 0, 0))
     index.value = i + t
     query_pos = i + jnp.arange(t)
-    cache_mask = (jnp.arange(self.max_len)[None, :] <= query_pos[:, None])[None, None]
+    cache_mask = (jnp.arange(c.max_len)[None, :] <= query_pos[:, None])[None, None]
     mask = cache_mask if mask is None else mask & cache_mask
     return cached_k.value, cached_v.value, mask, positions
 
@@ -324,35 +299,29 @@ ACTIVATIONS = {
 
 
 class MLP(nn.Module):
-  """Position-wise feed-forward; `activation='swiglu'` gives the gated SiLU form."""
-  hidden_dim: int
-  activation: str = "gelu"
-  use_bias: bool = True
-  dropout_rate: float = 0.0
-  init_std: float = 0.02
-  out_init_std: float = 0.02
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  lora: LoRA | None = None
+  """Position-wise feed-forward of width `config.mlp_dim`; `activation='swiglu'` gives
+  the gated SiLU form."""
+  config: BlockConfig
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    def dense(name, features, axes, std):
-      return DenseGeneral((features,), axes, std, self.use_bias, lora=self.lora,
-                          dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    c = self.config
 
-    if self.activation == "swiglu":
-      h = (jax.nn.silu(dense("gate", self.hidden_dim, ("embed", "mlp"), self.init_std)(x))
-           * dense("up", self.hidden_dim, ("embed", "mlp"), self.init_std)(x))
-    elif self.activation in ACTIVATIONS:
-      h = ACTIVATIONS[self.activation](
-          dense("up", self.hidden_dim, ("embed", "mlp"), self.init_std)(x))
+    def dense(name, features, axes, std):
+      return DenseGeneral((features,), axes, std, c.use_bias, lora=c.lora, dtype=c.dtype,
+                          param_dtype=c.param_dtype, name=name)
+
+    up = lambda name: dense(name, c.mlp_dim, ("embed", "mlp"), c.init_std)(x)
+    if c.activation == "swiglu":
+      h = jax.nn.silu(up("gate")) * up("up")
+    elif c.activation in ACTIVATIONS:
+      h = ACTIVATIONS[c.activation](up("up"))
     else:
-      raise ValueError(f"Unknown activation {self.activation!r}; choose one of "
+      raise ValueError(f"Unknown activation {c.activation!r}; choose one of "
                        f"{sorted(ACTIVATIONS) + ['swiglu']}.")
     h = constrain(h, ("batch", "length", "mlp"))
-    h = apply_dropout(h, self.dropout_rate, self)
-    return dense("down", x.shape[-1], ("mlp", "embed"), self.out_init_std)(h)
+    h = apply_dropout(h, c.dropout_rate, self)
+    return dense("down", x.shape[-1], ("mlp", "embed"), c.out_init_std)(h)
 
 
 def Norm(kind: str, eps: float = 1e-5, dtype: Dtype = jnp.float32, name: str | None = None):
@@ -377,60 +346,28 @@ def apply_dropout(x: Array, rate: float, module: nn.Module) -> Array:
 
 
 class Block(nn.Module):
-  """One transformer layer: self-attention, optional cross-attention, MLP.
-
-  `pre_norm=True` is the GPT-2 / ViT layout (x + f(norm(x))); False is BERT's post-norm
-  (norm(x + f(x))).
-  """
-  num_heads: int
-  head_dim: int
-  mlp_dim: int
-  num_kv_heads: int | None = None
-  causal: bool = False  # self-attention sees only earlier positions
-  activation: str = "gelu"
-  norm: str = "layernorm"
-  norm_eps: float = 1e-5
-  pre_norm: bool = True
-  use_bias: bool = True
-  use_rope: bool = False
-  rope_max_wavelength: float = 10_000.0
-  cross_attention: bool = False
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  init_std: float = 0.02
-  out_init_std: float = 0.02
-  decode: bool = False
-  max_len: int = 0
-  lora: LoRA | None = None
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+  """One transformer layer: self-attention, optional cross-attention, MLP, each with its
+  norm and residual (the layout of `config.pre_norm`)."""
+  config: BlockConfig
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, positions: Array | None = None,
                encoded: Array | None = None, encoder_mask: Array | None = None) -> Array:
-    attention = functools.partial(
-        Attention, num_heads=self.num_heads, head_dim=self.head_dim,
-        use_bias=self.use_bias, dropout_rate=self.attention_dropout_rate,
-        init_std=self.init_std, out_init_std=self.out_init_std, lora=self.lora,
-        dtype=self.dtype, param_dtype=self.param_dtype)
-    sublayers = [("attention", lambda h: attention(
-        num_kv_heads=self.num_kv_heads, causal=self.causal, use_rope=self.use_rope,
-        rope_max_wavelength=self.rope_max_wavelength, decode=self.decode,
-        max_len=self.max_len, name="attention")(h, mask=mask, positions=positions))]
-    if self.cross_attention:
-      sublayers.append(("cross_attention", lambda h: attention(name="cross_attention")(
+    c = self.config
+    sublayers = [("attention", lambda h: Attention(c, name="attention")(
+        h, mask=mask, positions=positions))]
+    if c.cross_attention:
+      sublayers.append(("cross_attention", lambda h: Attention(c, name="cross_attention")(
           h, kv_input=encoded, mask=encoder_mask)))
-    sublayers.append(("mlp", lambda h: MLP(
-        self.mlp_dim, self.activation, self.use_bias, self.dropout_rate, self.init_std,
-        self.out_init_std, self.dtype, self.param_dtype, self.lora, name="mlp")(h)))
+    sublayers.append(("mlp", lambda h: MLP(c, name="mlp")(h)))
 
     x = constrain(x, ("batch", "length", "embed"))
     for name, sublayer in sublayers:
-      norm = Norm(self.norm, self.norm_eps, self.dtype, name=f"{name}_norm")
-      if self.pre_norm:
-        x = x + apply_dropout(sublayer(norm(x)), self.dropout_rate, self)
+      norm = Norm(c.norm, c.norm_eps, c.dtype, name=f"{name}_norm")
+      if c.pre_norm:
+        x = x + apply_dropout(sublayer(norm(x)), c.dropout_rate, self)
       else:
-        x = norm(x + apply_dropout(sublayer(x), self.dropout_rate, self))
+        x = norm(x + apply_dropout(sublayer(x), c.dropout_rate, self))
       x = constrain(x, ("batch", "length", "embed"))
     return x
 
@@ -442,24 +379,23 @@ REMAT_POLICIES = {
 }
 
 
-def stack(block: Callable[..., Block], num_layers: int, x: Array, *args,
-          scan: bool = False, remat: str = "none") -> Array:
-  """Applies `num_layers` blocks (`block(name=...)` builds one) to x.
+def stack(config: BlockConfig, num_layers: int, x: Array, *args, scan: bool = False,
+          remat: str = "none") -> Array:
+  """Applies `num_layers` blocks of `config` to x (and `args`, Block's further inputs).
 
   scan=True stacks the layers' parameters on a leading "layers" axis and runs one
   compiled body (fast compiles for deep models); remat trades compute for memory.
   Call from inside a parent module's compact method; the blocks become its children.
   """
-  block_cls = block.func if isinstance(block, functools.partial) else block
-  kwargs = block.keywords if isinstance(block, functools.partial) else {}
+  block = Block
   if remat != "none":
     if remat not in REMAT_POLICIES:
       raise ValueError(f"Unknown remat policy {remat!r}; choose 'none' or one of "
                        f"{sorted(REMAT_POLICIES)}.")
-    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+    block = nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
   if not scan:
     for i in range(num_layers):
-      x = block_cls(**kwargs, name=f"layer_{i}")(x, *args)
+      x = block(config, name=f"layer_{i}")(x, *args)
     return x
 
   def body(module, carry, *broadcast):
@@ -470,5 +406,5 @@ def stack(block: Callable[..., Block], num_layers: int, x: Array, *args,
                                                                    "dropout": True},
       in_axes=(nn.broadcast,) * len(args), length=num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"})
-  x, _ = scanned(block_cls(**kwargs, name="layers"), x, *args)
+  x, _ = scanned(block(config, name="layers"), x, *args)
   return x

@@ -17,6 +17,7 @@ tied output layer sees unit-scale logits. The decoder's self-attention is causal
 at the end of a target only affects padded positions, whose loss weight is 0.
 """
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -24,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigflax.models import layers
+from bigflax.models import attention, layers
 
 POSITIONS = ("sinusoidal", "learned")
 
@@ -66,15 +67,13 @@ class Seq2Seq(nn.Module):
       self.output = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=layers.normal(self.init_std, ("embed", "vocab")))
-    stack = functools.partial(
-        Stack, num_heads=self.num_heads, mlp_dim=self.mlp_dim, position=self.position,
-        activation=self.activation, norm_eps=self.norm_eps, pre_norm=self.pre_norm,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        init_std=self.init_std, max_len=self.max_len, scan_layers=self.scan_layers,
-        remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = stack(num_layers=self.num_encoder_layers)
-    self.decoder = stack(num_layers=self.num_decoder_layers, is_decoder=True,
-                         decode=self.decode)
+    encoder_block = layers.BlockConfig.of(self, out_init_std=self.init_std, decode=False)
+    decoder_block = dataclasses.replace(encoder_block, causal=True, cross_attention=True,
+                                        decode=self.decode)
+    stack = functools.partial(Stack, position=self.position, scan_layers=self.scan_layers,
+                              remat=self.remat)
+    self.encoder = stack(encoder_block, self.num_encoder_layers)
+    self.decoder = stack(decoder_block, self.num_decoder_layers)
 
   def __call__(self, source: jax.Array, target_inputs: jax.Array,
                source_mask: jax.Array | None = None, logits: bool = True) -> jax.Array:
@@ -87,7 +86,7 @@ class Seq2Seq(nn.Module):
     mask = None
     if source_mask is not None:
       valid = source_mask.astype(bool)
-      mask = layers.padding_mask(valid, valid)
+      mask = attention.padding_mask(valid, valid)
     return self.encoder(self._scaled(embed, source), mask)
 
   def run_decoder(self, encoded: jax.Array, source_mask: jax.Array | None,
@@ -110,64 +109,44 @@ class Seq2Seq(nn.Module):
 
 class Stack(nn.Module):
   """Positions, dropout, `num_layers` blocks and (pre-norm) a final norm: the encoder or,
-  with `is_decoder`, the decoder (causal self-attention, cross-attention, KV cache)."""
+  with `config.cross_attention`, the decoder (causal self-attention, cross-attention, KV
+  cache)."""
+  config: layers.BlockConfig
   num_layers: int
-  num_heads: int
-  mlp_dim: int
   position: str
-  activation: str
-  norm_eps: float
-  pre_norm: bool
-  dropout_rate: float
-  attention_dropout_rate: float
-  init_std: float
-  max_len: int
   scan_layers: bool
   remat: str
-  is_decoder: bool = False
-  decode: bool = False
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None,
                encoded: jax.Array | None = None) -> jax.Array:
     """x: embedded tokens (B, T, d); mask: the self-attention mask (encoder) or the
     cross-attention mask (decoder)."""
+    c = self.config
     b, t, d = x.shape
-    if self.decode:  # the position is the number of tokens cached so far
+    if c.decode:  # the position is the number of tokens cached so far
       index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
       positions = (index.value + jnp.arange(t))[None]
       if not self.is_initializing():
         index.value += t
     else:
-      if t > self.max_len:
-        raise ValueError(f"{t} tokens exceed model.max_len={self.max_len}.")
+      if t > c.max_len:
+        raise ValueError(f"{t} tokens exceed model.max_len={c.max_len}.")
       positions = jnp.arange(t)[None]
     if self.position == "sinusoidal":
-      x = x + layers.sinusoidal_positions(positions, d).astype(self.dtype)
+      x = x + layers.sinusoidal_positions(positions, d).astype(c.dtype)
     else:
-      x = x + layers.Embed(self.max_len, d, self.init_std, axes=(None, "embed"),
-                           dtype=self.dtype, param_dtype=self.param_dtype,
-                           name="position_embed")(positions)
-    x = layers.apply_dropout(x, self.dropout_rate, self)
+      x = x + layers.Embed(c.max_len, d, c.init_std, axes=(None, "embed"), dtype=c.dtype,
+                           param_dtype=c.param_dtype, name="position_embed")(positions)
+    x = layers.apply_dropout(x, c.dropout_rate, self)
 
-    block = functools.partial(
-        layers.Block, num_heads=self.num_heads, head_dim=d // self.num_heads,
-        mlp_dim=self.mlp_dim, causal=self.is_decoder, activation=self.activation,
-        norm_eps=self.norm_eps, pre_norm=self.pre_norm,
-        cross_attention=self.is_decoder, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
-        out_init_std=self.init_std, decode=self.decode, max_len=self.max_len,
-        dtype=self.dtype, param_dtype=self.param_dtype)
-    if self.is_decoder:  # Block(x, mask, positions, encoded, encoder_mask)
-      x = layers.stack(block, self.num_layers, x, None, None, encoded, mask,
+    if c.cross_attention:  # Block(x, mask, positions, encoded, encoder_mask)
+      x = layers.stack(c, self.num_layers, x, None, None, encoded, mask,
                        scan=self.scan_layers, remat=self.remat)
     else:
-      x = layers.stack(block, self.num_layers, x, mask, scan=self.scan_layers,
-                       remat=self.remat)
-    if self.pre_norm:  # post-norm blocks end normalised already
-      x = layers.Norm("layernorm", self.norm_eps, self.dtype, name="final_norm")(x)
+      x = layers.stack(c, self.num_layers, x, mask, scan=self.scan_layers, remat=self.remat)
+    if c.pre_norm:  # post-norm blocks end normalised already
+      x = layers.Norm(c.norm, c.norm_eps, c.dtype, name="final_norm")(x)
     return x
 
 

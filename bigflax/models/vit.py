@@ -13,7 +13,6 @@ added, then pre-LN blocks with a GELU MLP, a final norm and the head, which star
 as in big_vision. `resize_position_embedding` adapts a checkpoint to another resolution.
 """
 
-import functools
 import math
 from typing import Any
 
@@ -77,13 +76,8 @@ class ViT(nn.Module):
                          name="position_embed")(jnp.arange(x.shape[1]))[None]
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
-    block = functools.partial(
-        layers.Block, num_heads=self.num_heads, head_dim=self.embed_dim // self.num_heads,
-        mlp_dim=self.mlp_dim, causal=False, activation=self.activation,
-        norm_eps=self.norm_eps, pre_norm=True, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
-        out_init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
-    x = layers.stack(block, self.num_layers, x, scan=self.scan_layers, remat=self.remat)
+    block_config = layers.BlockConfig.of(self, out_init_std=self.init_std)
+    x = layers.stack(block_config, self.num_layers, x, scan=self.scan_layers, remat=self.remat)
     x = layers.Norm("layernorm", self.norm_eps, self.dtype, name="final_norm")(x)
     if head is None:
       return x
