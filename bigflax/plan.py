@@ -197,8 +197,8 @@ def measure(config, devices, chip, num_chips, build) -> dict:
   per_module = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
   task = tasks.get(config.task.name)
   tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
-  model_flops = models.FLOPS_PER_TOKEN[config.model.name](
-      config.model, num_params, config.data.seq_len) * tokens_per_step
+  model_flops = models.flops_per_token(config.model, num_params,
+                                       config.data.seq_len) * tokens_per_step
   report = {
       "chip": chip.name, "devices": num_devices, "chips": num_chips,
       "mesh": {k: int(v) for k, v in mesh.shape.items()},

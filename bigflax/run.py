@@ -201,8 +201,7 @@ def init_params(config, params):
   else:
     raise UsageError(f"init_from={source_dir!r} is neither a bigflax workdir with "
                      f"checkpoints nor a directory holding model.safetensors.")
-  if config.model.name == "vit":  # a checkpoint of another resolution: resize its grid
-    source = models.vit.adapt_to_resolution(source, params)
+  source = models.adapt_checkpoint(config.model, source, params)  # e.g. a ViT's grid
   # LoRA adapters the source lacks start fresh (B = 0: the source model's outputs).
   params, report = state_lib.merge_params(params, source, config.init_new,
                                           optional=models.lora.ADAPTERS)
@@ -272,8 +271,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
 
   num_params = state_lib.num_params(state.params)
   tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
-  flops_per_token = models.FLOPS_PER_TOKEN[config.model.name](
-      config.model, num_params, config.data.seq_len)
+  flops_per_token = models.flops_per_token(config.model, num_params, config.data.seq_len)
   print(f"bigflax: {num_params:,} parameters on a {dict(mesh.shape)} mesh of "
         f"{mesh.devices.size} {jax.devices()[0].platform} devices, {jax.process_count()} "
         f"process(es)", flush=True)
