@@ -12,6 +12,8 @@ from etils import epath
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from bigflax import workdir as workdir_lib
+
 # Logical axis -> mesh axis. Data-parallel, FSDP and tensor parallelism are all this table
 # plus `mesh.shape`: batch over data x fsdp, weights' embed dim over fsdp, heads/mlp/vocab
 # over tensor. An axis already used in an array falls back to replication.
@@ -158,11 +160,11 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
 
 # Through etils.epath: a workdir may be a gs:// path.
 def save(config: ml_collections.ConfigDict, workdir: str):
-  (epath.Path(workdir) / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
+  epath.Path(workdir_lib.config(workdir)).write_text(config.to_json(indent=2, sort_keys=True))
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / "config.json"
+  path = epath.Path(workdir_lib.config(workdir))
   if not path.exists():
     raise FileNotFoundError(f"No config.json in --workdir={workdir}: is it a bigflax run "
                             f"directory? (`bigflax train` writes one when it starts.)")

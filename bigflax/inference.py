@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigflax import configs, interop, models, run, tasks
+from bigflax import workdir as workdir_lib
 from bigflax.configs import UsageError
 from bigflax.data import tokenizers
 from bigflax.infer import bundle as bundle_lib
@@ -49,10 +50,10 @@ def restore(workdir, mesh=None, config=None) -> Trained:
   run's mesh config over the devices present). `config` replaces the run's own
   config.json (promote judges a candidate on the incumbent's data)."""
   config = config or configs.load(workdir)
-  directory = epath.Path(workdir) / "checkpoints"
+  directory = epath.Path(workdir_lib.checkpoints(workdir))
   step = checkpoint.latest_step(directory) if directory.is_dir() else None
   if not step:
-    raise UsageError(f"No checkpoint in {workdir}/checkpoints: train first "
+    raise UsageError(f"No checkpoint in {directory}: train first "
                      f"(`python -m bigflax train --config ... --workdir {workdir}`).")
   tokenizer = run.load_tokenizer(config, workdir)
   model = run.build_model(config, tokenizer)
@@ -94,7 +95,7 @@ def evaluate(workdir, split) -> dict:
   result = evaluation(workdir, split, config)
   report = {"step": result.step, "split": split, "metrics": result.metrics}
   if jax.process_index() == 0:
-    prefix = os.path.join(workdir, f"eval_{split}_{result.step}")
+    prefix = workdir_lib.eval_report(workdir, split, result.step)
     print(f"step {result.step}, {split}: "
           + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
     eval_report = tasks.get(config.task.name).eval_report
@@ -108,10 +109,11 @@ def evaluate(workdir, split) -> dict:
 def hf_language_model(directory):
   """(config, params) of a HF GPT-2 checkpoint directory, with bigflax's defaults for the
   rest of the config."""
+  kind = interop.model_type(directory)
+  if kind not in interop.CAUSAL_LMS:
+    raise UsageError(f"{directory} holds a {kind} checkpoint; sample needs a language model "
+                     f"({', '.join(interop.CAUSAL_LMS)}).")
   model_config, params = interop.import_checkpoint(directory)
-  if model_config["name"] != "gpt":
-    raise UsageError(f"{directory} holds a {model_config['name']} checkpoint; sample needs "
-                     f"a language model (GPT-2).")
   config = configs.base()
   config.model = model_config
   config.tokenizer.kind = "gpt2"

@@ -7,7 +7,6 @@ The command line (`cli.py`) calls these; so can a test, a script or a notebook.
 
 import dataclasses
 import functools
-import os
 import types
 
 from etils import epath
@@ -16,14 +15,12 @@ import jax
 from jax.experimental import multihost_utils
 
 from bigflax import configs, interop, models, run_info, tasks
+from bigflax import workdir as workdir_lib
 from bigflax.configs import UsageError
 from bigflax.data import pipeline, tokenizers
 from bigflax.tasks import distill
 from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
-
-ADAPTERS_FILE = "adapters.safetensors"  # a LoRA run's adapters, written when training ends
-
 
 @dataclasses.dataclass
 class Training:
@@ -58,14 +55,14 @@ def build_tokenizer(config, workdir):
     return None
   texts = lambda: pipeline.load_text_split(config.data.name, "train", config.data.data_dir,
                                            config.data.source_dir)
-  return tokenizers.build(config.tokenizer, texts, os.path.join(workdir, "tokenizer"))
+  return tokenizers.build(config.tokenizer, texts, workdir_lib.tokenizer(workdir))
 
 
 def load_tokenizer(config, workdir):
   """A trained run's tokenizer (None for tasks on numbers)."""
   if config.tokenizer.kind == "none":
     return None
-  return tokenizers.load(os.path.join(workdir, "tokenizer"))
+  return tokenizers.load(workdir_lib.tokenizer(workdir))
 
 
 def build_model(config, tokenizer, **overrides):
@@ -171,7 +168,7 @@ def build_teacher(config, tokenizer, mesh) -> Teacher:
   teacher = build_model(teacher_config, teacher_tokenizer)
   target, shardings = state_lib.param_layout(model_init(teacher_config, teacher), mesh,
                                              partitioning.rules_tuple(config.mesh.rules))
-  params = checkpoint.restore_params(os.path.join(teacher_dir, "checkpoints"), target)
+  params = checkpoint.restore_params(workdir_lib.checkpoints(teacher_dir), target)
   return Teacher(teacher, params, shardings)
 
 
@@ -180,7 +177,7 @@ def initialize_from(config, state, abstract_state):
   `init_keep_optimizer` its optimizer state too."""
   if not config.init_keep_optimizer:
     return state.replace(params=init_params(config, state.params))
-  source = checkpoint.manager(os.path.join(config.init_from, "checkpoints"), keep=None)
+  source = checkpoint.manager(workdir_lib.checkpoints(config.init_from), keep=None)
   restored = checkpoint.restore(source, abstract_state)
   if restored is None:
     raise UsageError(f"init_keep_optimizer needs init_from={config.init_from!r} to be a "
@@ -196,8 +193,8 @@ def init_params(config, params):
   source_dir = config.init_from
   if (epath.Path(source_dir) / "model.safetensors").exists():
     _, source = interop.import_checkpoint(source_dir, config.model.get("scan_layers", False))
-  elif (epath.Path(source_dir) / "checkpoints").is_dir():
-    source = checkpoint.restore_params(os.path.join(source_dir, "checkpoints"))
+  elif epath.Path(workdir_lib.checkpoints(source_dir)).is_dir():
+    source = checkpoint.restore_params(workdir_lib.checkpoints(source_dir))
   else:
     raise UsageError(f"init_from={source_dir!r} is neither a bigflax workdir with "
                      f"checkpoints nor a directory holding model.safetensors.")
@@ -235,7 +232,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
   """Everything a training run needs, from the config; resumes the latest checkpoint in
   `workdir` if there is one (restored onto abstract targets: nothing initialised first)."""
   configs.validate(config)
-  if (epath.Path(workdir) / "checkpoints").exists():
+  if epath.Path(workdir_lib.checkpoints(workdir)).exists():
     configs.check_resumable(configs.load(workdir), config, workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   tokenizer = build_tokenizer(config, workdir)
@@ -253,7 +250,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
   if getattr(model, "lora", None) and not models.lora.adapters(abstract_state.params):
     raise UsageError(f"model.lora.targets={model.lora.targets!r} matches no projection "
                      f"kernel (paths look like 'layer_0/attention/query/kernel').")
-  checkpoints = checkpoint.manager(os.path.join(workdir, "checkpoints"),
+  checkpoints = checkpoint.manager(workdir_lib.checkpoints(workdir),
                                    config.train.keep_checkpoints,
                                    config.train.async_checkpoints)
   restored = checkpoint.restore(checkpoints, abstract_state)
@@ -305,9 +302,9 @@ def train(config, workdir):
     adapters = multihost_utils.process_allgather(models.lora.adapters(state.params),
                                                  tiled=True)
     if jax.process_index() == 0:
-      models.lora.save(os.path.join(workdir, ADAPTERS_FILE), adapters)
+      models.lora.save(workdir_lib.adapters(workdir), adapters)
       print(f"bigflax: LoRA adapters of step {int(state.step)} in "
-            f"{os.path.join(workdir, ADAPTERS_FILE)}", flush=True)
+            f"{workdir_lib.adapters(workdir)}", flush=True)
   after = training.task.after_training
   if after is not None and int(state.step) == config.train.num_steps:
     with jax.set_mesh(training.job.mesh), nn.logical_axis_rules(training.job.rules):

@@ -27,6 +27,7 @@ import time
 
 import httpx
 
+from bigflax import workdir as run_dir
 from bigflax.data import pipeline
 
 
@@ -39,7 +40,7 @@ def bigflax(*args, background=False):
 
 
 def trained(workdir: pathlib.Path, steps: int) -> bool:
-  return (workdir / "checkpoints" / str(steps)).exists()
+  return (workdir / run_dir.CHECKPOINTS / str(steps)).exists()
 
 
 def word_f1(answer: str, reference: str) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from bigflax import configs, models, tasks
+from bigflax import configs, models, tasks, workdir
 from bigflax.models import gpt, layers, lora
 from bigflax.tasks import lm
 from bigflax.train import optim, step as step_lib
@@ -189,7 +189,7 @@ def test_lora_run_from_a_base_run(tfds_dir, tmp_path):
   assert all(np.abs(x).max() > 0 for x in adapters.values())  # B left zero
   jax.tree.map(np.testing.assert_array_equal, without_adapters(params),
                without_adapters(base))
-  saved = lora.load(str(tmp_path / "lora" / run_lib.ADAPTERS_FILE),
+  saved = lora.load(str(tmp_path / "lora" / workdir.ADAPTERS),
                     jax.tree.map(np.zeros_like, params))
   jax.tree.map(np.testing.assert_array_equal, lora.adapters(saved), adapters)
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 
+from bigflax import workdir as workdir_lib
 from bigflax.infer import bundle
 
 LOADER = "load_bundle.py"
@@ -41,7 +42,7 @@ def abstract(params):
 
 def latest_eval(workdir: str) -> dict:
   """The last evaluation record in the run's metrics.jsonl ({} if there is none)."""
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = workdir_lib.metrics(workdir)
   if not os.path.exists(path):
     return {}
   with open(path) as f:
@@ -112,7 +113,7 @@ def write(out: str, *, config, workdir: str, step: int, params, functions: dict,
     with open(os.path.join(staging, "functions", f"{name}.jax"), "wb") as f:
       f.write(e.serialize())
   safetensors.numpy.save_file(flatten(params), os.path.join(staging, "params.safetensors"))
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
+  tokenizer_dir = workdir_lib.tokenizer(workdir)
   if os.path.isdir(tokenizer_dir):
     shutil.copytree(tokenizer_dir, os.path.join(staging, "tokenizer"))
   card = model_card(config, params, workdir, step, exported)

@@ -8,16 +8,24 @@ from bigflax.interop import gpt2, hf
 IMPORTERS = {"bert": hf.import_bert, "gpt2": gpt2.import_gpt2}  # by config.json's model_type
 
 
-def import_checkpoint(directory: str, scan_layers: bool = False) -> tuple[dict, dict]:
-  """A HF checkpoint directory -> (bigflax model config, params), the importer chosen by
-  the model_type in its config.json."""
+CAUSAL_LMS = ("gpt2",)  # model types that `bigflax sample --workdir HF_DIR` decodes
+
+
+def model_type(directory: str) -> str:
+  """The model_type in a HF checkpoint directory's config.json."""
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: a Hugging Face checkpoint directory holds "
                             f"config.json and model.safetensors.")
   with open(path) as f:
-    model_type = json.load(f).get("model_type")
-  if model_type not in IMPORTERS:
-    raise ValueError(f"{path}: model_type={model_type!r}; bigflax imports "
-                     f"{sorted(IMPORTERS)}.")
-  return IMPORTERS[model_type](directory, scan_layers=scan_layers)
+    return json.load(f).get("model_type")
+
+
+def import_checkpoint(directory: str, scan_layers: bool = False) -> tuple[dict, dict]:
+  """A HF checkpoint directory -> (bigflax model config, params), the importer chosen by
+  the model_type in its config.json."""
+  kind = model_type(directory)
+  if kind not in IMPORTERS:
+    raise ValueError(f"{os.path.join(directory, 'config.json')}: model_type={kind!r}; "
+                     f"bigflax imports {sorted(IMPORTERS)}.")
+  return IMPORTERS[kind](directory, scan_layers=scan_layers)

@@ -1,12 +1,13 @@
 """Metric writers: TensorBoard event files and a JSONL file in the workdir (process 0)."""
 
 import json
-import os
 import time
 
 from etils import epath
 import jax
 from tensorboardX import SummaryWriter
+
+from bigflax import workdir as workdir_lib
 
 # Object stores (gs://) cannot append to a file: there metrics.jsonl is rewritten whole,
 # at most this often (and at the end).
@@ -18,10 +19,10 @@ class MetricWriter:
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
-    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.path = epath.Path(workdir_lib.metrics(workdir))
     self.remote = "://" in str(workdir)
     self.lines, self.flushed = [], time.monotonic()  # remote: the file's whole contents
-    self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.enabled else None
+    self.tensorboard = SummaryWriter(workdir_lib.tensorboard(workdir)) if self.enabled else None
 
   def truncate(self, step: int):
     """Forgets records after `step` (from a run killed after its last checkpoint)."""
@@ -59,6 +60,6 @@ class MetricWriter:
 
 def read(workdir: str, split: str = "train") -> dict:
   """{step: record} of a workdir's metrics.jsonl, for analysis and tests."""
-  lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  lines = (epath.Path(workdir_lib.metrics(workdir))).read_text().splitlines()
   records = [json.loads(line) for line in lines if line.strip()]
   return {r["step"]: r for r in records if r["split"] == split}
