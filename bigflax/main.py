@@ -38,7 +38,7 @@ import numpy as np
 
 from bigflax import configs, metrics, models, plan, promote, run_info, tasks
 from bigflax.tasks import distill
-from bigflax.data import pipeline, tokenizers
+from bigflax.data import pipeline, sources, tokenizers
 from bigflax import interop
 from bigflax.infer import bundle as bundle_lib
 from bigflax.infer import decode, export as export_lib
@@ -396,7 +396,7 @@ def evaluate(workdir, split):
   config = configs.load(workdir)
   step, results, totals = evaluation(config, workdir, split)
   report = {"step": step, "split": split, "metrics": results}
-  names = pipeline.CLASS_NAMES.get(config.data.name)  # None: classes by index
+  names = sources.class_names(config.data.name)  # None: classes by index
   if "confusion" in totals:
     report["confusion_matrix"] = metrics.confusion_matrix_json(totals["confusion"], names)
   if jax.process_index() == 0:
