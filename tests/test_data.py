@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bigflax.data import pipeline
+from bigflax.data import sources
 from bigflax.data import stdlib_corpus
 from bigflax.data import tiny_shakespeare
 from bigflax.data import tokenizers
@@ -119,6 +120,18 @@ def test_tiny_shakespeare_rejects_a_corrupt_file(tmp_path):
 def test_unknown_dataset_name(tmp_path):
   with pytest.raises(ValueError, match="data.name='c4'.*stdlib_corpus"):
     pipeline.load_text_split("c4", "train", tmp_path)
+
+
+def test_sources_say_their_kind_and_classes(tmp_path):
+  assert sources.kind("imagenet2012") == "image"  # experiments/vit_b16.py plans on it
+  assert sources.kind("two_blobs") == "features"
+  assert sources.class_names("sst2") == ("negative", "positive")
+  assert sources.class_names("imagenet2012") is None  # classes by index
+  with pytest.raises(ValueError, match="data.name='sst2' holds labelled_text examples, "
+                                       "not image: choose one of .*fashion_mnist"):
+    pipeline.load_labelled_images("sst2", "train", tmp_path)
+  with pytest.raises(ValueError, match="'imagenet2012' has no loader here"):
+    pipeline.load_labelled_images("imagenet2012", "validation", tmp_path)
 
 
 def test_pack_documents_hand_computed():

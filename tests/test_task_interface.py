@@ -10,7 +10,7 @@ import numpy as np
 
 from bigflax import configs, inference, losses, tasks
 from bigflax import run as run_lib
-from bigflax.data import pipeline
+from bigflax.data import batches
 from bigflax.infer import bundle as bundle_lib
 
 
@@ -20,7 +20,7 @@ def quadrant_data(config, tokenizer, split, *, process_index, process_count):
   rng = np.random.default_rng([config.data.seed, ("train", "validation").index(split)])
   features = rng.uniform(-1, 1, (512, 2)).astype(np.float32)
   labels = (features[:, 0] * features[:, 1] > 0).astype(np.int32)
-  return pipeline.Batches({"features": features, "label": labels},
+  return batches.Batches({"features": features, "label": labels},
                           config.data.global_batch_size, seed=config.data.seed,
                           shuffle=split == "train", process_index=process_index,
                           process_count=process_count)

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bigflax.data import pipeline
+from bigflax.data import batches, pipeline
 from bigflax.data import sst2
 from bigflax.data import tokenizers
 from conftest import SHARED_DATA
@@ -185,11 +185,11 @@ def test_train_batches_shuffled_and_truncated_with_byte_tokenizer(sst2_dir):
 
 def test_length_grouped_batches_are_random_but_short():
   lengths = np.random.default_rng(1).integers(3, 64, size=1000)
-  epoch0 = pipeline.length_grouped_order(lengths, 20, seed=0, epoch=0)
-  epoch1 = pipeline.length_grouped_order(lengths, 20, seed=0, epoch=1)
+  epoch0 = batches.length_grouped_order(lengths, 20, seed=0, epoch=0)
+  epoch1 = batches.length_grouped_order(lengths, 20, seed=0, epoch=1)
   assert epoch0.shape == (50, 20) and len(np.unique(epoch0)) == 1000  # each example once
   assert not np.array_equal(epoch0, epoch1)
-  np.testing.assert_array_equal(epoch0, pipeline.length_grouped_order(lengths, 20, 0, 0))
+  np.testing.assert_array_equal(epoch0, batches.length_grouped_order(lengths, 20, 0, 0))
   spread = lambda order: np.mean(lengths[order].max(1) - lengths[order].min(1))
   assert spread(epoch0) < 0.1 * spread(np.arange(1000).reshape(50, 20))
   assert np.std(lengths[epoch0].mean(1)) > 10  # batches differ: long ones and short ones

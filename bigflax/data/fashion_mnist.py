@@ -7,7 +7,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bigflax.data import checked
+from bigflax.data import checked, local_builder
 
 # split -> (images file, labels file); with the sha256 of each .gz file.
 FILES = {
@@ -48,47 +48,35 @@ def read_idx(path, rank: int, sha256: str | None = None) -> np.ndarray:
   return array.reshape(shape)
 
 
-class FashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class FashionMnist(local_builder.LocalBuilder):
   """Fashion-MNIST train (60,000) and test (10,000).
 
   Reads the IDX .gz files from `source_dir` if given, else downloads them.
   """
-
-  # What TFDS would find itself, but its lookup imports importlib_resources,
-  # which it doesn't install on Python >= 3.9 (tensorflow/datasets#11212).
-  code_path = epath.Path(__file__)
 
   # 2.0.0: the TFDS catalogue's own fashion_mnist 3.0.1 (an Image feature, no 'index')
   # is a different dataset layout, even if it shares the data_dir.
   VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {"2.0.0": "uint8 Tensor images (no TensorFlow needed), 'index' = IDX row."}
 
-  def __init__(self, *, source_dir=None, **kwargs):
-    self._source_dir = source_dir
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    # Built in place: dataset_info_from_configs wants metadata files next to
-    # the module, which only packaged TFDS datasets have.
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "Zalando's Fashion-MNIST: 28x28 grayscale images of clothing, 10 classes, "
-            "6,000 train and 1,000 test images each. `index` is the row in the IDX "
-            "file: sort by it to undo TFDS's shuffle by key hash."
-        ),
-        features=tfds.features.FeaturesDict({
-            # A Tensor, not tfds.features.Image: Image encodes a numpy array through
-            # TensorFlow.
-            "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=LABELS),
-            "index": tfds.features.Scalar(dtype=np.int32),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-        license="MIT",
-        citation="Xiao, Rasul and Vollgraf, arXiv:1708.07747, 2017.",
-    )
+  FEATURES = {
+      # A Tensor, not tfds.features.Image: Image encodes a numpy array through
+      # TensorFlow.
+      "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
+      "label": tfds.features.ClassLabel(names=LABELS),
+      "index": tfds.features.Scalar(dtype=np.int32),
+  }
+  INFO = dict(
+      description=(
+          "Zalando's Fashion-MNIST: 28x28 grayscale images of clothing, 10 classes, "
+          "6,000 train and 1,000 test images each. `index` is the row in the IDX "
+          "file: sort by it to undo TFDS's shuffle by key hash."
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://github.com/zalandoresearch/fashion-mnist",
+      license="MIT",
+      citation="Xiao, Rasul and Vollgraf, arXiv:1708.07747, 2017.",
+  )
 
   def _split_generators(self, dl_manager):
     if self._source_dir is not None:

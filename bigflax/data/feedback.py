@@ -17,6 +17,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bigflax.data import local_builder
+
 VALIDATION_FRACTION = 0.1
 
 
@@ -72,31 +74,25 @@ def is_validation(id_: str) -> bool:
   return int.from_bytes(digest[:8], "big") < VALIDATION_FRACTION * 2**64
 
 
-class Feedback(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Feedback(local_builder.LocalBuilder):
   """Approved or corrected completions from a feedback directory."""
 
-  code_path = epath.Path(__file__)  # see stdlib_corpus.StdlibCorpus
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Completions with a positive rating or a correction."}
+
+  FEATURES = {
+      "id": tfds.features.Text(),
+      "prompt": tfds.features.Text(),
+      "answer": tfds.features.Text(),
+      "rating": tfds.features.Scalar(dtype=np.float32),
+  }
+  INFO = dict(description=__doc__)
 
   def __init__(self, *, source_dir, **kwargs):
     if not source_dir or not epath.Path(source_dir).is_dir():
       raise ValueError(f"data.source_dir={source_dir!r} must be the feedback directory "
                        f"(the server's --feedback_dir).")
-    self._source_dir = source_dir
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "prompt": tfds.features.Text(),
-            "answer": tfds.features.Text(),
-            "rating": tfds.features.Scalar(dtype=np.float32),
-        }),
-    )
+    super().__init__(source_dir=source_dir, **kwargs)
 
   def _split_generators(self, dl_manager):
     del dl_manager

@@ -9,7 +9,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bigflax.data import checked
+from bigflax.data import checked, local_builder
 
 LANGUAGES = ("de", "en")
 # split -> file stem; (stem, language) -> sha256 of the gunzipped raw file.
@@ -29,39 +29,28 @@ def read_lines(path, sha256: str) -> list[str]:
   return data.decode("utf-8").splitlines()
 
 
-class Multi30k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Multi30k(local_builder.LocalBuilder):
   """Multi30k task 1 train (29,000 pairs) and validation (1,014 pairs): `de`, `en`, `index`.
 
   `source_dir` holds {train,val}.{de,en}; sort by `index` for the files' line order.
   """
 
-  # What TFDS would find itself, but its lookup imports importlib_resources,
-  # which it doesn't install on Python >= 3.9 (tensorflow/datasets#11212).
-  code_path = epath.Path(__file__)
-
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Raw task-1 train and val as train/validation; 'index' = line."}
 
-  def __init__(self, *, source_dir=None, **kwargs):
-    self._source_dir = source_dir
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    # Built in place: dataset_info_from_configs wants metadata files next to the module.
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="Multi30k task 1: Flickr30k English descriptions with professional "
-                    "German translations, raw text. `index` is the line in the files.",
-        features=tfds.features.FeaturesDict({
-            "de": tfds.features.Text(),
-            "en": tfds.features.Text(),
-            "index": tfds.features.Scalar(dtype=np.int32),
-        }),
-        supervised_keys=("de", "en"),
-        homepage="https://github.com/multi30k/dataset",
-        citation="Elliott, Frank, Sima'an and Specia, Multi30K: Multilingual "
-                 "English-German Image Descriptions, VL workshop 2016.",
-    )
+  FEATURES = {
+      "de": tfds.features.Text(),
+      "en": tfds.features.Text(),
+      "index": tfds.features.Scalar(dtype=np.int32),
+  }
+  INFO = dict(
+      description="Multi30k task 1: Flickr30k English descriptions with professional "
+                  "German translations, raw text. `index` is the line in the files.",
+      supervised_keys=("de", "en"),
+      homepage="https://github.com/multi30k/dataset",
+      citation="Elliott, Frank, Sima'an and Specia, Multi30K: Multilingual "
+               "English-German Image Descriptions, VL workshop 2016.",
+  )
 
   def _split_generators(self, dl_manager):
     del dl_manager

@@ -4,7 +4,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bigflax.data import checked
+from bigflax.data import checked, local_builder
 
 # split -> (GLUE file name, sha256 of the file as GLUE ships it).
 FILES = {
@@ -33,44 +33,32 @@ def parse_tsv(text: str) -> list[tuple[str, int]]:
   return rows
 
 
-class Sst2(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Sst2(local_builder.LocalBuilder):
   """GLUE SST-2 train and validation (GLUE's dev; its test split has no labels).
 
   Reads `source_dir/{train,dev}.tsv` if `source_dir` is given, else downloads GLUE's zip.
   """
-
-  # What TFDS would find itself, but its lookup imports importlib_resources,
-  # which it doesn't install on Python >= 3.9 (tensorflow/datasets#11212).
-  code_path = epath.Path(__file__)
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
       "1.0.0": "GLUE train/dev as train/validation; sentences stripped; 'index' = row number.",
   }
 
-  def __init__(self, *, source_dir=None, **kwargs):
-    self._source_dir = source_dir
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    # Built in place: dataset_info_from_configs wants metadata files next to
-    # the module, which only packaged TFDS datasets have.
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "The GLUE version of the Stanford Sentiment Treebank with binary labels. "
-            "Sentences are lower-cased and PTB-tokenised. `index` is the row in "
-            "GLUE's file: sort by it to undo TFDS's shuffle by key hash."
-        ),
-        features=tfds.features.FeaturesDict({
-            "sentence": tfds.features.Text(),
-            "label": tfds.features.ClassLabel(names=LABELS),
-            "index": tfds.features.Scalar(dtype=np.int32),
-        }),
-        supervised_keys=("sentence", "label"),
-        homepage="https://gluebenchmark.com/",
-        citation="Socher et al., EMNLP 2013; Wang et al., GLUE, ICLR 2019.",
-    )
+  FEATURES = {
+      "sentence": tfds.features.Text(),
+      "label": tfds.features.ClassLabel(names=LABELS),
+      "index": tfds.features.Scalar(dtype=np.int32),
+  }
+  INFO = dict(
+      description=(
+          "The GLUE version of the Stanford Sentiment Treebank with binary labels. "
+          "Sentences are lower-cased and PTB-tokenised. `index` is the row in "
+          "GLUE's file: sort by it to undo TFDS's shuffle by key hash."
+      ),
+      supervised_keys=("sentence", "label"),
+      homepage="https://gluebenchmark.com/",
+      citation="Socher et al., EMNLP 2013; Wang et al., GLUE, ICLR 2019.",
+  )
 
   def _split_generators(self, dl_manager):
     if self._source_dir is not None:

@@ -5,8 +5,9 @@ import pathlib
 import platform
 import sysconfig
 
-from etils import epath
 import tensorflow_datasets as tfds
+
+from bigflax.data import local_builder
 
 VALIDATION_FRACTION = 0.05
 # Third-party code and the test suites are not "the standard library".
@@ -34,36 +35,29 @@ def source_files(root: pathlib.Path) -> list[str]:
   return sorted(paths)
 
 
-class StdlibCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class StdlibCorpus(local_builder.LocalBuilder):
   """Python source code of the standard library of the running interpreter."""
 
-  # What TFDS would find itself, but its lookup imports importlib_resources,
-  # which it doesn't install on Python >= 3.9 (tensorflow/datasets#11212).
-  code_path = epath.Path(__file__)
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
       "1.0.0": "Stdlib .py files without tests; 5% of files (by path hash) held out.",
   }
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    # Built in place: dataset_info_from_configs wants metadata files next to
-    # the module, which only packaged TFDS datasets have.
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "The .py files of the CPython standard library (test directories "
-            "and site-packages skipped), split train/validation by file. The "
-            "content depends on the Python version that prepares it: "
-            f"{platform.python_version()} here."
-        ),
-        features=tfds.features.FeaturesDict({
-            "path": tfds.features.Text(),
-            "text": tfds.features.Text(),
-        }),
-        homepage="https://github.com/python/cpython/tree/main/Lib",
-        license="PSF-2.0",
-    )
+  FEATURES = {
+      "path": tfds.features.Text(),
+      "text": tfds.features.Text(),
+  }
+  INFO = dict(
+      description=(
+          "The .py files of the CPython standard library (test directories "
+          "and site-packages skipped), split train/validation by file. The "
+          "content depends on the Python version that prepares it: "
+          f"{platform.python_version()} here."
+      ),
+      homepage="https://github.com/python/cpython/tree/main/Lib",
+      license="PSF-2.0",
+  )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is on local disk.

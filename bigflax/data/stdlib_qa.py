@@ -13,10 +13,9 @@ import pathlib
 import platform
 import sysconfig
 
-from etils import epath
 import tensorflow_datasets as tfds
 
-from bigflax.data import stdlib_corpus
+from bigflax.data import local_builder, stdlib_corpus
 
 MAX_ANSWER_CHARS = 400
 PROMPT = "Q: {question}\nA:"
@@ -65,28 +64,25 @@ def module_name(relative_path: str) -> str:
   return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-class StdlibQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class StdlibQa(local_builder.LocalBuilder):
   """Question/answer pairs from the docstrings of the running interpreter's stdlib."""
 
-  code_path = epath.Path(__file__)  # see stdlib_corpus.StdlibCorpus
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Public functions, classes and methods with docstrings."}
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=("Questions 'What does the function M.f(args) do?' answered by the "
-                     "first paragraph of f's docstring, from the CPython standard library "
-                     f"(Python {platform.python_version()}), split by module."),
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "module": tfds.features.Text(),
-            "prompt": tfds.features.Text(),
-            "answer": tfds.features.Text(),
-        }),
-        homepage="https://github.com/python/cpython/tree/main/Lib",
-        license="PSF-2.0",
-    )
+  FEATURES = {
+      "id": tfds.features.Text(),
+      "module": tfds.features.Text(),
+      "prompt": tfds.features.Text(),
+      "answer": tfds.features.Text(),
+  }
+  INFO = dict(
+      description=("Questions 'What does the function M.f(args) do?' answered by the "
+                   "first paragraph of f's docstring, from the CPython standard library "
+                   f"(Python {platform.python_version()}), split by module."),
+      homepage="https://github.com/python/cpython/tree/main/Lib",
+      license="PSF-2.0",
+  )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is on local disk.

@@ -3,7 +3,7 @@
 from etils import epath
 import tensorflow_datasets as tfds
 
-from bigflax.data import checked
+from bigflax.data import checked, local_builder
 
 FILE_NAME = "input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -27,15 +27,11 @@ def read_checked(path) -> str:
   return checked.read_bytes(path, SHA256, "Tiny Shakespeare").decode("utf-8")
 
 
-class TinyShakespeare(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class TinyShakespeare(local_builder.LocalBuilder):
   """Tiny Shakespeare in chunks of whole lines.
 
   Reads `source_dir/input.txt` if `source_dir` is given, else downloads it.
   """
-
-  # What TFDS would find itself, but its lookup imports importlib_resources,
-  # which it doesn't install on Python >= 3.9 (tensorflow/datasets#11212).
-  code_path = epath.Path(__file__)
 
   # 2.0.0, not 1.0.0: the TFDS catalogue's own tiny_shakespeare 1.0.0 (one
   # example per split, no 'path') may sit in the same data_dir.
@@ -44,27 +40,19 @@ class TinyShakespeare(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       "2.0.0": "Chunks of 100 lines with a 'path' key; train/validation 90/10 by characters.",
   }
 
-  def __init__(self, *, source_dir=None, **kwargs):
-    self._source_dir = source_dir
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    # Built in place: dataset_info_from_configs wants metadata files next to
-    # the module, which only packaged TFDS datasets have.
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "40,000 lines of Shakespeare (char-rnn's input.txt). Train is the "
-            "first 90% of characters, validation the last 10%; each is cut into "
-            f"chunks of {LINES_PER_CHUNK} lines whose paths sort in text order."
-        ),
-        features=tfds.features.FeaturesDict({
-            "path": tfds.features.Text(),
-            "text": tfds.features.Text(),
-        }),
-        homepage="https://github.com/karpathy/char-rnn",
-        license="Public domain",
-    )
+  FEATURES = {
+      "path": tfds.features.Text(),
+      "text": tfds.features.Text(),
+  }
+  INFO = dict(
+      description=(
+          "40,000 lines of Shakespeare (char-rnn's input.txt). Train is the "
+          "first 90% of characters, validation the last 10%; each is cut into "
+          f"chunks of {LINES_PER_CHUNK} lines whose paths sort in text order."
+      ),
+      homepage="https://github.com/karpathy/char-rnn",
+      license="Public domain",
+  )
 
   def _split_generators(self, dl_manager):
     if self._source_dir is not None:

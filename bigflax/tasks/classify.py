@@ -11,29 +11,37 @@ import jax
 import jax.numpy as jnp
 
 from bigflax import losses, metrics
-from bigflax.data import augment, pipeline, synthetic
+from bigflax.data import augment, pipeline, sources
 from bigflax.tasks import base
+
+# What the model reads, by the kind of data source (`data/sources.py`).
+_INPUTS = {"features": ("features",), "image": ("image",),
+           "labelled_text": ("tokens", "segments", "mask")}
+
+
+def _kind(config) -> str:
+  return sources.check_kind(config.data.name, *_INPUTS).kind
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
   kwargs = dict(process_index=process_index, process_count=process_count)
-  if config.data.name in pipeline.IMAGE_CLASSIFICATION:
+  kind = _kind(config)
+  if kind == "image":
     padding, flip = config.data.get("crop_padding", 0), config.data.get("flip", False)
     transform = functools.partial(augment.crop_and_flip, seed=config.data.seed,
                                   padding=padding, flip=flip) if padding or flip else None
     return pipeline.make_image_classification_batches(config.data, split, **kwargs,
                                                       transform=transform)
-  if config.data.name not in synthetic.NAMES:
+  if kind == "labelled_text":
     return pipeline.make_text_classification_batches(config.data, tokenizer, split, **kwargs)
-  arrays = synthetic.make(config.data.name, split, config.data.num_examples, config.data.seed)
-  return pipeline.Batches(arrays, config.data.global_batch_size, seed=config.data.seed,
-                          shuffle=split == "train", **kwargs)
+  return pipeline.make_feature_batches(config.data, split, **kwargs)
 
 
 def init_inputs(config):
-  if config.data.name in synthetic.NAMES:
+  kind = _kind(config)
+  if kind == "features":
     return (jnp.zeros((1, 2), jnp.float32),)
-  if config.data.name in pipeline.IMAGE_CLASSIFICATION:
+  if kind == "image":
     m = config.model
     return (jnp.zeros((1, m.image_size, m.image_size, m.num_channels), jnp.uint8),)
   tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
@@ -42,20 +50,17 @@ def init_inputs(config):
 
 def tokens_per_example(config):
   """Sentences count their tokens; a feature vector or an image counts as one."""
-  if config.data.name in synthetic.NAMES or config.data.name in pipeline.IMAGE_CLASSIFICATION:
-    return 1
-  return config.data.seq_len
+  return config.data.seq_len if _kind(config) == "labelled_text" else 1
 
 
 def batch_spec(config):
   """Shapes of a global batch, for planning a run without its data."""
   rows = config.data.global_batch_size
   spec = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct((rows, *shape), dtype)
-  if config.data.name in synthetic.NAMES:
-    return {"features": spec(2, dtype=jnp.float32), "label": spec()}
-  if config.data.name in pipeline.IMAGE_CLASSIFICATION:
-    image = init_inputs(config)[0]
-    return {"image": spec(*image.shape[1:], dtype=image.dtype), "label": spec()}
+  kind = _kind(config)
+  if kind in ("features", "image"):
+    x = init_inputs(config)[0]
+    return {kind: spec(*x.shape[1:], dtype=x.dtype), "label": spec()}
   length = config.data.seq_len
   return {"tokens": spec(length), "segments": spec(length), "mask": spec(length),
           "label": spec(), "weight": spec(dtype=jnp.float32)}
@@ -117,26 +122,21 @@ def serving(config, model, params, tokenizer):
   b, = jax.export.symbolic_shape("b")
   arrays = [jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype) for x in init_inputs(config)
             if hasattr(x, "shape")]
-  if config.data.name in synthetic.NAMES:
-    names, meta = ("features",), {"input": "features"}
-  elif config.data.name in pipeline.IMAGE_CLASSIFICATION:
-    names, meta = ("image",), {"input": "image"}
+  names = _INPUTS[_kind(config)]
+  if len(names) == 1:
+    meta = {"input": names[0], "input_shape": list(arrays[0].shape[1:])}
   else:
-    names = ("tokens", "segments", "mask")
     meta = {"input": "text", "seq_len": config.data.seq_len, "bos_id": tokenizer.bos_id,
             "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
-  if len(names) == 1:
-    meta["input_shape"] = list(arrays[0].shape[1:])
   forward = lambda params, *arrays: _logits(model, params, dict(zip(names, arrays)), {})
   num_classes = max(jax.eval_shape(forward, params, *arrays).shape[-1], 2)
-  meta["labels"] = list(pipeline.CLASS_NAMES.get(config.data.name,
-                                                 map(str, range(num_classes))))
+  meta["labels"] = list(sources.class_names(config.data.name) or map(str, range(num_classes)))
   return {"forward": (forward, (params, *arrays))}, meta
 
 
 def eval_report(config, totals, prefix) -> dict:
   """The confusion matrix: in the report, printed, and drawn in `prefix`_confusion.png."""
-  names = pipeline.CLASS_NAMES.get(config.data.name)  # None: classes by index
+  names = sources.class_names(config.data.name)  # None: classes by index
   metrics.save_confusion_matrix_png(totals["confusion"], prefix + "_confusion.png", names)
   print(metrics.format_confusion_matrix(totals["confusion"], names))
   print(f"confusion matrix: {prefix}_confusion.png")

@@ -4,16 +4,14 @@ import jax
 import jax.numpy as jnp
 
 from bigflax import losses
-from bigflax.data import pipeline, synthetic
+from bigflax.data import pipeline
 from bigflax.tasks import base
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
   del tokenizer
-  arrays = synthetic.make(config.data.name, split, config.data.num_examples, config.data.seed)
-  return pipeline.Batches(arrays, config.data.global_batch_size, seed=config.data.seed,
-                          shuffle=split == "train", process_index=process_index,
-                          process_count=process_count)
+  return pipeline.make_feature_batches(config.data, split, process_index=process_index,
+                                       process_count=process_count)
 
 
 def init_inputs(config):
