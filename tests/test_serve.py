@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigflax import promote
+from bigflax import registry as registry_lib
 from bigflax.data import feedback
 from bigflax.infer import decode
 from cli_utils import env, run
@@ -258,16 +258,16 @@ def test_a_registry_server_follows_promotions(tiny_classifier_runs, tmp_path):
   registry = tmp_path / "registry"
   decision = lambda run: {"promoted": True, "candidate": str(run), "candidate_step": 0,
                           "candidate_metrics": {}}
-  promote.record(str(registry), decision(first))
+  registry_lib.record(str(registry), decision(first))
   with server("--registry", str(registry), "--feedback_dir", str(tmp_path / "fb")) as url:
     assert httpx.get(f"{url}/health").json()["trained_steps"] == 5
     answer = httpx.post(f"{url}/v1/classify", json={"input": [[0.5, 0.5]]}).json()
     assert httpx.post(f"{url}/v1/feedback", json={"id": answer["id"], "rating": 1}
                       ).status_code == 200
-    (registry / promote.SERVED).write_text("{half a file")  # a hand edit gone wrong
+    (registry / registry_lib.SERVED).write_text("{half a file")  # a hand edit gone wrong
     time.sleep(3)
     assert httpx.get(f"{url}/health").json()["source"] == str(first)
-    promote.record(str(registry), decision(second))
+    registry_lib.record(str(registry), decision(second))
     deadline = time.monotonic() + 120
     while httpx.get(f"{url}/health").json()["source"] != str(second):
       assert time.monotonic() < deadline, "the promoted run was not swapped in"

@@ -14,7 +14,7 @@ import prometheus_client as prom
 import pydantic
 import uvicorn
 
-from bigflax import promote
+from bigflax import registry as registry_lib
 from bigflax.infer import bundle as bundle_lib
 from bigflax.infer import feedback_log
 from bigflax.infer.serve import api
@@ -67,7 +67,7 @@ class Server:
     reported once and the served model stays."""
     def read():
       try:
-        return promote.served(registry)
+        return registry_lib.served(registry)
       except (OSError, ValueError) as e:  # a hand-edited file: say so, keep serving
         return {"error": str(e)}
 
@@ -79,7 +79,7 @@ class Server:
         continue
       seen = entry
       if "error" in entry:
-        print(f"bigflax: cannot read {registry}/{promote.SERVED}, keeping "
+        print(f"bigflax: cannot read {registry}/{registry_lib.SERVED}, keeping "
               f"{self.source!r}: {entry['error']}", flush=True)
         continue
       try:
@@ -93,10 +93,10 @@ class Server:
 
 def served_source(registry: str) -> str:
   """The run the registry's served.json names; a clear error when there is none yet."""
-  entry = promote.served(registry)
+  entry = registry_lib.served(registry)
   if not entry:
-    raise FileNotFoundError(f"--registry={registry} has no {promote.SERVED} yet: promote a "
-                            f"run first (bigflax promote --registry {registry} ...).")
+    raise FileNotFoundError(f"--registry={registry} has no {registry_lib.SERVED} yet: "
+                            f"promote a run first (bigflax promote --registry {registry} ...).")
   return entry["workdir"]
 
 
