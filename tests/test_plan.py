@@ -209,3 +209,6 @@ def test_plan_for_the_local_devices_needs_no_workdir(tmp_path):
   assert report["budget"]["cost"] == pytest.approx(
       report["budget"]["hours"] * 2 * 2.0)
   assert "parameters" in result.stdout and "FITS" in result.stdout
+  # libtpu is installed but no TPU is present: JAX does not probe for one.
+  for line in ("TPU accelerator type", "TPU_WORKER_HOSTNAMES", "libtpu"):
+    assert line not in result.stdout + result.stderr
