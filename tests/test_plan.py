@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import pytest
 
-from bigflax import configs, main, plan
+from bigflax import chips, configs, hlo, main, plan
 from cli_utils import env
 from conftest import REPO
 from experiments import gpt2_medium, gpt2_small, gpt_tiny
@@ -82,7 +82,7 @@ def test_tiny_gpt_memory_per_device_matches_the_sharding_rules():
 
 
 def test_collectives_count_loop_bodies_once_per_iteration():
-  hlo = """HloModule m
+  text = """HloModule m
 
 %body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
   %ag = f32[64,128]{1,0} all-gather(f32[16,128]{1,0} %x), dimensions={0}
@@ -94,7 +94,7 @@ ENTRY %main (a: f32[8]) -> f32[8] {
   %ar = bf16[1024]{0} all-reduce(bf16[1024]{0} %z), to_apply=%add
 }
 """
-  found = plan.collectives(hlo)
+  found = hlo.collectives(text)
   assert found["all-gather"] == {"count": 24, "bytes": 24 * 64 * 128 * 4}
   assert found["reduce-scatter"] == {"count": 24, "bytes": 24 * 16 * 128 * 4}
   assert found["all-reduce"] == {"count": 1, "bytes": 2048}
@@ -115,7 +115,7 @@ def fake_suggest(monkeypatch, fits, state_bytes=0, limit=3):
   config = tiny_config()
   config.data.global_batch_size = 64
   config.model.remat = "dots_no_batch"
-  found = plan.suggest(config, [None] * 4, plan.CHIPS["v5e"], 4, build, limit=limit)
+  found = plan.suggest(config, [None] * 4, chips.CHIPS["v5e"], 4, build, limit=limit)
   return [" ".join(s["overrides"]) for s in found], compiled
 
 
