@@ -18,8 +18,8 @@ TPU_ENVIRONMENT = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "JAX_FORCE_TP
 
 
 def tpu_present() -> bool:
-  """A TPU on this machine: its device files (/dev/accel*: v4, v5e; /dev/vfio: v5p, v6e)
-  or a TPU environment."""
+  """A TPU on this machine: its device files (/dev/accel* up to v4, /dev/vfio/N from v5
+  on) or a TPU environment."""
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
               or any(os.environ.get(name) for name in TPU_ENVIRONMENT))
 
@@ -42,7 +42,9 @@ def platforms_without_tpu() -> str | None:
   if not plugins:
     return "cpu"
   if all(p.startswith("jax_plugins.xla_cuda") for p in plugins):
-    return "cuda,cpu"  # JAX skips cuda by itself where no NVIDIA GPU is visible
+    # JAX skips cuda by itself where no NVIDIA GPU is visible; a GPU that fails to start
+    # is now an error instead of a fall-back to the CPU.
+    return "cuda,cpu"
   return None
 
 
