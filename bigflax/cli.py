@@ -120,8 +120,7 @@ def experiment():
 
 def plan_command():
   configs.validate(experiment())
-  report = plan.plan(experiment(), FLAGS.topology, run.plan_step_layout, FLAGS.tokens,
-                     FLAGS.price_per_chip_hour)
+  report = plan.plan(experiment(), FLAGS.topology, FLAGS.tokens, FLAGS.price_per_chip_hour)
   print(plan.format_report(report))
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:

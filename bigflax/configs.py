@@ -131,6 +131,17 @@ def validate(config: ml_collections.ConfigDict):
                      f"'sentencepiece', 'hf', 'gpt2' or 'none'.")
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{'a.b.c': leaf} of nested dicts (a config as JSON); lists stay leaves."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
 # Sections that fix the shapes in a checkpoint: a resume must not change them.
 STATE_DEFINING = ("model", "tokenizer", "optim")
 
@@ -138,14 +149,8 @@ STATE_DEFINING = ("model", "tokenizer", "optim")
 def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                     workdir: str):
   """Refuses to resume a run whose checkpoints were written with another model."""
-  def flat(c, prefix=""):
-    for key, value in c.items():
-      if hasattr(value, "items"):
-        yield from flat(value, f"{prefix}{key}.")
-      else:
-        yield f"{prefix}{key}", value
   # Through JSON so that tuples in the config and lists in config.json compare equal.
-  old, new = (dict(flat(json.loads(c.to_json()))) for c in (saved, config))
+  old, new = (flatten(json.loads(c.to_json())) for c in (saved, config))
   # A run written before model.lora existed had no LoRA: the same as rank 0 now.
   lora_added = "model.lora.rank" not in old and new.get("model.lora.rank") == 0
   changed = [k for k in sorted(set(old) | set(new))

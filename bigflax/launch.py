@@ -29,6 +29,8 @@ import tempfile
 import time
 from typing import Callable
 
+from bigflax import configs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Default software image per TPU generation (Cloud TPU docs, "TPU software versions").
 RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
@@ -285,8 +287,8 @@ def main(argv) -> int:
   try:
     s = slice_from_args(args)
     check_workdir(s, args.workdir, args.delete)
-    from bigflax import main as cli  # the train command's own check of the overrides
-    problem = cli.unknown_override(["--config", args.config, *overrides])
+    problem = configs.unknown_override(  # the train command's own check of the overrides
+        ["--config", args.config, *overrides])
     if problem:
       raise ValueError(problem)
     train_args = ["--config", args.config, "--workdir", args.workdir, *overrides]

@@ -8,46 +8,19 @@ remat, microbatches, a smaller batch) are tried and layouts that fit are listed.
 """
 
 import copy
-import dataclasses
 import importlib.util
 import json
 import math
 import os
 import re
-import types
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from bigflax import models, tasks
+from bigflax import chips, hlo, models, run, tasks
 from bigflax.train import loop, partitioning
 
-GiB = 2**30
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  name: str
-  hbm_bytes: float  # per chip
-  peak_flops: float  # bf16 FLOP/s per chip
-  hbm_bandwidth: float  # bytes/s per chip
-  ici_bandwidth: float  # bytes/s per chip, one direction (all links)
-
-
-# Published per-chip numbers, Cloud TPU system architecture pages
-# (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): v4 275 TFLOP/s, 32 GiB at 1200 GB/s,
-# ICI 2400 Gbps; v5e 197 TFLOP/s, 16 GB at 819 GB/s, ICI 1600 Gbps; v5p 459 TFLOP/s,
-# 95 GB at 2765 GB/s, ICI 4800 Gbps; v6e 918 TFLOP/s, 32 GB at 1640 GB/s, ICI 3584 Gbps.
-CHIPS = {
-    "v4": Chip("v4", 32 * GiB, 275e12, 1200e9, 2400e9 / 8),
-    "v5e": Chip("v5e", 16 * GiB, 197e12, 819e9, 1600e9 / 8),
-    "v5p": Chip("v5p", 95e9, 459e12, 2765e9, 4800e9 / 8),
-    "v6e": Chip("v6e", 32 * GiB, 918e12, 1640e9, 3584e9 / 8),
-}
-DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5": "v5p", "TPU v6 lite": "v6e"}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-               "collective-permute")
 NO_TPU = ("libtpu is not installed, so TPU slices cannot be planned here: "
           'pip install "bigflax[tpu]" (or plan for the devices present: --topology local).')
 
@@ -61,9 +34,9 @@ def slice_devices(topology: str):
   if importlib.util.find_spec("libtpu") is None:
     raise PlanError(NO_TPU)
   name, _, shape = topology.partition(":")
-  if name not in CHIPS or not re.fullmatch(r"\d+(x\d+)*", shape):
+  if name not in chips.CHIPS or not re.fullmatch(r"\d+(x\d+)*", shape):
     raise PlanError(f"--topology={topology!r}: give CHIP:SHAPE with CHIP one of "
-                    f"{sorted(CHIPS)} (e.g. v5e:4x4, v5p:2x2x2), or 'local'.")
+                    f"{sorted(chips.CHIPS)} (e.g. v5e:4x4, v5p:2x2x2), or 'local'.")
   # libtpu reads these when it starts: skip the GCE metadata lookups (and their warnings)
   # of a machine that is not a TPU VM, and do not insist on owning the TPU lockfile,
   # which any other JAX process on the machine may hold.
@@ -76,20 +49,19 @@ def slice_devices(topology: str):
     devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
   except Exception as e:  # libtpu reports a bad shape as a runtime error
     raise PlanError(f"--topology={topology!r}: {str(e).splitlines()[0]}") from None
-  return devices, CHIPS[name], math.prod(int(s) for s in shape.split("x"))
+  return devices, chips.CHIPS[name], math.prod(int(s) for s in shape.split("x"))
 
 
 def local_devices():
   """The devices present, with what is known of their memory and speed."""
   devices = jax.devices()
   kind = devices[0].device_kind
-  chip = CHIPS.get(DEVICE_KINDS.get(kind, ""))
+  chip = chips.chip(kind)
   if chip is None:
     stats = devices[0].memory_stats() or {}
     memory = stats.get("bytes_limit") or (
         os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / len(devices))
-    peak = loop.peak_flops_per_device(types.SimpleNamespace(peak_flops_per_device=0))
-    chip = Chip(kind, memory, peak, 0.0, 0.0)
+    chip = chips.Chip(kind, memory, chips.peak_flops(kind), 0.0, 0.0)
   return devices, chip, len(devices)
 
 
@@ -99,70 +71,12 @@ def per_device_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
-_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+|c64|c128)\[([\d,]*)\]")
-
-
-def _shape_bytes(text: str) -> int:
-  total = 0
-  for dtype, dims in _SHAPE.findall(text):
-    bits = 1 if dtype == "pred" else int(re.sub(r"\D", "", dtype.split("e")[0]) or 8)
-    total += math.prod(int(d) for d in dims.split(",") if d) * max(bits // 8, 1)
-  return total
-
-
-def collectives(hlo: str) -> dict:
-  """{op: {'count', 'bytes'}} of the compiled module's collectives, per device and per
-  step: ops inside a loop body (scanned layers) count once per iteration. 'bytes' is the
-  size of each op's result (for a reduce-scatter, of its operand)."""
-  computations, current = {}, None
-  for line in hlo.splitlines():
-    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-    if header and not line.startswith(" "):
-      current = computations.setdefault(header.group(1), {"ops": [], "calls": []})
-      if line.startswith("ENTRY"):
-        computations["__entry__"] = current
-      continue
-    if current is None or "=" not in line:
-      continue
-    trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-    for callee in re.findall(r"(?:body|calls|to_apply|branch_computations=\{)=?%?([\w.\-]+)",
-                             line):
-      current["calls"].append((callee, int(trips.group(1)) if trips and " while(" in line
-                               else 1))
-    match = re.search(r"=\s*(.*?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
-    if match:
-      result = match.group(1)
-      if match.group(3):  # async start: (operand, result) tuple, count the result
-        shapes = _SHAPE.findall(result)
-        result = "{}[{}]".format(*shapes[-1]) if shapes else result
-      size = _shape_bytes(result)
-      if match.group(2) == "reduce-scatter":
-        groups = re.search(r"replica_groups=\[(\d+),(\d+)\]", line)
-        size *= int(groups.group(2)) if groups else 1
-      current["ops"].append((match.group(2), size))
-
-  totals = {}
-
-  def visit(name, times, depth=0):
-    if name not in computations or depth > 20:
-      return
-    for op, size in computations[name]["ops"]:
-      entry = totals.setdefault(op, {"count": 0, "bytes": 0})
-      entry["count"] += times
-      entry["bytes"] += times * size
-    for callee, trips in computations[name]["calls"]:
-      visit(callee, times * trips, depth + 1)
-
-  visit("__entry__", 1)
-  return totals
-
-
-def compile_step(config, devices, build):
+def compile_step(config, devices):
   """Compiles the trainer's train step for `devices`: (compiled, abstract state, mesh,
   None), or (None, abstract state, mesh, the compiler's message) when the TPU compiler
   finds that the step does not fit in HBM."""
   mesh = partitioning.make_mesh(config.mesh.shape, devices=devices)
-  layout = build(config, mesh)
+  layout = run.plan_step_layout(config, mesh)
   batch = jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=layout.batch_sharding),
       tasks.get(config.task.name).batch_spec(config))
@@ -186,9 +100,9 @@ def _gigabytes(message: str, what: str) -> float | None:
   return float(found.group(1)) * 2 ** (10 * "KMGT".index(found.group(2)) + 10)
 
 
-def measure(config, devices, chip, num_chips, build) -> dict:
+def measure(config, devices, chip, num_chips) -> dict:
   """The plan of one layout: parameters, memory, FLOPs, collectives, roofline."""
-  compiled, state, mesh, out_of_memory = compile_step(config, devices, build)
+  compiled, state, mesh, out_of_memory = compile_step(config, devices)
   num_devices = len(devices)
   device_hbm = chip.hbm_bytes * num_chips / num_devices  # v4: two devices (cores) a chip
   device_flops = chip.peak_flops * num_chips / num_devices
@@ -228,7 +142,7 @@ def measure(config, devices, chip, num_chips, build) -> dict:
     cost = cost[0] if cost else {}
   compiled_flops = float(cost.get("flops", 0.0)) * num_devices
   bytes_accessed = float(cost.get("bytes accessed", 0.0))
-  comms = collectives(compiled.as_text())
+  comms = hlo.collectives(compiled.as_text())
   # Ring algorithms: an all-reduce moves about twice its buffer over each device's links,
   # the others about once.
   ici_bytes = sum(v["bytes"] * (2 if op == "all-reduce" else 1) for op, v in comms.items())
@@ -304,14 +218,15 @@ def same_layout(config, overrides) -> bool:
   return all(current.get(k) == v for k, v in overrides.items())
 
 
-def state_per_device(config, devices, build) -> int:
+def state_per_device(config, devices) -> int:
   """Bytes of parameters and optimizer state one device holds: from abstract shapes and
   shardings, nothing compiled."""
-  state = build(config, partitioning.make_mesh(config.mesh.shape, devices=devices)).abstract_state
+  mesh = partitioning.make_mesh(config.mesh.shape, devices=devices)
+  state = run.plan_step_layout(config, mesh).abstract_state
   return per_device_bytes(state.params) + per_device_bytes(state.opt_state)
 
 
-def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=8,
+def suggest(config, devices, chip, num_chips, limit=3, max_compiles=8,
             measured=None):
   """Up to `limit` candidate layouts that fit, each compiled for real, listed least change
   first. The strongest microbatch layout (strongest remat, most microbatches) is compiled
@@ -323,8 +238,7 @@ def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=8,
   layouts = candidates(config, len(devices))
   capacity = chip.hbm_bytes * num_chips / len(devices)
   # Every candidate is FSDP over all devices: if its state alone overflows, none fits.
-  if state_per_device(with_overrides(config, {"mesh.shape": FSDP}), devices,
-                      build) > capacity:
+  if state_per_device(with_overrides(config, {"mesh.shape": FSDP}), devices) > capacity:
     return []
   microbatched = [layout for layout in layouts if "train.microbatches" in layout]
   strongest = microbatched[-1:]
@@ -349,7 +263,7 @@ def suggest(config, devices, chip, num_chips, build, limit=3, max_compiles=8,
     candidate = with_overrides(config, overrides)
     compiles += 1
     try:
-      result = measure(candidate, devices, chip, num_chips, build)
+      result = measure(candidate, devices, chip, num_chips)
     except Exception:  # a layout the model or XLA refuses is not a suggestion
       continue
     memory = result["memory_per_device"]
@@ -378,7 +292,7 @@ def flags_of(overrides: dict) -> list[str]:
   return flags
 
 
-def plan(config, topology: str, build, tokens: float | None = None,
+def plan(config, topology: str, tokens: float | None = None,
          price_per_chip_hour: float | None = None, suggestions: int = 3) -> dict:
   """The whole report for `config` on `topology` ('v5e:4x4', ... or 'local')."""
   if config.get("distill") and config.distill.get("teacher"):
@@ -393,7 +307,7 @@ def plan(config, topology: str, build, tokens: float | None = None,
   else:
     devices, chip, num_chips = slice_devices(topology)
   try:
-    report = measure(config, devices, chip, num_chips, build)
+    report = measure(config, devices, chip, num_chips)
   except ValueError as e:  # a mesh the slice cannot hold, an indivisible batch
     raise PlanError(str(e).splitlines()[0]) from None
   report["topology"] = topology
@@ -405,7 +319,7 @@ def plan(config, topology: str, build, tokens: float | None = None,
       report["budget"]["price_per_chip_hour"] = price_per_chip_hour
       report["budget"]["cost"] = report["budget"]["hours"] * num_chips * price_per_chip_hour
   if not report["fits"]:
-    report["suggestions"] = suggest(config, devices, chip, num_chips, build, suggestions,
+    report["suggestions"] = suggest(config, devices, chip, num_chips, suggestions,
                                     measured=report)
     state = (report["memory_per_device"]["parameters"]
              + report["memory_per_device"]["optimizer_state"]) * len(devices)

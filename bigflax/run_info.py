@@ -11,6 +11,8 @@ import platform
 import subprocess
 import sys
 
+from bigflax import configs
+
 FILE = "run_info.json"
 PACKAGES = ("bigflax", "jax", "jaxlib", "libtpu", "flax", "optax", "orbax-checkpoint",
             "numpy", "ml-collections", "grain", "tensorflow-datasets")
@@ -33,9 +35,10 @@ def git_state(directory: str) -> dict | None:
   return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def versions() -> dict:
+def versions(packages=PACKAGES) -> dict:
+  """{package: installed version or None}, and Python's."""
   found = {"python": platform.python_version()}
-  for name in PACKAGES:
+  for name in packages:
     try:
       found[name] = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -80,28 +83,17 @@ def record(workdir: str, mesh, start_step: int = 0) -> dict:
   return entry
 
 
-def flatten(tree, prefix: str = "") -> dict:
-  """{'a.b.c': leaf} of nested dicts; lists stay leaves."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def describe(workdir: str) -> dict:
   """A run as flat keys: 'config.*' from config.json, 'env.*' from its latest record."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"No config.json in {workdir}: is it a bigflax run directory?")
   with open(path) as f:
-    flat = flatten(json.load(f), "config.")
+    flat = configs.flatten(json.load(f), "config.")
   history = load(workdir)
   if history:
     latest = {k: v for k, v in history[-1].items() if k not in NOT_COMPARED}
-    flat.update(flatten(latest, "env."))
+    flat.update(configs.flatten(latest, "env."))
   return flat
 
 

@@ -1,10 +1,10 @@
 """Hyperparameter sweeps: each trial is its own run directory, trained by its own process.
 
 An experiment file may define `get_sweep()` next to `get_config()`, returning trials (dicts
-of config field -> value) built with the helpers below:
+of config field -> value) built with the helpers of `bigflax/sweep_space.py`:
 
   def get_sweep():
-    return sweep.product(**{"optim.lr": [1e-3, 3e-3], "model.embed_dim": [64, 128]})
+    return sweep_space.product(**{"optim.lr": [1e-3, 3e-3], "model.embed_dim": [64, 128]})
 
   python -m bigflax sweep --config experiments/X.py --workdir DIR [--parallel N]
 
@@ -25,10 +25,7 @@ TPU slice through `bigflax.launch`.
 import argparse
 import concurrent.futures
 import contextlib
-import csv
-import dataclasses
 import importlib.util
-import itertools
 import json
 import pathlib
 import subprocess
@@ -38,10 +35,12 @@ import threading
 import time
 
 from etils import epath
-import numpy as np
 
-from bigflax import launch
+from bigflax import configs, launch, sweep_results, sweep_space
 from bigflax.train import writers
+# The search-space helpers, for experiment files written against `sweep.product(...)`.
+from bigflax.sweep_space import (  # noqa: F401  pylint: disable=unused-import
+    Choice, IntUniform, LogUniform, Uniform, product, random, seeds, zip_)
 
 STATUS_FILE = "sweep_trial.json"
 LOG_FILE = "train.log"
@@ -49,100 +48,7 @@ POLL_SECONDS = 2.0  # how often a running trial's metrics are read (for pruning)
 
 
 # ---------------------------------------------------------------------------------------
-# Building trials: a sweep is a list of {config field: value}.
-
-def _sweeps(sweeps, fields) -> list[list[dict]]:
-  return [list(s) for s in sweeps] + [[{k: v} for v in values] for k, values in fields.items()]
-
-
-def _merge(*trials: dict) -> dict:
-  merged = {}
-  for trial in trials:
-    for key, value in trial.items():
-      if key in merged:
-        raise ValueError(f"sweep field {key!r} is set by two of the combined sweeps.")
-      merged[key] = value
-  return merged
-
-
-def product(*sweeps, **fields) -> list[dict]:
-  """Every combination: product(**{"optim.lr": [1e-3, 3e-4]}, seeds(2)) gives 4 trials."""
-  return [_merge(*combination) for combination in itertools.product(*_sweeps(sweeps, fields))]
-
-
-def zip_(*sweeps, **fields) -> list[dict]:
-  """Trial i takes the i-th value of each: zip_(**{"optim.lr": [...], "optim.b2": [...]})."""
-  parts = _sweeps(sweeps, fields)
-  lengths = sorted({len(p) for p in parts})
-  if len(lengths) > 1:
-    raise ValueError(f"zip_ needs sweeps of one length; got lengths {lengths}.")
-  return [_merge(*combination) for combination in zip(*parts)]
-
-
-def seeds(n: int, field: str = "seed") -> list[dict]:
-  """n trials differing only in `field` (0, 1, ..., n - 1)."""
-  return [{field: i} for i in range(n)]
-
-
-@dataclasses.dataclass(frozen=True)
-class LogUniform:
-  low: float
-  high: float
-
-  def sample(self, rng):
-    return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
-
-  def suggest(self, trial, name):
-    return trial.suggest_float(name, self.low, self.high, log=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Uniform:
-  low: float
-  high: float
-
-  def sample(self, rng):
-    return float(rng.uniform(self.low, self.high))
-
-  def suggest(self, trial, name):
-    return trial.suggest_float(name, self.low, self.high)
-
-
-@dataclasses.dataclass(frozen=True)
-class IntUniform:
-  """An integer in [low, high], both included."""
-  low: int
-  high: int
-
-  def sample(self, rng):
-    return int(rng.integers(self.low, self.high + 1))
-
-  def suggest(self, trial, name):
-    return trial.suggest_int(name, self.low, self.high)
-
-
-@dataclasses.dataclass(frozen=True)
-class Choice:
-  values: tuple
-
-  def sample(self, rng):
-    return self.values[int(rng.integers(len(self.values)))]
-
-  def suggest(self, trial, name):
-    return trial.suggest_categorical(name, list(self.values))
-
-
-def random(n: int, seed: int = 0, **distributions) -> list[dict]:
-  """n trials drawn from `distributions` (LogUniform, Uniform, IntUniform, Choice) with a
-  fixed seed: random(8, seed=0, **{"optim.lr": LogUniform(1e-4, 1e-2)})."""
-  rng = np.random.default_rng(seed)
-  return [{k: d.sample(rng) for k, d in distributions.items()} for _ in range(n)]
-
-
-def format_value(value) -> str:
-  """A value as a --config.k=v override reads it back."""
-  return repr(value) if isinstance(value, float) else str(value)
-
+# Running trials.
 
 def trial_name(trial: dict) -> str:
   """A readable, filesystem-safe name: 'lr=0.001,embed_dim=64' (last name components,
@@ -154,12 +60,9 @@ def trial_name(trial: dict) -> str:
   return ",".join(f"{short[k]}={value(v)}" for k, v in trial.items()) or "default"
 
 
-# ---------------------------------------------------------------------------------------
-# Running trials.
-
 def _train_args(config_arg: str, workdir, overrides, trial: dict) -> list[str]:
   return ["--config", config_arg, "--workdir", str(workdir), *overrides,
-          *(f"--config.{k}={format_value(v)}" for k, v in trial.items())]
+          *(f"--config.{k}={sweep_space.format_value(v)}" for k, v in trial.items())]
 
 
 class LocalRunner:
@@ -265,90 +168,13 @@ def _finished(workdir: epath.Path, train_args) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Results.
-
-def write_results(directory: epath.Path, rows: list[dict], fields: list[str], metric: str,
-                  mode: str) -> str:
-  """results.csv, results.md and results.png in `directory`; returns the markdown table."""
-  has_metric = [r for r in rows if isinstance(r.get(metric), float)]
-  rest = [r for r in rows if r not in has_metric]
-  rows = sorted(has_metric, key=lambda r: r[metric], reverse=mode == "max") + rest
-  metric_columns = sorted({k for r in rows for k in r if "/" in k and not k.endswith("/step")})
-  metric_columns.remove(metric) if metric in metric_columns else None
-  columns = ["trial", *fields, "status", metric, *metric_columns, "step", "seconds", "log"]
-  for r in rows:
-    r["step"] = r.get("train/step", "")
-  with (directory / "results.csv").open("w") as f:
-    writer = csv.DictWriter(f, columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-
-  shown = ["trial", *fields, "status", metric, *[c for c in metric_columns
-                                                   if c.endswith("/loss")], "step", "seconds"]
-  cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
-  table = "\n".join(["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)] +
-                    ["| " + " | ".join(cell(r.get(c, "")) for c in shown) + " |" for r in rows])
-  (directory / "results.md").write_text(table + "\n")
-  if has_metric and fields:
-    plot(directory / "results.png", has_metric, fields, metric)
-  return table
-
-
-def plot(path, rows, fields, metric):
-  """The metric against each swept field, one line per combination of the other fields.
-  Fields swept together (zip_) share a panel."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  panels = []  # [field, *fields tied to it]
-  for field in fields:
-    if not any(_tied(rows, panel[0], field) for panel in panels):
-      panels.append([field] + [g for g in fields if g != field and _tied(rows, field, g)])
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-  for ax, panel in zip(axes[0], panels):
-    field, others = panel[0], [f for f in fields if f not in panel]
-    groups = {}
-    for r in rows:
-      groups.setdefault(tuple(r.get(f) for f in others), []).append(r)
-    for key, group in sorted(groups.items(), key=lambda kv: [_sort_key(v) for v in kv[0]]):
-      group = sorted(group, key=lambda r: _sort_key(r.get(field)))
-      xs = [r.get(field) for r in group]
-      numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-      label = ", ".join(f"{f.split('.')[-1]}={format_value(v)}" for f, v in zip(others, key))
-      ax.plot(xs if numeric else [str(x) for x in xs], [r[metric] for r in group], "o-",
-              label=label or None)
-      if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
-        ax.set_xscale("log")
-    ax.set_xlabel(" / ".join(panel))
-    ax.set_ylabel(metric)
-    ax.grid(True, alpha=0.3)
-    if others:
-      ax.legend(fontsize=8)
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
-
-
-def _tied(rows, f, g) -> bool:
-  """Whether fields f and g were swept together: each value of one goes with one of the
-  other."""
-  pairs = {(repr(r.get(f)), repr(r.get(g))) for r in rows}
-  return len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
-
-
-def _sort_key(value):
-  return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
-
-
-# ---------------------------------------------------------------------------------------
 # The two modes.
 
 def grid(args, runner, experiment, overrides) -> list[dict]:
   """Every trial of get_sweep(); returns the result rows."""
   if not hasattr(experiment, "get_sweep"):
     raise ValueError(f"{args.config} defines no get_sweep(): add one returning trials, e.g. "
-                     f"sweep.product(**{{'optim.lr': [1e-3, 3e-4]}}).")
+                     f"sweep_space.product(**{{'optim.lr': [1e-3, 3e-4]}}).")
   trials = experiment.get_sweep()
   if isinstance(trials, dict):
     raise ValueError(f"{args.config}: get_sweep() returns a search space (a dict); run it "
@@ -467,10 +293,9 @@ class TrialFailed(Exception):
 
 def _check_fields(config_arg, overrides, trials):
   """Names a swept field or an override that the experiment's config does not have."""
-  from bigflax import main  # the CLI's own check, so the message is the same
-  fields = sorted({k for t in trials for k in t})
-  problem = main.unknown_override(["--config", config_arg, *overrides,
-                                   *(f"--config.{k}=0" for k in fields)])
+  fields = sorted({k for t in trials for k in t})  # the CLI's own check: the same message
+  problem = configs.unknown_override(["--config", config_arg, *overrides,
+                                      *(f"--config.{k}=0" for k in fields)])
   if problem:
     raise ValueError(problem)
 
@@ -546,7 +371,7 @@ def main(argv) -> int:
     return 0
   fields = list(dict.fromkeys(k for r in rows for k in r
                               if k not in ("trial", "status", "seconds", "log") and "/" not in k))
-  table = write_results(epath.Path(args.workdir), rows, fields, args.metric, args.mode)
+  table = sweep_results.write(epath.Path(args.workdir), rows, fields, args.metric, args.mode)
   print(table)
   print(f"bigflax sweep: {args.workdir}/results.csv, results.md, results.png")
   failed = [r["trial"] for r in rows if r["status"] == "failed"]

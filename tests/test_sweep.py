@@ -11,37 +11,38 @@ from etils import epath
 import numpy as np
 import pytest
 
-from bigflax import sweep
+from bigflax import sweep, sweep_space
 from bigflax.train import writers
 from cli_utils import TINY
 from conftest import REPO
 
 
 def test_product_zip_seeds():
-  grid = sweep.product(**{"optim.lr": [1e-3, 3e-4], "model.num_layers": [2, 4]})
+  grid = sweep_space.product(**{"optim.lr": [1e-3, 3e-4], "model.num_layers": [2, 4]})
   assert grid == [{"optim.lr": 1e-3, "model.num_layers": 2},
                   {"optim.lr": 1e-3, "model.num_layers": 4},
                   {"optim.lr": 3e-4, "model.num_layers": 2},
                   {"optim.lr": 3e-4, "model.num_layers": 4}]
-  width = sweep.zip_(**{"model.embed_dim": [64, 128], "model.mlp_dim": [256, 512]})
+  width = sweep_space.zip_(**{"model.embed_dim": [64, 128], "model.mlp_dim": [256, 512]})
   assert width == [{"model.embed_dim": 64, "model.mlp_dim": 256},
                    {"model.embed_dim": 128, "model.mlp_dim": 512}]
-  combined = sweep.product(width, sweep.seeds(3), **{"optim.lr": [1e-3]})
+  combined = sweep_space.product(width, sweep_space.seeds(3), **{"optim.lr": [1e-3]})
   assert len(combined) == 6
   assert combined[-1] == {"model.embed_dim": 128, "model.mlp_dim": 512, "seed": 2,
                           "optim.lr": 1e-3}
   with pytest.raises(ValueError, match="one length; got lengths \\[2, 3\\]"):
-    sweep.zip_(**{"optim.lr": [1, 2], "seed": [1, 2, 3]})
+    sweep_space.zip_(**{"optim.lr": [1, 2], "seed": [1, 2, 3]})
   with pytest.raises(ValueError, match="'seed' is set by two"):
-    sweep.product(sweep.seeds(2), sweep.seeds(2))
+    sweep_space.product(sweep_space.seeds(2), sweep_space.seeds(2))
 
 
 def test_random_draws_are_seeded_and_follow_their_distributions():
-  space = {"optim.lr": sweep.LogUniform(1e-4, 1e-2), "model.num_layers": sweep.IntUniform(1, 3),
-           "tokenizer.kind": sweep.Choice(("byte", "sentencepiece"))}
-  draws = sweep.random(2000, seed=1, **space)
-  assert draws == sweep.random(2000, seed=1, **space)
-  assert draws != sweep.random(2000, seed=2, **space)
+  space = {"optim.lr": sweep_space.LogUniform(1e-4, 1e-2),
+           "model.num_layers": sweep_space.IntUniform(1, 3),
+           "tokenizer.kind": sweep_space.Choice(("byte", "sentencepiece"))}
+  draws = sweep_space.random(2000, seed=1, **space)
+  assert draws == sweep_space.random(2000, seed=1, **space)
+  assert draws != sweep_space.random(2000, seed=2, **space)
   log_lr = np.log10([d["optim.lr"] for d in draws])
   assert log_lr.min() >= -4 and log_lr.max() <= -2
   # Log-uniform: each decade holds half of the draws.
@@ -54,11 +55,11 @@ def test_trial_names():
   assert sweep.trial_name({"optim.lr": 0.001, "model.embed_dim": 64}) == "lr=0.001,embed_dim=64"
   assert sweep.trial_name({"a.rate": 1, "b.rate": 2}) == "a.rate=1,b.rate=2"
   assert sweep.trial_name({"optim.lr": 0.00012345678}) == "lr=0.0001235"
-  assert sweep.format_value(0.00012345678) == "0.00012345678"
+  assert sweep_space.format_value(0.00012345678) == "0.00012345678"
 
 
 EXPERIMENT = """
-from bigflax import sweep
+from bigflax import sweep  # the older spelling of sweep_space, still served
 from experiments import gpt_tiny
 
 get_config = gpt_tiny.get_config

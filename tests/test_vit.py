@@ -64,8 +64,7 @@ def test_a_reduced_vit_b16_compiles_as_planned_and_takes_a_step():
   config = vit_b16.get_config()
   config.model.update(num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64, image_size=32)
   config.data.global_batch_size = 8
-  compiled, _, mesh, out_of_memory = plan.compile_step(config, jax.devices(),
-                                                       run.plan_step_layout)
+  compiled, _, mesh, out_of_memory = plan.compile_step(config, jax.devices())
   assert out_of_memory is None
   layout = run.plan_step_layout(config, mesh)
   state = state_lib.create(layout.init, layout.optimizer, jax.random.key(config.seed),

@@ -9,31 +9,22 @@ of `bundle.py`, which imports only jax, numpy and the tokenizer library).
 import datetime
 import json
 import os
-import platform
 import shutil
 import uuid
 
+from flax import traverse_util
 import jax
 import numpy as np
 import safetensors.numpy
 
+from bigflax import run_info
 from bigflax import workdir as workdir_lib
 from bigflax.infer import bundle
 
 LOADER = "load_bundle.py"
 # Lowered for each (the bundle then runs on any of them); only CPU is run in the tests.
 PLATFORMS = ("cpu", "cuda", "tpu")
-
-
-def flatten(params, prefix="") -> dict:
-  """{'a/b/kernel': np.ndarray} of a nested dict of arrays."""
-  flat = {}
-  for key, value in params.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f"{prefix}{key}/"))
-    else:
-      flat[f"{prefix}{key}"] = np.asarray(value)
-  return flat
+CARD_PACKAGES = ("bigflax", "jax", "flax", "numpy")  # what the bundle runs with
 
 
 def abstract(params):
@@ -48,17 +39,6 @@ def latest_eval(workdir: str) -> dict:
   with open(path) as f:
     evals = [r for r in map(json.loads, filter(str.strip, f)) if r["split"] != "train"]
   return evals[-1] if evals else {}
-
-
-def versions() -> dict:
-  import flax  # pylint: disable=import-outside-toplevel
-  from importlib import metadata  # pylint: disable=import-outside-toplevel
-  try:
-    bigflax_version = metadata.version("bigflax")
-  except metadata.PackageNotFoundError:
-    bigflax_version = "unknown"
-  return {"bigflax": bigflax_version, "jax": jax.__version__, "flax": flax.__version__,
-          "numpy": np.__version__, "python": platform.python_version()}
 
 
 def model_card(config, params, workdir: str, step: int, functions: dict) -> dict:
@@ -77,7 +57,7 @@ def model_card(config, params, workdir: str, step: int, functions: dict) -> dict
       "platforms": list(next(iter(functions.values())).platforms),
       "source": os.path.abspath(workdir),
       "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "versions": versions(),
+      "versions": run_info.versions(CARD_PACKAGES),
   }
 
 
@@ -112,7 +92,9 @@ def write(out: str, *, config, workdir: str, step: int, params, functions: dict,
   for name, e in exported.items():
     with open(os.path.join(staging, "functions", f"{name}.jax"), "wb") as f:
       f.write(e.serialize())
-  safetensors.numpy.save_file(flatten(params), os.path.join(staging, "params.safetensors"))
+  safetensors.numpy.save_file(
+      {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
+      os.path.join(staging, "params.safetensors"))
   tokenizer_dir = workdir_lib.tokenizer(workdir)
   if os.path.isdir(tokenizer_dir):
     shutil.copytree(tokenizer_dir, os.path.join(staging, "tokenizer"))

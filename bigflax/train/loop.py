@@ -14,6 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from bigflax import chips
 from bigflax import metrics as metrics_lib
 from bigflax.train import checkpoint, partitioning
 from bigflax.train.writers import MetricWriter
@@ -71,10 +72,7 @@ class _SigtermFlag:
 def peak_flops_per_device(config) -> float:
   if config.peak_flops_per_device:
     return config.peak_flops_per_device
-  kind = jax.devices()[0].device_kind.lower()
-  table = {"v4": 275e12, "v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v6": 918e12,
-           "h100": 989e12, "a100": 312e12}
-  return next((v for k, v in table.items() if k in kind), 2.1e11)  # 2.1e11: a 2-core CPU
+  return chips.peak_flops(jax.devices()[0].device_kind)
 
 
 def jit_train_step(train_step: Callable, state_shardings, batch_sharding,
