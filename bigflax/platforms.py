@@ -36,16 +36,10 @@ def pjrt_plugins() -> set[str]:
 
 
 def platforms_without_tpu() -> str | None:
-  """The JAX_PLATFORMS that JAX would end up with on this machine when it has no TPU, or
-  None where other plugins make that unclear (then JAX chooses, as before)."""
-  plugins = pjrt_plugins()
-  if not plugins:
-    return "cpu"
-  if all(p.startswith("jax_plugins.xla_cuda") for p in plugins):
-    # JAX skips cuda by itself where no NVIDIA GPU is visible; a GPU that fails to start
-    # is now an error instead of a fall-back to the CPU.
-    return "cuda,cpu"
-  return None
+  """"cpu" where JAX has nothing but its CPU and the TPU to choose from; None where other
+  plugins are installed (a GPU's): then JAX chooses, as before, since naming its platforms
+  would turn a GPU that fails to start from a fall-back into an error."""
+  return None if pjrt_plugins() else "cpu"
 
 
 def skip_absent_tpu():

@@ -26,12 +26,9 @@ def test_a_cpu_machine_runs_on_cpu(machine):
   assert machine() == "cpu"
 
 
-def test_a_gpu_machine_keeps_cuda(machine):
-  assert machine(plugins=["jax_plugins.xla_cuda12"]) == "cuda,cpu"
-
-
-def test_a_tpu_machine_unknown_plugins_and_the_users_choice_are_left_alone(machine):
+def test_a_tpu_machine_other_plugins_and_the_users_choice_are_left_alone(machine):
   assert machine(tpu=True) is None
+  assert machine(plugins=["jax_plugins.xla_cuda12"]) is None
   assert machine(plugins=["jax_plugins.xla_rocm7"]) is None
   assert machine(user_platforms="tpu") == "tpu"
   assert machine(user_platforms="") == ""
