@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from bigflax import promote, registry
+from bigflax import promote
+from bigflax import registry as registry_lib
 from bigflax import run as run_lib
 from bigflax.train import loop
 from cli_utils import run
@@ -12,12 +13,12 @@ from test_distill import tiny
 
 
 def test_improvement_knows_which_way_each_metric_goes():
-  assert registry.improvement("loss", 2.0, 2.5) == pytest.approx(0.5)
-  assert registry.improvement("perplexity", 9.0, 8.0) == pytest.approx(-1.0)
-  assert registry.improvement("accuracy", 0.9, 0.8) == pytest.approx(0.1)
-  assert registry.improvement("f1/macro", 0.7, 0.8) == pytest.approx(-0.1)
-  assert registry.decide("loss", {"loss": 2.0}, {"loss": 2.0})["promoted"]  # not worse
-  assert not registry.decide("loss", {"loss": 2.0}, {"loss": 2.5}, min_delta=0.6)["promoted"]
+  assert registry_lib.improvement("loss", 2.0, 2.5) == pytest.approx(0.5)
+  assert registry_lib.improvement("perplexity", 9.0, 8.0) == pytest.approx(-1.0)
+  assert registry_lib.improvement("accuracy", 0.9, 0.8) == pytest.approx(0.1)
+  assert registry_lib.improvement("f1/macro", 0.7, 0.8) == pytest.approx(-0.1)
+  assert registry_lib.decide("loss", {"loss": 2.0}, {"loss": 2.0})["promoted"]  # not worse
+  assert not registry_lib.decide("loss", {"loss": 2.0}, {"loss": 2.5}, min_delta=0.6)["promoted"]
 
 
 def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
@@ -32,14 +33,14 @@ def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
   kept_out = promote.promote(runs["poor"], runs["good"], "validation", None, 0.0, registry)
   assert not kept_out["promoted"] and kept_out["metric"] == "loss"
   assert kept_out["candidate_metrics"]["loss"] > kept_out["incumbent_metrics"]["loss"]
-  assert registry.served(registry) is None
+  assert registry_lib.served(registry) is None
 
   promoted = promote.promote(runs["good"], runs["poor"], "validation", None, 0.0, registry)
   assert promoted["promoted"]
-  assert registry.served(registry)["workdir"] == runs["good"]
+  assert registry_lib.served(registry)["workdir"] == runs["good"]
   # Scores are the evaluation's, not remembered ones: the same run scores the same.
   assert promoted["candidate_metrics"] == kept_out["incumbent_metrics"]
-  log = [json.loads(line) for line in open(f"{registry}/{registry.LOG}")]
+  log = [json.loads(line) for line in open(f"{registry}/{registry_lib.LOG}")]
   assert [d["promoted"] for d in log] == [False, True]
 
 
