@@ -232,8 +232,9 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
   """Everything a training run needs, from the config; resumes the latest checkpoint in
   `workdir` if there is one (restored onto abstract targets: nothing initialised first)."""
   configs.validate(config)
+  config_changes = {}
   if epath.Path(workdir_lib.checkpoints(workdir)).exists():
-    configs.check_resumable(configs.load(workdir), config, workdir)
+    config_changes = configs.check_resumable(configs.load(workdir), config, workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   tokenizer = build_tokenizer(config, workdir)
   model = build_model(config, tokenizer)
@@ -258,13 +259,19 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
     state, data_position = restored
     print(f"bigflax: restored the checkpoint of step {int(state.step)} (data position "
           f"{data_position}).")
+    if "train.num_steps" in config_changes:  # see configs.check_resumable
+      (old, new), step = config_changes["train.num_steps"], int(state.step)
+      print(f"bigflax: train.num_steps {old} -> {new}: the learning rate follows the "
+            f"{new}-step schedule, at step {step} "
+            f"{float(optim.schedule(config.optim, old)(step)):.3g} -> "
+            f"{float(schedule(step)):.3g}.")
   else:
     state = state_lib.create(init, optimizer, rng, shardings)
     if config.init_from:
       state = initialize_from(config, state, abstract_state)
   if jax.process_index() == 0:
     configs.save(config, workdir)
-    run_info.record(workdir, mesh, int(state.step))
+    run_info.record(workdir, mesh, int(state.step), config_changes)
 
   num_params = state_lib.num_params(state.params)
   tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
