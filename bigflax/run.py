@@ -19,7 +19,7 @@ from bigflax import workdir as workdir_lib
 from bigflax.configs import UsageError
 from bigflax.data import pipeline, tokenizers
 from bigflax.tasks import distill
-from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
+from bigflax.train import checkpoint, lock, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
 
 @dataclasses.dataclass
@@ -230,7 +230,8 @@ def make_data(config, task, tokenizer, split):
 
 def build_training(config, workdir, mesh=None, eval_split="validation") -> Training:
   """Everything a training run needs, from the config; resumes the latest checkpoint in
-  `workdir` if there is one (restored onto abstract targets: nothing initialised first)."""
+  `workdir` if there is one (restored onto abstract targets: nothing initialised first).
+  It takes no lock: `train` holds one (a caller with its own loop takes `lock.held`)."""
   configs.validate(config)
   config_changes = {}
   if epath.Path(workdir_lib.checkpoints(workdir)).exists():
@@ -301,7 +302,14 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
 
 
 def train(config, workdir):
-  """Trains (or resumes) the run in `workdir`; returns the final state."""
+  """Trains (or resumes) the run in `workdir`, as its one writer (train/lock.py); returns
+  the final state."""
+  configs.validate(config)  # a mistake creates no workdir (the lock would)
+  with lock.held(workdir):
+    return _train(config, workdir)
+
+
+def _train(config, workdir):
   training = build_training(config, workdir)
   state = loop.train(training.job)
   model = training.model
