@@ -38,8 +38,8 @@ def held(workdir: str):
       release = acquire(workdir)
     except Held as e:
       refusal = e
-  if jax.process_count() > 1:
-    locked = multihost_utils.broadcast_one_to_all(np.int32(refusal is None))  # process 0's
+  if jax.process_count() > 1:  # every process learns process 0's outcome
+    locked = multihost_utils.broadcast_one_to_all(np.int32(refusal is None))
     if not locked and refusal is None:
       refusal = Held(f"--workdir={workdir} is in use by another run (see process 0).")
   if refusal is not None:
