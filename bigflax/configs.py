@@ -74,6 +74,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1000,
+      allow_config_change=False,  # resume under another task, data, ... (check_resumable)
       microbatches=1,  # gradient accumulation: the batch is split in this many
       log_every=10,
       eval_every=200,
@@ -144,28 +145,59 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 # Sections that fix the shapes in a checkpoint: a resume must not change them.
 STATE_DEFINING = ("model", "tokenizer", "optim")
+# What a resume may change without `train.allow_config_change`: how long and how it trains,
+# logs and saves, where it runs, where its data lies, how `sample` decodes. Any other change
+# (task, data, seed, teacher, init_from) would leave config.json describing another run
+# than its checkpoints.
+RESUMABLE = ("train.", "mesh.", "sample.", "data.data_dir", "data.source_dir")
 
 
-def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                    workdir: str):
-  """Refuses to resume a run whose checkpoints were written with another model."""
+def changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict:
+  """{'a.b': (saved value, new value)} of every field in which the two configs differ."""
   # Through JSON so that tuples in the config and lists in config.json compare equal.
   old, new = (flatten(json.loads(c.to_json())) for c in (saved, config))
   # A run written before model.lora existed had no LoRA: the same as rank 0 now.
   lora_added = "model.lora.rank" not in old and new.get("model.lora.rank") == 0
-  changed = [k for k in sorted(set(old) | set(new))
-             if k.split(".")[0] in STATE_DEFINING and old.get(k) != new.get(k)
-             and not (lora_added and k.startswith("model.lora."))]
-  if changed:
-    diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-    raise ValueError(f"--workdir={workdir} holds checkpoints of a different run ({diffs}). "
-                     f"Resume with the config in {workdir}/config.json, or use a new "
-                     f"--workdir.")
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not (lora_added and k.startswith("model.lora."))}
+
+
+def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                    workdir: str) -> dict:
+  """Refuses to resume a run whose checkpoints were written with another model, optimizer
+  or tokenizer, and, unless `train.allow_config_change`, with another task, data, seed,
+  distillation teacher or init_from; returns the changes it accepts (for run_info.json).
+
+  A new `train.num_steps` extends (or shortens) the run: the learning-rate schedule is the
+  new length's (optim.schedule), so after the warmup a cosine or linear decay resumes at the
+  value the longer run has at this step (the learning rate jumps up) and decays to
+  `final_lr_fraction` at the new end.
+  """
+  found = changes(saved, config)
+  show = lambda keys: "".join(f"\n  {k}: {json.dumps(found[k][0])} -> "
+                              f"{json.dumps(found[k][1])}" for k in keys)
+  state = [k for k in found if k.split(".")[0] in STATE_DEFINING]
+  if state:
+    raise UsageError(f"--workdir={workdir} holds checkpoints of another model, optimizer or "
+                     f"tokenizer:{show(state)}\nResume with the config in "
+                     f"{workdir_lib.config(workdir)}, or use a new --workdir.")
+  other = [k for k in found if not k.startswith(RESUMABLE)]
+  if other and not config.train.allow_config_change:
+    raise UsageError(f"--workdir={workdir} was started with another config than this "
+                     f"one:{show(other)}\nResume with the config in "
+                     f"{workdir_lib.config(workdir)}, use a new --workdir, or pass "
+                     f"--config.train.allow_config_change=True to continue it under this "
+                     f"config (run_info.json records the change).")
+  return found
 
 
 # Through etils.epath: a workdir may be a gs:// path.
 def save(config: ml_collections.ConfigDict, workdir: str):
-  epath.Path(workdir_lib.config(workdir)).write_text(config.to_json(indent=2, sort_keys=True))
+  """Writes config.json whole or not at all: a temporary file renamed over it."""
+  path = epath.Path(workdir_lib.config(workdir))
+  temporary = path.with_name(path.name + ".tmp")
+  temporary.write_text(config.to_json(indent=2, sort_keys=True))
+  temporary.replace(path)
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ from bigflax import workdir as workdir_lib
 from bigflax.configs import UsageError
 from bigflax.data import pipeline, tokenizers
 from bigflax.tasks import distill
-from bigflax.train import checkpoint, loop, optim, partitioning, state as state_lib
+from bigflax.train import checkpoint, lock, loop, optim, partitioning, state as state_lib
 from bigflax.train import step as step_lib
 
 @dataclasses.dataclass
@@ -230,10 +230,12 @@ def make_data(config, task, tokenizer, split):
 
 def build_training(config, workdir, mesh=None, eval_split="validation") -> Training:
   """Everything a training run needs, from the config; resumes the latest checkpoint in
-  `workdir` if there is one (restored onto abstract targets: nothing initialised first)."""
+  `workdir` if there is one (restored onto abstract targets: nothing initialised first).
+  It takes no lock: `train` holds one (a caller with its own loop takes `lock.held`)."""
   configs.validate(config)
+  config_changes = {}
   if epath.Path(workdir_lib.checkpoints(workdir)).exists():
-    configs.check_resumable(configs.load(workdir), config, workdir)
+    config_changes = configs.check_resumable(configs.load(workdir), config, workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   tokenizer = build_tokenizer(config, workdir)
   model = build_model(config, tokenizer)
@@ -258,13 +260,19 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
     state, data_position = restored
     print(f"bigflax: restored the checkpoint of step {int(state.step)} (data position "
           f"{data_position}).")
+    if "train.num_steps" in config_changes:  # see configs.check_resumable
+      (old, new), step = config_changes["train.num_steps"], int(state.step)
+      print(f"bigflax: train.num_steps {old} -> {new}: the learning rate follows the "
+            f"{new}-step schedule, at step {step} "
+            f"{float(optim.schedule(config.optim, old)(step)):.3g} -> "
+            f"{float(schedule(step)):.3g}.")
   else:
     state = state_lib.create(init, optimizer, rng, shardings)
     if config.init_from:
       state = initialize_from(config, state, abstract_state)
   if jax.process_index() == 0:
     configs.save(config, workdir)
-    run_info.record(workdir, mesh, int(state.step))
+    run_info.record(workdir, mesh, int(state.step), config_changes)
 
   num_params = state_lib.num_params(state.params)
   tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
@@ -294,7 +302,14 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
 
 
 def train(config, workdir):
-  """Trains (or resumes) the run in `workdir`; returns the final state."""
+  """Trains (or resumes) the run in `workdir`, as its one writer (train/lock.py); returns
+  the final state."""
+  configs.validate(config)  # a mistake creates no workdir (the lock would)
+  with lock.held(workdir):
+    return _train(config, workdir)
+
+
+def _train(config, workdir):
   training = build_training(config, workdir)
   state = loop.train(training.job)
   model = training.model

@@ -1,6 +1,8 @@
 """What a run ran on, for reproducing it: the code's git commit, package versions, the
 mesh and the devices. `train` appends one record to `run_info.json` each time it starts
-(a run resumed on other hardware keeps its history); `bigflax diff` compares two runs.
+(a run resumed on other hardware keeps its history), with what that start changed in
+config.json (`config_changes`, {'a.b': [old, new]}: read backwards from config.json they
+give the config of every start); `bigflax diff` compares two runs.
 """
 
 import datetime
@@ -17,7 +19,7 @@ FILE = "run_info.json"
 PACKAGES = ("bigflax", "jax", "jaxlib", "libtpu", "flax", "optax", "orbax-checkpoint",
             "numpy", "ml-collections", "grain", "tensorflow-datasets")
 # Differ between any two starts; not what `diff` is for.
-NOT_COMPARED = ("started_at", "start_step", "argv")
+NOT_COMPARED = ("started_at", "start_step", "argv", "config_changes")
 
 
 def git_state(directory: str) -> dict | None:
@@ -46,12 +48,13 @@ def versions(packages=PACKAGES) -> dict:
   return found
 
 
-def collect(mesh, start_step: int = 0) -> dict:
+def collect(mesh, start_step: int = 0, config_changes: dict | None = None) -> dict:
   import jax
   device = jax.devices()[0]
   return {
       "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "start_step": start_step,
+      "config_changes": config_changes or {},
       "argv": sys.argv,
       "git": git_state(os.path.dirname(os.path.abspath(__file__))),
       "versions": versions(),
@@ -72,9 +75,10 @@ def load(workdir: str) -> list[dict]:
     return json.load(f)["history"]
 
 
-def record(workdir: str, mesh, start_step: int = 0) -> dict:
+def record(workdir: str, mesh, start_step: int = 0,
+           config_changes: dict | None = None) -> dict:
   """Appends this start's record to `workdir/run_info.json` (process 0 only)."""
-  entry = collect(mesh, start_step)
+  entry = collect(mesh, start_step, config_changes)
   history = load(workdir) + [entry]
   path = os.path.join(workdir, FILE)
   with open(path + ".tmp", "w") as f:

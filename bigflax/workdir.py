@@ -3,6 +3,7 @@
 
   config.json            the resolved config (configs.save / configs.load)
   run_info.json          one record per start of `train` (run_info.py)
+  train.lock             held by the one `train` writing here (train/lock.py)
   checkpoints/           orbax: train state, rng and data position per step
   tokenizer/             the run's tokenizer, trained or copied on first use
   metrics.jsonl          every logged metric, one JSON object per line
@@ -15,6 +16,7 @@ import os
 
 CONFIG = "config.json"
 RUN_INFO = "run_info.json"
+LOCK = "train.lock"
 CHECKPOINTS = "checkpoints"
 TOKENIZER = "tokenizer"
 METRICS = "metrics.jsonl"
@@ -28,6 +30,10 @@ def config(workdir) -> str:
 
 def run_info(workdir) -> str:
   return os.path.join(workdir, RUN_INFO)
+
+
+def lock(workdir) -> str:
+  return os.path.join(workdir, LOCK)
 
 
 def checkpoints(workdir) -> str:

@@ -1,10 +1,10 @@
 """Run the real command line in subprocesses, as a user would."""
 
-import json
 import os
 import subprocess
 import sys
 
+from bigflax.train import writers
 from conftest import REPO
 
 TINY = ["--config", "experiments/gpt_tiny.py", "--config.model.num_layers=2",
@@ -36,5 +36,4 @@ def run(command, workdir, *args, devices=2, timeout=300) -> subprocess.Completed
 
 
 def losses(workdir) -> dict:
-  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+  return {step: r["loss"] for step, r in writers.read(str(workdir)).items()}

@@ -1,6 +1,13 @@
-"""Metric writers: TensorBoard event files and a JSONL file in the workdir (process 0)."""
+"""Metric writers: TensorBoard event files and a JSONL file in the workdir (process 0).
+
+metrics.jsonl is strict JSON, one object per line: a value that is not finite (a diverged
+loss) is written as null, and `read` gives it back as float('nan'). A line that is not
+JSON (the partial last line of a crash or a full disk) is dropped with a warning.
+"""
 
 import json
+import math
+import sys
 import time
 
 from etils import epath
@@ -28,15 +35,14 @@ class MetricWriter:
     """Forgets records after `step` (from a run killed after its last checkpoint)."""
     if not self.enabled or not self.path.exists():
       return
-    lines = self.path.read_text().splitlines(keepends=True)
-    self.lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    self.lines = [_line(r) for r in _records(self.path) if r["step"] <= step]
     self.path.write_text("".join(self.lines))
 
   def write(self, step: int, split: str, metrics: dict):
     if not self.enabled:
       return
     metrics = {k: float(v) for k, v in metrics.items()}
-    line = json.dumps({"step": step, "split": split, **metrics}) + "\n"
+    line = _line({"step": step, "split": split, **metrics})
     if self.remote:
       self.lines.append(line)
       if time.monotonic() - self.flushed > REMOTE_FLUSH_SECONDS:
@@ -58,8 +64,30 @@ class MetricWriter:
       self.tensorboard.close()
 
 
+def _line(record: dict) -> str:
+  """A record as strict JSON (also one read from a file written with bare NaN)."""
+  finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in record.items()}
+  return json.dumps(finite, allow_nan=False) + "\n"
+
+
 def read(workdir: str, split: str = "train") -> dict:
   """{step: record} of a workdir's metrics.jsonl, for analysis and tests."""
-  lines = (epath.Path(workdir_lib.metrics(workdir))).read_text().splitlines()
-  records = [json.loads(line) for line in lines if line.strip()]
-  return {r["step"]: r for r in records if r["split"] == split}
+  records = _records(epath.Path(workdir_lib.metrics(workdir)))
+  return {r["step"]: {k: math.nan if v is None else v for k, v in r.items()}
+          for r in records if r["split"] == split}
+
+
+def _records(path: epath.Path) -> list[dict]:
+  """The records of a metrics.jsonl; lines that are not JSON are dropped with a warning."""
+  records = []
+  text = path.read_bytes().decode(errors="replace")  # a crash can leave any bytes
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      print(f"bigflax: warning: {path} line {number} is not JSON (a crash or a full disk "
+            f"while writing?), dropped: {line[:80]!r}", file=sys.stderr, flush=True)
+  return records
