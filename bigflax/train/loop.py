@@ -17,6 +17,7 @@ from tqdm import tqdm
 from bigflax import chips
 from bigflax import metrics as metrics_lib
 from bigflax.train import checkpoint, partitioning
+from bigflax.train import step as step_lib
 from bigflax.train.writers import MetricWriter
 
 
@@ -49,6 +50,10 @@ class Run:
   checkpoints: object  # orbax CheckpointManager
   frozen: object = None  # the train step's untrained input (a distillation teacher's params)
   frozen_shardings: object = None
+
+
+class Diverged(ValueError):
+  """train.max_skipped_steps steps in a row had a non-finite loss or gradient."""
 
 
 class _SigtermFlag:
@@ -137,6 +142,8 @@ def _train(run: Run) -> object:
   peak = peak_flops_per_device(cfg) * jax.device_count()
   sigterm = _SigtermFlag()
   batches = run.train_batches(start)
+  params_finite = jax.jit(step_lib.all_finite)
+  skipped_steps = skipped_in_a_row = 0  # in this process: a resume counts afresh
 
   bar = tqdm(total=cfg.num_steps, initial=start, disable=not is_main, desc="train",
              dynamic_ncols=True, mininterval=1.0)
@@ -167,11 +174,20 @@ def _train(run: Run) -> object:
                      tokens_per_sec=steps_per_sec * run.tokens_per_step,
                      mfu=steps_per_sec * run.flops_per_step / peak)
       for s, m in fetched:
-        writer.write(s, "train", dict(m, **speed))
+        skipped = int(m.pop("skipped"))
+        skipped_steps += skipped
+        skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+        if skipped:
+          bar.write(f"step {s}: loss={float(m['loss']):.4g} grad_norm="
+                    f"{float(m['grad_norm']):.4g}: not finite, step skipped (parameters "
+                    f"and optimizer state unchanged; {skipped_steps} skipped so far)")
+        writer.write(s, "train", dict(m, skipped_steps=skipped_steps, **speed))
       bar.set_postfix(loss=f"{float(fetched[-1][1]['loss']):.4f}",
                       tok_s=f"{speed.get('tokens_per_sec', 0):,.0f}")
       pending = []
       interval_start, interval_steps = time.perf_counter(), 0
+      if cfg.max_skipped_steps and skipped_in_a_row >= cfg.max_skipped_steps:
+        break
 
     if evaluate_now:
       eval_metrics, _ = evaluate(evaluator, state.params, run.batch_sharding)
@@ -181,6 +197,9 @@ def _train(run: Run) -> object:
       interval_start, interval_steps = time.perf_counter(), 0
 
     if step % cfg.checkpoint_every == 0 or last:
+      if not params_finite(state.params):  # only a run started from such parameters
+        raise ValueError(f"step {step}: the parameters are not finite; not saving them. "
+                         f"Was the run initialised from non-finite parameters (init_from)?")
       checkpoint.save(run.checkpoints, step, state, {"next_step": step}, force=stop)
     if stop:
       bar.write(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to "
@@ -190,4 +209,11 @@ def _train(run: Run) -> object:
   run.checkpoints.wait_until_finished()
   writer.close()
   sys.stdout.flush()
+  if cfg.max_skipped_steps and skipped_in_a_row >= cfg.max_skipped_steps:
+    raise Diverged(
+        f"the last {skipped_in_a_row} steps (to step {step}) had a non-finite loss or "
+        f"gradient and were skipped (train.max_skipped_steps={cfg.max_skipped_steps}): "
+        f"the run diverged. The latest checkpoint (step "
+        f"{run.checkpoints.latest_step()}) holds finite parameters; resume with a lower "
+        f"optim.lr or with optim.clip_norm set.")
   return state
