@@ -113,3 +113,16 @@ def test_parameters_saved_on_8_devices_initialise_a_run_on_one(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split()[-2:] == ["1", str(float(kernel.sum()))]
+
+
+def test_keep_checkpoints_0_keeps_every_checkpoint_and_resumes(tfds_dir, tmp_path):
+  workdir = tmp_path / "run"
+  keep_all = args(tfds_dir, "--config.train.keep_checkpoints=0",
+                  "--config.train.checkpoint_every=2")
+  result = run("train", workdir, *keep_all, "--config.train.num_steps=6")
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert ocp.CheckpointManager(workdir / "checkpoints").all_steps() == [2, 4, 6]
+  resumed = run("train", workdir, *keep_all, "--config.train.num_steps=8")
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert "restored the checkpoint of step 6" in resumed.stdout
+  assert ocp.CheckpointManager(workdir / "checkpoints").all_steps() == [2, 4, 6, 8]
