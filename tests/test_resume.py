@@ -2,6 +2,7 @@
 for bit; SIGTERM saves and exits cleanly; parameters saved on 8 devices restore on 1."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,17 +75,23 @@ def _leaves(tree):
     yield np.asarray(tree)
 
 
-def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
+def test_sigterm_saves_first_and_exits_75(tfds_dir, tmp_path):
   workdir = tmp_path / "run"
+  # eval_every: the stop would be an evaluation step; SIGTERM saves and evaluates nothing.
   proc = start("train", workdir, *args(tfds_dir, "--config.train.num_steps=100000",
-                                       "--config.train.checkpoint_every=100000"))
+                                       "--config.train.checkpoint_every=100000",
+                                       "--config.train.eval_every=100000",
+                                       "--config.train.eval_steps=0"))
   wait_for(lambda: (workdir / "metrics.jsonl").exists() and len(losses(workdir)) >= 3, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
-  assert "SIGTERM: saved a checkpoint at step" in out
+  assert proc.returncode == 75, out
+  assert re.search(r"SIGTERM: checkpoint of step \d+ committed [\d.]+ s after the signal",
+                   out), out
+  assert "rerun the same command to resume (exit status 75)" in out
   last = max(losses(workdir))
   assert ocp.CheckpointManager(workdir / "checkpoints").latest_step() == last
+  assert '"split": "validation"' not in (workdir / "metrics.jsonl").read_text()
 
 
 RESTORE_ON_ONE_DEVICE = """

@@ -56,22 +56,31 @@ class Diverged(ValueError):
   """train.max_skipped_steps steps in a row had a non-finite loss or gradient."""
 
 
+# `bigflax train`'s exit status after SIGTERM: the checkpoint is saved, run it again
+# (EX_TEMPFAIL, "try again"); a sweep resumes such a trial.
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+  """SIGTERM stopped the run after saving its checkpoint."""
+
+
 class _SigtermFlag:
   """Turns SIGTERM into 'save and stop at the next step'. With several processes JAX's
   preemption sync point makes all of them stop at the same step."""
 
   def __init__(self):
-    self.raised = False
+    self.raised_at = None  # time.monotonic() of the signal (several processes: of the stop)
     if jax.process_count() == 1:
       signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
-    self.raised = True
+    self.raised_at = time.monotonic()
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.raised
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+      self.raised_at = time.monotonic()
+    return self.raised_at is not None
 
 
 def peak_flops_per_device(config) -> float:
@@ -143,6 +152,12 @@ def _train(run: Run) -> object:
   sigterm = _SigtermFlag()
   batches = run.train_batches(start)
   params_finite = jax.jit(step_lib.all_finite)
+
+  def save(state, step, force=False):
+    if not params_finite(state.params):  # only a run started from such parameters
+      raise ValueError(f"step {step}: the parameters are not finite; not saving them. "
+                       f"Was the run initialised from non-finite parameters (init_from)?")
+    checkpoint.save(run.checkpoints, step, state, {"next_step": step}, force=force)
   skipped_steps = skipped_in_a_row = 0  # in this process: a resume counts afresh
 
   bar = tqdm(total=cfg.num_steps, initial=start, disable=not is_main, desc="train",
@@ -163,7 +178,8 @@ def _train(run: Run) -> object:
 
     stop = sigterm.should_stop(step)
     last = step == cfg.num_steps or stop
-    evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or last)
+    evaluate_now = cfg.eval_every and not stop and (
+        step % cfg.eval_every == 0 or step == cfg.num_steps)
     if step % cfg.log_every == 0 or last or evaluate_now:
       fetched = jax.device_get(pending)
       elapsed = time.perf_counter() - interval_start
@@ -188,6 +204,13 @@ def _train(run: Run) -> object:
       interval_start, interval_steps = time.perf_counter(), 0
       if cfg.max_skipped_steps and skipped_in_a_row >= cfg.max_skipped_steps:
         break
+    if stop:  # the checkpoint first: an evaluation may outlast the grace period
+      save(state, step, force=True)
+      run.checkpoints.wait_until_finished()
+      bar.write(f"SIGTERM: checkpoint of step {step} committed "
+                f"{time.monotonic() - sigterm.raised_at:.1f} s after the signal; rerun the "
+                f"same command to resume.")
+      break
 
     if evaluate_now:
       eval_metrics, _ = evaluate(evaluator, state.params, run.batch_sharding)
@@ -197,14 +220,7 @@ def _train(run: Run) -> object:
       interval_start, interval_steps = time.perf_counter(), 0
 
     if step % cfg.checkpoint_every == 0 or last:
-      if not params_finite(state.params):  # only a run started from such parameters
-        raise ValueError(f"step {step}: the parameters are not finite; not saving them. "
-                         f"Was the run initialised from non-finite parameters (init_from)?")
-      checkpoint.save(run.checkpoints, step, state, {"next_step": step}, force=stop)
-    if stop:
-      bar.write(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to "
-                f"resume.")
-      break
+      save(state, step)
   bar.close()
   run.checkpoints.wait_until_finished()
   writer.close()
@@ -216,4 +232,7 @@ def _train(run: Run) -> object:
         f"the run diverged. The latest checkpoint (step "
         f"{run.checkpoints.latest_step()}) holds finite parameters; resume with a lower "
         f"optim.lr or with optim.clip_norm set.")
+  if sigterm.raised_at is not None:
+    raise Preempted(f"stopped by SIGTERM at step {step}, its checkpoint saved; rerun the "
+                    f"same command to resume (exit status {EXIT_PREEMPTED}).")
   return state
