@@ -176,11 +176,14 @@ def _train(run: Run) -> object:
       jax.block_until_ready(step_metrics)
       interval_start, interval_steps = time.perf_counter(), 0
 
+    evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.num_steps)
+    log_now = step % cfg.log_every == 0 or step == cfg.num_steps or evaluate_now
+    if log_now:  # wait for the step first: a SIGTERM during the wait stops at this step
+      jax.block_until_ready(step_metrics)
     stop = sigterm.should_stop(step)
     last = step == cfg.num_steps or stop
-    evaluate_now = cfg.eval_every and not stop and (
-        step % cfg.eval_every == 0 or step == cfg.num_steps)
-    if step % cfg.log_every == 0 or last or evaluate_now:
+    evaluate_now = evaluate_now and not stop
+    if log_now or stop:
       fetched = jax.device_get(pending)
       elapsed = time.perf_counter() - interval_start
       speed = {}  # none for an interval holding only the compiling first step
