@@ -14,6 +14,10 @@ Commands:
   serve   serve --workdir, --bundle or --registry's promoted run over HTTP (--host, --port,
           --api_key, --feedback_dir)
 
+Exit status: 0 done; 2 a mistake in the command line, config or workdir, or a diverged run
+(train.max_skipped_steps); 75 `train` stopped by SIGTERM with its checkpoint saved: run the
+same command again to resume.
+
 Flags, dispatch and errors only: the work is in run.py (training), inference.py (eval,
 sample, export, serve), promote.py, plan.py, run_info.py; this is the one reader of FLAGS.
 """
@@ -29,6 +33,7 @@ from ml_collections import config_flags
 
 from bigflax import configs, inference, plan, promote, run, run_info
 from bigflax.configs import UsageError
+from bigflax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/gpt_tiny.py"
@@ -190,6 +195,9 @@ def main(argv):
     else:
       initialize_distributed()
       DISTRIBUTED[command]()
+  except loop.Preempted as e:
+    print(f"bigflax {command}: {e}", file=sys.stderr)
+    sys.exit(loop.EXIT_PREEMPTED)
   except (UsageError, plan.PlanError, ValueError, OSError) as e:
     if FLAGS.traceback:
       raise

@@ -80,7 +80,10 @@ def base() -> ml_collections.ConfigDict:
       eval_every=200,
       eval_steps=20,  # validation batches per evaluation; 0 = the whole split
       checkpoint_every=200,
-      keep_checkpoints=3,
+      keep_checkpoints=3,  # the newest N; 0 = keep all
+      # A step with a non-finite loss or gradient is skipped (state unchanged); after this
+      # many in a row the run stops with an error. 0 = never stop.
+      max_skipped_steps=20,
       async_checkpoints=True,
       peak_flops_per_device=0.0,  # for MFU; 0 = look up by device kind
   ))
@@ -116,6 +119,12 @@ def validate(config: ml_collections.ConfigDict):
     value = config[section][key]
     if not isinstance(value, int) or value <= 0:
       raise ValueError(f"{field}={value!r} must be a positive integer.")
+  for field in ("train.keep_checkpoints", "train.max_skipped_steps"):
+    section, key = field.split(".")
+    value = config[section].get(key, 0)
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"{field}={value!r} must be a non-negative integer (0 = "
+                       f"{'keep all' if key == 'keep_checkpoints' else 'never stop'}).")
   if config.data.global_batch_size % config.train.microbatches:
     raise ValueError(f"data.global_batch_size={config.data.global_batch_size} must be "
                      f"divisible by train.microbatches={config.train.microbatches}.")

@@ -10,7 +10,9 @@ of config field -> value) built with the helpers of `bigflax/sweep_space.py`:
 
 trains every trial with `python -m bigflax train --config X --workdir DIR/<trial>
 --config.k=v ...`: a trial is resumable like any run, a finished one is skipped when the
-sweep is run again, a failed one is reported with its log and the sweep goes on. Then it
+sweep is run again, a failed one is reported with its log and the sweep goes on, one stopped
+by SIGTERM (exit 75) is recorded as preempted and resumed by the next sweep, which then
+exits 75 itself. Then it
 writes DIR/results.csv, DIR/results.md (sorted by --metric, also printed) and DIR/results.png
 (the metric against each swept field).
 
@@ -37,7 +39,7 @@ import time
 from etils import epath
 
 from bigflax import configs, launch, sweep_results, sweep_space
-from bigflax.train import writers
+from bigflax.train import loop, writers
 # The search-space helpers, for experiment files written against `sweep.product(...)`.
 from bigflax.sweep_space import (  # noqa: F401  pylint: disable=unused-import
     Choice, IntUniform, LogUniform, Uniform, product, random, seeds, zip_)
@@ -126,7 +128,8 @@ def run_trial(runner, train_args, workdir: epath.Path, metric: str | None = None
           pruned = True
           break
     process.wait()
-  status = "pruned" if pruned else "done" if process.returncode == 0 else "failed"
+  status = ("pruned" if pruned else "done" if process.returncode == 0
+            else "preempted" if process.returncode == loop.EXIT_PREEMPTED else "failed")
   record = dict(status=status, returncode=process.returncode, args=train_args,
                 seconds=round(time.time() - start, 1), log=str(log_path))
   (workdir / STATUS_FILE).write_text(json.dumps(record, indent=2))
@@ -210,8 +213,11 @@ def grid(args, runner, experiment, overrides) -> list[dict]:
       message = "finished earlier, skipped"
     else:
       record = run_trial(runner, train_args, workdir)
-      message = (f"{record['status']} in {record['seconds']:.0f} s" if record["status"] ==
-                 "done" else f"FAILED (exit {record['returncode']}), log: {record['log']}")
+      message = {"done": f"done in {record['seconds']:.0f} s",
+                 "preempted": "preempted (SIGTERM; checkpoint saved): the next sweep resumes "
+                              "it"}.get(record["status"],
+                                        f"FAILED (exit {record['returncode']}), log: "
+                                        f"{record['log']}")
     row = dict(trial=name, **trial, **final_metrics(workdir), status=record["status"],
                seconds=record["seconds"], log=record["log"])
     with lock:
@@ -266,7 +272,7 @@ def optuna_search(args, runner, experiment, overrides) -> list[dict]:
           + ("" if record["status"] != "failed" else f", log: {record['log']}"), flush=True)
     if record["status"] == "pruned":
       raise optuna.TrialPruned()
-    if record["status"] == "failed" or value is None:
+    if record["status"] in ("failed", "preempted") or value is None:
       raise TrialFailed(f"{name} failed, log: {record['log']}")
     return value
 
@@ -377,4 +383,9 @@ def main(argv) -> int:
   failed = [r["trial"] for r in rows if r["status"] == "failed"]
   if failed:
     print(f"bigflax sweep: {len(failed)} trial(s) failed: {failed}; see their {LOG_FILE}.")
+  preempted = [r["trial"] for r in rows if r["status"] == "preempted"]
+  if preempted:
+    print(f"bigflax sweep: {len(preempted)} trial(s) preempted: {preempted}; run the same "
+          f"sweep again to resume them.")
+    return loop.EXIT_PREEMPTED
   return 0

@@ -98,3 +98,11 @@ def test_a_run_from_before_lora_resumes_with_lora_off(tmp_path):
   new.model.lora.rank = 8
   with pytest.raises(ValueError, match="model.lora.rank"):
     configs.check_resumable(saved, new, str(tmp_path))
+
+
+@pytest.mark.parametrize("field", ["keep_checkpoints", "max_skipped_steps"])
+def test_negative_counts_are_refused_by_name(field):
+  config = gpt_tiny.get_config()
+  config.train[field] = -1
+  with pytest.raises(ValueError, match=f"train.{field}=-1"):
+    configs.validate(config)

@@ -2,6 +2,7 @@
 for bit; SIGTERM saves and exits cleanly; parameters saved on 8 devices restore on 1."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,17 +75,23 @@ def _leaves(tree):
     yield np.asarray(tree)
 
 
-def test_sigterm_saves_and_exits_cleanly(tfds_dir, tmp_path):
+def test_sigterm_saves_first_and_exits_75(tfds_dir, tmp_path):
   workdir = tmp_path / "run"
+  # eval_every: the stop would be an evaluation step; SIGTERM saves and evaluates nothing.
   proc = start("train", workdir, *args(tfds_dir, "--config.train.num_steps=100000",
-                                       "--config.train.checkpoint_every=100000"))
+                                       "--config.train.checkpoint_every=100000",
+                                       "--config.train.eval_every=100000",
+                                       "--config.train.eval_steps=0"))
   wait_for(lambda: (workdir / "metrics.jsonl").exists() and len(losses(workdir)) >= 3, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
-  assert "SIGTERM: saved a checkpoint at step" in out
+  assert proc.returncode == 75, out
+  assert re.search(r"SIGTERM: checkpoint of step \d+ committed [\d.]+ s after the signal",
+                   out), out
+  assert "rerun the same command to resume (exit status 75)" in out
   last = max(losses(workdir))
   assert ocp.CheckpointManager(workdir / "checkpoints").latest_step() == last
+  assert '"split": "validation"' not in (workdir / "metrics.jsonl").read_text()
 
 
 RESTORE_ON_ONE_DEVICE = """
@@ -113,3 +120,16 @@ def test_parameters_saved_on_8_devices_initialise_a_run_on_one(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split()[-2:] == ["1", str(float(kernel.sum()))]
+
+
+def test_keep_checkpoints_0_keeps_every_checkpoint_and_resumes(tfds_dir, tmp_path):
+  workdir = tmp_path / "run"
+  keep_all = args(tfds_dir, "--config.train.keep_checkpoints=0",
+                  "--config.train.checkpoint_every=2")
+  result = run("train", workdir, *keep_all, "--config.train.num_steps=6")
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert ocp.CheckpointManager(workdir / "checkpoints").all_steps() == [2, 4, 6]
+  resumed = run("train", workdir, *keep_all, "--config.train.num_steps=8")
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert "restored the checkpoint of step 6" in resumed.stdout
+  assert ocp.CheckpointManager(workdir / "checkpoints").all_steps() == [2, 4, 6, 8]

@@ -152,6 +152,39 @@ def test_grid_sweep_orchestration(experiment, fake_training, tmp_path, capsys):
   assert out.count("finished earlier, skipped") == 4 and out.count("FAILED") == 1
 
 
+# A trainer preempted once: the first run saves its "checkpoint" and exits 75.
+PREEMPTED_ONCE = """
+import pathlib, sys
+args = sys.argv[1:]
+workdir = pathlib.Path(args[args.index("--workdir") + 1])
+if not (workdir / "started").exists():
+  (workdir / "started").write_text("")
+  sys.exit(75)
+(workdir / "metrics.jsonl").write_text('{"step": 5, "split": "validation", "loss": 1.0}\\n')
+"""
+
+
+class PreemptedOnceRunner(sweep.LocalRunner):
+  def start(self, train_args, workdir, log):
+    return subprocess.Popen([sys.executable, "-c", PREEMPTED_ONCE, *train_args], stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def test_a_preempted_trial_is_resumed_by_the_next_sweep(experiment, tmp_path, capsys,
+                                                        monkeypatch):
+  monkeypatch.setattr(sweep, "LocalRunner", PreemptedOnceRunner)
+  monkeypatch.setattr(sweep, "POLL_SECONDS", 0.05)
+  one = tmp_path / "one.py"
+  one.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return [{}]"))
+  args = ["--config", str(one), "--workdir", str(tmp_path / "sweep")]
+  assert sweep.main(args) == 75
+  out = capsys.readouterr().out
+  assert "default: preempted" in out and "run the same sweep again" in out
+  assert [r["status"] for r in read_csv(tmp_path / "sweep" / "results.csv")] == ["preempted"]
+  assert sweep.main(args) == 0
+  assert [r["status"] for r in read_csv(tmp_path / "sweep" / "results.csv")] == ["done"]
+
+
 def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
   optuna = pytest.importorskip("optuna")
   space = tmp_path / "space.py"
@@ -225,7 +258,7 @@ def test_a_pruned_trial_is_stopped(tfds_dir, tmp_path, monkeypatch):
   reported = []
   prune = lambda step, value: reported.append((step, value)) or True
   record = sweep.run_trial(sweep.LocalRunner(), train_args, workdir, "validation/loss", prune)
-  assert record["status"] == "pruned" and record["returncode"] == 0  # saved, then stopped
+  assert record["status"] == "pruned" and record["returncode"] == 75  # saved, then stopped
   assert reported[0][0] == 2
   assert reported[0][1] == writers.read(str(workdir), "validation")[2]["loss"]
   assert max(writers.read(str(workdir), "train")) < 3000

@@ -13,8 +13,9 @@ def _absolute(directory) -> epath.Path:
   return path if path.is_absolute() else path.absolute()
 
 
-def manager(directory, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+def manager(directory, keep: int | None, async_save: bool = True) -> ocp.CheckpointManager:
+  """Keeps the newest `keep` steps; 0 or None keeps all."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
                                          enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(_absolute(directory), options=options,
                                item_names=("state", "data"))

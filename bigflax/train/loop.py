@@ -17,6 +17,7 @@ from tqdm import tqdm
 from bigflax import chips
 from bigflax import metrics as metrics_lib
 from bigflax.train import checkpoint, partitioning
+from bigflax.train import step as step_lib
 from bigflax.train.writers import MetricWriter
 
 
@@ -51,22 +52,35 @@ class Run:
   frozen_shardings: object = None
 
 
+class Diverged(ValueError):
+  """train.max_skipped_steps steps in a row had a non-finite loss or gradient."""
+
+
+# `bigflax train`'s exit status after SIGTERM: the checkpoint is saved, run it again
+# (EX_TEMPFAIL, "try again"); a sweep resumes such a trial.
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+  """SIGTERM stopped the run after saving its checkpoint."""
+
+
 class _SigtermFlag:
   """Turns SIGTERM into 'save and stop at the next step'. With several processes JAX's
   preemption sync point makes all of them stop at the same step."""
 
   def __init__(self):
-    self.raised = False
+    self.raised_at = None  # time.monotonic() of the signal (several processes: of the stop)
     if jax.process_count() == 1:
       signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
-    self.raised = True
+    self.raised_at = time.monotonic()
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.raised
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+      self.raised_at = time.monotonic()
+    return self.raised_at is not None
 
 
 def peak_flops_per_device(config) -> float:
@@ -137,6 +151,14 @@ def _train(run: Run) -> object:
   peak = peak_flops_per_device(cfg) * jax.device_count()
   sigterm = _SigtermFlag()
   batches = run.train_batches(start)
+  params_finite = jax.jit(step_lib.all_finite)
+
+  def save(state, step, force=False):
+    if not params_finite(state.params):  # only a run started from such parameters
+      raise ValueError(f"step {step}: the parameters are not finite; not saving them. "
+                       f"Was the run initialised from non-finite parameters (init_from)?")
+    checkpoint.save(run.checkpoints, step, state, {"next_step": step}, force=force)
+  skipped_steps = skipped_in_a_row = 0  # in this process: a resume counts afresh
 
   bar = tqdm(total=cfg.num_steps, initial=start, disable=not is_main, desc="train",
              dynamic_ncols=True, mininterval=1.0)
@@ -154,10 +176,14 @@ def _train(run: Run) -> object:
       jax.block_until_ready(step_metrics)
       interval_start, interval_steps = time.perf_counter(), 0
 
+    evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.num_steps)
+    log_now = step % cfg.log_every == 0 or step == cfg.num_steps or evaluate_now
+    if log_now:  # wait for the step first: a SIGTERM during the wait stops at this step
+      jax.block_until_ready(step_metrics)
     stop = sigterm.should_stop(step)
     last = step == cfg.num_steps or stop
-    evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or last)
-    if step % cfg.log_every == 0 or last or evaluate_now:
+    evaluate_now = evaluate_now and not stop
+    if log_now or stop:
       fetched = jax.device_get(pending)
       elapsed = time.perf_counter() - interval_start
       speed = {}  # none for an interval holding only the compiling first step
@@ -167,11 +193,27 @@ def _train(run: Run) -> object:
                      tokens_per_sec=steps_per_sec * run.tokens_per_step,
                      mfu=steps_per_sec * run.flops_per_step / peak)
       for s, m in fetched:
-        writer.write(s, "train", dict(m, **speed))
+        skipped = int(m.pop("skipped"))
+        skipped_steps += skipped
+        skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+        if skipped:
+          bar.write(f"step {s}: loss={float(m['loss']):.4g} grad_norm="
+                    f"{float(m['grad_norm']):.4g}: not finite, step skipped (parameters "
+                    f"and optimizer state unchanged; {skipped_steps} skipped so far)")
+        writer.write(s, "train", dict(m, skipped_steps=skipped_steps, **speed))
       bar.set_postfix(loss=f"{float(fetched[-1][1]['loss']):.4f}",
                       tok_s=f"{speed.get('tokens_per_sec', 0):,.0f}")
       pending = []
       interval_start, interval_steps = time.perf_counter(), 0
+      if cfg.max_skipped_steps and skipped_in_a_row >= cfg.max_skipped_steps:
+        break
+    if stop:  # the checkpoint first: an evaluation may outlast the grace period
+      save(state, step, force=True)
+      run.checkpoints.wait_until_finished()
+      bar.write(f"SIGTERM: checkpoint of step {step} committed "
+                f"{time.monotonic() - sigterm.raised_at:.1f} s after the signal; rerun the "
+                f"same command to resume.")
+      break
 
     if evaluate_now:
       eval_metrics, _ = evaluate(evaluator, state.params, run.batch_sharding)
@@ -181,13 +223,19 @@ def _train(run: Run) -> object:
       interval_start, interval_steps = time.perf_counter(), 0
 
     if step % cfg.checkpoint_every == 0 or last:
-      checkpoint.save(run.checkpoints, step, state, {"next_step": step}, force=stop)
-    if stop:
-      bar.write(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to "
-                f"resume.")
-      break
+      save(state, step)
   bar.close()
   run.checkpoints.wait_until_finished()
   writer.close()
   sys.stdout.flush()
+  if cfg.max_skipped_steps and skipped_in_a_row >= cfg.max_skipped_steps:
+    raise Diverged(
+        f"the last {skipped_in_a_row} steps (to step {step}) had a non-finite loss or "
+        f"gradient and were skipped (train.max_skipped_steps={cfg.max_skipped_steps}): "
+        f"the run diverged. The latest checkpoint (step "
+        f"{run.checkpoints.latest_step()}) holds finite parameters; resume with a lower "
+        f"optim.lr or with optim.clip_norm set.")
+  if sigterm.raised_at is not None:
+    raise Preempted(f"stopped by SIGTERM at step {step}, its checkpoint saved; rerun the "
+                    f"same command to resume (exit status {EXIT_PREEMPTED}).")
   return state

@@ -21,6 +21,12 @@ def _microbatches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def all_finite(tree) -> jax.Array:
+  """One bool: is every element of every floating-point array in `tree` finite?"""
+  return jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)] or [True]))
+
+
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, microbatches: int = 1,
                     trained: Callable | None = None) -> Callable:
@@ -40,26 +46,38 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
   def train_step(state: TrainState, batch: dict, frozen=None):
     rng = jax.random.fold_in(state.rng, state.step)
     if microbatches == 1:
-      (_, metrics), grads = grad_fn(state.params, batch, rng, frozen)
+      (loss, metrics), grads = grad_fn(state.params, batch, rng, frozen)
     else:
       # Accumulate in float32 over a scan: one optimizer update for the whole batch.
       def accumulate(carry, inputs):
         i, microbatch = inputs
-        (_, metrics), grads = grad_fn(state.params, microbatch, jax.random.fold_in(rng, i),
-                                     frozen)
-        return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+        (loss, metrics), grads = grad_fn(state.params, microbatch,
+                                         jax.random.fold_in(rng, i), frozen)
+        return jax.tree.map(jnp.add, carry, (loss, grads, metrics)), None
       micro = _microbatches(batch, microbatches)
-      (_, metric_shapes), grad_shapes = jax.eval_shape(
+      shapes = jax.eval_shape(
           grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng, frozen)
+      (loss_shape, metric_shapes), grad_shapes = shapes
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
-                           (grad_shapes, metric_shapes))
-      (grads, metrics), _ = jax.lax.scan(
+                           (loss_shape, grad_shapes, metric_shapes))
+      (loss, grads, metrics), _ = jax.lax.scan(
           accumulate, zeros, (jnp.arange(microbatches), micro))
-      grads, metrics = jax.tree.map(lambda x: x / microbatches, (grads, metrics))
+      loss, grads, metrics = jax.tree.map(lambda x: x / microbatches, (loss, grads, metrics))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                   learning_rate=schedule(state.step))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    grad_norm = optax.tree.norm(grads)
+    # A step whose loss, gradient or new parameters are not finite is skipped: parameters
+    # and optimizer state stay as they were. The step counter still advances (as in
+    # MaxText and levanter), so the next step reads the next batch rather than retrying
+    # the same one, and the batch of step s stays a function of s alone. A select, not
+    # lax.cond: both branches exist anyway, and a select keeps the state donated in place.
+    # (optax.apply_if_finite would add counters to the optimizer state, which would no
+    # longer restore from earlier checkpoints, and it looks at gradients only.)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                   skipped=(~finite).astype(jnp.int32))
+    return state.replace(step=state.step + 1, params=jax.tree.map(keep, params, state.params),
+                         opt_state=jax.tree.map(keep, opt_state, state.opt_state)), metrics
 
   return train_step
