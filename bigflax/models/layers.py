@@ -6,6 +6,9 @@ A model builds one `BlockConfig` from its own fields and hands it whole to `stac
 Parameters and key activations carry logical axis names ("batch", "length", "embed",
 "heads", "kv", "mlp", "vocab", "layers"); `bigflax.train.partitioning` alone maps them to
 mesh axes. Dropout is active exactly when the caller passes a 'dropout' rng.
+
+(A little over 400 lines: the blocks read best together; the attention arithmetic itself is
+in `attention.py`.)
 """
 
 import dataclasses
