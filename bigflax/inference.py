@@ -51,8 +51,7 @@ def restore(workdir, mesh=None, config=None) -> Trained:
   config.json (promote judges a candidate on the incumbent's data)."""
   config = config or configs.load(workdir)
   directory = epath.Path(workdir_lib.checkpoints(workdir))
-  step = checkpoint.latest_step(directory) if directory.is_dir() else None
-  if not step:
+  if not (directory.is_dir() and checkpoint.latest_step(directory)):
     raise UsageError(f"No checkpoint in {directory}: train first "
                      f"(`python -m bigflax train --config ... --workdir {workdir}`).")
   tokenizer = run.load_tokenizer(config, workdir)
@@ -60,7 +59,7 @@ def restore(workdir, mesh=None, config=None) -> Trained:
   mesh = mesh or partitioning.make_mesh(config.mesh.shape)
   target, shardings = state_lib.param_layout(run.model_init(config, model), mesh,
                                              partitioning.rules_tuple(config.mesh.rules))
-  params = checkpoint.restore_params(directory, target, step)
+  step, params = checkpoint.restore_params_with_step(directory, target)
   return Trained(config, tokenizer, model, tasks.get(config.task.name), step, params,
                  shardings, mesh)
 
