@@ -112,37 +112,43 @@ def _newest_intact(directory: epath.Path, steps, read):
       f"--workdir.")
 
 
+def _restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None):
+  """(step, orbax's restored Composite) of `step` or of the newest intact step; (None,
+  None) if there is no checkpoint."""
+  steps = mgr.all_steps() if step is None else [step]
+  if not steps:
+    return None, None
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                            data=ocp.args.JsonRestore())
+  return _newest_intact(mgr.directory, steps, lambda s: mgr.restore(s, args=args))
+
+
 def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """(state, data_position) of `step`, or by default of the newest intact step; None if
   there is no checkpoint."""
-  steps = mgr.all_steps() if step is None else [step]
-  if not steps:
-    return None
-  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                            data=ocp.args.JsonRestore())
-  _, restored = _newest_intact(mgr.directory, steps, lambda s: mgr.restore(s, args=args))
-  return restored.state, restored.data
+  _, restored = _restore(mgr, abstract_state, step)
+  return None if restored is None else (restored.state, restored.data)
 
 
 def resume(mgr: ocp.CheckpointManager, abstract_state):
   """`restore` for the run that writes to `mgr`: damaged steps newer than the one restored
   are moved aside (to <step>.damaged), so that the run saves those steps again and
   retention never keeps a damaged step over an intact one."""
-  restored = restore(mgr, abstract_state)
+  step, restored = _restore(mgr, abstract_state, None)
   if restored is None:
     return None
-  newer = [s for s in mgr.all_steps() if s > int(restored[0].step)]
+  newer = [s for s in mgr.all_steps() if s > step]
   if newer and jax.process_index() == 0:
-    for step in newer:
-      aside = mgr.directory / f"{step}.damaged"
+    for damaged in newer:
+      aside = mgr.directory / f"{damaged}.damaged"
       while aside.exists():
         aside = aside.with_name(aside.name + "_")
-      (mgr.directory / str(step)).rename(aside)
-      _warn(f"moved the damaged step {step} aside to {aside}.")
+      (mgr.directory / str(damaged)).rename(aside)
+      _warn(f"moved the damaged step {damaged} aside to {aside}.")
   if newer:
     multihost_utils.sync_global_devices("bigflax: damaged checkpoints moved aside")
     mgr.reload()
-  return restored
+  return restored.state, restored.data
 
 
 def latest_step(directory) -> int | None:
