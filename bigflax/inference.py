@@ -22,7 +22,7 @@ from bigflax.train import checkpoint, loop, partitioning, state as state_lib
 
 @dataclasses.dataclass
 class Trained:
-  """A run's latest parameters on `mesh`, and what they mean."""
+  """A run's parameters at `step` on `mesh`, and what they mean."""
   config: object
   tokenizer: object  # None for tasks on numbers
   model: nn.Module
@@ -45,14 +45,14 @@ class Servable:
   served_as: str
 
 
-def restore(workdir, mesh=None, config=None) -> Trained:
-  """The latest parameters of the run in `workdir`, laid out on `mesh` (default: the
-  run's mesh config over the devices present). `config` replaces the run's own
-  config.json (promote judges a candidate on the incumbent's data)."""
+def restore(workdir, mesh=None, config=None, step: int | None = None) -> Trained:
+  """The parameters of the run in `workdir` at `step` (default: its newest intact
+  checkpoint), laid out on `mesh` (default: the run's mesh config over the devices
+  present). `config` replaces the run's own config.json (promote judges a candidate on
+  the incumbent's data)."""
   config = config or configs.load(workdir)
   directory = epath.Path(workdir_lib.checkpoints(workdir))
-  step = checkpoint.latest_step(directory) if directory.is_dir() else None
-  if not step:
+  if not (directory.is_dir() and checkpoint.latest_step(directory)):
     raise UsageError(f"No checkpoint in {directory}: train first "
                      f"(`python -m bigflax train --config ... --workdir {workdir}`).")
   tokenizer = run.load_tokenizer(config, workdir)
@@ -60,7 +60,7 @@ def restore(workdir, mesh=None, config=None) -> Trained:
   mesh = mesh or partitioning.make_mesh(config.mesh.shape)
   target, shardings = state_lib.param_layout(run.model_init(config, model), mesh,
                                              partitioning.rules_tuple(config.mesh.rules))
-  params = checkpoint.restore_params(directory, target, step)
+  step, params = checkpoint.restore_params_with_step(directory, target, step)
   return Trained(config, tokenizer, model, tasks.get(config.task.name), step, params,
                  shardings, mesh)
 
@@ -142,16 +142,18 @@ def sample(workdir, prompts=None, options=None):
     task.sample(config, model, tokenizer, params, prompts, options)
 
 
-def servable(workdir) -> Servable:
-  """The latest checkpoint of a run, on one device whatever the training mesh was, and
-  its task's inference functions (see `tasks/lm.py:serving`)."""
+def servable(workdir, step: int | None = None) -> Servable:
+  """A run's checkpoint at `step` (default: its newest intact one), on one device
+  whatever the training mesh was, and its task's inference functions (see
+  `tasks/lm.py:serving`)."""
   config = configs.load(workdir)
   task = tasks.get(config.task.name)
   if task.serving is None:
     raise UsageError(f"task.name={config.task.name!r} has no inference functions to export "
                      f"or serve; tasks that have: "
                      f"{sorted(n for n, t in tasks.TASKS.items() if t.serving)}.")
-  trained = restore(workdir, partitioning.make_mesh({"data": 1}, jax.devices()[:1]), config)
+  trained = restore(workdir, partitioning.make_mesh({"data": 1}, jax.devices()[:1]), config,
+                    step)
   model, params = trained.model, jax.tree.map(np.asarray, trained.params)
   if getattr(model, "lora", None) is not None:  # fold the adapters in: a plain model
     params = models.lora.merge(params, model.lora)
@@ -171,12 +173,13 @@ def export(workdir, out) -> dict:
   return card
 
 
-def load_served_model(source) -> bundle_lib.Bundle:
-  """A bundle directory, or a run directory's latest checkpoint with the framework's own
-  functions jitted: either way a `bundle.Bundle` for the server."""
+def load_served_model(source, step: int | None = None) -> bundle_lib.Bundle:
+  """A bundle directory, or a run directory's checkpoint at `step` (default: its newest
+  intact one) with the framework's own functions jitted: either way a `bundle.Bundle` for
+  the server."""
   if os.path.exists(os.path.join(source, "bundle.json")):
     return bundle_lib.load(source)
-  s = servable(source)
+  s = servable(source, step)
   jitted = {name: jax.jit(fn) for name, (fn, _) in s.functions.items()}
   return bundle_lib.Bundle(s.served_as, s.meta, jax.tree.map(jnp.asarray, s.params), jitted,
                            s.tokenizer, info={"source": os.path.abspath(source),

@@ -255,7 +255,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
   checkpoints = checkpoint.manager(workdir_lib.checkpoints(workdir),
                                    config.train.keep_checkpoints,
                                    config.train.async_checkpoints)
-  restored = checkpoint.restore(checkpoints, abstract_state)
+  restored = checkpoint.resume(checkpoints, abstract_state)
   if restored is not None:
     state, data_position = restored
     print(f"bigflax: restored the checkpoint of step {int(state.step)} (data position "

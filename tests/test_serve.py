@@ -253,12 +253,15 @@ def test_answers_and_feedback_are_logged_as_a_dataset(lm_server, feedback_dir):
   assert f"{two['id']}" not in found  # choice 0 was never rated
 
 
+def promotion(workdir, step: int) -> dict:
+  return {"promoted": True, "candidate": str(workdir), "candidate_step": step,
+          "candidate_metrics": {}}
+
+
 def test_a_registry_server_follows_promotions(tiny_classifier_runs, tmp_path):
   first, second = tiny_classifier_runs
   registry = tmp_path / "registry"
-  decision = lambda run: {"promoted": True, "candidate": str(run), "candidate_step": 0,
-                          "candidate_metrics": {}}
-  registry_lib.record(str(registry), decision(first))
+  registry_lib.record(str(registry), promotion(first, 5))
   with server("--registry", str(registry), "--feedback_dir", str(tmp_path / "fb")) as url:
     assert httpx.get(f"{url}/health").json()["trained_steps"] == 5
     answer = httpx.post(f"{url}/v1/classify", json={"input": [[0.5, 0.5]]}).json()
@@ -267,7 +270,7 @@ def test_a_registry_server_follows_promotions(tiny_classifier_runs, tmp_path):
     (registry / registry_lib.SERVED).write_text("{half a file")  # a hand edit gone wrong
     time.sleep(3)
     assert httpx.get(f"{url}/health").json()["source"] == str(first)
-    registry_lib.record(str(registry), decision(second))
+    registry_lib.record(str(registry), promotion(second, 40))
     deadline = time.monotonic() + 120
     while httpx.get(f"{url}/health").json()["source"] != str(second):
       assert time.monotonic() < deadline, "the promoted run was not swapped in"
@@ -275,3 +278,21 @@ def test_a_registry_server_follows_promotions(tiny_classifier_runs, tmp_path):
     assert httpx.get(f"{url}/health").json()["trained_steps"] == 40
     records = feedback.read_records(tmp_path / "fb")
     assert [r["kind"] for r in records] == ["classification", "feedback"]
+
+
+def test_a_registry_server_serves_the_promoted_step(tmp_path):
+  """The step that was evaluated and promoted, not what the run has saved since."""
+  workdir = tmp_path / "run"
+  trained = run("train", workdir, "--config", "experiments/seed_classifier.py",
+                "--config.train.num_steps=10", "--config.train.checkpoint_every=5",
+                "--config.train.eval_every=10", devices=1)
+  assert trained.returncode == 0, trained.stderr
+  registry = tmp_path / "registry"
+  registry_lib.record(str(registry), promotion(workdir, 5))
+  with server("--registry", str(registry)) as url:
+    assert httpx.get(f"{url}/health").json()["trained_steps"] == 5
+    registry_lib.record(str(registry), promotion(workdir, 10))  # the same run, promoted again
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{url}/health").json()["trained_steps"] != 10:
+      assert time.monotonic() < deadline, "the promoted step was not swapped in"
+      time.sleep(0.5)

@@ -40,26 +40,26 @@ class ReloadRequest(pydantic.BaseModel):
 
 class Server:
   """What the handlers share (`app.state.server`): the batcher, whose `model` is the one
-  served, the `source` it came from, the feedback `log` (or None), the metrics and `max_n`
-  (the most choices per completion)."""
+  served, the `source` it came from (and the `step`, when the registry names one), the
+  feedback `log` (or None), the metrics and `max_n` (the most choices per completion)."""
 
-  def __init__(self, load: Callable[[str], bundle_lib.Bundle], source: str,
-               batcher: batcher_lib.Batcher, log: feedback_log.FeedbackLog | None,
-               max_n: int):
-    self.load, self.source, self.batcher, self.log, self.max_n = (load, source, batcher, log,
-                                                                  max_n)
+  def __init__(self, load: Callable[[str, int | None], bundle_lib.Bundle], source: str,
+               step: int | None, batcher: batcher_lib.Batcher,
+               log: feedback_log.FeedbackLog | None, max_n: int):
+    self.load, self.source, self.step = load, source, step
+    self.batcher, self.log, self.max_n = batcher, log, max_n
     self.metrics = batcher.metrics
     self._reload_lock = asyncio.Lock()
 
-  async def swap(self, source: str) -> bundle_lib.Bundle:
+  async def swap(self, source: str, step: int | None = None) -> bundle_lib.Bundle:
     """Loads a model aside, then swaps it in between two batches: requests in flight
     finish on the old one."""
     async with self._reload_lock:
-      model = await asyncio.to_thread(self.load, source)
+      model = await asyncio.to_thread(self.load, source, step)
       if model.task != self.batcher.model.task:
         raise ValueError(f"{source!r} holds a {model.task!r} model; this server serves "
                          f"{self.batcher.model.task!r}")
-      self.batcher.model, self.source = model, source
+      self.batcher.model, self.source, self.step = model, source, step
     return model
 
   async def follow(self, registry: str, poll_seconds: float):
@@ -83,7 +83,7 @@ class Server:
               f"{self.source!r}: {entry['error']}", flush=True)
         continue
       try:
-        await self.swap(entry["workdir"])
+        await self.swap(entry["workdir"], entry.get("step"))
         print(f"bigflax: now serving {entry['workdir']} (promoted, step {entry.get('step')})",
               flush=True)
       except Exception as e:  # pylint: disable=broad-except
@@ -91,31 +91,35 @@ class Server:
               f"{self.source!r}: {e}", flush=True)
 
 
-def served_source(registry: str) -> str:
-  """The run the registry's served.json names; a clear error when there is none yet."""
+def served_source(registry: str) -> tuple[str, int]:
+  """(run, step) that the registry's served.json names: the step that was evaluated, not
+  whatever the run has saved since; a clear error when there is none yet."""
   entry = registry_lib.served(registry)
   if not entry:
     raise FileNotFoundError(f"--registry={registry} has no {registry_lib.SERVED} yet: "
                             f"promote a run first (bigflax promote --registry {registry} ...).")
-  return entry["workdir"]
+  return entry["workdir"], entry.get("step")
 
 
-def make_app(load: Callable[[str], bundle_lib.Bundle], source: str | None, *, api_key=None,
-             max_batch: int = 8, max_wait_ms: float = 10.0, max_n: int | None = None,
-             warmup: bool = False, feedback_dir: str | None = None,
-             registry: str | None = None, poll_seconds: float = 2.0):
-  """The FastAPI app serving `load(source)`; `load` is also what /admin/reload calls.
+def make_app(load: Callable[[str, int | None], bundle_lib.Bundle], source: str | None, *,
+             api_key=None, max_batch: int = 8, max_wait_ms: float = 10.0,
+             max_n: int | None = None, warmup: bool = False,
+             feedback_dir: str | None = None, registry: str | None = None,
+             poll_seconds: float = 2.0):
+  """The FastAPI app serving `load(source, step)`; `load` is also what /admin/reload calls.
   `warmup` compiles every batch shape before serving. With a `registry`, serves `source`
-  or else the run its served.json names, checks the file every `poll_seconds` and swaps
-  in each run it comes to name."""
-  source = source or served_source(registry)
-  model = load(source)
+  or else the run and step its served.json names, checks the file every `poll_seconds`
+  and swaps in each run and step it comes to name."""
+  step = None  # the newest intact checkpoint
+  if source is None:
+    source, step = served_source(registry)
+  model = load(source, step)
   batcher = batcher_lib.Batcher(model, kinds.get(model.task).batching, max_batch,
                                 max_wait_ms, api.Metrics())
   if warmup:
     batcher.warmup()
   log = feedback_log.FeedbackLog(feedback_dir) if feedback_dir else None
-  server = Server(load, source, batcher, log, max_n or max_batch)
+  server = Server(load, source, step, batcher, log, max_n or max_batch)
 
   @contextlib.asynccontextmanager
   async def lifespan(app_):
@@ -213,16 +217,17 @@ async def reload(request: fastapi.Request):
   server = request.app.state.server
   body = await api.parse(request, ReloadRequest)
   source = body.source or server.source
+  step = None if body.source else server.step  # a run named anew: its newest checkpoint
   try:
-    model = await server.swap(source)
+    model = await server.swap(source, step)
   except Exception as e:  # pylint: disable=broad-except
     raise api.RequestError("source", f"cannot serve {source!r}: {e}") from e
   return {"status": "reloaded", "source": source,
           "trained_steps": model.info.get("trained_steps")}
 
 
-def run(load: Callable[[str], Any], source: str | None, *, host: str = "127.0.0.1",
-        port: int = 8000, **kwargs):
+def run(load: Callable[[str, int | None], Any], source: str | None, *,
+        host: str = "127.0.0.1", port: int = 8000, **kwargs):
   app = make_app(load, source, **kwargs)
   server = app.state.server
   print(f"bigflax: serving {server.source} ({server.batcher.model.task}) on "
