@@ -256,6 +256,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
                                    config.train.keep_checkpoints,
                                    config.train.async_checkpoints)
   restored = checkpoint.resume(checkpoints, abstract_state)
+  data_position = {}
   if restored is not None:
     state, data_position = restored
     print(f"bigflax: restored the checkpoint of step {int(state.step)} (data position "
@@ -297,7 +298,8 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
       evaluator=evaluator(config, task, model, tokenizer, eval_data, eval_split),
       train_batches=train_data.iterate, tokens_per_step=tokens_per_step,
       flops_per_step=flops_per_token * tokens_per_step, checkpoints=checkpoints,
-      frozen=teacher.params, frozen_shardings=teacher.shardings)
+      frozen=teacher.params, frozen_shardings=teacher.shardings,
+      resumed_position=data_position)
   return Training(job, model, tokenizer, task)
 
 

@@ -39,10 +39,11 @@ def test_a_nan_loss_leaves_the_state_unchanged_and_advances_the_step():
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_an_error_and_keeps_finite_checkpoints(tfds_dir, tmp_path):
   workdir = tmp_path / "run"
-  result = run("train", workdir, *TINY, f"--config.data.data_dir={tfds_dir}",
-               "--config.train.num_steps=40", "--config.train.checkpoint_every=2",
-               "--config.train.keep_checkpoints=2", "--config.optim.lr=1e30",
-               "--config.optim.clip_norm=0", "--config.train.max_skipped_steps=4")
+  args = [*TINY, f"--config.data.data_dir={tfds_dir}", "--config.train.num_steps=40",
+          "--config.train.checkpoint_every=3", "--config.train.log_every=100",
+          "--config.train.keep_checkpoints=2", "--config.optim.lr=1e30",
+          "--config.optim.clip_norm=0", "--config.train.max_skipped_steps=4"]
+  result = run("train", workdir, *args)
   assert result.returncode == 2, result.stdout + result.stderr
   assert "the run diverged" in result.stderr and "train.max_skipped_steps=4" in result.stderr
   assert "not finite, step skipped" in result.stdout + result.stderr
@@ -55,3 +56,27 @@ def test_a_diverging_run_stops_with_an_error_and_keeps_finite_checkpoints(tfds_d
   for step in steps:  # every checkpoint kept, the newest included, is finite
     state = ocp.StandardCheckpointer().restore(os.path.join(checkpoints, str(step), "state"))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"])), step
+
+  # The rerun resumes mid-streak and counts on: it stops once 4 in a row are skipped in
+  # all, not 4 more, and the total goes on from the checkpoint's.
+  newest = steps[-1]
+  in_a_row_then = 0
+  while newest - in_a_row_then in skipped(records):
+    in_a_row_then += 1
+  assert in_a_row_then >= 1
+  result = run("train", workdir, *args)
+  assert result.returncode == 2, result.stdout + result.stderr
+  records_then, records = records, read(workdir)
+  assert max(records) == newest + 4 - in_a_row_then
+  assert (records[max(records)]["skipped_steps"]
+          == records_then[newest]["skipped_steps"] + 4 - in_a_row_then)
+
+
+def skipped(records) -> set:
+  """The steps that were skipped, from the running count."""
+  count, steps = 0, set()
+  for step in sorted(records):
+    if records[step]["skipped_steps"] > count:
+      steps.add(step)
+    count = records[step]["skipped_steps"]
+  return steps

@@ -50,6 +50,8 @@ class Run:
   checkpoints: object  # orbax CheckpointManager
   frozen: object = None  # the train step's untrained input (a distillation teacher's params)
   frozen_shardings: object = None
+  # What the restored checkpoint recorded beside the state (next_step, skip counts).
+  resumed_position: dict = dataclasses.field(default_factory=dict)
 
 
 class Diverged(ValueError):
@@ -157,8 +159,12 @@ def _train(run: Run) -> object:
     if not params_finite(state.params):  # only a run started from such parameters
       raise ValueError(f"step {step}: the parameters are not finite; not saving them. "
                        f"Was the run initialised from non-finite parameters (init_from)?")
-    checkpoint.save(run.checkpoints, step, state, {"next_step": step}, force=force)
-  skipped_steps = skipped_in_a_row = 0  # in this process: a resume counts afresh
+    checkpoint.save(run.checkpoints, step, state, dict(
+        next_step=step, skipped_steps=skipped_steps, skipped_in_a_row=skipped_in_a_row),
+        force=force)
+  # A resume carries on counting: a streak cut by preemption still ends the run in time.
+  skipped_steps = run.resumed_position.get("skipped_steps", 0)
+  skipped_in_a_row = run.resumed_position.get("skipped_in_a_row", 0)
 
   bar = tqdm(total=cfg.num_steps, initial=start, disable=not is_main, desc="train",
              dynamic_ncols=True, mininterval=1.0)
@@ -177,11 +183,12 @@ def _train(run: Run) -> object:
       interval_start, interval_steps = time.perf_counter(), 0
 
     evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.num_steps)
-    log_now = step % cfg.log_every == 0 or step == cfg.num_steps or evaluate_now
+    save_now = step % cfg.checkpoint_every == 0 or step == cfg.num_steps
+    # A checkpoint records the skip counts up to its step: fetch them first.
+    log_now = step % cfg.log_every == 0 or save_now or evaluate_now
     if log_now:  # wait for the step first: a SIGTERM during the wait stops at this step
       jax.block_until_ready(step_metrics)
     stop = sigterm.should_stop(step)
-    last = step == cfg.num_steps or stop
     evaluate_now = evaluate_now and not stop
     if log_now or stop:
       fetched = jax.device_get(pending)
@@ -222,7 +229,7 @@ def _train(run: Run) -> object:
           f"{k}={v:.4f}" for k, v in eval_metrics.items() if "/" not in k or "macro" in k))
       interval_start, interval_steps = time.perf_counter(), 0
 
-    if step % cfg.checkpoint_every == 0 or last:
+    if save_now:
       save(state, step)
   bar.close()
   run.checkpoints.wait_until_finished()
