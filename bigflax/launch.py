@@ -91,7 +91,7 @@ class Step:
   what: str
   argv: list[str] | None = None  # a command; or `action`, done in this process
   poll_until: str | None = None  # repeat argv until it prints this
-  action: Callable[[], None] | None = None
+  action: Callable[[], object] | None = None  # with argv too, argv is what a dry run prints
 
 
 class StepFailed(Exception):
@@ -201,7 +201,7 @@ def train_steps(s: Slice, train_args: list[str], launch_dir: str) -> tuple[Step,
   return (Step(f"start training on all {s.hosts} worker(s): {workdir}", ssh(s, start)),
           Step("stream worker 0's log until training ends",
                ssh(s, stream_script(log, 0), worker="0", flags=SSH_KEEPALIVE),
-               action=lambda: follow(s, log)))
+               action=lambda out=None: follow(s, log, out)))
 
 
 def stream_script(log: str, offset: int) -> str:
@@ -262,7 +262,7 @@ def still_running(s: Slice, launch_dir: str | None = None, workdir: str | None =
     log = _log(launch_dir, workdir)
     lines += [f"training {workdir} may still be running on {s.name} (log: {log}.log on "
               f"worker 0); follow it with",
-              "  " + shlex.join(ssh(s, stream_script(log, 0), worker="0")),
+              "  " + shlex.join(ssh(s, f"tail -n +1 -f {log}.log", worker="0")),
               "or stop it (it saves a checkpoint) with",
               "  " + shlex.join(stop_step(s, workdir, launch_dir).argv)]
   lines += [f"the slice {s.name} is still running (and billed); delete it with",

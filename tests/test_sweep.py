@@ -3,9 +3,13 @@ with pruning) with a stand-in trainer; a real sweep of tiny GPTs end to end and 
 stopped by the pruner; trials launched on a TPU slice (dry run)."""
 
 import csv
+import os
 import shlex
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 
 from etils import epath
 import numpy as np
@@ -96,7 +100,8 @@ def read_csv(path):
 
 
 # A stand-in for `bigflax train` (no JAX, a fraction of a second): it logs validation
-# losses (log10(lr) + 2.5)^2 + 1/step for steps 1..5, and fails for lr > 0.05.
+# losses (log10(lr) + 2.5)^2 + 1/step for steps 1..5, fails for lr > 0.05, and logs a
+# non-finite loss (null, as bigflax's metric writer records NaN) for lr = 0.02.
 FAKE_TRAINER = """
 import json, math, pathlib, sys, time
 args = sys.argv[1:]
@@ -106,7 +111,7 @@ if lr > 0.05:
   sys.exit("diverged")
 with open(workdir / "metrics.jsonl", "a") as f:
   for step in range(1, 6):
-    loss = (math.log10(lr) + 2.5) ** 2 + 1 / step
+    loss = None if lr == 0.02 else (math.log10(lr) + 2.5) ** 2 + 1 / step
     f.write(json.dumps({"step": step, "split": "validation", "loss": loss}) + "\\n")
     f.flush()
     time.sleep(0.2)
@@ -197,7 +202,8 @@ def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
   states = [t.state.name for t in study.trials]
   assert len(states) == 8 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
   for t in study.trials:
-    logged = writers.read(str(directory / f"trial-{t.number:03d}"), "validation")
+    assert t.user_attrs["name"] == f"space-trial-{t.number:03d}"  # study and trial
+    logged = writers.read(str(directory / t.user_attrs["name"]), "validation")
     if t.state.name == "COMPLETE":
       assert t.value == pytest.approx(fake_loss(t.params["optim.lr"])) and len(logged) == 5
     else:  # stopped once its loss at some step was above the median of earlier trials'
@@ -212,6 +218,132 @@ def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
   assert sweep.main(args) == 0  # the study is complete: no new trial
   assert len(optuna.load_study(study_name="space",
                                storage=f"sqlite:///{directory}/study.db").trials) == 8
+
+
+def test_a_non_finite_result_is_ranked_last_and_named(experiment, fake_training, tmp_path,
+                                                      capsys):
+  space = tmp_path / "nan.py"
+  space.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return "
+                                      "sweep.product(**{'optim.lr': [0.02, 1e-3, 3e-3]})"))
+  for mode, order in [("min", ["lr=0.003", "lr=0.001", "lr=0.02"]),
+                      ("max", ["lr=0.001", "lr=0.003", "lr=0.02"])]:
+    directory = tmp_path / mode
+    assert sweep.main(["--config", str(space), "--workdir", str(directory), "--mode", mode,
+                       "--parallel", "3"]) == 0
+    out = capsys.readouterr().out
+    assert [r["trial"] for r in read_csv(directory / "results.csv")] == order
+    table = (directory / "results.md").read_text().splitlines()
+    assert table[-1].startswith("| lr=0.02 | 0.02 | done | nan (not finite) |")
+    assert ("1 trial(s) ended with a non-finite validation/loss, ranked last: ['lr=0.02']"
+            in out)
+
+
+def optuna_args(config, directory, *more):
+  return ["--config", str(config), "--workdir", str(directory), "--optuna", "1", "--seed", "0",
+          *more]
+
+
+def test_a_new_study_in_the_same_directory_gets_its_own_trial_directories(
+    experiment, fake_training, tmp_path):
+  """Trial 0 of study b never resumes study a's trial 0 (other hyperparameters)."""
+  optuna = pytest.importorskip("optuna")
+  directory = tmp_path / "sweeps"
+  for name in ("a", "b"):
+    assert sweep.main(optuna_args(experiment, directory, "--study_name", name)) == 0
+  storage = f"sqlite:///{directory}/study.db"
+  for name in ("a", "b"):
+    [trial] = optuna.load_study(study_name=name, storage=storage).trials
+    assert trial.user_attrs["name"] == f"{name}-trial-000"
+    logged = writers.read(str(directory / f"{name}-trial-000"), "validation")
+    assert list(logged) == [1, 2, 3, 4, 5]  # trained once, from scratch
+    assert logged[5]["loss"] == pytest.approx(fake_loss(trial.params["optim.lr"]))
+
+
+# A sweep whose trials never end (until the whole sweep is killed). It never reads metrics
+# or trains, so JAX and the metric writer are left out: the process starts in a second.
+HANGING_SWEEP = """
+import subprocess, sys, types
+sys.modules["bigflax.train"] = types.SimpleNamespace(loop=None, writers=None)
+from bigflax import sweep
+class Hanging(sweep.LocalRunner):
+  def start(self, train_args, workdir, log):
+    return subprocess.Popen(["sleep", "120"])
+sweep.LocalRunner = Hanging
+sys.exit(sweep.main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_sweeps_running_trial_is_failed_by_heartbeat_and_retried(
+    experiment, fake_training, tmp_path, monkeypatch, capsys):
+  """SIGKILL to a sweep (and its trainer) mid-trial: its trial stays RUNNING in study.db; the
+  next sweep sees its heartbeat is stale, fails it, and retries it in the same directory
+  (same hyperparameters, so it resumes), and the study ends complete."""
+  optuna = pytest.importorskip("optuna")
+  directory = tmp_path / "study"
+  killed = subprocess.Popen([sys.executable, "-c", HANGING_SWEEP,
+                             *optuna_args(experiment, directory)],
+                            start_new_session=True, stdout=subprocess.DEVNULL)
+  try:
+    for _ in range(600):  # until its first trial trains and has beaten once
+      time.sleep(0.1)
+      if (directory / "tiny_sweep-trial-000" / "train.log").exists():
+        with sqlite3.connect(directory / "study.db") as db:
+          if db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]:
+            break
+  finally:
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+  study = optuna.load_study(study_name="tiny_sweep", storage=f"sqlite:///{directory}/study.db")
+  [stale] = study.trials
+  assert stale.state.name == "RUNNING"
+  monkeypatch.setattr(sweep, "HEARTBEAT_SECONDS", 1)
+  monkeypatch.setattr(sweep, "STALE_SECONDS", 1)
+  time.sleep(2)
+  assert sweep.main(optuna_args(experiment, directory)) == 0
+  assert ("tiny_sweep-trial-000 was RUNNING with no heartbeat for over 1 s (its sweep was "
+          "killed): marked failed, tried again, resuming from its checkpoint"
+          ) in capsys.readouterr().out
+  states = [(t.state.name, t.user_attrs.get("name")) for t in study.trials]
+  assert states[0][0] == "FAIL"
+  retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 0)
+  assert retry.state.name == "COMPLETE" and retry.user_attrs["name"] == "tiny_sweep-trial-000"
+  assert retry.params == stale.params
+  assert len(states) == 2  # the study's one trial is done: no other was started
+  rows = read_csv(directory / "results.csv")  # one row per trial directory
+  assert [(r["trial"], r["status"]) for r in rows] == [("tiny_sweep-trial-000", "done")]
+
+
+@pytest.mark.slow
+def test_a_locked_study_database_is_waited_for(experiment, fake_training, tmp_path,
+                                               monkeypatch, capsys):
+  """Another writer holds study.db longer than sqlite's 5 s default: the sweep waits for it;
+  with a wait shorter than the lock it stops with a message, not a traceback."""
+  pytest.importorskip("optuna")
+  directory = tmp_path / "study"
+  directory.mkdir()
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sqlite3, sys, time\n"
+       "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+       "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(6)",
+       str(directory / "study.db")], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == "locked\n"
+  started = time.monotonic()
+  assert sweep.main(optuna_args(experiment, directory)) == 0
+  assert time.monotonic() - started > 5  # it did wait for the lock
+  holder.wait()
+
+  monkeypatch.setattr(sweep, "SQLITE_TIMEOUT_SECONDS", 0.5)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sqlite3, sys, time\n"
+       "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+       "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(2)",
+       str(directory / "study.db")], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == "locked\n"
+  assert sweep.main(optuna_args(experiment, directory, "--optuna", "2")) == 2
+  err = capsys.readouterr().err
+  assert f"the study's storage sqlite:///{directory}/study.db failed: database is locked" in err
+  assert "run the same sweep again" in err
+  holder.wait()
 
 
 @pytest.mark.slow
