@@ -387,12 +387,12 @@ def main(argv) -> int:
       run_steps(steps + ([delete_step(s)] if args.delete else []), dry_run=True)
       return 0
     started = True
-    run_steps(steps[:-1], dry_run=False)
-    training = True
+    run_steps(steps[:-2], dry_run=False)
+    training = True  # from here on, Ctrl-C leaves a trainer behind (it is detached)
+    run_step(start)
     status = run_step(stream)
     if status != 0:
-      raise StepFailed(f"training exited with status {status} (its log is above; "
-                       f"`python -m bigflax --help` lists the statuses)")
+      raise StepFailed(f"training exited with status {status} (its log is above)")
   except KeyboardInterrupt:
     if started:
       print(f"\nbigflax launch: interrupted; nothing was stopped or deleted.\n"

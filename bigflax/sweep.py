@@ -12,9 +12,9 @@ trains every trial with `python -m bigflax train --config X --workdir DIR/<trial
 --config.k=v ...`: a trial is resumable like any run, a finished one is skipped when the
 sweep is run again, a failed one is reported with its log and the sweep goes on, one stopped
 by SIGTERM (exit 75) is recorded as preempted and resumed by the next sweep, which then
-exits 75 itself. Then it
-writes DIR/results.csv, DIR/results.md (sorted by --metric, also printed) and DIR/results.png
-(the metric against each swept field).
+exits 75 itself. Then it writes DIR/results.csv, DIR/results.md (sorted by --metric, also
+printed; a non-finite result last) and DIR/results.png (the metric against each swept
+field). Running trials: bigflax/sweep_trials.py.
 
 Adaptive search: `--optuna N` asks Optuna's TPE sampler for trials from a search space
 (`get_search_space()`, or `get_sweep()` returning a dict of distributions), prunes trials
@@ -29,183 +29,29 @@ TPU slice through `bigflax.launch`.
 
 import argparse
 import concurrent.futures
-import contextlib
 import importlib.util
 import json
 import math
 import pathlib
 import re
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 import warnings
 
 from etils import epath
 
-from bigflax import configs, launch, sweep_results, sweep_space
-from bigflax.train import loop, writers
+from bigflax import configs, launch, sweep_results, sweep_trials
+from bigflax.train import loop
 # The search-space helpers, for experiment files written against `sweep.product(...)`.
 from bigflax.sweep_space import (  # noqa: F401  pylint: disable=unused-import
     Choice, IntUniform, LogUniform, Uniform, product, random, seeds, zip_)
 
-STATUS_FILE = "sweep_trial.json"
-LOG_FILE = "train.log"
-POLL_SECONDS = 2.0  # how often a running trial's metrics are read (for pruning)
 # Optuna's RDB storage: a trial's sweep records a heartbeat every HEARTBEAT_SECONDS; one
 # silent for STALE_SECONDS belongs to a killed sweep and is failed (then retried once).
 HEARTBEAT_SECONDS, STALE_SECONDS = 30, 120
 # How long a SQLite writer waits for another (--parallel trials, heartbeats, several sweeps)
 # before "database is locked"; sqlite3's own default is 5 s.
 SQLITE_TIMEOUT_SECONDS = 120
-
-
-# ---------------------------------------------------------------------------------------
-# Running trials.
-
-def trial_name(trial: dict) -> str:
-  """A readable, filesystem-safe name: 'lr=0.001,embed_dim=64' (last name components,
-  unless two swept fields share one)."""
-  short = {k: k.split(".")[-1] for k in trial}
-  if len(set(short.values())) < len(short):
-    short = {k: k for k in trial}
-  value = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v).replace("/", "-")
-  return ",".join(f"{short[k]}={value(v)}" for k, v in trial.items()) or "default"
-
-
-def _train_args(config_arg: str, workdir, overrides, trial: dict) -> list[str]:
-  return ["--config", config_arg, "--workdir", str(workdir), *overrides,
-          *(f"--config.{k}={sweep_space.format_value(v)}" for k, v in trial.items())]
-
-
-class LocalRunner:
-  """Trains a trial in a subprocess on this machine."""
-
-  def start(self, train_args: list[str], workdir: epath.Path, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bigflax", "train", *train_args],
-                            stdout=log, stderr=subprocess.STDOUT)
-
-  def stop(self, process: subprocess.Popen, workdir):
-    process.terminate()  # SIGTERM: the trainer saves a checkpoint and exits
-
-
-class TpuRunner:
-  """Trains a trial on a Cloud TPU slice (all workers), following worker 0's log."""
-
-  def __init__(self, slice_: launch.Slice, launch_dir: str):
-    self.slice, self.launch_dir, self.workdir = slice_, launch_dir, None
-
-  def start(self, train_args, workdir, log) -> "Following":
-    start, stream = launch.train_steps(self.slice, train_args, self.launch_dir)
-    launch.run_step(start)
-    self.workdir = str(workdir)  # training there until `follow` says it ended
-    return Following(lambda: stream.action(log))
-
-  def stop(self, process, workdir):
-    launch.run_step(launch.stop_step(self.slice, str(workdir), self.launch_dir))
-
-
-class Following:
-  """launch.follow in a thread, as the Popen that run_trial polls: returncode is the
-  trainer's status; an error of follow's (StillRunning) is raised by poll and wait."""
-
-  def __init__(self, follow):
-    self.returncode, self.error = None, None
-    self.thread = threading.Thread(target=self._run, args=(follow,), daemon=True)
-    self.thread.start()
-
-  def _run(self, follow):
-    try:
-      self.returncode = follow()
-    except Exception as e:  # pylint: disable=broad-except  (re-raised in the caller's thread)
-      self.error = e
-
-  def poll(self):
-    if self.error:
-      raise self.error
-    return None if self.thread.is_alive() else self.returncode
-
-  def wait(self):
-    self.thread.join()
-    return self.poll()
-
-
-def final_metrics(workdir) -> dict:
-  """{'split/name': value} of the last record of each split in workdir's metrics.jsonl."""
-  if not (epath.Path(workdir) / "metrics.jsonl").exists():
-    return {}
-  out = {}
-  for split in ("train", "validation"):
-    records = writers.read(str(workdir), split)
-    if records:
-      last = records[max(records)]
-      out[f"{split}/step"] = last["step"]
-      out.update({f"{split}/{k}": v for k, v in last.items() if k not in ("step", "split")})
-  return out
-
-
-def run_trial(runner, train_args, workdir: epath.Path, metric: str | None = None,
-              should_prune=None) -> dict:
-  """Trains one trial to the end (or until `should_prune(step, value)` says stop) and
-  records its status in workdir/sweep_trial.json."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  log_path = workdir / LOG_FILE
-  start = time.time()
-  seen = set()
-  pruned = False
-  with _log_file(log_path) as log:
-    process = runner.start(train_args, workdir, log)
-    while process.poll() is None:
-      time.sleep(POLL_SECONDS)
-      if should_prune is None or pruned:
-        continue
-      for step, value in _new_evals(workdir, metric, seen):
-        if should_prune(step, value):
-          runner.stop(process, workdir)
-          pruned = True
-          break
-    process.wait()
-  status = ("pruned" if pruned else "done" if process.returncode == 0
-            else "preempted" if process.returncode == loop.EXIT_PREEMPTED else "failed")
-  record = dict(status=status, returncode=process.returncode, args=train_args,
-                seconds=round(time.time() - start, 1), log=str(log_path))
-  (workdir / STATUS_FILE).write_text(json.dumps(record, indent=2))
-  return record
-
-
-@contextlib.contextmanager
-def _log_file(path: epath.Path):
-  """The trial's log; for a gs:// workdir a local file, copied there when the trial ends."""
-  if "://" not in str(path):
-    with open(path, "a") as f:
-      yield f
-    return
-  with tempfile.NamedTemporaryFile("w+", suffix=".log") as f:
-    try:
-      yield f
-    finally:
-      f.flush()
-      path.write_text(pathlib.Path(f.name).read_text())
-
-
-def _new_evals(workdir, metric, seen):
-  split, _, name = metric.partition("/")
-  try:
-    records = writers.read(str(workdir), split)
-  except (FileNotFoundError, json.JSONDecodeError):  # not written yet / mid-write
-    return []
-  new = [(s, r[name]) for s, r in sorted(records.items()) if s not in seen and name in r]
-  seen.update(s for s, _ in new)
-  return new
-
-
-def _finished(workdir: epath.Path, train_args) -> bool:
-  status_file = workdir / STATUS_FILE
-  if not status_file.exists():
-    return False
-  status = json.loads(status_file.read_text())
-  return status["status"] == "done" and status["args"] == train_args
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,7 +66,7 @@ def grid(args, runner, experiment, overrides) -> list[dict]:
   if isinstance(trials, dict):
     raise ValueError(f"{args.config}: get_sweep() returns a search space (a dict); run it "
                      f"with --optuna N_TRIALS, or return a list of trials.")
-  names = [trial_name(t) for t in trials]
+  names = [sweep_trials.trial_name(t) for t in trials]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f"{args.config}: get_sweep() gives several trials named {duplicates}.")
@@ -228,12 +74,12 @@ def grid(args, runner, experiment, overrides) -> list[dict]:
   directory = epath.Path(args.workdir)
   jobs = []
   for name, trial in zip(names, trials):
-    train_args = _train_args(args.config, directory / name, overrides, trial)
+    train_args = sweep_trials.trial_args(args.config, directory / name, overrides, trial)
     jobs.append((name, trial, train_args))
   print(f"bigflax sweep: {len(jobs)} trials in {directory}", flush=True)
   if args.dry_run:
     for name, _, train_args in jobs:
-      if isinstance(runner, TpuRunner):
+      if isinstance(runner, sweep_trials.TpuRunner):
         for step in launch.train_steps(runner.slice, train_args, runner.launch_dir):
           launch.print_step(step)
       else:
@@ -246,18 +92,18 @@ def grid(args, runner, experiment, overrides) -> list[dict]:
   def run(job):
     name, trial, train_args = job
     workdir = directory / name
-    if _finished(workdir, train_args):
-      record = json.loads((workdir / STATUS_FILE).read_text())
+    if sweep_trials.finished_earlier(workdir, train_args):
+      record = json.loads((workdir / sweep_trials.STATUS_FILE).read_text())
       message = "finished earlier, skipped"
     else:
-      record = run_trial(runner, train_args, workdir)
+      record = sweep_trials.run_trial(runner, train_args, workdir)
       message = {"done": f"done in {record['seconds']:.0f} s",
                  "preempted": "preempted (SIGTERM; checkpoint saved): the next sweep resumes "
                               "it"}.get(record["status"],
                                         f"FAILED (exit {record['returncode']}), log: "
                                         f"{record['log']}")
-    row = dict(trial=name, **trial, **final_metrics(workdir), status=record["status"],
-               seconds=record["seconds"], log=record["log"])
+    row = dict(trial=name, **trial, **sweep_trials.final_metrics(workdir),
+               status=record["status"], seconds=record["seconds"], log=record["log"])
     with lock:
       done[0] += 1
       value = row.get(args.metric)
@@ -360,15 +206,15 @@ def _optimize(args, runner, study, space, directory, overrides) -> list[dict]:
     name = trial.user_attrs.get("name") or trial_dir_name(study.study_name, trial.number)
     trial.set_user_attr("name", name)
     workdir = directory / name
-    train_args = _train_args(args.config, workdir, overrides, values)
+    train_args = sweep_trials.trial_args(args.config, workdir, overrides, values)
 
     def should_prune(step, value):
       trial.report(value, step)
       return trial.should_prune()
 
-    record = run_trial(runner, train_args, workdir, args.metric, should_prune)
-    value = final_metrics(workdir).get(args.metric)
-    print(f"bigflax sweep: {name} {trial_name(values)}: {record['status']}"
+    record = sweep_trials.run_trial(runner, train_args, workdir, args.metric, should_prune)
+    value = sweep_trials.final_metrics(workdir).get(args.metric)
+    print(f"bigflax sweep: {name} {sweep_trials.trial_name(values)}: {record['status']}"
           + (f", {args.metric}={value:.4f}" if value is not None else "")
           + ("" if record["status"] != "failed" else f", log: {record['log']}"), flush=True)
     if record["status"] == "pruned":
@@ -392,8 +238,9 @@ def _optimize(args, runner, study, space, directory, overrides) -> list[dict]:
       status = {"COMPLETE": "done", "PRUNED": "pruned", "FAIL": "failed"}.get(
           t.state.name, t.state.name.lower())  # or waiting, running
       seconds = (t.duration.total_seconds() if t.duration else "")
-      rows[name] = dict(trial=name, **t.params, **final_metrics(workdir), status=status,
-                        seconds=seconds, log=str(workdir / LOG_FILE))
+      rows[name] = dict(trial=name, **t.params, **sweep_trials.final_metrics(workdir),
+                        status=status, seconds=seconds,
+                        log=str(workdir / sweep_trials.LOG_FILE))
   return list(rows.values())
 
 
@@ -462,11 +309,11 @@ def main(argv) -> int:
       if args.parallel != 1:
         raise ValueError("--launcher tpu trains one trial at a time on the slice: drop "
                          "--parallel.")
-      runner = TpuRunner(slice_, launch_dir)
+      runner = sweep_trials.TpuRunner(slice_, launch_dir)
       setup = launch.setup_steps(slice_, args, launch_dir)
       launch.run_steps(setup, args.dry_run)
     else:
-      runner = LocalRunner()
+      runner = sweep_trials.LocalRunner()
     search = optuna_search if args.optuna else grid
     if args.optuna and args.dry_run:
       raise ValueError("--dry-run lists a grid sweep's trials; Optuna chooses them as it goes.")
@@ -499,7 +346,8 @@ def main(argv) -> int:
           f"ranked last: {not_finite}")
   failed = [r["trial"] for r in rows if r["status"] == "failed"]
   if failed:
-    print(f"bigflax sweep: {len(failed)} trial(s) failed: {failed}; see their {LOG_FILE}.")
+    print(f"bigflax sweep: {len(failed)} trial(s) failed: {failed}; see their "
+          f"{sweep_trials.LOG_FILE}.")
   preempted = [r["trial"] for r in rows if r["status"] == "preempted"]
   if preempted:
     print(f"bigflax sweep: {len(preempted)} trial(s) preempted: {preempted}; run the same "

@@ -15,7 +15,7 @@ from etils import epath
 import numpy as np
 import pytest
 
-from bigflax import sweep, sweep_space
+from bigflax import sweep, sweep_space, sweep_trials
 from bigflax.train import writers
 from cli_utils import TINY
 from conftest import REPO
@@ -56,9 +56,10 @@ def test_random_draws_are_seeded_and_follow_their_distributions():
 
 
 def test_trial_names():
-  assert sweep.trial_name({"optim.lr": 0.001, "model.embed_dim": 64}) == "lr=0.001,embed_dim=64"
-  assert sweep.trial_name({"a.rate": 1, "b.rate": 2}) == "a.rate=1,b.rate=2"
-  assert sweep.trial_name({"optim.lr": 0.00012345678}) == "lr=0.0001235"
+  assert sweep_trials.trial_name({"optim.lr": 0.001, "model.embed_dim": 64}) == (
+      "lr=0.001,embed_dim=64")
+  assert sweep_trials.trial_name({"a.rate": 1, "b.rate": 2}) == "a.rate=1,b.rate=2"
+  assert sweep_trials.trial_name({"optim.lr": 0.00012345678}) == "lr=0.0001235"
   assert sweep_space.format_value(0.00012345678) == "0.00012345678"
 
 
@@ -122,7 +123,7 @@ def fake_loss(lr, step=5):
   return (np.log10(lr) + 2.5) ** 2 + 1 / step
 
 
-class FakeRunner(sweep.LocalRunner):
+class FakeRunner(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
     return subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, *train_args], stdout=log,
                             stderr=subprocess.STDOUT)
@@ -130,8 +131,8 @@ class FakeRunner(sweep.LocalRunner):
 
 @pytest.fixture
 def fake_training(monkeypatch):
-  monkeypatch.setattr(sweep, "LocalRunner", FakeRunner)
-  monkeypatch.setattr(sweep, "POLL_SECONDS", 0.05)
+  monkeypatch.setattr(sweep_trials, "LocalRunner", FakeRunner)
+  monkeypatch.setattr(sweep_trials, "POLL_SECONDS", 0.05)
 
 
 def test_grid_sweep_orchestration(experiment, fake_training, tmp_path, capsys):
@@ -169,7 +170,7 @@ if not (workdir / "started").exists():
 """
 
 
-class PreemptedOnceRunner(sweep.LocalRunner):
+class PreemptedOnceRunner(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
     return subprocess.Popen([sys.executable, "-c", PREEMPTED_ONCE, *train_args], stdout=log,
                             stderr=subprocess.STDOUT)
@@ -177,8 +178,8 @@ class PreemptedOnceRunner(sweep.LocalRunner):
 
 def test_a_preempted_trial_is_resumed_by_the_next_sweep(experiment, tmp_path, capsys,
                                                         monkeypatch):
-  monkeypatch.setattr(sweep, "LocalRunner", PreemptedOnceRunner)
-  monkeypatch.setattr(sweep, "POLL_SECONDS", 0.05)
+  monkeypatch.setattr(sweep_trials, "LocalRunner", PreemptedOnceRunner)
+  monkeypatch.setattr(sweep_trials, "POLL_SECONDS", 0.05)
   one = tmp_path / "one.py"
   one.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return [{}]"))
   args = ["--config", str(one), "--workdir", str(tmp_path / "sweep")]
@@ -264,11 +265,11 @@ def test_a_new_study_in_the_same_directory_gets_its_own_trial_directories(
 HANGING_SWEEP = """
 import subprocess, sys, types
 sys.modules["bigflax.train"] = types.SimpleNamespace(loop=None, writers=None)
-from bigflax import sweep
-class Hanging(sweep.LocalRunner):
+from bigflax import sweep, sweep_trials
+class Hanging(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
     return subprocess.Popen(["sleep", "120"])
-sweep.LocalRunner = Hanging
+sweep_trials.LocalRunner = Hanging
 sys.exit(sweep.main(sys.argv[1:]))
 """
 
@@ -389,7 +390,8 @@ def test_a_pruned_trial_is_stopped(tfds_dir, tmp_path, monkeypatch):
                 *tiny(tfds_dir, steps=3000)]
   reported = []
   prune = lambda step, value: reported.append((step, value)) or True
-  record = sweep.run_trial(sweep.LocalRunner(), train_args, workdir, "validation/loss", prune)
+  record = sweep_trials.run_trial(sweep_trials.LocalRunner(), train_args, workdir,
+                                  "validation/loss", prune)
   assert record["status"] == "pruned" and record["returncode"] == 75  # saved, then stopped
   assert reported[0][0] == 2
   assert reported[0][1] == writers.read(str(workdir), "validation")[2]["loss"]
