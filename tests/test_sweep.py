@@ -422,3 +422,31 @@ def test_bad_sweep_fields_are_named(experiment, tmp_path, capsys):
   assert sweep.main(["--config", str(bad), "--workdir", str(tmp_path / "s")]) == 2
   assert "Did you mean 'config.model.num_layers'?" in capsys.readouterr().err
   assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_a_tpu_trial_outlives_a_dropped_stream(tmp_path, monkeypatch, capsys):
+  """A sweep on a (fake) TPU slice: the trial's log stream is cut mid-run; the sweep
+  re-attaches, records the trainer's own status and log, and deletes the slice at the end."""
+  from bigflax import launch
+  from test_launch import fake_cloud
+  trainer = 'echo "trainer: $*"; for i in 1 2 3 4; do echo "step $i"; sleep 0.5; done\n'
+  for k, v in fake_cloud(tmp_path, trainer, DROP_STREAMS=1).items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setattr(launch, "RETRY_SECONDS", 0.2)
+  monkeypatch.chdir(REPO)
+  checkout = tmp_path / "checkout"  # the experiment must be in the checkout sent to the slice
+  checkout.mkdir()
+  one = checkout / "one.py"
+  one.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return [{}]"))
+  subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+  monkeypatch.setattr(launch, "ROOT", checkout)
+  assert sweep.main(["--config", str(one), "--workdir", str(tmp_path / "sweep"), "--launcher",
+                     "tpu", "--tpu", "t", "--zone", "z", "--accelerator-type", "v4-8",
+                     "--delete"]) == 0
+  assert "training is still running: re-attaching" in capsys.readouterr().err
+  log = (tmp_path / "sweep" / "default" / "train.log").read_text()
+  assert [line for line in log.splitlines() if line.startswith("step")] == [
+      f"step {i}" for i in range(1, 5)]
+  assert [r["status"] for r in read_csv(tmp_path / "sweep" / "results.csv")] == ["done"]
+  assert (tmp_path / "gcloud.log").read_text().splitlines()[-1] == "delete t ended"
