@@ -9,25 +9,32 @@ first failure stops the launch, naming the command and what is left running):
   1. --create: create the TPU VM, or with --queued a queued resource and wait until it is
      ACTIVE; --spot asks for Spot capacity.
   2. pack this checkout (git ls-files: committed and uncommitted files), copy it to every
-     worker and install it there into a venv with this machine's Python version (uv).
+     worker, unpack it into a new folder of this launch's own, ~/bigflax-launch/<launch id>/
+     (nothing else on the workers is touched), and install it there into a venv with this
+     machine's Python version (uv).
   3. start the same train command on every worker, in the background so that a dropped ssh
      connection does not stop training; `--distributed` on multi-host slices, where
      `jax.distributed.initialize()` reads the topology from the TPU metadata.
-  4. stream worker 0's log until training ends; exit with its status.
-  5. --delete: delete the VM (or the queued resource).
+  4. stream worker 0's log until training ends (its exit-status file exists); a dropped
+     connection re-attaches where the log stopped; exit with the trainer's status.
+  5. --delete: delete the VM (or the queued resource), only once training has ended.
+Ctrl-C (or a worker that stays unreachable) stops the launcher only: it prints what is still
+running and the commands that stop training and delete the slice.
 """
 
 import argparse
+import codecs
 import dataclasses
 import pathlib
 import re
+import secrets
 import shlex
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from typing import Callable
+from typing import Callable, TextIO
 
 from bigflax import configs
 
@@ -35,9 +42,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Default software image per TPU generation (Cloud TPU docs, "TPU software versions").
 RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
                     "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
-# On the workers, relative to the home directory.
-REMOTE_TARBALL = "bigflax-src.tar.gz"
-REMOTE_SRC, REMOTE_VENV, REMOTE_LOGS = "bigflax", "bigflax-venv", "bigflax-logs"
+# On the workers, relative to the home directory: one folder per launch, never reused, so a
+# launch replaces nothing (LAUNCHES/<id>/src, venv, logs).
+LAUNCHES = "bigflax-launch"
+# Following worker 0's log: a dead connection is noticed within ~2 min (ssh keepalives);
+# then worker 0 is asked every RETRY_SECONDS whether training has ended, for GIVE_UP_SECONDS.
+SSH_KEEPALIVE = ["--ssh-flag=-oServerAliveInterval=30", "--ssh-flag=-oServerAliveCountMax=4"]
+RETRY_SECONDS = 15
+GIVE_UP_SECONDS = 3600
 # pip extras installed on the workers: libtpu, and gs:// access for epath/tfds/tensorboard.
 EXTRAS = "tpu,gcs"
 
@@ -79,11 +91,20 @@ class Step:
   what: str
   argv: list[str] | None = None  # a command; or `action`, done in this process
   poll_until: str | None = None  # repeat argv until it prints this
-  action: Callable[[], None] | None = None
+  action: Callable[[], object] | None = None  # with argv too, argv is what a dry run prints
 
 
 class StepFailed(Exception):
   pass
+
+
+class StillRunning(Exception):
+  """The launcher stops, but training may go on: the slice is left alone."""
+
+
+def new_launch_dir() -> str:
+  """The workers' folder for this launch, relative to their home: bigflax-launch/<time>-<hex>."""
+  return f"{LAUNCHES}/{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def create_steps(s: Slice) -> list[Step]:
@@ -107,28 +128,31 @@ def create_steps(s: Slice) -> list[Step]:
   ]
 
 
-def ssh(s: Slice, command: str, worker: str = "all") -> list[str]:
-  return s.gcloud("tpu-vm", "ssh", s.name, f"--worker={worker}", f"--command={command}")
+def ssh(s: Slice, command: str, worker: str = "all", flags=()) -> list[str]:
+  return s.gcloud("tpu-vm", "ssh", s.name, f"--worker={worker}", *flags, f"--command={command}")
 
 
-def install_steps(s: Slice, python_version: str) -> list[Step]:
-  """Copies this checkout to every worker and installs it into a venv there."""
-  tarball = pathlib.Path(tempfile.gettempdir()) / REMOTE_TARBALL
+def install_steps(s: Slice, python_version: str, launch_dir: str) -> list[Step]:
+  """Copies this checkout to every worker, into launch_dir (a new folder), and installs it
+  into a venv there."""
+  tarball_name = f"{launch_dir.replace('/', '-')}.tar.gz"  # in the home dir until unpacked
+  tarball = pathlib.Path(tempfile.gettempdir()) / tarball_name
+  here = f"$HOME/{launch_dir}"
   script = " && ".join([
       "set -e",
       'export PATH="$HOME/.local/bin:$PATH"',
       "(command -v uv > /dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh)",
-      f"rm -rf ~/{REMOTE_SRC}", f"mkdir -p ~/{REMOTE_SRC}",
-      f"tar xzf ~/{REMOTE_TARBALL} -C ~/{REMOTE_SRC}",
-      f"uv venv --allow-existing --python {python_version} ~/{REMOTE_VENV}",
-      f'uv pip install --python ~/{REMOTE_VENV}/bin/python -e "$HOME/{REMOTE_SRC}[{EXTRAS}]"',
+      f"mkdir -p ~/{LAUNCHES}", f"mkdir {here} {here}/src",  # fails if it exists: never reused
+      f"mv ~/{tarball_name} {here}/src.tar.gz", f"tar xzf {here}/src.tar.gz -C {here}/src",
+      f"uv venv --python {python_version} {here}/venv",
+      f'uv pip install --python {here}/venv/bin/python -e "{here}/src[{EXTRAS}]"',
   ])
   return [
       Step(f"pack {ROOT} (git ls-files) into {tarball}", action=lambda: pack(ROOT, tarball)),
       Step(f"copy it to the {s.hosts} worker(s)",
-           s.gcloud("tpu-vm", "scp", str(tarball), f"{s.name}:{REMOTE_TARBALL}",
+           s.gcloud("tpu-vm", "scp", str(tarball), f"{s.name}:{tarball_name}",
                     "--worker=all")),
-      Step(f"install it on every worker (Python {python_version} venv ~/{REMOTE_VENV})",
+      Step(f"install it on every worker into ~/{launch_dir} (Python {python_version} venv)",
            ssh(s, script)),
   ]
 
@@ -146,12 +170,13 @@ def pack(root: pathlib.Path, out: pathlib.Path):
         tar.add(root / name, arcname=name)
 
 
-def _log_name(workdir: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", workdir).strip("_")
+def _log(launch_dir: str, workdir: str) -> str:
+  """The trainer's files on the workers, without suffix: .log, .pid, .exit (its status)."""
+  return f"~/{launch_dir}/logs/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", workdir).strip("_")
 
 
-def train_steps(s: Slice, train_args: list[str]) -> tuple[Step, Step]:
-  """(start training on every worker, stream worker 0's log until it ends).
+def train_steps(s: Slice, train_args: list[str], launch_dir: str) -> tuple[Step, Step]:
+  """(start training on every worker, follow worker 0's log until training ends).
 
   `train_args`: `--config X --workdir W [--config.a=b ...]` as for `bigflax train`."""
   workdir = train_args[train_args.index("--workdir") + 1]
@@ -164,26 +189,85 @@ def train_steps(s: Slice, train_args: list[str]) -> tuple[Step, Step]:
     path = str(pathlib.Path(path).relative_to(ROOT))
   args = list(train_args)
   args[train_args.index("--config") + 1] = path + (f":{arg}" if arg else "")
-  train = [f"../{REMOTE_VENV}/bin/python", "-m", "bigflax", "train", *args,
+  train = ["../venv/bin/python", "-m", "bigflax", "train", *args,
            *(["--distributed"] if s.hosts > 1 else [])]
-  log = f"../{REMOTE_LOGS}/{_log_name(workdir)}"
+  log = _log(launch_dir, workdir)
+  # The exit file is renamed into place, so a reader never sees it half-written.
   background = (f"{shlex.join(train)} > {log}.log 2>&1 & echo $! > {log}.pid; wait $!; "
-                f"echo $? > {log}.exit")
-  start = (f"mkdir -p ~/{REMOTE_LOGS} && cd ~/{REMOTE_SRC} && rm -f {log}.exit {log}.pid && "
+                f"echo $? > {log}.exit.tmp; mv {log}.exit.tmp {log}.exit")
+  start = (f"mkdir -p ~/{launch_dir}/logs && cd ~/{launch_dir}/src && "
+           f"rm -f {log}.exit {log}.pid && "
            f"(setsid nohup bash -c {shlex.quote(background)} > /dev/null 2>&1 < /dev/null &)")
-  name = f"~/{REMOTE_LOGS}/{_log_name(workdir)}"
-  stream = (f"until [ -f {name}.log ]; do sleep 1; done; tail -n +1 -f {name}.log & T=$!; "
-            f"until [ -f {name}.exit ]; do sleep 2; done; sleep 1; kill $T; "
-            f'exit "$(cat {name}.exit)"')
   return (Step(f"start training on all {s.hosts} worker(s): {workdir}", ssh(s, start)),
-          Step("stream worker 0's log until training ends", ssh(s, stream, worker="0")))
+          Step("stream worker 0's log until training ends",
+               ssh(s, stream_script(log, 0), worker="0", flags=SSH_KEEPALIVE),
+               action=lambda out=None: follow(s, log, out)))
 
 
-def stop_step(s: Slice, workdir: str) -> Step:
+def stream_script(log: str, offset: int) -> str:
+  """Worker 0's log from byte `offset` on, until the trainer's exit file appears."""
+  return (f"until [ -f {log}.log ]; do sleep 1; done; tail -c +{offset + 1} -f {log}.log & "
+          f"T=$!; until [ -f {log}.exit ]; do sleep 2; done; sleep 1; kill $T")
+
+
+def follow(s: Slice, log: str, out: TextIO | None = None) -> int:
+  """Streams worker 0's log to `out` until training ends; returns the trainer's exit status.
+
+  The stream ending proves nothing (ssh drops with the Wi-Fi, a laptop's sleep), so worker 0
+  is asked for the exit file each time: while training runs the stream re-attaches at the
+  byte where it stopped; while worker 0 is unreachable it is asked again, for
+  GIVE_UP_SECONDS, and then StillRunning is raised."""
+  out = out or sys.stdout
+  offset, decoder, unreachable_since = 0, codecs.getincrementaldecoder("utf-8")("replace"), None
+  while True:
+    stream = subprocess.Popen(ssh(s, stream_script(log, offset), worker="0",
+                                  flags=SSH_KEEPALIVE), stdout=subprocess.PIPE)
+    try:
+      for chunk in iter(lambda: stream.stdout.read1(1 << 16), b""):
+        out.write(decoder.decode(chunk))
+        out.flush()
+        offset += len(chunk)
+    finally:
+      stream.kill()  # on Ctrl-C too: no ssh outlives the launcher
+      stream.wait()
+    asked = subprocess.run(ssh(s, f"cat {log}.exit 2> /dev/null || echo running", worker="0",
+                               flags=SSH_KEEPALIVE), capture_output=True, text=True)
+    status = asked.stdout.strip() if asked.returncode == 0 else ""
+    if status.isdigit():
+      return int(status)
+    if status == "running":
+      unreachable_since = None
+      print(f"bigflax launch: the log stream ended (exit {stream.returncode}) but training "
+            f"is still running: re-attaching", file=sys.stderr, flush=True)
+    else:
+      unreachable_since = unreachable_since or time.monotonic()
+      if time.monotonic() - unreachable_since > GIVE_UP_SECONDS:
+        raise StillRunning(f"worker 0 of {s.name} has been unreachable for "
+                           f"{GIVE_UP_SECONDS} s (last: {asked.stderr.strip()[-300:]})")
+      print(f"bigflax launch: cannot reach worker 0 (exit {asked.returncode}); asking again "
+            f"in {RETRY_SECONDS} s", file=sys.stderr, flush=True)
+    time.sleep(RETRY_SECONDS)
+
+
+def stop_step(s: Slice, workdir: str, launch_dir: str) -> Step:
   """SIGTERM to the trainer on every worker: it saves a checkpoint and exits."""
-  name = f"~/{REMOTE_LOGS}/{_log_name(workdir)}"
   return Step(f"stop training {workdir}",
-              ssh(s, f"kill -TERM $(cat {name}.pid) 2> /dev/null || true"))
+              ssh(s, f"kill -TERM $(cat {_log(launch_dir, workdir)}.pid) 2> /dev/null || true"))
+
+
+def still_running(s: Slice, launch_dir: str | None = None, workdir: str | None = None) -> str:
+  """What a launcher that stops early leaves running, and the commands that end it."""
+  lines = []
+  if workdir:
+    log = _log(launch_dir, workdir)
+    lines += [f"training {workdir} may still be running on {s.name} (log: {log}.log on "
+              f"worker 0); follow it with",
+              "  " + shlex.join(ssh(s, f"tail -n +1 -f {log}.log", worker="0")),
+              "or stop it (it saves a checkpoint) with",
+              "  " + shlex.join(stop_step(s, workdir, launch_dir).argv)]
+  lines += [f"the slice {s.name} is still running (and billed); delete it with",
+            "  " + shlex.join(delete_step(s).argv)]
+  return "\n".join(lines)
 
 
 def delete_step(s: Slice) -> Step:
@@ -226,8 +310,12 @@ def run_steps(steps: list[Step], dry_run: bool):
 def check_workdir(s: Slice, workdir: str, delete: bool = False):
   if not workdir.startswith(("gs://", "/")):
     raise ValueError(f"--workdir={workdir}: give a gs://bucket/path (or an absolute path on "
-                     f"the VM); a relative one would sit in the code directory each launch "
-                     f"replaces.")
+                     f"the VM); a relative one would sit in this launch's code folder, "
+                     f"~/{LAUNCHES}/<launch id>/src.")
+  if LAUNCHES in pathlib.PurePosixPath(workdir).parts:
+    raise ValueError(f"--workdir={workdir} is inside ~/{LAUNCHES}, where each launch unpacks "
+                     f"its own code: keep runs outside it (a gs://bucket/path, or e.g. "
+                     f"/home/USER/runs/NAME on the VM).")
   if s.hosts > 1 and not workdir.startswith("gs://"):
     raise ValueError(f"--workdir={workdir}: a {s.accelerator_type} slice has {s.hosts} "
                      f"workers that all write checkpoints; use a gs://bucket/path.")
@@ -264,8 +352,8 @@ def slice_from_args(args) -> Slice:
   return s
 
 
-def setup_steps(s: Slice, args) -> list[Step]:
-  return (create_steps(s) if args.create else []) + install_steps(s, args.python)
+def setup_steps(s: Slice, args, launch_dir: str) -> list[Step]:
+  return (create_steps(s) if args.create else []) + install_steps(s, args.python, launch_dir)
 
 
 def main(argv) -> int:
@@ -283,7 +371,7 @@ def main(argv) -> int:
   if len(overrides) < len(rest):
     parser.error(f"unrecognized arguments {[a for a in rest if a not in overrides]} "
                  f"(config overrides are --config.a.b=value)")
-  s, started = None, False
+  s, launch_dir, started, training = None, new_launch_dir(), False, False
   try:
     s = slice_from_args(args)
     check_workdir(s, args.workdir, args.delete)
@@ -292,20 +380,35 @@ def main(argv) -> int:
     if problem:
       raise ValueError(problem)
     train_args = ["--config", args.config, "--workdir", args.workdir, *overrides]
-    steps = setup_steps(s, args) + list(train_steps(s, train_args))
+    start, stream = train_steps(s, train_args, launch_dir)
+    steps = setup_steps(s, args, launch_dir) + [start, stream]
     if args.dry_run:
       print(f"# {s.accelerator_type}: {s.hosts} worker(s)")
       run_steps(steps + ([delete_step(s)] if args.delete else []), dry_run=True)
       return 0
     started = True
-    run_steps(steps, dry_run=False)
+    run_steps(steps[:-2], dry_run=False)
+    training = True  # from here on, Ctrl-C leaves a trainer behind (it is detached)
+    run_step(start)
+    status = run_step(stream)
+    if status != 0:
+      raise StepFailed(f"training exited with status {status} (its log is above)")
+  except KeyboardInterrupt:
+    if started:
+      print(f"\nbigflax launch: interrupted; nothing was stopped or deleted.\n"
+            f"{still_running(s, launch_dir, args.workdir if training else None)}",
+            file=sys.stderr)
+    return 130
+  except StillRunning as e:
+    print(f"bigflax launch: error: {e}; nothing was stopped or deleted.\n"
+          f"{still_running(s, launch_dir, args.workdir)}", file=sys.stderr)
+    return 2
   except (ValueError, OSError, StepFailed) as e:
     print(f"bigflax launch: error: {e}", file=sys.stderr)
     if started and args.delete:
       run_step(delete_step(s))
     elif started and args.create:
-      print(f"bigflax launch: {s.name} may still be running (and billed); delete it "
-            f"with\n  {shlex.join(delete_step(s).argv)}", file=sys.stderr)
+      print(f"bigflax launch: {still_running(s)}", file=sys.stderr)
     return 2
   if args.delete:
     run_step(delete_step(s))

@@ -2,6 +2,7 @@
 metric against each swept field), from one row per trial."""
 
 import csv
+import math
 
 from etils import epath
 
@@ -10,10 +11,14 @@ from bigflax import sweep_space
 
 def write(directory: epath.Path, rows: list[dict], fields: list[str], metric: str,
           mode: str) -> str:
-  """results.csv, results.md and results.png in `directory`; returns the markdown table."""
-  has_metric = [r for r in rows if isinstance(r.get(metric), float)]
-  rest = [r for r in rows if r not in has_metric]
-  rows = sorted(has_metric, key=lambda r: r[metric], reverse=mode == "max") + rest
+  """results.csv, results.md and results.png in `directory`; returns the markdown table.
+  Rows are ranked by the metric; a non-finite one (a diverged run) comes after every finite
+  one, marked "not finite", then the rows without the metric."""
+  is_float = lambda r: isinstance(r.get(metric), float)
+  has_metric = [r for r in rows if is_float(r) and math.isfinite(r[metric])]
+  not_finite = [r for r in rows if is_float(r) and not math.isfinite(r[metric])]
+  rest = [r for r in rows if not is_float(r)]
+  rows = sorted(has_metric, key=lambda r: r[metric], reverse=mode == "max") + not_finite + rest
   metric_columns = sorted({k for r in rows for k in r if "/" in k and not k.endswith("/step")})
   metric_columns.remove(metric) if metric in metric_columns else None
   columns = ["trial", *fields, "status", metric, *metric_columns, "step", "seconds", "log"]
@@ -27,8 +32,10 @@ def write(directory: epath.Path, rows: list[dict], fields: list[str], metric: st
   shown = ["trial", *fields, "status", metric, *[c for c in metric_columns
                                                    if c.endswith("/loss")], "step", "seconds"]
   cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
+  cells = lambda r: [cell(r.get(c, "")) + (" (not finite)" if c == metric and r in not_finite
+                                             else "") for c in shown]
   table = "\n".join(["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)] +
-                    ["| " + " | ".join(cell(r.get(c, "")) for c in shown) + " |" for r in rows])
+                    ["| " + " | ".join(cells(r)) + " |" for r in rows])
   (directory / "results.md").write_text(table + "\n")
   if has_metric and fields:
     plot(directory / "results.png", has_metric, fields, metric)

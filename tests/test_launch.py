@@ -1,9 +1,14 @@
 """The Cloud TPU launcher's gcloud commands (dry run: no network), and the shell scripts it
-runs on the workers, executed here against a stand-in trainer."""
+runs on the workers, executed here against a stand-in trainer; whole launches through a fake
+gcloud that runs the worker scripts in a fake home, with dropped streams and a real Ctrl-C."""
 
 import os
+import re
 import shlex
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -47,17 +52,22 @@ def test_single_host_commands(capsys, accelerator_type, version):
   assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "mytpu",
                     f"--accelerator-type={accelerator_type}", f"--version={version}",
                     "--zone=us-west4-a", "--project=proj"]
-  assert scp[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", launch.tempfile.gettempdir()
-                     + "/bigflax-src.tar.gz"]
-  assert scp[6:] == ["mytpu:bigflax-src.tar.gz", "--worker=all", "--zone=us-west4-a",
-                     "--project=proj"]
+  tarball = re.fullmatch(r"bigflax-launch-\d{8}-\d{6}-[0-9a-f]{4}\.tar\.gz",
+                         scp[6].removeprefix("mytpu:"))
+  assert tarball, scp
+  launch_dir = f"bigflax-launch/{tarball.group(0)[15:-7]}"  # this launch's own folder
+  assert scp[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp",
+                     f"{launch.tempfile.gettempdir()}/{tarball.group(0)}"]
+  assert scp[7:] == ["--worker=all", "--zone=us-west4-a", "--project=proj"]
   assert install[4:7] == ["ssh", "mytpu", "--worker=all"]
-  assert 'pip install --python ~/bigflax-venv/bin/python -e "$HOME/bigflax[tpu,gcs]"' in (
-      ssh_script(install))
+  assert (f'pip install --python $HOME/{launch_dir}/venv/bin/python -e '
+          f'"$HOME/{launch_dir}/src[tpu,gcs]"') in ssh_script(install)
+  assert "rm " not in ssh_script(install)  # nothing on the workers is deleted
   assert start[4:7] == ["ssh", "mytpu", "--worker=all"]
-  train = ("../bigflax-venv/bin/python -m bigflax train --config experiments/gpt_tiny.py "
+  train = ("../venv/bin/python -m bigflax train --config experiments/gpt_tiny.py "
            "--workdir gs://bucket/run --config.train.num_steps=100 >")
   assert train in ssh_script(start)  # one host: no jax.distributed
+  assert f"cd ~/{launch_dir}/src" in ssh_script(start)
   assert stream[4:7] == ["ssh", "mytpu", "--worker=0"]
 
 
@@ -83,6 +93,8 @@ def test_multi_host_queued_spot_commands(capsys, accelerator_type):
     (["--accelerator-type", "v5litepod-16", "--workdir", "/data/run"], "use a gs://bucket"),
     (["--accelerator-type", "v4-8", "--workdir", "runs/x"], "relative one would sit"),
     (["--accelerator-type", "v4-8", "--workdir", "/data/run", "--delete"], "--delete deletes"),
+    (["--accelerator-type", "v4-8", "--workdir", "/home/me/bigflax-launch/x/run"],
+     "is inside ~/bigflax-launch, where each launch unpacks its own code"),
     (["--accelerator-type", "v4-8", "--workdir", "gs://b/r", "--spot"], "add --create"),
     (["--accelerator-type", "v4-8", "--workdir", "gs://b/r", "--config.model.num_layer=2"],
      "Did you mean 'config.model.num_layers'?"),
@@ -97,36 +109,151 @@ def test_bad_launches_are_refused_before_any_command(capsys, args, message):
 
 def test_worker_scripts(tmp_path):
   """The start and stream scripts, run by bash in a fake home: training runs detached, the
-  stream shows its log and exits with its status; the stop script sends SIGTERM."""
+  stream shows its log until the exit file holds its status; the stop script sends SIGTERM."""
   home = tmp_path / "home"
-  (home / "bigflax").mkdir(parents=True)
-  venv = home / "bigflax-venv" / "bin"
+  launch_dir = "bigflax-launch/20260101-000000-abcd"
+  (home / launch_dir / "src").mkdir(parents=True)
+  venv = home / launch_dir / "venv" / "bin"
   venv.mkdir(parents=True)
   (venv / "python").write_text('#!/bin/sh\necho "trainer got: $*"\nexit 3\n')
   (venv / "python").chmod(0o755)
   s = launch.Slice("t", "z", "v4-8")
   start, stream = launch.train_steps(s, ["--config", "experiments/gpt_tiny.py", "--workdir",
-                                          "gs://b/run"])
+                                          "gs://b/run"], launch_dir)
   env = dict(os.environ, HOME=str(home))
   bash = lambda step: subprocess.run(["bash", "-c", ssh_script(step.argv)], cwd=tmp_path,
                                      env=env, capture_output=True, text=True, timeout=60)
+  logs = home / launch_dir / "logs"
   assert bash(start).returncode == 0
   streamed = bash(stream)
-  assert streamed.returncode == 3
+  assert (logs / "gs_b_run.exit").read_text() == "3\n"
   assert ("trainer got: -m bigflax train --config experiments/gpt_tiny.py --workdir "
           "gs://b/run") in streamed.stdout
 
   (venv / "python").write_text('#!/bin/sh\ntrap "echo saved; exit 0" TERM\n'
                                'for i in $(seq 300); do sleep 0.1; done\n')  # 30 s at most
   assert bash(start).returncode == 0
+  assert not (logs / "gs_b_run.exit").exists()  # the last run's status is gone
   for _ in range(50):  # until the trainer has written its pid
-    if (home / "bigflax-logs" / "gs_b_run.pid").exists():
+    if (logs / "gs_b_run.pid").exists():
       break
-    subprocess.run(["sleep", "0.1"])
-  subprocess.run(["sleep", "0.5"])  # and has set its trap
-  assert bash(launch.stop_step(s, "gs://b/run")).returncode == 0
+    time.sleep(0.1)
+  time.sleep(0.5)  # and has set its trap
+  assert bash(launch.stop_step(s, "gs://b/run", launch_dir)).returncode == 0
   streamed = bash(stream)
-  assert streamed.returncode == 0 and "saved" in streamed.stdout
+  assert "saved" in streamed.stdout and (logs / "gs_b_run.exit").read_text() == "0\n"
+
+
+# A stand-in for gcloud: runs the worker scripts with bash in $FAKE_HOME (one worker), copies
+# for scp, and logs every call in $FAKE_HOME/../gcloud.log, with whether training had ended
+# (an exit file existed). The first $DROP_STREAMS log streams are cut after 1 s (as a
+# dropped connection: exit 255, the remote side killed), and the first $UNREACHABLE
+# exit-file checks fail as an unreachable host would.
+FAKE_GCLOUD = """#!{python}
+import glob, os, pathlib, signal, subprocess, sys, time
+home = pathlib.Path(os.environ["FAKE_HOME"])
+args = sys.argv[1:]
+ended = bool(glob.glob(str(home / "bigflax-launch/*/logs/*.exit")))
+with open(home.parent / "gcloud.log", "a") as f:
+  f.write(" ".join(args[3:5]) + (" ended" if ended else " running") + "\\n")
+
+def first(name, limit):  # True for the first `limit` calls of this kind
+  counter = home.parent / name
+  n = int(counter.read_text()) if counter.exists() else 0
+  counter.write_text(str(n + 1))
+  return n < int(limit)
+
+if args[3] == "scp":
+  home.joinpath(args[5].split(":", 1)[1]).write_bytes(pathlib.Path(args[4]).read_bytes())
+elif args[3] == "ssh":
+  command = next(a for a in args if a.startswith("--command=")).split("=", 1)[1]
+  env = dict(os.environ, HOME=str(home), PATH=os.environ["FAKE_PATH"])
+  if "tail -c" in command and first("streams", os.environ.get("DROP_STREAMS", 0)):
+    bash = subprocess.Popen(["bash", "-c", command], cwd=home, env=env, start_new_session=True)
+    time.sleep(1)
+    os.killpg(bash.pid, signal.SIGKILL)
+    sys.exit(255)
+  if "cat " in command and first("checks", os.environ.get("UNREACHABLE", 0)):
+    sys.exit("ssh: connect to host 10.0.0.2 port 22: Network is unreachable")
+  sys.exit(subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
+"""
+
+# A stand-in for uv: `uv venv DIR` makes DIR/bin/python the fake trainer ($FAKE_TRAINER).
+FAKE_UV = """#!/bin/sh
+if [ "$1" = venv ]; then
+  eval "dir=\\${{$#}}"; mkdir -p "$dir/bin"; cp "$FAKE_TRAINER" "$dir/bin/python"
+fi
+"""
+
+
+def fake_cloud(tmp_path, trainer: str, **env) -> dict:
+  """Environment for a launch through fake gcloud and uv, training with `trainer` (sh)."""
+  bin_dir, home = tmp_path / "bin", tmp_path / "home"
+  bin_dir.mkdir()
+  home.mkdir()
+  (bin_dir / "gcloud").write_text(FAKE_GCLOUD.format(python=sys.executable))
+  (bin_dir / "uv").write_text(FAKE_UV.format())
+  (tmp_path / "trainer").write_text("#!/bin/sh\n" + trainer)
+  for f in (bin_dir / "gcloud", bin_dir / "uv", tmp_path / "trainer"):
+    f.chmod(0o755)
+  path = f"{bin_dir}:{os.environ['PATH']}"
+  return dict(PATH=path, FAKE_PATH=path, FAKE_HOME=str(home), FAKE_TRAINER=str(tmp_path /
+              "trainer"), **{k: str(v) for k, v in env.items()})
+
+
+LAUNCH = ["--tpu", "t", "--zone", "z", "--accelerator-type", "v4-8", "--config",
+          "experiments/gpt_tiny.py", "--workdir", "gs://b/run", "--delete"]
+SIX_STEPS = 'for i in 1 2 3 4 5 6; do echo "step $i"; sleep 0.5; done; exit 3\n'
+
+
+def test_a_dropped_stream_reattaches_and_the_slice_is_deleted_after_training(
+    tmp_path, monkeypatch, capfd):
+  """Two streams cut mid-run and worker 0 unreachable once, while the trainer goes on: the
+  launcher re-attaches where the log stopped (each line shown once) and deletes the slice
+  only after the exit file exists; the trainer's status 3 makes it fail."""
+  for k, v in fake_cloud(tmp_path, SIX_STEPS, DROP_STREAMS=2, UNREACHABLE=1).items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setattr(launch, "RETRY_SECONDS", 0.2)
+  assert launch.main(LAUNCH) == 2
+  out, err = capfd.readouterr()
+  assert re.findall(r"step \d", out) == [f"step {i}" for i in range(1, 7)]
+  # Dropped, unreachable, attached again (from its offset), dropped, still running, attached.
+  assert err.count("cannot reach worker 0 (exit 1)") == 1
+  assert err.count("the log stream ended (exit 255) but training is still running") == 1
+  assert "training exited with status 3" in err
+  calls = (tmp_path / "gcloud.log").read_text().splitlines()
+  assert calls[-1] == "delete t ended" and sum("delete" in c for c in calls) == 1
+  src = next((tmp_path / "home" / "bigflax-launch").iterdir()) / "src"
+  assert (src / "bigflax" / "launch.py").is_file()  # unpacked into the launch's own folder
+
+
+def test_ctrl_c_leaves_training_and_the_slice_running_and_says_how_to_delete(tmp_path):
+  """A real SIGINT to the launcher's process group (as Ctrl-C in a terminal) while worker 0
+  trains: the launcher exits 130 naming what still runs and the exact delete command; the
+  slice is not deleted and the detached trainer is still alive."""
+  env = dict(os.environ, **fake_cloud(tmp_path, 'echo "training started"\nsleep 60\n'))
+  launcher = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from bigflax import launch; "
+       "sys.exit(launch.main(sys.argv[1:]))", *LAUNCH], cwd=launch.ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    for line in launcher.stdout:  # until worker 0's log shows the trainer
+      if line.startswith("training started"):
+        break
+    os.killpg(launcher.pid, signal.SIGINT)
+    _, err = launcher.communicate(timeout=30)
+  finally:
+    launcher.kill()
+  assert launcher.returncode == 130, err
+  assert "interrupted; nothing was stopped or deleted" in err
+  assert "training gs://b/run may still be running on t" in err
+  assert "\n  gcloud compute tpus tpu-vm delete t --quiet --zone=z\n" in err + "\n"
+  assert "kill -TERM" in err  # the stop command
+  assert "delete" not in (tmp_path / "gcloud.log").read_text()
+  pid_file = next((tmp_path / "home" / "bigflax-launch").glob("*/logs/gs_b_run.pid"))
+  trainer = int(pid_file.read_text())
+  os.kill(trainer, 0)  # still running (raises if not)
+  os.kill(trainer, signal.SIGTERM)
 
 
 def test_cli_dispatches_launch(tmp_path):

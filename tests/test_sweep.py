@@ -3,15 +3,19 @@ with pruning) with a stand-in trainer; a real sweep of tiny GPTs end to end and 
 stopped by the pruner; trials launched on a TPU slice (dry run)."""
 
 import csv
+import os
 import shlex
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 
 from etils import epath
 import numpy as np
 import pytest
 
-from bigflax import sweep, sweep_space
+from bigflax import sweep, sweep_space, sweep_trials
 from bigflax.train import writers
 from cli_utils import TINY
 from conftest import REPO
@@ -52,9 +56,10 @@ def test_random_draws_are_seeded_and_follow_their_distributions():
 
 
 def test_trial_names():
-  assert sweep.trial_name({"optim.lr": 0.001, "model.embed_dim": 64}) == "lr=0.001,embed_dim=64"
-  assert sweep.trial_name({"a.rate": 1, "b.rate": 2}) == "a.rate=1,b.rate=2"
-  assert sweep.trial_name({"optim.lr": 0.00012345678}) == "lr=0.0001235"
+  assert sweep_trials.trial_name({"optim.lr": 0.001, "model.embed_dim": 64}) == (
+      "lr=0.001,embed_dim=64")
+  assert sweep_trials.trial_name({"a.rate": 1, "b.rate": 2}) == "a.rate=1,b.rate=2"
+  assert sweep_trials.trial_name({"optim.lr": 0.00012345678}) == "lr=0.0001235"
   assert sweep_space.format_value(0.00012345678) == "0.00012345678"
 
 
@@ -96,7 +101,8 @@ def read_csv(path):
 
 
 # A stand-in for `bigflax train` (no JAX, a fraction of a second): it logs validation
-# losses (log10(lr) + 2.5)^2 + 1/step for steps 1..5, and fails for lr > 0.05.
+# losses (log10(lr) + 2.5)^2 + 1/step for steps 1..5, fails for lr > 0.05, and logs a
+# non-finite loss (null, as bigflax's metric writer records NaN) for lr = 0.02.
 FAKE_TRAINER = """
 import json, math, pathlib, sys, time
 args = sys.argv[1:]
@@ -106,7 +112,7 @@ if lr > 0.05:
   sys.exit("diverged")
 with open(workdir / "metrics.jsonl", "a") as f:
   for step in range(1, 6):
-    loss = (math.log10(lr) + 2.5) ** 2 + 1 / step
+    loss = None if lr == 0.02 else (math.log10(lr) + 2.5) ** 2 + 1 / step
     f.write(json.dumps({"step": step, "split": "validation", "loss": loss}) + "\\n")
     f.flush()
     time.sleep(0.2)
@@ -117,7 +123,7 @@ def fake_loss(lr, step=5):
   return (np.log10(lr) + 2.5) ** 2 + 1 / step
 
 
-class FakeRunner(sweep.LocalRunner):
+class FakeRunner(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
     return subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, *train_args], stdout=log,
                             stderr=subprocess.STDOUT)
@@ -125,8 +131,8 @@ class FakeRunner(sweep.LocalRunner):
 
 @pytest.fixture
 def fake_training(monkeypatch):
-  monkeypatch.setattr(sweep, "LocalRunner", FakeRunner)
-  monkeypatch.setattr(sweep, "POLL_SECONDS", 0.05)
+  monkeypatch.setattr(sweep_trials, "LocalRunner", FakeRunner)
+  monkeypatch.setattr(sweep_trials, "POLL_SECONDS", 0.05)
 
 
 def test_grid_sweep_orchestration(experiment, fake_training, tmp_path, capsys):
@@ -164,7 +170,7 @@ if not (workdir / "started").exists():
 """
 
 
-class PreemptedOnceRunner(sweep.LocalRunner):
+class PreemptedOnceRunner(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
     return subprocess.Popen([sys.executable, "-c", PREEMPTED_ONCE, *train_args], stdout=log,
                             stderr=subprocess.STDOUT)
@@ -172,8 +178,8 @@ class PreemptedOnceRunner(sweep.LocalRunner):
 
 def test_a_preempted_trial_is_resumed_by_the_next_sweep(experiment, tmp_path, capsys,
                                                         monkeypatch):
-  monkeypatch.setattr(sweep, "LocalRunner", PreemptedOnceRunner)
-  monkeypatch.setattr(sweep, "POLL_SECONDS", 0.05)
+  monkeypatch.setattr(sweep_trials, "LocalRunner", PreemptedOnceRunner)
+  monkeypatch.setattr(sweep_trials, "POLL_SECONDS", 0.05)
   one = tmp_path / "one.py"
   one.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return [{}]"))
   args = ["--config", str(one), "--workdir", str(tmp_path / "sweep")]
@@ -197,7 +203,8 @@ def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
   states = [t.state.name for t in study.trials]
   assert len(states) == 8 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
   for t in study.trials:
-    logged = writers.read(str(directory / f"trial-{t.number:03d}"), "validation")
+    assert t.user_attrs["name"] == f"space-trial-{t.number:03d}"  # study and trial
+    logged = writers.read(str(directory / t.user_attrs["name"]), "validation")
     if t.state.name == "COMPLETE":
       assert t.value == pytest.approx(fake_loss(t.params["optim.lr"])) and len(logged) == 5
     else:  # stopped once its loss at some step was above the median of earlier trials'
@@ -212,6 +219,132 @@ def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
   assert sweep.main(args) == 0  # the study is complete: no new trial
   assert len(optuna.load_study(study_name="space",
                                storage=f"sqlite:///{directory}/study.db").trials) == 8
+
+
+def test_a_non_finite_result_is_ranked_last_and_named(experiment, fake_training, tmp_path,
+                                                      capsys):
+  space = tmp_path / "nan.py"
+  space.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return "
+                                      "sweep.product(**{'optim.lr': [0.02, 1e-3, 3e-3]})"))
+  for mode, order in [("min", ["lr=0.003", "lr=0.001", "lr=0.02"]),
+                      ("max", ["lr=0.001", "lr=0.003", "lr=0.02"])]:
+    directory = tmp_path / mode
+    assert sweep.main(["--config", str(space), "--workdir", str(directory), "--mode", mode,
+                       "--parallel", "3"]) == 0
+    out = capsys.readouterr().out
+    assert [r["trial"] for r in read_csv(directory / "results.csv")] == order
+    table = (directory / "results.md").read_text().splitlines()
+    assert table[-1].startswith("| lr=0.02 | 0.02 | done | nan (not finite) |")
+    assert ("1 trial(s) ended with a non-finite validation/loss, ranked last: ['lr=0.02']"
+            in out)
+
+
+def optuna_args(config, directory, *more):
+  return ["--config", str(config), "--workdir", str(directory), "--optuna", "1", "--seed", "0",
+          *more]
+
+
+def test_a_new_study_in_the_same_directory_gets_its_own_trial_directories(
+    experiment, fake_training, tmp_path):
+  """Trial 0 of study b never resumes study a's trial 0 (other hyperparameters)."""
+  optuna = pytest.importorskip("optuna")
+  directory = tmp_path / "sweeps"
+  for name in ("a", "b"):
+    assert sweep.main(optuna_args(experiment, directory, "--study_name", name)) == 0
+  storage = f"sqlite:///{directory}/study.db"
+  for name in ("a", "b"):
+    [trial] = optuna.load_study(study_name=name, storage=storage).trials
+    assert trial.user_attrs["name"] == f"{name}-trial-000"
+    logged = writers.read(str(directory / f"{name}-trial-000"), "validation")
+    assert list(logged) == [1, 2, 3, 4, 5]  # trained once, from scratch
+    assert logged[5]["loss"] == pytest.approx(fake_loss(trial.params["optim.lr"]))
+
+
+# A sweep whose trials never end (until the whole sweep is killed). It never reads metrics
+# or trains, so JAX and the metric writer are left out: the process starts in a second.
+HANGING_SWEEP = """
+import subprocess, sys, types
+sys.modules["bigflax.train"] = types.SimpleNamespace(loop=None, writers=None)
+from bigflax import sweep, sweep_trials
+class Hanging(sweep_trials.LocalRunner):
+  def start(self, train_args, workdir, log):
+    return subprocess.Popen(["sleep", "120"])
+sweep_trials.LocalRunner = Hanging
+sys.exit(sweep.main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_sweeps_running_trial_is_failed_by_heartbeat_and_retried(
+    experiment, fake_training, tmp_path, monkeypatch, capsys):
+  """SIGKILL to a sweep (and its trainer) mid-trial: its trial stays RUNNING in study.db; the
+  next sweep sees its heartbeat is stale, fails it, and retries it in the same directory
+  (same hyperparameters, so it resumes), and the study ends complete."""
+  optuna = pytest.importorskip("optuna")
+  directory = tmp_path / "study"
+  killed = subprocess.Popen([sys.executable, "-c", HANGING_SWEEP,
+                             *optuna_args(experiment, directory)],
+                            start_new_session=True, stdout=subprocess.DEVNULL)
+  try:
+    for _ in range(600):  # until its first trial trains and has beaten once
+      time.sleep(0.1)
+      if (directory / "tiny_sweep-trial-000" / "train.log").exists():
+        with sqlite3.connect(directory / "study.db") as db:
+          if db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]:
+            break
+  finally:
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+  study = optuna.load_study(study_name="tiny_sweep", storage=f"sqlite:///{directory}/study.db")
+  [stale] = study.trials
+  assert stale.state.name == "RUNNING"
+  monkeypatch.setattr(sweep, "HEARTBEAT_SECONDS", 1)
+  monkeypatch.setattr(sweep, "STALE_SECONDS", 1)
+  time.sleep(2)
+  assert sweep.main(optuna_args(experiment, directory)) == 0
+  assert ("tiny_sweep-trial-000 was RUNNING with no heartbeat for over 1 s (its sweep was "
+          "killed): marked failed, tried again, resuming from its checkpoint"
+          ) in capsys.readouterr().out
+  states = [(t.state.name, t.user_attrs.get("name")) for t in study.trials]
+  assert states[0][0] == "FAIL"
+  retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 0)
+  assert retry.state.name == "COMPLETE" and retry.user_attrs["name"] == "tiny_sweep-trial-000"
+  assert retry.params == stale.params
+  assert len(states) == 2  # the study's one trial is done: no other was started
+  rows = read_csv(directory / "results.csv")  # one row per trial directory
+  assert [(r["trial"], r["status"]) for r in rows] == [("tiny_sweep-trial-000", "done")]
+
+
+@pytest.mark.slow
+def test_a_locked_study_database_is_waited_for(experiment, fake_training, tmp_path,
+                                               monkeypatch, capsys):
+  """Another writer holds study.db longer than sqlite's 5 s default: the sweep waits for it;
+  with a wait shorter than the lock it stops with a message, not a traceback."""
+  pytest.importorskip("optuna")
+  directory = tmp_path / "study"
+  directory.mkdir()
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sqlite3, sys, time\n"
+       "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+       "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(6)",
+       str(directory / "study.db")], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == "locked\n"
+  started = time.monotonic()
+  assert sweep.main(optuna_args(experiment, directory)) == 0
+  assert time.monotonic() - started > 5  # it did wait for the lock
+  holder.wait()
+
+  monkeypatch.setattr(sweep, "SQLITE_TIMEOUT_SECONDS", 0.5)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sqlite3, sys, time\n"
+       "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+       "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(2)",
+       str(directory / "study.db")], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == "locked\n"
+  assert sweep.main(optuna_args(experiment, directory, "--optuna", "2")) == 2
+  err = capsys.readouterr().err
+  assert f"the study's storage sqlite:///{directory}/study.db failed: database is locked" in err
+  assert "run the same sweep again" in err
+  holder.wait()
 
 
 @pytest.mark.slow
@@ -257,7 +390,8 @@ def test_a_pruned_trial_is_stopped(tfds_dir, tmp_path, monkeypatch):
                 *tiny(tfds_dir, steps=3000)]
   reported = []
   prune = lambda step, value: reported.append((step, value)) or True
-  record = sweep.run_trial(sweep.LocalRunner(), train_args, workdir, "validation/loss", prune)
+  record = sweep_trials.run_trial(sweep_trials.LocalRunner(), train_args, workdir,
+                                  "validation/loss", prune)
   assert record["status"] == "pruned" and record["returncode"] == 75  # saved, then stopped
   assert reported[0][0] == 2
   assert reported[0][1] == writers.read(str(workdir), "validation")[2]["loss"]
@@ -288,3 +422,31 @@ def test_bad_sweep_fields_are_named(experiment, tmp_path, capsys):
   assert sweep.main(["--config", str(bad), "--workdir", str(tmp_path / "s")]) == 2
   assert "Did you mean 'config.model.num_layers'?" in capsys.readouterr().err
   assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_a_tpu_trial_outlives_a_dropped_stream(tmp_path, monkeypatch, capsys):
+  """A sweep on a (fake) TPU slice: the trial's log stream is cut mid-run; the sweep
+  re-attaches, records the trainer's own status and log, and deletes the slice at the end."""
+  from bigflax import launch
+  from test_launch import fake_cloud
+  trainer = 'echo "trainer: $*"; for i in 1 2 3 4; do echo "step $i"; sleep 0.5; done\n'
+  for k, v in fake_cloud(tmp_path, trainer, DROP_STREAMS=1).items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setattr(launch, "RETRY_SECONDS", 0.2)
+  monkeypatch.chdir(REPO)
+  checkout = tmp_path / "checkout"  # the experiment must be in the checkout sent to the slice
+  checkout.mkdir()
+  one = checkout / "one.py"
+  one.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return [{}]"))
+  subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+  monkeypatch.setattr(launch, "ROOT", checkout)
+  assert sweep.main(["--config", str(one), "--workdir", str(tmp_path / "sweep"), "--launcher",
+                     "tpu", "--tpu", "t", "--zone", "z", "--accelerator-type", "v4-8",
+                     "--delete"]) == 0
+  assert "training is still running: re-attaching" in capsys.readouterr().err
+  log = (tmp_path / "sweep" / "default" / "train.log").read_text()
+  assert [line for line in log.splitlines() if line.startswith("step")] == [
+      f"step {i}" for i in range(1, 5)]
+  assert [r["status"] for r in read_csv(tmp_path / "sweep" / "results.csv")] == ["done"]
+  assert (tmp_path / "gcloud.log").read_text().splitlines()[-1] == "delete t ended"
