@@ -100,6 +100,22 @@ def _gigabytes(message: str, what: str) -> float | None:
   return float(found.group(1)) * 2 ** (10 * "KMGT".index(found.group(2)) + 10)
 
 
+def step_flops(config, num_params: int, tokens_per_step: int) -> dict:
+  """FLOPs of one training step. `model`: the models' count (6N plus attention over the
+  whole T x T score matrix, PaLM's appendix B convention), what MFU divides by;
+  `model_causal`: attention halved for the causal mask (MaxText's convention since its
+  PR #1988); `executed`: `model` plus remat's recomputation in the backward pass (full:
+  the forward again, 8N in all; dots_no_batch: attention's forward), what the roofline
+  times."""
+  per_token = models.flops_per_token(config.model, num_params, config.data.seq_len)
+  attention = per_token - models.flops_per_token(config.model, num_params, 0)
+  recomputed = {"full": per_token / 3, "dots_no_batch": attention / 3}.get(
+      config.model.get("remat", "none"), 0.0)
+  return {"model": per_token * tokens_per_step,
+          "model_causal": (per_token - attention / 2) * tokens_per_step,
+          "executed": (per_token + recomputed) * tokens_per_step}
+
+
 def measure(config, devices, chip, num_chips) -> dict:
   """The plan of one layout: parameters, memory, FLOPs, collectives, roofline."""
   compiled, state, mesh, out_of_memory = compile_step(config, devices)
@@ -111,8 +127,7 @@ def measure(config, devices, chip, num_chips) -> dict:
   per_module = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
   task = tasks.get(config.task.name)
   tokens_per_step = config.data.global_batch_size * task.tokens_per_example(config)
-  model_flops = models.flops_per_token(config.model, num_params,
-                                       config.data.seq_len) * tokens_per_step
+  flops = step_flops(config, num_params, tokens_per_step)
   report = {
       "chip": chip.name, "devices": num_devices, "chips": num_chips,
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
@@ -129,7 +144,7 @@ def measure(config, devices, chip, num_chips) -> dict:
                            "temporaries": temporaries, "capacity": device_hbm,
                            "total": params_bytes + opt_bytes + (temporaries or 0)},
         fits=False, compiler_message=out_of_memory.splitlines()[0],
-        flops_per_step={"model": model_flops, "compiled": None}, collectives={},
+        flops_per_step=dict(flops, compiled=None), collectives={},
         roofline=None)
     return report
 
@@ -147,7 +162,7 @@ def measure(config, devices, chip, num_chips) -> dict:
   # the others about once.
   ici_bytes = sum(v["bytes"] * (2 if op == "all-reduce" else 1) for op, v in comms.items())
 
-  times = {"compute": max(model_flops, compiled_flops) / num_devices / device_flops,
+  times = {"compute": max(flops["executed"], compiled_flops) / num_devices / device_flops,
            "memory": bytes_accessed / (chip.hbm_bandwidth * num_chips / num_devices)
            if chip.hbm_bandwidth else 0.0,
            "collectives": ici_bytes / (chip.ici_bandwidth * num_chips / num_devices)
@@ -164,12 +179,12 @@ def measure(config, devices, chip, num_chips) -> dict:
           "generated_code": memory.generated_code_size_in_bytes,
           "total": total, "capacity": device_hbm},
       fits=total <= device_hbm,
-      flops_per_step={"model": model_flops, "compiled": compiled_flops},
+      flops_per_step=dict(flops, compiled=compiled_flops),
       collectives=comms,
       roofline={
           "seconds": times, "step_time": step_time,
           "tokens_per_second": tokens_per_step / step_time if step_time else None,
-          "mfu_bound": model_flops / (step_time * device_flops * num_devices)
+          "mfu_bound": flops["model"] / (step_time * device_flops * num_devices)
           if step_time else None})
   return report
 
@@ -359,8 +374,13 @@ def format_report(r: dict) -> str:
   if "compiler_message" in r:
     rows += [("  compiler", r["compiler_message"])]
   f = r["flops_per_step"]
-  compiled = f", compiled {_si(f['compiled'])}FLOP" if f["compiled"] else ""
-  rows += [("FLOPs / step", f"model {_si(f['model'])}FLOP{compiled}")]
+  rows += [("FLOPs / step", f"model {_si(f['model'])}FLOP (6N + attention over the whole "
+                            f"T x T, as PaLM counts; MFU's)"),
+           ("  causal-halved", f"{_si(f['model_causal'])}FLOP (as MaxText counts)"),
+           ("  executed", f"{_si(f['executed'])}FLOP (with remat's recomputation; the "
+                          f"roofline's)")]
+  if f["compiled"]:
+    rows += [("  compiled", f"{_si(f['compiled'])}FLOP (XLA's cost analysis)")]
   for op, c in sorted(r["collectives"].items()):
     rows.append((f"  {op}", f"{c['count']} ops, {_size(c['bytes'])} / device / step"))
   if roof:

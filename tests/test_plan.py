@@ -97,6 +97,58 @@ ENTRY %main (a: f32[8]) -> f32[8] {
   assert found["all-reduce"] == {"count": 1, "bytes": 2048}
 
 
+def test_a_loop_without_known_trip_count_counts_its_condition_bound():
+  """This libtpu's compiled HLO has no known_trip_count: the loop's condition says."""
+  text = """HloModule m
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %ag = f32[64,128]{1,0} all-gather(f32[16,128]{1,0} %x), dimensions={0}
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %w = (s32[], f32[8]) while(%t), condition=%cond.3_spmd, body=%body
+}
+
+%cond.3_spmd (p: (s32[], f32[8])) -> pred[] {
+  %constant.5 = s32[]{:T(128)} constant(32)
+  %gte = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%gte, %constant.5), direction=LT, metadata={}
+}
+"""
+  assert hlo.collectives(text)["all-gather"] == {"count": 32, "bytes": 32 * 64 * 128 * 4}
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_scanned_layers_collectives_grow_with_depth_in_a_real_compile():
+  """On a real TPU compile, each layer of a scanned stack gathers its weights (FSDP) at
+  least once per step: 4 more layers, at least 4 more layers' weights gathered."""
+  devices, chip, chips = plan.slice_devices("v5e:2x2")
+  gathered = {}
+  for layers in (2, 6):
+    config = tiny_config()
+    config.model.update(num_layers=layers, scan_layers=True)
+    gathered[layers] = plan.measure(config, devices, chip, chips)["collectives"]["all-gather"]
+  m = tiny_config().model
+  layer_params = 4 * m.embed_dim ** 2 + 2 * m.embed_dim * m.mlp_dim
+  assert gathered[6]["count"] > gathered[2]["count"]
+  assert gathered[6]["bytes"] - gathered[2]["bytes"] >= 4 * layer_params * 2  # >= bf16
+
+
+def test_step_flops_state_the_conventions_and_count_remat():
+  config = tiny_config()
+  m, tokens = config.model, 1000
+  attention = 12 * m.num_layers * m.embed_dim * config.data.seq_len  # heads x head_dim = d
+  flops = plan.step_flops(config, 10**6, tokens)
+  assert flops["model"] - flops["model_causal"] == attention / 2 * tokens
+  assert flops["executed"] == flops["model"]  # nothing recomputed without remat
+  config.model.remat = "full"  # the forward again: 8N instead of 6N
+  assert plan.step_flops(config, 10**6, tokens)["executed"] == 4 / 3 * flops["model"]
+  config.model.remat = "dots_no_batch"  # projections saved, attention's forward redone
+  assert plan.step_flops(config, 10**6, tokens)["executed"] == (
+      flops["model"] + attention / 3 * tokens)
+
+
 def fake_suggest(monkeypatch, fits, state_bytes=0, limit=3):
   """suggest() from remat=dots_no_batch, with compiles replaced by `fits(config)`:
   (suggestions, layouts compiled)."""
