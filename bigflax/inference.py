@@ -72,10 +72,10 @@ class Evaluation:
   totals: dict  # the eval sums the metrics came from
 
 
-def evaluation(workdir, split, config=None) -> Evaluation:
-  """The task's metrics of the run's latest checkpoint on `split` of its data, computed
-  exactly as training-time evaluation does."""
-  trained = restore(workdir, config=config)
+def evaluation(workdir, split, config=None, step: int | None = None) -> Evaluation:
+  """The task's metrics of the run's checkpoint at `step` (default: its newest intact
+  one) on `split` of its data, computed exactly as training-time evaluation does."""
+  trained = restore(workdir, config=config, step=step)
   config, task = trained.config, trained.task
   data = run.make_data(config, task, trained.tokenizer, split)
   rules = partitioning.rules_tuple(config.mesh.rules)

@@ -24,10 +24,15 @@ def promote(candidate: str, incumbent: str, split: str, metric: str | None = Non
   # The one held-out set both are judged on: the incumbent's.
   candidate_config.unlock().data = incumbent_config.data
   metric = metric or tasks.get(incumbent_config.task.name).default_metric
+  registry = registry or os.path.dirname(os.path.abspath(incumbent))
+  # The incumbent as served: the step promoted, even if its run trained on since.
+  served = registry_lib.served(registry) or {}
+  served_step = (served["step"] if served.get("workdir") == os.path.abspath(incumbent)
+                 else None)
   scores = {}
-  for role, workdir, config in (("incumbent", incumbent, incumbent_config),
-                                ("candidate", candidate, candidate_config)):
-    result = inference.evaluation(workdir, split, config)
+  for role, workdir, config, step in (("incumbent", incumbent, incumbent_config, served_step),
+                                      ("candidate", candidate, candidate_config, None)):
+    result = inference.evaluation(workdir, split, config, step)
     if metric not in result.metrics:
       raise UsageError(f"--metric={metric} is not among the task's metrics: "
                        f"{', '.join(sorted(result.metrics))}.")
@@ -38,7 +43,6 @@ def promote(candidate: str, incumbent: str, split: str, metric: str | None = Non
       candidate_step=scores["candidate"][0], candidate_metrics=scores["candidate"][1],
       incumbent=os.path.abspath(incumbent), incumbent_step=scores["incumbent"][0],
       incumbent_metrics=scores["incumbent"][1])
-  registry = registry or os.path.dirname(os.path.abspath(incumbent))
   if jax.process_index() == 0:
     registry_lib.record(registry, decision)
     verdict = "PROMOTED" if decision["promoted"] else "kept out"

@@ -43,6 +43,14 @@ def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
   log = [json.loads(line) for line in open(f"{registry}/{registry_lib.LOG}")]
   assert [d["promoted"] for d in log] == [False, True]
 
+  # The served run trains on: the next decision judges the step that is served.
+  config = tiny(tfds_dir)
+  config.train.update(num_steps=24, checkpoint_every=24)
+  loop.train(run_lib.build_training(config, runs["good"]).job)
+  again = promote.promote(runs["poor"], runs["good"], "validation", None, 0.0, registry)
+  assert again["incumbent_step"] == 20
+  assert again["incumbent_metrics"] == promoted["candidate_metrics"]
+
 
 def test_promote_names_a_missing_run(tmp_path):
   result = run("promote", tmp_path, "--candidate", str(tmp_path / "nope"),
