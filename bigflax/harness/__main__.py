@@ -1,6 +1,6 @@
 """lm-eval's own command line with the bigflax model registered:
 
-  python -m bigflax.harness --model bigflax --model_args workdir=RUN,batch_size=8 \\
+  python -m bigflax.harness --model bigflax --model_args workdir=RUN --batch_size 8 \\
       --tasks stdlib_qa_choice --include_path experiments/harness
 """
 

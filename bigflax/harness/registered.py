@@ -22,10 +22,15 @@ from bigflax.train import partitioning
 
 @register_model("bigflax")
 class DirectoryLM(lm_lib.BigflaxLM):
-  """`--model_args workdir=DIR[,batch_size=N,max_gen_toks=N,seed=N]`."""
+  """`--model_args workdir=DIR[,max_gen_toks=N,seed=N] --batch_size N`. lm-eval's
+  `--device` is ignored: the run's mesh places the model."""
 
   def __init__(self, workdir=None, batch_size=8, max_gen_toks=256, seed=0,
-               trained: inference.Trained | None = None):
+               trained: inference.Trained | None = None, device=None, max_batch_size=None):
+    del device, max_batch_size
+    if not str(batch_size).isdigit():
+      raise ValueError(f"--batch_size {batch_size}: bigflax needs a number of rows "
+                       f"(a multiple of the mesh's batch axes is used as is).")
     if trained is None:
       if workdir is None:
         raise ValueError("--model_args needs workdir=DIR (a bigflax run or a Hugging Face "
