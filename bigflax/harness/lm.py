@@ -37,10 +37,13 @@ class Scorer:
   def __post_init__(self):
     self.batch_sharding = partitioning.batch_sharding(self.mesh, self.rules)
     decode_model = self.model.clone(decode=True)
-    self._logprobs = jax.jit(self._token_logprobs)
+    # What the host reads comes back whole (replicated), as every process needs it.
+    whole = partitioning.replicated(self.mesh)
+    self._logprobs = jax.jit(self._token_logprobs, out_shardings=whole)
     self._prefill = jax.jit(lambda p, t, n: decode.prefill(decode_model, p, t, n))
     self._step = jax.jit(lambda p, s, t: decode.decode_step(decode_model, p, s, t))
-    self._sample = jax.jit(decode.sample_rows, static_argnames="vocab_size")
+    self._sample = jax.jit(decode.sample_rows, static_argnames="vocab_size",
+                           out_shardings=whole)
 
   def _token_logprobs(self, params, inputs, targets):
     logits = self.model.apply({"params": params}, inputs).astype(jnp.float32)
