@@ -2,7 +2,8 @@
 
 Commands:
   train   train (or resume) the experiment in --workdir
-  eval    the task's metrics for the latest checkpoint in --workdir (--split)
+  eval    the task's metrics for the latest checkpoint in --workdir (--split), or lm-eval
+          tasks on it (--harness=TASKS; also on a HF directory)
   sample  decode from the latest checkpoint in --workdir with a KV cache (or from a HF
           GPT-2 checkpoint directory given as --workdir)
   promote --candidate RUN --incumbent RUN: serve the candidate only if it is not worse
@@ -41,6 +42,10 @@ config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experimen
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
 flags.DEFINE_string("split", "validation", "eval: the split to evaluate.")
+flags.DEFINE_string("harness", None, "eval: lm-eval tasks to run instead (comma-separated; "
+                    "local ones in experiments/harness), e.g. stdlib_qa_choice.")
+flags.DEFINE_integer("harness_limit", None, "eval --harness: documents per task (default "
+                     "the run's harness.limit; 0 = all).")
 flags.DEFINE_string("prompt", None, "sample: the prompt (default: config.sample.prompts).")
 flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to generate.")
 flags.DEFINE_float("temperature", None, "sample: 0 = greedy.")
@@ -163,7 +168,15 @@ def serve_command():
 
 def eval_command():
   source_dir()
-  inference.evaluate(FLAGS.workdir, FLAGS.split)
+  if FLAGS.harness is None:
+    inference.evaluate(FLAGS.workdir, FLAGS.split)
+    return
+  try:
+    from bigflax.harness import registered  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UsageError(f"eval --harness needs lm-evaluation-harness ({e.name} is missing): "
+                     f"pip install -e '.[harness]'") from e
+  registered.evaluate(FLAGS.workdir, FLAGS.harness, FLAGS.harness_limit)
 
 
 def export_command():

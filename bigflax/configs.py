@@ -97,6 +97,14 @@ def base() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(dict(
       prompts=("",), max_new_tokens=200, temperature=0.8, top_k=0, top_p=0.95, seed=0,
   ))
+
+  # lm-evaluation-harness tasks on the live parameters every `every` steps and at the end
+  # (0 = never; needs the harness extra), and for `bigflax eval --harness`. `limit` caps
+  # each task's documents (0 = all); num_fewshot -1 = each task's own default.
+  c.harness = ml_collections.ConfigDict(dict(
+      tasks=(), every=0, limit=0, num_fewshot=-1, include_path="experiments/harness",
+      batch_size=8, max_gen_toks=64,
+  ))
   return c
 
 

@@ -120,19 +120,26 @@ def hf_language_model(directory):
   return config, params
 
 
+def restore_language_model(source) -> Trained:
+  """`restore` of a run directory, or a Hugging Face language-model directory imported
+  (step 0, its parameters on one device as the HF checkpoint held them)."""
+  if not os.path.exists(os.path.join(source, "model.safetensors")):
+    return restore(source)
+  config, params = hf_language_model(source)
+  tokenizer = tokenizers.GPT2Tokenizer()
+  model = run.build_model(config, tokenizer)
+  mesh = partitioning.make_mesh(config.mesh.shape)
+  return Trained(config, tokenizer, model, tasks.get(config.task.name), 0,
+                 jax.tree.map(jnp.asarray, params), None, mesh)
+
+
 def sample(workdir, prompts=None, options=None):
   """Prints what the model of a run (or of a HF GPT-2 directory) makes of `prompts`
   (default: config.sample.prompts); `options` as `tasks.Task.sample` takes them."""
   options = dict({"num_samples": 1}, **(options or {}))
-  if os.path.exists(os.path.join(workdir, "model.safetensors")):
-    config, params = hf_language_model(workdir)
-    tokenizer = tokenizers.GPT2Tokenizer()
-    model = run.build_model(config, tokenizer)
-    mesh = partitioning.make_mesh(config.mesh.shape)
-  else:
-    trained = restore(workdir)
-    config, tokenizer, model = trained.config, trained.tokenizer, trained.model
-    params, mesh = trained.params, trained.mesh
+  trained = restore_language_model(workdir)
+  config, tokenizer, model = trained.config, trained.tokenizer, trained.model
+  params, mesh = trained.params, trained.mesh
   task = tasks.get(config.task.name)
   if task.sample is None:
     raise UsageError(f"task.name={config.task.name!r} has nothing to sample; tasks that "

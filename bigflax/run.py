@@ -7,6 +7,7 @@ The command line (`cli.py`) calls these; so can a test, a script or a notebook.
 
 import dataclasses
 import functools
+import importlib
 import types
 
 from etils import epath
@@ -228,6 +229,21 @@ def make_data(config, task, tokenizer, split):
                         process_count=jax.process_count())
 
 
+def build_harness(config, task, model, tokenizer, mesh, rules):
+  """params -> scalars: config.harness's lm-eval tasks, run by the loop every
+  harness.every steps on its live parameters."""
+  if task.sample is None:
+    raise UsageError(f"harness.every={config.harness.every}: lm-eval scores language "
+                     f"models; task.name={config.task.name!r} is not one (set "
+                     f"harness.every=0).")
+  try:
+    harness_tasks = importlib.import_module("bigflax.harness.tasks")
+  except ImportError as e:
+    raise UsageError(f"harness.every needs lm-evaluation-harness ({e.name} is missing): "
+                     f"pip install -e '.[harness]'") from e
+  return harness_tasks.in_training(config, model, tokenizer, mesh, rules)
+
+
 def build_training(config, workdir, mesh=None, eval_split="validation") -> Training:
   """Everything a training run needs, from the config; resumes the latest checkpoint in
   `workdir` if there is one (restored onto abstract targets: nothing initialised first).
@@ -291,6 +307,9 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
     print(f"bigflax: distilling from {config.distill.teacher} "
           f"({state_lib.num_params(teacher.params):,} parameters)", flush=True)
 
+  harness = None
+  if config.harness.every:
+    harness = build_harness(config, task, model, tokenizer, mesh, rules)
   job = loop.Run(
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings, batch_sharding=partitioning.batch_sharding(mesh, rules),
@@ -298,7 +317,8 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
       evaluator=evaluator(config, task, model, tokenizer, eval_data, eval_split),
       train_batches=train_data.iterate, tokens_per_step=tokens_per_step,
       flops_per_step=flops_per_token * tokens_per_step, checkpoints=checkpoints,
-      frozen=teacher.params, frozen_shardings=teacher.shardings,
+      frozen=teacher.params, frozen_shardings=teacher.shardings, harness=harness,
+      harness_every=config.harness.every,
       resumed_position=data_position)
   return Training(job, model, tokenizer, task)
 

@@ -50,6 +50,8 @@ class Run:
   checkpoints: object  # orbax CheckpointManager
   frozen: object = None  # the train step's untrained input (a distillation teacher's params)
   frozen_shardings: object = None
+  harness: Callable[[object], dict] | None = None  # params -> lm-eval scalars
+  harness_every: int = 0
   # What the restored checkpoint recorded beside the state (next_step, skip counts).
   resumed_position: dict = dataclasses.field(default_factory=dict)
 
@@ -227,6 +229,13 @@ def _train(run: Run) -> object:
       writer.write(step, "validation", eval_metrics)
       bar.write(f"step {step}: validation " + " ".join(  # all of them go to the writers
           f"{k}={v:.4f}" for k, v in eval_metrics.items() if "/" not in k or "macro" in k))
+      interval_start, interval_steps = time.perf_counter(), 0
+
+    if run.harness_every and (step % run.harness_every == 0 or step == cfg.num_steps) \
+        and not stop:
+      scores = run.harness(state.params)
+      writer.write(step, "harness", scores)
+      bar.write(f"step {step}: lm-eval " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
       interval_start, interval_steps = time.perf_counter(), 0
 
     if save_now:
