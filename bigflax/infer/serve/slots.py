@@ -170,22 +170,25 @@ def serve(batcher):
   (reload) is taken up once no row runs on the old one."""
   slots, waiting, metrics = None, None, batcher.metrics
   while True:
-    if slots is None or (batcher.model is not slots.model and not slots.jobs):
-      slots = Slots(batcher.model, batcher.max_batch)
-    if not slots.jobs:  # nothing to step: block until a request comes
+    if waiting and waiting.dropped():
+      metrics.cancelled.inc(len(waiting.rows))
+      waiting = None
+    if slots is None or not slots.jobs:  # nothing to step: block until a request comes
       waiting = waiting or batcher.next_job(None)
     joining = []
-    while batcher.model is slots.model:
-      job = waiting or batcher.next_job(0)
-      waiting = None
-      if job is None:
-        break
-      if slots.where_to_join(joining + [job]) is None:
-        waiting = job  # first come, first served: it joins when rows leave
-        break
-      joining.append(job)
     started = time.monotonic()
     try:
+      if slots is None or (batcher.model is not slots.model and not slots.jobs):
+        slots = Slots(batcher.model, batcher.max_batch)
+      while batcher.model is slots.model:
+        job = waiting or batcher.next_job(0)
+        waiting = None
+        if job is None:
+          break
+        if slots.where_to_join(joining + [job]) is None:
+          waiting = job  # first come, first served: it joins when rows leave
+          break
+        joining.append(job)
       if joining:
         slots.join(joining, metrics)
       slots.report(metrics)
@@ -193,13 +196,12 @@ def serve(batcher):
         slots.step(metrics)
         slots.report(metrics)
     except Exception:  # pylint: disable=broad-except
-      batcher_lib.fail(list(slots.jobs) + [j for j in joining if j not in slots.jobs])
+      batcher_lib.fail([*(slots.jobs if slots else ()),
+                        *(j for j in joining if not slots or j not in slots.jobs)])
       slots = None
-      batcher.busy_rows = 0
-      continue
-    batcher.busy_rows = len(slots.active())
-    if slots.active():
-      metrics.tokens_per_second.set(len(slots.active()) / (time.monotonic() - started))
+    batcher.busy_rows = len(slots.active()) if slots else 0
+    if batcher.busy_rows:
+      metrics.tokens_per_second.set(batcher.busy_rows / (time.monotonic() - started))
 
 
 CONTINUOUS = batcher_lib.Batching(None, lambda model, rows: None, loop=serve)
