@@ -162,7 +162,8 @@ BAD = [
 def test_bad_input_names_the_field_and_the_server_keeps_serving(lm_server, body, param,
                                                                  message):
   kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
-  response = httpx.post(f"{lm_server}/v1/completions", headers=AUTH, timeout=60, **kwargs)
+  response = httpx.post(f"{lm_server}/v1/completions", timeout=60, **kwargs,
+                        headers={**AUTH, "Content-Type": "application/json"})
   assert response.status_code == 400, response.text
   error = response.json()["error"]
   assert error["param"] == param and message in error["message"], error

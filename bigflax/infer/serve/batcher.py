@@ -119,6 +119,8 @@ class Batcher:
 
   def warmup(self):
     """Compiles every batch shape the worker can meet, so no request waits for jit."""
+    if self.batching.loop:  # one loop over all slots
+      return self.batching.warmup(self.model, self.max_batch)
     for rows in sorted({bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}):
       self.batching.warmup(self.model, rows)
 

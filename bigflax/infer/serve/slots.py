@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigflax.infer.serve import api
 from bigflax.infer.serve import batcher as batcher_lib
 
 
@@ -204,4 +205,18 @@ def serve(batcher):
       metrics.tokens_per_second.set(batcher.busy_rows / (time.monotonic() - started))
 
 
-CONTINUOUS = batcher_lib.Batching(None, lambda model, rows: None, loop=serve)
+def warmup(model, num_slots: int):
+  """Compiles what the loop runs: prefill of every row and prompt bucket, placing each
+  row bucket into the slots, the decode step and the sampler over all slots."""
+  slots, pad = Slots(model, num_slots), model.meta["pad_id"]
+  lengths = {batcher_lib.prompt_bucket(model, n) for n in range(1, model.meta["max_len"])}
+  for rows in sorted({batcher_lib.bucket(n, num_slots) for n in range(1, num_slots + 1)}):
+    for length in sorted(lengths):
+      logits, state = model.prefill([[pad]], length=length, rows=rows)
+    slots.cache = place(slots.cache, state["cache"], np.full(rows, num_slots, np.int32),
+                        np.int32(0), np.int32(0), np.int32(1))
+    padded_logits(logits, [0], num_slots)
+  slots.step(api.Metrics())
+
+
+CONTINUOUS = batcher_lib.Batching(None, warmup, loop=serve)
