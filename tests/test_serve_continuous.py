@@ -13,20 +13,22 @@ import pytest
 
 from bigflax.infer.serve import api
 from bigflax.infer.serve import app as app_lib
+from bigflax.infer.serve import batcher as batcher_lib
+from bigflax.infer.serve import slots as slots_lib
 import serve_utils
 from serve_utils import expected_choice, greedy_tokens, serving, wait_until
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["def ", "for ", "if x", "import os", "class Foo", "x"]  # 3 lengths: 3 compiles
-LONGEST = 40  # the most tokens any request here asks for
-
+LONGEST = 40  # the most tokens most requests here ask for
+room = lambda prompt: 63 - len(prompt)  # the most tokens a prompt can have: the context
 
 @pytest.fixture(scope="module")
 def lm():
   """The tiny LM, each decode step >= 10 ms (so that joins and departures are visible),
   and the framework's greedy tokens for each prompt."""
   bundle, model, params, tokenizer = serve_utils.tiny_lm(step_seconds=0.01)
-  greedy = {p: greedy_tokens(model, params, tokenizer, p, LONGEST) for p in PROMPTS}
+  greedy = {p: greedy_tokens(model, params, tokenizer, p, room(p)) for p in PROMPTS}
   return bundle, tokenizer, greedy
 
 
@@ -56,9 +58,13 @@ async def timed(client, url, body, delay):
 def test_rows_join_at_the_next_step_and_equal_the_framework_whatever_runs_beside(lm):
   bundle, tokenizer, greedy = lm
   rng = random.Random(0)
-  bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": rng.randint(1, LONGEST),
-             "temperature": 0.0, "n": 1 + (i % 3 == 0)} for i in range(14)]
-  bodies[0]["max_tokens"] = LONGEST  # a long row, running while the others come and go
+  # Up to the whole context: rows that need every column of the cache.
+  bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "temperature": 0.0, "n": 1 + (i % 3 == 0)}
+            for i in range(14)]
+  for body in bodies:
+    body["max_tokens"] = rng.randint(1, room(body["prompt"]))
+  bodies[0]["max_tokens"] = room(bodies[0]["prompt"])  # long, while others come and go
+  bodies[1]["max_tokens"] = 5
   with serve(bundle, max_batch=4) as url:
     before = metric(url, "bigflax_batches_total")
 
@@ -75,9 +81,34 @@ def test_rows_join_at_the_next_step_and_equal_the_framework_whatever_runs_beside
   # The second request (short) joined the running long one and finished first: it did not
   # wait for the long one's batch to end.
   (_, _, long_done), (short, _, short_done) = results[0], results[1]
-  assert short_done < long_done and bodies[1]["max_tokens"] < LONGEST
+  assert short_done < long_done
   rows = sum(b["n"] * b["max_tokens"] for b in bodies)
   assert steps < rows * 0.75, (steps, rows)  # rows shared decode steps
+
+
+def test_a_newcomer_joins_exactly_when_the_cache_has_room_for_every_row(lm):
+  bundle, tokenizer, greedy = lm
+  answers = {}
+
+  def job(prompt, max_tokens):
+    return batcher_lib.Job(rows=[bundle.prompt_ids(prompt)], events=None,
+                           emit=lambda event: answers.setdefault(prompt, event),
+                           deadline=float("inf"), max_tokens=max_tokens)
+  slots, metrics = slots_lib.Slots(bundle, 4), api.Metrics()
+  slots.join([job("x", room("x"))], metrics)  # 2 prompt tokens, then every cache column
+  newcomer = job("import os", 3)  # 10 prompt tokens: it moves the write column to 10
+  for generated in range(1, 10):  # the long row needs room("x") - generated more columns
+    if slots.where_to_join([newcomer]) is not None:
+      break
+    slots.step(metrics)
+  assert 10 + room("x") - generated == 64  # the first step at which both fit
+  slots.join([newcomer], metrics)
+  while slots.jobs:  # to the last column of the cache
+    slots.step(metrics)
+    slots.report(metrics)
+  for prompt, max_tokens in (("x", room("x")), ("import os", 3)):
+    assert answers[prompt]["done"] == [expected_choice(greedy[prompt], max_tokens,
+                                                       tokenizer)]
 
 
 def test_sampled_answers_do_not_depend_on_the_batch_and_streams_match(lm):
@@ -143,7 +174,8 @@ def test_64_clients_a_third_leaving_early_leave_an_empty_queue_and_free_slots(lm
     async def client(c, http, deadline):
       nonlocal left
       while time.monotonic() < deadline:
-        body = {"prompt": rng.choice(PROMPTS), "max_tokens": rng.randint(1, LONGEST),
+        prompt = rng.choice(PROMPTS)
+        body = {"prompt": prompt, "max_tokens": rng.randint(1, room(prompt)),
                 "temperature": 0.0, "n": rng.choice([1, 1, 2])}
         if c % 3 == 0:  # hangs up after a moment (unless answered by then)
           try:

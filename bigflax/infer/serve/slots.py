@@ -55,8 +55,8 @@ class Row:
     self.seed = (job.seed + choice) % 2**31
 
   def room(self) -> int:
-    """Cache columns the row may still write: one per token after the next."""
-    return self.job.max_tokens - len(self.out.ids) - 1
+    """Cache columns the row may still write: one decode step per token to come."""
+    return self.job.max_tokens - len(self.out.ids)
 
 
 class Slots:
@@ -79,6 +79,7 @@ class Slots:
     """The write column at which `jobs` can join the rows running now, or None."""
     running = [self.rows[i] for i in self.active()]
     behind = max([r.used for r in running] + [len(ids) for j in jobs for ids in j.rows])
+    # A newcomer's first token comes from its prefill: it needs max_tokens - 1 steps.
     ahead = max([r.room() for r in running] + [j.max_tokens - 1 for j in jobs])
     free = self.num_slots - len(running)
     if sum(len(j.rows) for j in jobs) > free or behind + ahead > self.max_len:
@@ -108,6 +109,8 @@ class Slots:
   def step(self, metrics):
     """One decode step of every slot; then each running row's next token."""
     running = self.active()
+    if self.pointer >= self.max_len:  # where_to_join is wrong: fail loudly, not silently
+      raise RuntimeError(f"no cache column left to write ({self.pointer})")
     offsets = np.full(self.num_slots, self.pointer, np.int32)
     positions = np.zeros(self.num_slots, np.int32)
     for i in running:
