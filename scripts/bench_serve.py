@@ -6,8 +6,9 @@ Poisson arrivals at several rates.
       --duration 20
 
 Starts one server per batching (`serve --batching continuous|bucketed --warmup`) on a
-free local port. Every request streams, with its own max_tokens drawn from 1..--max_tokens
-(mixed lengths: where the two differ); a short unmeasured phase first. Measures per
+free local port, both at once, and runs each workload on one then the other. Every
+request streams, with its own max_tokens drawn from 1..--max_tokens (mixed lengths: where
+the two differ); a short unmeasured phase first. Measures per
 workload: requests/s, generated tokens/s (the server's own counter), p50/p99 latency, p50
 and p99 time to first token, errors, and the server's peak RSS at the end. Prints a table
 and the continuous/bucketed ratios, and writes --out (JSON). Language models only.
@@ -146,23 +147,27 @@ def main():
   workloads = ([("clients", int(c)) for c in args.clients.split(",") if c]
                + [("rate", float(r)) for r in args.rates.split(",") if r])
   results = []
-  for batching in ("continuous", "bucketed"):
-    with server(source_flag, source_dir, batching, args.max_batch, args.max_wait_ms) as (
-        url, pid):
+  with contextlib.ExitStack() as stack:
+    # Both servers up at once, each workload run on one then the other: the machine's
+    # load drifts less between the two than between two halves of the run.
+    servers = {batching: stack.enter_context(server(source_flag, source_dir, batching,
+                                                    args.max_batch, args.max_wait_ms))
+               for batching in ("continuous", "bucketed")}
+    for batching, (url, _) in servers.items():
       task = httpx.get(f"{url}/health").json()["task"]
       if task != "lm":
         raise SystemExit(f"{source_dir} serves a {task!r} model; this benchmark is for "
                          "language models")
       asyncio.run(run_load(url, ("clients", 8), args.warmup, args.max_tokens, seed=-1))
-      for i, workload in enumerate(workloads):
+    for i, workload in enumerate(workloads):
+      for batching, (url, _) in servers.items():
         result = asyncio.run(run_load(url, workload, args.duration, args.max_tokens, i))
         results.append({"batching": batching, "workload": f"{workload[0]}={workload[1]:g}",
                         **result})
         print(json.dumps(results[-1]), flush=True)
-      for r in results:
-        if r["batching"] == batching:
-          r["peak_rss_mb"] = peak_rss_mb(pid)
-
+    for r in results:
+      r["peak_rss_mb"] = peak_rss_mb(servers[r["batching"]][1])
+  results.sort(key=lambda r: r["batching"] != "continuous")
   print(f"\n{source_dir}, max_batch={args.max_batch}, max_tokens 1..{args.max_tokens}, "
         f"{args.duration:g} s per workload")
   header = (f"| {'batching':<10} | {'workload':<10} | {'req/s':>6} | {'tok/s':>6} | "

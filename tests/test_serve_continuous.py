@@ -80,7 +80,7 @@ def test_rows_join_at_the_next_step_and_equal_the_framework_whatever_runs_beside
     check(response.json()["choices"], body["prompt"], body["max_tokens"], greedy, tokenizer)
   # The second request (short) joined the running long one and finished first: it did not
   # wait for the long one's batch to end.
-  (_, _, long_done), (short, _, short_done) = results[0], results[1]
+  (_, _, long_done), (_, _, short_done) = results[0], results[1]
   assert short_done < long_done
   rows = sum(b["n"] * b["max_tokens"] for b in bodies)
   assert steps < rows * 0.75, (steps, rows)  # rows shared decode steps

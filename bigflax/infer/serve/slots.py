@@ -1,6 +1,7 @@
 """Continuous batching for language models: `max_batch` decode slots over one KV cache.
 
-Every step runs the model's own `decode_step` once over all slots. Between steps, queued
+Every step runs the model's own `decode_step` once over the slots (the cache's rows: a
+power of two that follows the load, see `Slots`). Between steps, queued
 requests are prefilled (the model's own `prefill`, all newcomers in one batch) and their
 rows placed into free slots; a row that finishes (eos, a stop string, max_tokens) or whose
 client left frees its slot at once. As in JetStream's and levanter's servers, a slot is a
@@ -28,22 +29,44 @@ from bigflax.infer.serve import api
 from bigflax.infer.serve import batcher as batcher_lib
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def place(cache, new_cache, slot_ids, shift, new_shift, pointer):
-  """The slots' cache rolled by `shift` columns, with the newcomers' rows (`new_cache`,
-  rolled by `new_shift`) written into rows `slot_ids` (an id past the end: a padding row,
-  dropped), and the write index at `pointer`."""
+@jax.jit
+def roll(cache, shift):
+  """The cache's columns rolled by `shift`: every row's tokens end `shift` further on."""
+
+  def one(leaf):
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):  # a write index
+      return leaf
+    return jnp.roll(leaf, shift, axis=leaf.ndim - 3)  # keys and values: (..., B, max_len, K, D)
+
+  return jax.tree.map(one, cache)
+
+
+@functools.partial(jax.jit, donate_argnums=0)  # written in place, not copied
+def place(cache, new_cache, slot_ids, new_shift, pointer):
+  """The slots' cache with the newcomers' rows (`new_cache`, rolled by `new_shift`) written
+  into rows `slot_ids` (an id past the end: a padding row, dropped), and the write index
+  at `pointer`."""
 
   def one(old, new):
     if not jnp.issubdtype(old.dtype, jnp.floating):  # a write index
       return jnp.full_like(old, pointer)
     rows = old.ndim - 4  # keys and values: (..., B, max_len, K, D)
-    old = jnp.roll(old, shift, axis=rows + 1)
     new = jnp.roll(new, new_shift, axis=rows + 1)
-    index = (slice(None),) * rows + (slot_ids,)
-    return old.at[index].set(new, mode="drop")
+    return old.at[(slice(None),) * rows + (slot_ids,)].set(new, mode="drop")
 
   return jax.tree.map(one, cache, new_cache)
+
+
+@jax.jit
+def regather(cache, index):
+  """The cache's rows `index` (an index past the end: a row of zeros)."""
+
+  def one(leaf):
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):  # a write index
+      return leaf
+    return jnp.take(leaf, index, axis=leaf.ndim - 4, mode="fill", fill_value=0)
+
+  return jax.tree.map(one, cache)
 
 
 class Row:
@@ -61,19 +84,43 @@ class Row:
 
 class Slots:
   """The decode slots of one model: its cache, the write column, the row in each slot,
-  and the jobs whose rows run (job -> its choices' texts)."""
+  and the jobs whose rows run (job -> its choices' texts).
+
+  The cache holds `capacity` rows, a power of two up to `num_slots`: it grows when rows
+  join and shrinks (rows moved to the front) when a quarter or less is used, so that a
+  lightly loaded server steps few rows (on a CPU a step costs in proportion to its rows).
+  """
 
   def __init__(self, model, num_slots: int):
     self.model, self.num_slots = model, num_slots
     self.max_len = model.meta["max_len"]
-    _, state = model.prefill([[model.meta["pad_id"]]], length=1, rows=num_slots)
+    _, state = model.prefill([[model.meta["pad_id"]]], length=1, rows=1)
     self.cache, self.pointer = state["cache"], 1
-    self.rows: list[Row | None] = [None] * num_slots
-    self.tokens = np.zeros(num_slots, np.int32)  # each slot's last token, fed next
+    self.rows: list[Row | None] = [None]
+    self.tokens = np.zeros(1, np.int32)  # each slot's last token, fed next
     self.jobs: dict[batcher_lib.Job, list[batcher_lib.Completion]] = {}
+
+  @property
+  def capacity(self) -> int:
+    return len(self.rows)
 
   def active(self) -> list[int]:
     return [i for i, row in enumerate(self.rows) if row is not None]
+
+  def resize(self, capacity: int):
+    """`capacity` rows, the running ones first."""
+    keep = self.active()
+    index = np.asarray(keep + [self.capacity] * (capacity - len(keep)), np.int32)
+    self.cache = regather(self.cache, index)
+    self.rows = [self.rows[i] for i in keep] + [None] * (capacity - len(keep))
+    self.tokens = np.concatenate([self.tokens[keep],
+                                  np.zeros(capacity - len(keep), np.int32)])
+
+  def fit(self):
+    """Shrinks the cache once a quarter or less of it is used."""
+    used = len(self.active())
+    if used and used <= self.capacity // 4:
+      self.resize(batcher_lib.bucket(used, self.num_slots))
 
   def where_to_join(self, jobs) -> int | None:
     """The write column at which `jobs` can join the rows running now, or None."""
@@ -92,27 +139,31 @@ class Slots:
     rows = [(job, i, ids) for job in jobs for i, ids in enumerate(job.rows)]
     length = batcher_lib.prompt_bucket(self.model, max(len(ids) for _, _, ids in rows))
     padded = batcher_lib.bucket(len(rows), self.num_slots)
+    needed = len(self.active()) + len(rows)
+    if needed > self.capacity:
+      self.resize(batcher_lib.bucket(needed, self.num_slots))
     logits, state = self.model.prefill([ids for _, _, ids in rows], length=length,
                                        rows=padded)
     free = [i for i, row in enumerate(self.rows) if row is None][:len(rows)]
-    slot_ids = np.asarray(free + [self.num_slots] * (padded - len(rows)), np.int32)
-    self.cache = place(self.cache, state["cache"], slot_ids,
-                       np.int32(pointer - self.pointer), np.int32(pointer - length),
+    slot_ids = np.asarray(free + [self.capacity] * (padded - len(rows)), np.int32)
+    if pointer != self.pointer:  # rare: a newcomer needs more room behind the column
+      self.cache = roll(self.cache, np.int32(pointer - self.pointer))
+    self.cache = place(self.cache, state["cache"], slot_ids, np.int32(pointer - length),
                        np.int32(pointer))
     self.pointer = pointer
     for job in jobs:
       self.jobs[job] = [batcher_lib.Completion(job, self.model.tokenizer) for _ in job.rows]
     for slot, (job, i, ids) in zip(free, rows):
       self.rows[slot] = Row(job, i, ids, self.jobs[job][i])
-    self._sample(padded_logits(logits, free, self.num_slots), free, metrics)
+    self._sample(padded_logits(logits, free, self.capacity), free, metrics)
 
   def step(self, metrics):
     """One decode step of every slot; then each running row's next token."""
     running = self.active()
     if self.pointer >= self.max_len:  # where_to_join is wrong: fail loudly, not silently
       raise RuntimeError(f"no cache column left to write ({self.pointer})")
-    offsets = np.full(self.num_slots, self.pointer, np.int32)
-    positions = np.zeros(self.num_slots, np.int32)
+    offsets = np.full(self.capacity, self.pointer, np.int32)
+    positions = np.zeros(self.capacity, np.int32)
     for i in running:
       offsets[i], positions[i] = self.pointer - self.rows[i].used, self.rows[i].used
     logits, state = self.model.decode_step(
@@ -127,11 +178,11 @@ class Slots:
   def _sample(self, logits, slots: list[int], metrics):
     """The next token of the rows in `slots` (logits: one row per slot), each with its own
     sampling; a row that is done leaves its slot."""
-    rows = [self.rows[i] if i in slots else None for i in range(self.num_slots)]
+    rows = [self.rows[i] if i in slots else None for i in range(self.capacity)]
     per_row = lambda f, default, dtype: np.asarray(
         [default if r is None else f(r) for r in rows], dtype)
     seeds = batcher_lib.mixed_seeds(per_row(lambda r: r.seed, 0, np.int64),
-                        per_row(lambda r: len(r.out.ids), 0, np.int64))
+                                    per_row(lambda r: len(r.out.ids), 0, np.int64))
     tokens = np.asarray(self.model.sample(
         logits, seeds, 0, per_row(lambda r: r.job.temperature, 0.0, np.float32),
         per_row(lambda r: r.job.top_k, 0, np.int32),
@@ -199,6 +250,7 @@ def serve(batcher):
       if slots.active():
         slots.step(metrics)
         slots.report(metrics)
+        slots.fit()
     except Exception:  # pylint: disable=broad-except
       batcher_lib.fail([*(slots.jobs if slots else ()),
                         *(j for j in joining if not slots or j not in slots.jobs)])
@@ -209,17 +261,26 @@ def serve(batcher):
 
 
 def warmup(model, num_slots: int):
-  """Compiles what the loop runs: prefill of every row and prompt bucket, placing each
-  row bucket into the slots, the decode step and the sampler over all slots."""
+  """Compiles what the loop runs: prefill of every row and prompt bucket, and for every
+  capacity: placing each row bucket, the decode step, the sampler and resizing."""
   slots, pad = Slots(model, num_slots), model.meta["pad_id"]
   lengths = {batcher_lib.prompt_bucket(model, n) for n in range(1, model.meta["max_len"])}
-  for rows in sorted({batcher_lib.bucket(n, num_slots) for n in range(1, num_slots + 1)}):
+  buckets = sorted({batcher_lib.bucket(n, num_slots) for n in range(1, num_slots + 1)})
+  states = {}
+  for rows in buckets:
     for length in sorted(lengths):
-      logits, state = model.prefill([[pad]], length=length, rows=rows)
-    slots.cache = place(slots.cache, state["cache"], np.full(rows, num_slots, np.int32),
-                        np.int32(0), np.int32(0), np.int32(1))
-    padded_logits(logits, [0], num_slots)
-  slots.step(api.Metrics())
+      states[rows] = model.prefill([[pad]], length=length, rows=rows)
+  for capacity in buckets:
+    slots.resize(capacity)
+    for rows in (r for r in buckets if r <= capacity):
+      logits, state = states[rows]
+      slots.cache = place(slots.cache, state["cache"], np.full(rows, capacity, np.int32),
+                          np.int32(0), np.int32(1))
+      padded_logits(logits, [0], capacity)
+    slots.step(api.Metrics())
+    slots.cache = roll(slots.cache, np.int32(0))
+    for other in buckets:
+      regather(slots.cache, np.zeros(other, np.int32))
 
 
 CONTINUOUS = batcher_lib.Batching(None, warmup, loop=serve)
