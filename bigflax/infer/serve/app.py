@@ -132,9 +132,9 @@ def make_app(load: Callable[[str, int | None], bundle_lib.Bundle], source: str |
   if source is None:
     source, step = served_source(registry)
   model = load(source, step)
-  kind = kinds.get(model.task)
+  served = kinds.get(model.task)
   limits = dataclasses.replace(limits, max_n=min(limits.max_n or max_batch, max_batch))
-  batching = kind.continuous if continuous and kind.continuous else kind.batching
+  batching = served.continuous if continuous and served.continuous else served.batching
   batcher = batcher_lib.Batcher(model, batching, max_batch, max_wait_ms, api.Metrics(),
                                 limits)
   if warmup:
