@@ -59,10 +59,22 @@ flags.DEFINE_string("bundle", None, "serve: an exported bundle (instead of --wor
 flags.DEFINE_string("host", "127.0.0.1", "serve: the address to bind; 0.0.0.0 exposes the "
                     "server to the network.")
 flags.DEFINE_integer("port", 8000, "serve: the port.")
-flags.DEFINE_string("api_key", None, "serve: if set, requests need 'Authorization: Bearer "
-                    "KEY'.")
-flags.DEFINE_integer("max_batch", 8, "serve: rows (prompts x n, or inputs) per forward batch.")
-flags.DEFINE_float("max_wait_ms", 10.0, "serve: how long a batch waits for more requests.")
+flags.DEFINE_string("api_key", None, "serve: if set (or env BIGFLAX_API_KEY, which ps "
+                    "does not show), requests need 'Authorization: Bearer KEY'.")
+flags.DEFINE_string("admin_key", None, "serve: the key of /admin/* (or env "
+                    "BIGFLAX_ADMIN_KEY); without one /admin/* is refused.")
+flags.DEFINE_list("reload_roots", [], "serve: directories /admin/reload may load runs or "
+                  "bundles from (besides --registry).")
+flags.DEFINE_bool("insecure", False, "serve: allow a non-loopback --host without a key.")
+flags.DEFINE_integer("max_batch", 8, "serve: rows (prompts x n, or inputs) per forward batch; "
+                     "LMs: decode slots.")
+flags.DEFINE_float("max_wait_ms", 10.0, "serve: how long a bucketed batch waits for more "
+                   "requests.")
+flags.DEFINE_enum("batching", "continuous", ["continuous", "bucketed"], "serve: LMs: rows "
+                  "join and leave decode slots at every step, or batches run to their end.")
+flags.DEFINE_integer("max_queue", 256, "serve: requests waiting for the worker; 429 beyond.")
+flags.DEFINE_integer("max_body_bytes", 1 << 20, "serve: request body limit; 413 beyond.")
+flags.DEFINE_float("timeout_s", 60.0, "serve: per-request deadline, queueing included; 504.")
 flags.DEFINE_bool("warmup", False, "serve: compile every batch shape before serving.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                     "(jax.distributed). On Cloud TPU leave unset and pass --distributed.")
@@ -160,10 +172,16 @@ def serve_command():
   except ImportError as e:
     raise UsageError(f"serve needs the HTTP libraries ({e.name} is missing): "
                      f"pip install -e '.[serve]'") from e
+  limits = serve.api.Limits(max_body_bytes=FLAGS.max_body_bytes, max_queue=FLAGS.max_queue,
+                            timeout_s=FLAGS.timeout_s)
   serve.run(inference.load_served_model, None if flag == "registry" else source,
-            host=FLAGS.host, port=FLAGS.port, api_key=FLAGS.api_key,
-            max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms, warmup=FLAGS.warmup,
-            feedback_dir=FLAGS.feedback_dir, registry=FLAGS.registry)
+            host=FLAGS.host, port=FLAGS.port, insecure=FLAGS.insecure,
+            api_key=FLAGS.api_key or os.environ.get("BIGFLAX_API_KEY"),
+            admin_key=FLAGS.admin_key or os.environ.get("BIGFLAX_ADMIN_KEY"),
+            reload_roots=tuple(FLAGS.reload_roots), max_batch=FLAGS.max_batch,
+            max_wait_ms=FLAGS.max_wait_ms, continuous=FLAGS.batching == "continuous",
+            limits=limits, warmup=FLAGS.warmup, feedback_dir=FLAGS.feedback_dir,
+            registry=FLAGS.registry)
 
 
 def eval_command():

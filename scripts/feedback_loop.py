@@ -61,7 +61,7 @@ def wait_healthy(client: httpx.Client, server: subprocess.Popen, want_run=None):
       raise SystemExit(f"the server exited with code {server.returncode}")
     try:
       health = client.get("/health").json()
-      if want_run is None or want_run in json.dumps(health):
+      if want_run is None or health.get("source") == want_run:  # the run's name
         return health
     except httpx.TransportError:
       pass
@@ -129,7 +129,7 @@ def main():
       decision = json.loads((runs / "promotions.jsonl").read_text().splitlines()[-1])
       print(f"\npromotion: {decision}", flush=True)
       if decision["promoted"]:
-        health = wait_healthy(client, server, want_run=str(continued))
+        health = wait_healthy(client, server, want_run=continued.name)
         print(f"the server swapped in the promoted run: {health}", flush=True)
       else:
         print("kept out: the server goes on serving the incumbent", flush=True)

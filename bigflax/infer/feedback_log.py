@@ -21,13 +21,14 @@ class FeedbackLog:
     self.path = os.path.join(directory, f"{time.strftime('%Y%m%d-%H%M%S')}-"
                                         f"{socket.gethostname()}-{os.getpid()}.jsonl")
     self._lock = threading.Lock()
-    self.answers = self._answers_logged(directory)  # id -> how many answers (rows) it has
+    # id -> how many answers (rows) it has; (id, index) of the rows rated already
+    self.answers, self.rated = self._logged(directory)
 
   @staticmethod
-  def _answers_logged(directory) -> dict[str, int]:
-    """Ids answered before this server started: feedback may come after a restart. A line
-    cut short by a crash is skipped, not fatal."""
-    answers = {}
+  def _logged(directory) -> tuple[dict[str, int], set]:
+    """Ids answered and rows rated before this server started: feedback may come after a
+    restart. A line cut short by a crash is skipped, not fatal."""
+    answers, rated = {}, set()
     for name in sorted(os.listdir(directory)):
       if name.endswith(".jsonl"):
         with open(os.path.join(directory, name)) as f:
@@ -36,10 +37,12 @@ class FeedbackLog:
               record = json.loads(line)
             except json.JSONDecodeError:
               continue
-            if record.get("kind") != "feedback" and "id" in record:
+            if record.get("kind") == "feedback":
+              rated.add((record.get("id"), record.get("index", 0)))
+            elif "id" in record:
               answers[record["id"]] = max(answers.get(record["id"], 0),
                                           record.get("index", 0) + 1)
-    return answers
+    return answers, rated
 
   def write(self, records: list[dict]):
     """Appends `records` as whole lines in one write: a reader never sees half a record."""
@@ -48,13 +51,18 @@ class FeedbackLog:
     with self._lock, open(self.path, "a") as f:
       f.write(text)
     for r in records:
-      if r["kind"] != "feedback":
+      if r["kind"] == "feedback":
+        self.rated.add((r["id"], r["index"]))
+      else:
         self.answers[r["id"]] = max(self.answers.get(r["id"], 0), r["index"] + 1)
 
   def answered(self, id_: str, index: int) -> str | None:
-    """None if (id, index) names a logged answer, else what is wrong and with which field."""
+    """None if (id, index) names a logged answer not rated yet, else what is wrong: "id",
+    "index" or "rated"."""
     if id_ not in self.answers:
       return "id"
     if not 0 <= index < self.answers[id_]:
       return "index"
+    if (id_, index) in self.rated:
+      return "rated"
     return None

@@ -7,9 +7,11 @@ between batches). With a feedback directory, every answer is logged and POST /v1
 records a user's rating or correction of one (`feedback_log`); with a registry, the server
 follows its served.json (`bigflax promote`) and swaps in each newly promoted run.
 
-Three rooms: `app` (the app: key, metrics, health, reload, feedback), `batcher` (the queue
-and the worker thread that batches rows and runs them), and one module per served kind
-(`lm`, `classify`, `translate`: request, checks, response), listed in `kinds`.
+The rooms: `guard` (the door: keys, JSON-only POSTs, body size, request ids, generic
+500s), `app` (the app: metrics, health, reload, feedback), `batcher` (the bounded queue,
+deadlines, and the worker thread that runs bucketed batches), `slots` (continuous
+batching of a language model's decode steps), and one module per served kind (`lm`,
+`classify`, `translate`: request schema, checks, response), listed in `kinds`.
 """
 
 from bigflax.infer.serve.app import make_app, run  # pylint: disable=unused-import

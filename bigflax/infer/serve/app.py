@@ -1,11 +1,13 @@
-"""The FastAPI app: API key, metrics, health, reload and registry following, feedback; the
-served kind's endpoint comes from `kinds.KINDS`, its batches from `batcher`."""
+"""The FastAPI app: metrics, health, reload and registry following, feedback; the served
+kind's endpoint comes from `kinds.KINDS`, its batches from `batcher` (or `slots`), the
+keys and limits at the door from `guard`."""
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
+import logging
 import os
-import secrets
-import time
 from typing import Any, Callable
 
 import fastapi
@@ -15,11 +17,15 @@ import pydantic
 import uvicorn
 
 from bigflax import registry as registry_lib
+from bigflax.configs import UsageError
 from bigflax.infer import bundle as bundle_lib
 from bigflax.infer import feedback_log
 from bigflax.infer.serve import api
 from bigflax.infer.serve import batcher as batcher_lib
+from bigflax.infer.serve import guard
 from bigflax.infer.serve import kinds
+
+log = logging.getLogger("bigflax.serve")
 
 
 class FeedbackRequest(pydantic.BaseModel):
@@ -27,29 +33,37 @@ class FeedbackRequest(pydantic.BaseModel):
   (good), -1 (bad) or 0 (no verdict), and optionally the answer they wanted (which
   becomes the training answer whatever the rating)."""
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-  id: str
-  index: int = pydantic.Field(0, ge=0)
+  id: str = pydantic.Field(max_length=64)
+  index: int = pydantic.Field(0, ge=0, le=1024)
   rating: int = pydantic.Field(ge=-1, le=1)
-  correction: str | None = None
+  correction: str | None = pydantic.Field(None, max_length=8192)
 
 
 class ReloadRequest(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-  source: str | None = None  # default: the source the server runs
+  source: str | None = pydantic.Field(None, max_length=4096)  # default: the one served
 
 
 class Server:
   """What the handlers share (`app.state.server`): the batcher, whose `model` is the one
   served, the `source` it came from (and the `step`, when the registry names one), the
-  feedback `log` (or None), the metrics and `max_n` (the most choices per completion)."""
+  feedback `log` (or None), the metrics, the `limits`, and the directories /admin/reload
+  may load from (`reload_roots`)."""
 
   def __init__(self, load: Callable[[str, int | None], bundle_lib.Bundle], source: str,
                step: int | None, batcher: batcher_lib.Batcher,
-               log: feedback_log.FeedbackLog | None, max_n: int):
+               log: feedback_log.FeedbackLog | None, reload_roots: list[str]):
     self.load, self.source, self.step = load, source, step
-    self.batcher, self.log, self.max_n = batcher, log, max_n
+    self.batcher, self.log, self.limits = batcher, log, batcher.limits
+    self.reload_roots = [os.path.realpath(r) for r in reload_roots]
     self.metrics = batcher.metrics
     self._reload_lock = asyncio.Lock()
+
+  def may_reload(self, source: str) -> bool:
+    """Whether `source` (symlinks resolved) is the one served or lies under a reload root."""
+    real = os.path.realpath(source)
+    return real == os.path.realpath(self.source) or any(
+        os.path.commonpath([real, root]) == root for root in self.reload_roots)
 
   async def swap(self, source: str, step: int | None = None) -> bundle_lib.Bundle:
     """Loads a model aside, then swaps it in between two batches: requests in flight
@@ -89,6 +103,7 @@ class Server:
       except Exception as e:  # pylint: disable=broad-except
         print(f"bigflax: cannot serve promoted run {entry.get('workdir')!r}, keeping "
               f"{self.source!r}: {e}", flush=True)
+        log.exception("loading %s", entry.get("workdir"))
 
 
 def served_source(registry: str) -> tuple[str, int]:
@@ -102,24 +117,31 @@ def served_source(registry: str) -> tuple[str, int]:
 
 
 def make_app(load: Callable[[str, int | None], bundle_lib.Bundle], source: str | None, *,
-             api_key=None, max_batch: int = 8, max_wait_ms: float = 10.0,
-             max_n: int | None = None, warmup: bool = False,
-             feedback_dir: str | None = None, registry: str | None = None,
+             api_key=None, admin_key=None, max_batch: int = 8, max_wait_ms: float = 10.0,
+             limits: api.Limits = api.Limits(), continuous: bool = True,
+             warmup: bool = False, feedback_dir: str | None = None,
+             registry: str | None = None, reload_roots: tuple = (),
              poll_seconds: float = 2.0):
-  """The FastAPI app serving `load(source, step)`; `load` is also what /admin/reload calls.
-  `warmup` compiles every batch shape before serving. With a `registry`, serves `source`
-  or else the run and step its served.json names, checks the file every `poll_seconds`
-  and swaps in each run and step it comes to name."""
+  """The FastAPI app serving `load(source, step)`; `load` is also what /admin/reload calls,
+  for sources under `registry` or `reload_roots` only. `continuous` batching (a language
+  model's rows join and leave at every step) or bucketed batches; `warmup` compiles every
+  batch shape before serving. With a `registry`, serves `source` or else the run and step
+  its served.json names, checks the file every `poll_seconds` and swaps in each run and
+  step it comes to name."""
   step = None  # the newest intact checkpoint
   if source is None:
     source, step = served_source(registry)
   model = load(source, step)
-  batcher = batcher_lib.Batcher(model, kinds.get(model.task).batching, max_batch,
-                                max_wait_ms, api.Metrics())
+  served = kinds.get(model.task)
+  limits = dataclasses.replace(limits, max_n=min(limits.max_n or max_batch, max_batch))
+  batching = served.continuous if continuous and served.continuous else served.batching
+  batcher = batcher_lib.Batcher(model, batching, max_batch, max_wait_ms, api.Metrics(),
+                                limits)
   if warmup:
     batcher.warmup()
-  log = feedback_log.FeedbackLog(feedback_dir) if feedback_dir else None
-  server = Server(load, source, step, batcher, log, max_n or max_batch)
+  feedback = feedback_log.FeedbackLog(feedback_dir) if feedback_dir else None
+  server = Server(load, source, step, batcher, feedback,
+                  [*reload_roots, *([registry] if registry else [])])
 
   @contextlib.asynccontextmanager
   async def lifespan(app_):
@@ -131,40 +153,23 @@ def make_app(load: Callable[[str, int | None], bundle_lib.Bundle], source: str |
 
   app = fastapi.FastAPI(title="bigflax", lifespan=lifespan)
   app.state.server = server
-
-  @app.middleware("http")
-  async def count_and_authorize(request: fastapi.Request, call_next):
-    started = time.monotonic()
-    if api_key and request.url.path != "/health":
-      given = request.headers.get("authorization", "")
-      if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-        response = api.error_response(401, "missing or wrong API key: send 'Authorization: "
-                                      "Bearer KEY'", "authorization")
-        response.headers["WWW-Authenticate"] = "Bearer"
-      else:
-        response = await call_next(request)
-    else:
-      response = await call_next(request)
-    endpoint, metrics = request.url.path, server.metrics
-    metrics.requests.labels(endpoint, response.status_code).inc()
-    if response.status_code >= 400:
-      metrics.errors.labels(endpoint, response.status_code).inc()
-    metrics.latency.labels(endpoint).observe(time.monotonic() - started)
-    return response
-
   app.exception_handler(api.RequestError)(unservable)
   for task, kind in kinds.KINDS.items():
-    app.post(kind.path, name=kind.endpoint.__name__)(served_only(task, kind))
-  app.post("/v1/feedback")(feedback)
+    app.post(kind.path, name=kind.endpoint.__name__,
+             openapi_extra=api.json_body(kind.schema))(served_only(task, kind))
+  app.post("/v1/feedback", openapi_extra=api.json_body(FeedbackRequest))(record_feedback)
   app.get("/health")(health)
   app.get("/metrics")(prometheus_metrics)
-  app.post("/admin/reload")(reload)
+  app.post("/admin/reload", openapi_extra=api.json_body(ReloadRequest))(reload)
+  app.add_middleware(guard.Guard, api_key=api_key, admin_key=admin_key,
+                     max_body_bytes=limits.max_body_bytes, metrics=server.metrics,
+                     paths={route.path for route in app.routes})
   return app
 
 
 async def unservable(request, exc: api.RequestError):
-  del request
-  return api.error_response(400, str(exc), exc.param)
+  return api.error_response(exc.status, str(exc), exc.param, request.state.request_id,
+                            exc.headers)
 
 
 def served_only(task: str, kind: kinds.Kind):
@@ -180,7 +185,7 @@ def served_only(task: str, kind: kinds.Kind):
   return endpoint
 
 
-async def feedback(request: fastapi.Request):
+async def record_feedback(request: fastapi.Request):
   log = request.app.state.server.log
   if not log:
     raise api.RequestError("url", "this server keeps no feedback: start it with "
@@ -188,23 +193,29 @@ async def feedback(request: fastapi.Request):
   body = await api.parse(request, FeedbackRequest)
   wrong = log.answered(body.id, body.index)
   if wrong == "id":
-    raise api.RequestError("id", f"no answer with id {body.id!r} was logged in "
-                           f"{os.path.dirname(log.path)}")
+    raise api.RequestError("id", f"no answer with id {body.id!r} was logged")
   if wrong == "index":
     raise api.RequestError("index", f"answer {body.id!r} has {log.answers[body.id]} "
                            f"choice(s); index={body.index} is out of range")
+  if wrong == "rated":
+    raise api.RequestError("index", f"answer {body.id!r} choice {body.index} is rated "
+                           "already: one rating per answer", 409)
   log.write([{"id": body.id, "index": body.index, "kind": "feedback",
               "rating": body.rating, "correction": body.correction}])
   return {"status": "recorded", "id": body.id, "index": body.index}
 
 
 async def health(request: fastapi.Request):
+  """Open to all: so the served run by name only, not where it lies. 503 once the worker
+  thread has died (nothing would be answered)."""
   server = request.app.state.server
-  model = server.batcher.model
-  return {"status": "ok", "task": model.task, "source": server.source,
-          "trained_steps": model.info.get("trained_steps"),
-          "context": model.meta.get("max_len"),  # LMs: prompt + max_tokens must fit
-          "queued": server.batcher.queue.qsize()}
+  model, alive = server.batcher.model, server.batcher.thread.is_alive()
+  content = {"status": "ok" if alive else "worker stopped", "task": model.task,
+             "source": os.path.basename(os.path.normpath(server.source)),
+             "trained_steps": model.info.get("trained_steps"),
+             "context": model.meta.get("max_len"),  # LMs: prompt + max_tokens must fit
+             "queued": server.batcher.queue.qsize(), "busy_rows": server.batcher.busy_rows}
+  return responses.JSONResponse(content, status_code=200 if alive else 503)
 
 
 async def prometheus_metrics(request: fastapi.Request):
@@ -218,16 +229,33 @@ async def reload(request: fastapi.Request):
   body = await api.parse(request, ReloadRequest)
   source = body.source or server.source
   step = None if body.source else server.step  # a run named anew: its newest checkpoint
+  if not server.may_reload(source):
+    raise api.RequestError("source", f"{source!r} is outside the directories this server "
+                           "may load from (--registry, --reload_roots)", 403)
   try:
     model = await server.swap(source, step)
   except Exception as e:  # pylint: disable=broad-except
-    raise api.RequestError("source", f"cannot serve {source!r}: {e}") from e
+    log.exception("request %s: cannot load %s", request.state.request_id, source)
+    raise api.RequestError("source", f"cannot serve {source!r}: {type(e).__name__} (the "
+                           f"server log has the details under request id "
+                           f"{request.state.request_id})") from e
   return {"status": "reloaded", "source": source,
           "trained_steps": model.info.get("trained_steps")}
 
 
+def loopback(host: str) -> bool:
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return host == "localhost"
+
+
 def run(load: Callable[[str, int | None], Any], source: str | None, *,
-        host: str = "127.0.0.1", port: int = 8000, **kwargs):
+        host: str = "127.0.0.1", port: int = 8000, insecure: bool = False, **kwargs):
+  if not (loopback(host) or kwargs.get("api_key") or insecure):
+    raise UsageError(f"--host {host} exposes the server beyond this machine: give it a key "
+                     "(--api_key or BIGFLAX_API_KEY), or say --insecure.")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
   app = make_app(load, source, **kwargs)
   server = app.state.server
   print(f"bigflax: serving {server.source} ({server.batcher.model.task}) on "

@@ -1,37 +1,46 @@
 """The job queue and the worker thread that batches rows and runs them on the served model.
 
-Requests go into one queue. The worker takes up to `max_batch` rows (prompts x n, or
-inputs), waiting at most `max_wait_ms` for more after the first, pads them to one of a few
-bucketed shapes (powers of two) so that jit compiles a handful of programs, and runs them
-as one batch: throughput grows with load. A served kind says how its batches run: as one
-forward pass (`forward`), or generated step by step (`DECODE`) so that streams see each
-token as it comes and rows stop at eos, a stop string or max_tokens.
+Requests go into one bounded queue (429 when full). A served kind says how its rows run:
+as one forward pass (`forward`: classify, translate), generated step by step in bucketed
+batches (`DECODE`: a batch starts, runs to its longest row, then the next starts), or in
+decode slots that rows join and leave at every step (`slots.CONTINUOUS`, the default for
+language models). Bucketed: the worker takes up to `max_batch` rows (prompts x n, or
+inputs), waiting at most `max_wait_ms` for more after the first, and pads them to one of a
+few shapes (powers of two) so that jit compiles a handful of programs.
 
-All scheduling is in this file: the queue, which jobs share a batch, the decode loop, and
-how a request handler waits for its job's events.
+A job carries its deadline and a `cancelled` flag (its client left): the worker drops such
+jobs from the queue and stops their rows at the next decode step. `wait` is how a request
+handler waits for its job: until the deadline (504) or until its client leaves.
 """
 
 import asyncio
 import dataclasses
+import logging
 import queue
 import threading
 import time
 from typing import Callable
 
+import fastapi
 import numpy as np
 
 from bigflax.infer import bundle as bundle_lib
 from bigflax.infer.serve import api
 
 MIN_PROMPT_BUCKET = 16  # prompt lengths are padded to 16, 32, 64, ... tokens
+DISCONNECT_POLL_S = 0.05  # how often a waiting handler checks that its client is there
+log = logging.getLogger("bigflax.serve")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # a job is itself (a dict key), not its fields
 class Job:
   """One request in the queue. `emit(event)` hands events to the request's handler (from
-  the worker thread); the last event has "done" or "error"."""
+  the worker thread) on `events`; the last event has "done" or "error"."""
   rows: list  # prompt ids per row (lm), inputs (classify), texts (seq2seq)
   emit: Callable[[dict], None]
+  events: asyncio.Queue
+  deadline: float  # time.monotonic() after which nobody waits for the answer
+  request_id: str = ""
   max_tokens: int = 0  # the rest: how DECODE generates the rows
   temperature: float = 0.0
   top_k: int = 0
@@ -39,6 +48,11 @@ class Job:
   seed: int = 0
   stop: tuple = ()
   stream: bool = False
+  cancelled: bool = False  # set by the handler when its client leaves
+
+  def dropped(self) -> bool:
+    """Whether nobody waits for this job's answer any more."""
+    return self.cancelled or time.monotonic() > self.deadline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +60,13 @@ class Batching:
   """How a kind's jobs share a batch and run."""
   # (model, batch: list[Job], rows, metrics): runs the batch padded to `rows` rows and
   # emits each job's events.
-  run: Callable
+  run: Callable | None
   # (model, rows): compiles what `run` runs for `rows` rows.
   warmup: Callable
   # (model, jobs): whether `jobs` may share one batch (the row count aside).
   fits: Callable = lambda model, jobs: True
+  # (batcher): a worker loop of its own instead of batch after batch (`slots`).
+  loop: Callable | None = None
 
 
 def bucket(n: int, limit: int) -> int:
@@ -61,38 +77,65 @@ def bucket(n: int, limit: int) -> int:
 class Batcher:
   """The queue and the worker thread that runs batches of jobs on `self.model`.
 
-  `self.model` is read once per batch, so assigning a new one (`reload`) takes effect
-  between batches: no request is dropped or sees two models.
+  `self.model` is read once per batch (or, in slots, whenever no row is running), so
+  assigning a new one (`reload`) takes effect between batches: no request is dropped or
+  sees two models.
   """
 
   def __init__(self, model: bundle_lib.Bundle, batching: Batching, max_batch: int,
-               max_wait_ms: float, metrics: api.Metrics):
-    self.model, self.batching = model, batching
+               max_wait_ms: float, metrics: api.Metrics, limits: api.Limits = api.Limits()):
+    self.model, self.batching, self.limits = model, batching, limits
     self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
     self.metrics = metrics
-    self.queue: queue.Queue = queue.Queue()
+    self.queue: queue.Queue = queue.Queue(maxsize=limits.max_queue)
+    self.busy_rows = 0  # rows the worker is running now (slots: occupied slots)
     self._held: Job | None = None  # a job that did not fit the last batch
-    threading.Thread(target=self._work, daemon=True, name="bigflax-batcher").start()
+    self.thread = threading.Thread(target=self._work, daemon=True, name="bigflax-batcher")
+    self.thread.start()
 
-  def submit(self, **job) -> asyncio.Queue:
+  def submit(self, request: fastapi.Request, **fields) -> Job:
     """Queues a Job of these fields; call it on the event loop, which gets the job's
-    events on the queue returned."""
+    events on `job.events`. 429 when the queue is full, 503 when the worker is dead."""
+    if not self.thread.is_alive():
+      raise api.RequestError("server", "the server's worker has stopped", 503)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    self.queue.put(Job(emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                       **job))
-    return events
+    job = Job(emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+              events=events, deadline=time.monotonic() + self.limits.timeout_s,
+              request_id=request.state.request_id, **fields)
+    try:
+      self.queue.put_nowait(job)
+    except queue.Full as e:
+      raise api.RequestError("server", f"the server is busy ({self.limits.max_queue} "
+                             "requests queued); retry later", 429,
+                             {"Retry-After": "1"}) from e
+    return job
 
-  async def run_rows(self, inputs: list) -> dict:
+  async def run_rows(self, request: fastapi.Request, inputs: list) -> dict | None:
     """Inputs of a kind that runs in one pass, one row each, as one job: its last event."""
     if len(inputs) > self.max_batch:
       raise api.RequestError("input", f"{len(inputs)} inputs exceed this server's batch "
                              f"limit of {self.max_batch}")
-    return await final(self.submit(rows=inputs))
+    return await wait(request, self.submit(request, rows=inputs))
 
   def warmup(self):
     """Compiles every batch shape the worker can meet, so no request waits for jit."""
+    if self.batching.loop:  # one loop over all slots
+      return self.batching.warmup(self.model, self.max_batch)
     for rows in sorted({bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)}):
       self.batching.warmup(self.model, rows)
+
+  def next_job(self, timeout: float | None) -> Job | None:
+    """The next job whose client still waits (None after `timeout` seconds)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+      try:
+        job = self.queue.get(timeout=None if deadline is None
+                             else max(deadline - time.monotonic(), 0))
+      except queue.Empty:
+        return None
+      if not job.dropped():
+        return job
+      self.metrics.cancelled.inc(len(job.rows))
 
   def _fits(self, batch: list[Job], job: Job) -> bool:
     if sum(len(j.rows) for j in batch) + len(job.rows) > self.max_batch:
@@ -100,13 +143,12 @@ class Batcher:
     return self.batching.fits(self.model, batch + [job])
 
   def _next_batch(self) -> list[Job]:
-    batch = [self._held or self.queue.get()]
+    batch = [self._held or self.next_job(None)]
     self._held = None
     deadline = time.monotonic() + self.max_wait
     while sum(len(j.rows) for j in batch) < self.max_batch:
-      try:
-        job = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
-      except queue.Empty:
+      job = self.next_job(max(deadline - time.monotonic(), 0))
+      if job is None:
         break
       if not self._fits(batch, job):
         self._held = job
@@ -115,23 +157,44 @@ class Batcher:
     return batch
 
   def _work(self):
+    if self.batching.loop:
+      return self.batching.loop(self)
     while True:
       batch = self._next_batch()
       model = self.model
       num_rows = sum(len(j.rows) for j in batch)
+      self.busy_rows = num_rows
       try:
         self.batching.run(model, batch, bucket(num_rows, self.max_batch), self.metrics)
-      except Exception as e:  # pylint: disable=broad-except
-        for job in batch:  # the server keeps serving; these requests get a 500
-          job.emit({"error": f"{type(e).__name__}: {e}"})
+      except Exception:  # pylint: disable=broad-except
+        fail(batch)
+      self.busy_rows = 0
       self.metrics.batches.inc()
       self.metrics.batch_rows.observe(num_rows)
 
 
-async def final(events: asyncio.Queue) -> dict:
-  """A job's last event ("done" or "error")."""
+def fail(jobs: list[Job]):
+  """The server keeps serving; these requests get a generic 500, the log the details."""
+  log.exception("batch of requests %s failed", [job.request_id for job in jobs])
+  for job in jobs:
+    job.emit({"error": "internal"})
+
+
+async def wait(request: fastapi.Request, job: Job) -> dict | None:
+  """A job's last event ("done" or "error"); None if the client left (the job is then
+  cancelled); 504 once its deadline has passed."""
   while True:
-    event = await events.get()
+    try:
+      event = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+    except TimeoutError:
+      if time.monotonic() > job.deadline:
+        job.cancelled = True
+        raise api.RequestError("timeout", "the request did not finish within the server's "
+                               "time limit (--timeout_s)", 504)
+      if await request.is_disconnected():
+        job.cancelled = True
+        return None
+      continue
     if "done" in event or "error" in event:
       return event
 
@@ -152,6 +215,14 @@ def forward(outputs: Callable, example: Callable) -> Batching:
 
 
 # ------------------------------------------------------------ generation step by step
+
+def mixed_seeds(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
+  """One int32 seed per (seed, step) (a 64-bit multiplicative hash), for the model's
+  sampler called with step 0."""
+  x = (seeds.astype(np.uint64) << np.uint64(32)) | steps.astype(np.uint64)
+  x = (x * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+  return (x % np.uint64(2**31)).astype(np.int32)
+
 
 def prompt_bucket(model, length: int) -> int:
   return bucket(max(length, MIN_PROMPT_BUCKET), model.meta["max_len"])
@@ -187,14 +258,20 @@ def generate(model, batch: list[Job], num_rows: int, metrics: api.Metrics):
     return np.asarray(values + [default] * (num_rows - len(rows)), dtype)
 
   choices = np.asarray([i for _, i, _ in rows] + [0] * (num_rows - len(rows)))
-  seeds = ((per_row("seed", 0, np.int64) + choices) % 2**31).astype(np.int32)  # choice i: seed + i
+  seeds = (per_row("seed", 0, np.int64) + choices) % 2**31  # choice i: seed + i
   sampling = (per_row("temperature", 0.0, np.float32), per_row("top_k", 0, np.int32),
               per_row("top_p", 1.0, np.float32))
   outputs = [Completion(job, model.tokenizer) for job, _, _ in rows]
   logits, state = model.prefill([ids for _, _, ids in rows], length=length, rows=num_rows)
   generated = 0
   for step in range(steps):
-    tokens = model.sample(logits, seeds, step, *sampling)
+    for out in outputs:
+      if out.finish_reason is None and out.job.dropped():  # its client left
+        out.finish_reason = "cancelled"
+        metrics.cancelled.inc()
+    if all(out.finish_reason for out in outputs):
+      break
+    tokens = model.sample(logits, mixed_seeds(seeds, np.full(num_rows, step)), 0, *sampling)
     host_tokens = np.asarray(tokens)
     for i, out in enumerate(outputs):
       if out.finish_reason is None:
@@ -210,10 +287,15 @@ def generate(model, batch: list[Job], num_rows: int, metrics: api.Metrics):
   metrics.tokens.inc(generated)
   metrics.tokens_per_second.set(generated / (time.monotonic() - started))
   for job in batch:
-    mine = [out for out in outputs if out.job is job]
-    job.emit({"done": [(out.text, out.finish_reason) for out in mine],
-              "usage": {"prompt_tokens": sum(len(ids) for ids in job.rows[:1]),
-                        "completion_tokens": sum(len(out.ids) for out in mine)}})
+    if not job.dropped():
+      job.emit(answer(job, [out for out in outputs if out.job is job]))
+
+
+def answer(job: Job, outs: list) -> dict:
+  """A completion job's last event: each choice's (text, finish reason) and the usage."""
+  return {"done": [(out.text, out.finish_reason) for out in outs],
+          "usage": {"prompt_tokens": sum(len(ids) for ids in job.rows[:1]),
+                    "completion_tokens": sum(len(out.ids) for out in outs)}}
 
 
 DECODE = Batching(generate, warmup_decoding, fits_context)

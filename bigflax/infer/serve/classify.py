@@ -2,7 +2,7 @@
 and class probabilities out."""
 
 import secrets
-from typing import Any
+from typing import Annotated, TypeVar, Any
 
 import fastapi
 import numpy as np
@@ -12,10 +12,17 @@ from bigflax.infer import bundle as bundle_lib
 from bigflax.infer.serve import api
 
 
+T = TypeVar("T")
+MAX_INPUTS = 256  # the server's max_batch is checked after
+Text = Annotated[str, pydantic.StringConstraints(max_length=100_000)]
+Inputs = Annotated[list[T], pydantic.Field(min_length=1, max_length=MAX_INPUTS)]
+
+
 class ClassifyRequest(pydantic.BaseModel):
   """Texts, feature vectors or images (pixel rows, 0-255), as the classifier takes."""
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-  input: str | list[str] | list[list[Any]] = pydantic.Field(min_length=1)
+  input: (Annotated[Text, pydantic.Field(min_length=1)] | Inputs[Text]
+          | Inputs[list[Any]])
 
 
 def check_inputs(meta: dict, inputs: list):
@@ -54,9 +61,11 @@ async def classify(request: fastapi.Request, server):
   model = server.batcher.model
   inputs = [body.input] if isinstance(body.input, str) else body.input
   check_inputs(model.meta, inputs)
-  event = await server.batcher.run_rows(inputs)
+  event = await server.batcher.run_rows(request, inputs)
+  if event is None:
+    return api.error_response(499, "client closed the request")
   if "error" in event:
-    return api.error_response(500, event["error"])
+    return api.internal_error(request)
   labels = model.meta["labels"]
   data = [{"index": i, "label": labels[int(np.argmax(p))],
            "probabilities": dict(zip(labels, map(float, p)))}

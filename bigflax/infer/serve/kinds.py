@@ -8,6 +8,7 @@ from typing import Callable
 from bigflax.infer.serve import batcher
 from bigflax.infer.serve import classify
 from bigflax.infer.serve import lm
+from bigflax.infer.serve import slots
 from bigflax.infer.serve import translate
 
 
@@ -15,14 +16,17 @@ from bigflax.infer.serve import translate
 class Kind:
   path: str  # the endpoint's URL
   endpoint: Callable  # async (request, server) -> response
-  batching: batcher.Batching
+  schema: type  # the request body's pydantic model
+  batching: batcher.Batching  # bucketed batches
+  continuous: batcher.Batching | None = None  # rows joining and leaving at every step
 
 
 KINDS = {
-    "lm": Kind("/v1/completions", lm.completions, batcher.DECODE),
-    "classify": Kind("/v1/classify", classify.classify,
+    "lm": Kind("/v1/completions", lm.completions, lm.CompletionRequest, batcher.DECODE,
+               slots.CONTINUOUS),
+    "classify": Kind("/v1/classify", classify.classify, classify.ClassifyRequest,
                      batcher.forward(classify.probabilities, classify.example)),
-    "seq2seq": Kind("/v1/translate", translate.translate,
+    "seq2seq": Kind("/v1/translate", translate.translate, translate.TranslateRequest,
                     batcher.forward(translate.translations, translate.example)),
 }
 

@@ -1,6 +1,7 @@
 """Task "seq2seq" served: POST /v1/translate, texts in, their translations out."""
 
 import secrets
+from typing import Annotated, TypeVar
 
 import fastapi
 import pydantic
@@ -8,9 +9,15 @@ import pydantic
 from bigflax.infer.serve import api
 
 
+T = TypeVar("T")
+MAX_INPUTS = 256  # the server's max_batch is checked after
+Text = Annotated[str, pydantic.StringConstraints(max_length=100_000)]
+Inputs = Annotated[list[T], pydantic.Field(min_length=1, max_length=MAX_INPUTS)]
+
+
 class TranslateRequest(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-  input: str | list[str] = pydantic.Field(min_length=1)
+  input: Annotated[Text, pydantic.Field(min_length=1)] | Inputs[Text]
 
 
 def translations(model, texts: list[str], rows: int) -> list[str]:
@@ -26,9 +33,11 @@ def example(model):
 async def translate(request: fastapi.Request, server):
   body = await api.parse(request, TranslateRequest)
   inputs = [body.input] if isinstance(body.input, str) else body.input
-  event = await server.batcher.run_rows(inputs)
+  event = await server.batcher.run_rows(request, inputs)
+  if event is None:
+    return api.error_response(499, "client closed the request")
   if "error" in event:
-    return api.error_response(500, event["error"])
+    return api.internal_error(request)
   response_id = f"tr-{secrets.token_hex(12)}"
   if server.log:
     server.log.write([{"id": response_id, "index": i, "kind": "translation", "input": x,
