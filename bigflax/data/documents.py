@@ -136,14 +136,18 @@ def _read_arrow(corpus, path: str, relative_path: str):
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   columns = [c for c in (corpus.text_column, corpus.get("id_column")) if c]
   if corpus.format == "parquet":
-    batches = pq.ParquetFile(path).iter_batches(columns=columns, batch_size=1024)
+    reader = pq.ParquetFile(path)
+    schema, batches = reader.schema_arrow, reader.iter_batches(batch_size=1024,
+                                                                columns=columns)
   else:  # datasets' save_to_disk writes Arrow IPC streams
-    batches = pa.ipc.open_stream(pa.memory_map(path)).__iter__()
+    reader = pa.ipc.open_stream(pa.memory_map(path))
+    schema, batches = reader.schema, reader
+  for column in columns:
+    if column not in schema.names:
+      raise ValueError(f"{path} has no column {column!r} (data.corpora.*.text_column / "
+                       f".id_column); it has {schema.names}.")
   row = 0
   for batch in batches:
-    if corpus.text_column not in batch.schema.names:
-      raise ValueError(f"{path} has no column {corpus.text_column!r} "
-                       f"(data.corpora.*.text_column); it has {batch.schema.names}.")
     for record in batch.select(columns).to_pylist():
       yield _id(corpus, record, relative_path, row), _text(corpus, record, path)
       row += 1
