@@ -15,6 +15,7 @@ alone, so a run resumes exactly on any number of hosts:
 import sys
 
 import grain
+from grain.experimental import index_shuffle
 import numpy as np
 
 from bigflax.data import batches as batches_lib
@@ -62,12 +63,11 @@ class MixtureBatches:
     self._seed = seed
     self._local = slice(process_index * global_batch_size // process_count,
                         (process_index + 1) * global_batch_size // process_count)
-    # A seed of its own per corpus, far from the others': grain reseeds epoch e with
-    # seed + e, so neighbouring seeds would repeat each other's permutations.
-    seeds = np.random.SeedSequence([seed, 1]).generate_state(len(self.names))
-    self._streams = [grain.MapDataset.range(len(w)).shuffle(seed=int(s)) if shuffle
-                     else grain.MapDataset.range(len(w))
-                     for w, s in zip(self._windows, seeds)]
+    self._shuffle = shuffle
+    # A seed of its own per corpus, far from the others': epoch e of a corpus is shuffled
+    # with its seed + e, so neighbouring seeds would repeat each other's permutations.
+    self._seeds = [int(s) for s in
+                   np.random.SeedSequence([seed, 1]).generate_state(len(self.names))]
     self.steps_per_epoch = sum(map(len, self._windows)) // global_batch_size
     if not self.steps_per_epoch:
       raise ValueError(f"The split has fewer windows than one batch "
@@ -85,9 +85,18 @@ class MixtureBatches:
     position = np.concatenate([np.arange(a, b) for a, b in zip(start, stop)])
     order = np.random.default_rng([self._seed, step]).permutation(len(corpus))[self._local]
     corpus, position = corpus[order], position[order]
-    window = np.array([self._streams[c][p] % len(self._windows[c])
-                       for c, p in zip(corpus, position)], np.int64).reshape(-1)
+    window = np.array([self.position_window(c, p) for c, p in zip(corpus, position)],
+                      np.int64).reshape(-1)
     return np.stack([corpus, window], axis=1)
+
+  def position_window(self, corpus: int, position: int) -> int:
+    """The window at `position` of corpus `corpus`'s endless stream: epoch after epoch,
+    each a permutation of its own (grain's index shuffle: O(1) memory, any corpus size)."""
+    epoch, index = divmod(int(position), len(self._windows[corpus]))
+    if not self._shuffle:
+      return index
+    return index_shuffle(index, max_index=len(self._windows[corpus]) - 1,
+                         seed=(self._seeds[corpus] + epoch) % 2**32, rounds=4)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch `step`."""
