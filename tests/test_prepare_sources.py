@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bigflax.data import documents, pipeline, prepare
+from bigflax.data import documents, packing, pipeline, prepare
 from test_prepare import data_config, read_all, reference_windows
 
 RNG = np.random.default_rng(0)
@@ -29,7 +29,7 @@ def prepared_equals_reference(tmp_path, corpus, expected_docs):
     np.testing.assert_array_equal(read_all(tmp_path / "prepared", "c", split), want[split])
   assert manifest["documents"] == len(expected_docs)
   assert manifest["validation_documents"] == sum(
-      documents.held_out(i, corpus["validation_fraction"]) for i, _ in expected_docs) > 0
+      packing.held_out(i, corpus["validation_fraction"]) for i, _ in expected_docs) > 0
   return manifest
 
 
@@ -88,7 +88,7 @@ def test_tfds_builder_documents_keep_their_paths(tfds_dir):
   validation = pipeline.load_text_split("stdlib_corpus", "validation", tfds_dir)
   assert sorted(docs.values()) == sorted(train + validation)
   # The builder's own split is the same hash of the path, at its fraction.
-  held_out = sorted(t for i, t in docs.items() if documents.held_out(i, 0.05))
+  held_out = sorted(t for i, t in docs.items() if packing.held_out(i, 0.05))
   assert held_out == sorted(validation)
   with pytest.raises(ValueError, match="one text in chunks"):
     documents.sha256(documents_config(dict(format="tfds", tfds_name="tiny_shakespeare")), {})
@@ -96,7 +96,7 @@ def test_tfds_builder_documents_keep_their_paths(tfds_dir):
 
 def test_the_split_is_a_hash_of_the_id_not_of_the_order():
   ids = [f"doc{i}" for i in range(2000)]
-  held = {i for i in ids if documents.held_out(i, 0.1)}
-  assert held == {i for i in reversed(ids) if documents.held_out(i, 0.1)}
+  held = {i for i in ids if packing.held_out(i, 0.1)}
+  assert held == {i for i in reversed(ids) if packing.held_out(i, 0.1)}
   assert 150 < len(held) < 250
-  assert {i for i in ids if documents.held_out(i, 0.2)} > held  # a larger fraction adds
+  assert {i for i in ids if packing.held_out(i, 0.2)} > held  # a larger fraction adds

@@ -8,7 +8,7 @@ A corpus (`config.data.corpora[name]`) is one of these formats:
   tfds     one of bigflax's text datasets (`tfds_name`; `data_dir`, `source_dir`)
 
 Each document has an id (its path, `id_column`'s value, or file:row) and goes to the
-validation split when a hash of that id falls under `validation_fraction`: the same split
+validation split when a hash of that id falls under `validation_fraction` (packing.py): the same split
 on every machine, and a new document does not move the others.
 """
 
@@ -16,18 +16,10 @@ import fnmatch
 import hashlib
 import json
 import os
-from typing import Iterator, Sequence
-
-import numpy as np
+from typing import Iterator
 
 FORMATS = ("text", "jsonl", "parquet", "hf_disk", "tfds")
 DEFAULT_PATTERNS = {"jsonl": ("*.jsonl",), "parquet": ("*.parquet",), "hf_disk": ("*.arrow",)}
-
-
-def held_out(doc_id: str, fraction: float) -> bool:
-  """Whether the document `doc_id` belongs to the validation split (hash of the id)."""
-  digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
 
 def check(name: str, corpus) -> None:
@@ -98,23 +90,6 @@ def read(corpus, relative_path: str) -> Iterator[tuple[str, str]]:
     yield from _read_arrow(corpus, path, relative_path)
   else:
     yield from _read_tfds(corpus)
-
-
-def pack_documents(
-    token_lists: Sequence[Sequence[int]], eos_id: int, seq_len: int
-) -> np.ndarray:
-  """Documents, each followed by eos, cut into int32[num_windows, seq_len + 1].
-
-  A window gives inputs w[:-1] and targets w[1:]; the tail is dropped.
-  """
-  if not token_lists:
-    return np.zeros((0, seq_len + 1), np.int32)
-  eos = np.array([eos_id], np.int32)
-  stream = np.concatenate(
-      [part for ids in token_lists for part in (np.asarray(ids, np.int32), eos)]
-  )
-  num_windows = len(stream) // (seq_len + 1)
-  return stream[: num_windows * (seq_len + 1)].reshape(num_windows, seq_len + 1)
 
 
 def _id(corpus, record, relative_path: str, row: int) -> str:

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from bigflax.data import mixture, shards, sources, synthetic, tokenizers
-from bigflax.data.documents import pack_documents
+from bigflax.data.packing import pack_documents
 from bigflax.data.batches import Batches, bucket_width, pad_to_whole_batches, trim_to_bucket
 
 

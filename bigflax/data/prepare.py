@@ -26,7 +26,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 import ml_collections
 import numpy as np
 
-from bigflax.data import documents, shards, tokenizers
+from bigflax.data import documents, packing, shards, tokenizers
 
 DEFAULT_SHARD_BYTES = 32 << 20
 # Documents tokenized together: bounds a worker's lists of Python ints.
@@ -143,7 +143,7 @@ def _prepare_shard(job) -> dict:
 
   for unit in files:
     for doc_id, text in documents.read(corpus, unit["path"]):
-      split = "validation" if documents.held_out(doc_id, fraction) else "train"
+      split = "validation" if packing.held_out(doc_id, fraction) else "train"
       texts[split].append(text)
       counts["documents"] += 1
       counts["validation_documents"] += split == "validation"
@@ -153,7 +153,7 @@ def _prepare_shard(job) -> dict:
   record = {"index": index, "files": files, **made_with}
   for split in shards.SPLITS:
     encode(split)
-    windows = documents.pack_documents(ids[split], tokenizer.eos_id, made_with["window"] - 1)
+    windows = packing.pack_documents(ids[split], tokenizer.eos_id, made_with["window"] - 1)
     _write_windows(os.path.join(out, shards.shard_file(split, index)),
                    windows.astype(made_with["dtype"]))
     record[f"{split}_windows"] = len(windows)

@@ -6,7 +6,7 @@ import sysconfig
 
 import tensorflow_datasets as tfds
 
-from bigflax.data import documents, local_builder
+from bigflax.data import local_builder, packing
 
 VALIDATION_FRACTION = 0.05
 # Third-party code and the test suites are not "the standard library".
@@ -19,7 +19,7 @@ def is_validation(relative_path: str) -> bool:
   A hash of the path, not a random draw, so every run on every machine makes
   the same split, and a file added in a new Python version doesn't move others.
   """
-  return documents.held_out(relative_path, VALIDATION_FRACTION)
+  return packing.held_out(relative_path, VALIDATION_FRACTION)
 
 
 def source_files(root: pathlib.Path) -> list[str]:
