@@ -12,6 +12,9 @@ mtime). `manifest.json` lists every source file with its sha256, the tokenizer a
 the window length and the counts; training reads it (`shards.py`) and refuses shards made
 with another tokenizer or window length.
 
+Workers are spawned (the parent has imported JAX): a script that calls `prepare()` itself
+needs Python's `if __name__ == "__main__":` guard, as with any multiprocessing.
+
 Directory layout: data.prepared_dir/{tokenizer/, <corpus>/{manifest.json, shard-*.json,
 train-*.array_record, validation-*.array_record}}.
 """
