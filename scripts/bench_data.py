@@ -22,11 +22,13 @@ import time
 
 import numpy as np
 
-from bigflax import plan
-from bigflax.data import pipeline, prepare, tokenizers
-
-sys.path.insert(0, os.path.dirname(__file__))
-import bench_train  # noqa: E402  pylint: disable=wrong-import-position
+# The checkout (for experiments/ and its bigflax) and this folder (bench_train).
+sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                os.path.dirname(os.path.abspath(__file__))]
+# pylint: disable=wrong-import-position
+import bench_train  # noqa: E402
+from bigflax import plan  # noqa: E402
+from bigflax.data import pipeline, prepare, tokenizers  # noqa: E402
 
 # README's plan of experiments/gpt2_medium.py on v5e:4x4: 512 x 1024 tokens a step, roofline
 # step 403 ms.
