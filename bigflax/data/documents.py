@@ -18,6 +18,8 @@ import json
 import os
 from typing import Iterator
 
+from bigflax.data import sources
+
 FORMATS = ("text", "jsonl", "parquet", "hf_disk", "tfds")
 DEFAULT_PATTERNS = {"jsonl": ("*.jsonl",), "parquet": ("*.parquet",), "hf_disk": ("*.arrow",)}
 
@@ -106,7 +108,7 @@ def _text(corpus, record, path) -> str:
 
 
 def _read_arrow(corpus, path: str, relative_path: str):
-  # pyarrow costs seconds to import: only the workers that read Parquet or Arrow pay.
+  # pyarrow is the `data` extra (and seconds to import): only Parquet and Arrow need it.
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   columns = [c for c in (corpus.text_column, corpus.get("id_column")) if c]
@@ -128,18 +130,20 @@ def _read_arrow(corpus, path: str, relative_path: str):
       row += 1
 
 
-def _tfds_builder(corpus):
-  from bigflax.data import sources  # pylint: disable=import-outside-toplevel  (TFDS: slow)
+def _tfds_source(corpus):
   source = sources.check_kind(corpus.tfds_name, "text")
   if source.one_text:
     raise ValueError(f"data.corpora.*.tfds_name={corpus.tfds_name!r} is one text in chunks, "
                      f"not documents: use format='text' on its source files.")
-  return source.builder(corpus.get("data_dir"), corpus.get("source_dir"))
+  return source
+
+
+def _tfds_builder(corpus):
+  return _tfds_source(corpus).builder(corpus.get("data_dir"), corpus.get("source_dir"))
 
 
 def _read_tfds(corpus):
-  from bigflax.data import sources  # pylint: disable=import-outside-toplevel  (TFDS: slow)
-  _tfds_builder(corpus)
+  _tfds_source(corpus)
   for split in ("train", "validation"):
     for example in sources.load_examples(corpus.tfds_name, split, corpus.get("data_dir"),
                                          corpus.get("source_dir")):

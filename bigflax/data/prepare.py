@@ -19,6 +19,7 @@ Directory layout: data.prepared_dir/{tokenizer/, <corpus>/{manifest.json, shard-
 train-*.array_record, validation-*.array_record}}.
 """
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -33,7 +34,7 @@ from bigflax.data import documents, packing, shards, tokenizers
 
 DEFAULT_SHARD_BYTES = 32 << 20
 # Documents tokenized together: bounds a worker's lists of Python ints.
-_ENCODE_CHUNK_BYTES = 1 << 20
+_ENCODE_CHUNK_CHARS = 1 << 20
 # Each record is one chunk, so a window is read alone; zstd keeps writing fast.
 _WRITER_OPTIONS = "group_size:1,zstd:1"
 
@@ -85,20 +86,15 @@ def prepare_corpus(name, corpus, data, tokenizer_dir, made_with) -> dict:
   start = time.time()
   print(f"bigflax prepare: {name}: {len(planned)} shards, {len(done)} already done, "
         f"{len(todo)} to tokenize on {workers} worker(s)", flush=True)
-  if workers <= 1:
-    results = map(_prepare_shard, todo)
-  else:
-    # spawn, not fork: the parent has imported JAX, whose threads a fork would copy.
-    pool = multiprocessing.get_context("spawn").Pool(workers)
-    results = pool.imap_unordered(_prepare_shard, todo)
-  for count, record in enumerate(results, 1):
-    done[record["index"]] = record
-    print(f"bigflax prepare: {name}: shard {record['index']} done ({count}/{len(todo)}, "
-          f"{record['train_windows']} + {record['validation_windows']} windows, "
-          f"{time.time() - start:.0f} s)", flush=True)
-  if workers > 1:
-    pool.close()
-    pool.join()
+  # spawn, not fork: the parent has imported JAX, whose threads a fork would copy.
+  with (multiprocessing.get_context("spawn").Pool(workers) if workers > 1
+        else contextlib.nullcontext()) as pool:
+    results = pool.imap_unordered(_prepare_shard, todo) if pool else map(_prepare_shard, todo)
+    for count, record in enumerate(results, 1):
+      done[record["index"]] = record
+      print(f"bigflax prepare: {name}: shard {record['index']} done ({count}/{len(todo)}, "
+            f"{record['train_windows']} + {record['validation_windows']} windows, "
+            f"{time.time() - start:.0f} s)", flush=True)
   manifest = _manifest(name, corpus, made_with, [done[i] for i in range(len(planned))])
   _write_json(os.path.join(out, shards.MANIFEST), manifest)
   print(f"bigflax prepare: {name}: {manifest['documents']} documents, "
@@ -136,6 +132,7 @@ def _prepare_shard(job) -> dict:
   fraction = corpus.get("validation_fraction", 0.0)
   ids = {split: [] for split in shards.SPLITS}
   texts = {split: [] for split in shards.SPLITS}
+  pending = dict.fromkeys(shards.SPLITS, 0)  # characters in texts[split]
   counts = {"documents": 0, "validation_documents": 0, "tokens": 0}
 
   def encode(split):
@@ -143,14 +140,16 @@ def _prepare_shard(job) -> dict:
       ids[split].append(np.asarray(token_ids, np.int32))
       counts["tokens"] += len(token_ids)
     texts[split].clear()
+    pending[split] = 0
 
   for unit in files:
     for doc_id, text in documents.read(corpus, unit["path"]):
       split = "validation" if packing.held_out(doc_id, fraction) else "train"
       texts[split].append(text)
+      pending[split] += len(text)
       counts["documents"] += 1
       counts["validation_documents"] += split == "validation"
-      if sum(map(len, texts[split])) >= _ENCODE_CHUNK_BYTES:
+      if pending[split] >= _ENCODE_CHUNK_CHARS:
         encode(split)
     unit["sha256"] = documents.sha256(corpus, unit)
   record = {"index": index, "files": files, **made_with}
