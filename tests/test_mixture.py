@@ -35,13 +35,14 @@ def test_realised_proportions_over_1000_steps_are_the_weights(prepared):
   train = batches(prepared)
   counts = collections.Counter()
   for step in range(1000):
-    rows = train.rows(step)
-    assert len(rows) == 16
-    counts.update(train.names[c] for c in rows[:, 0])
+    corpus, _ = train.positions(step)
+    assert len(corpus) == 16
+    counts.update(train.names[c] for c in corpus)
   for name, weight in WEIGHTS.items():
     assert abs(counts[name] / 16000 - weight) <= 0.01 * weight, counts
   # Every step is close to the weights too, not only the run: 16 * 0.1 = 1.6 'small' rows.
-  assert all(1 <= sum(train.rows(s)[:, 0] == 2) <= 2 for s in range(50))
+  assert all(1 <= sum(train.positions(s)[0] == 2) <= 2 for s in range(50))
+  np.testing.assert_array_equal(train.rows(5)[:, 0], train.positions(5)[0])
 
 
 def test_rows_are_the_corpora_windows(prepared):
@@ -85,12 +86,12 @@ def test_a_corpus_that_runs_out_wraps_with_a_new_permutation(prepared):
   for epoch in epochs:
     assert sorted(epoch) == list(range(n))
   assert epochs[0] != epochs[1] != epochs[2]
-  # Seen through the batches: after T rows of 'small' each window came T // n or one more
-  # times.
-  seen = collections.Counter(w for s in range(400) for c, w in train.rows(s) if c == small)
-  total = sum(seen.values())
-  assert total > 3 * n
-  assert set(seen.values()) <= {total // n, total // n + 1} and len(seen) == n
+  # The batches walk each stream in order: steps [0, 400) hold exactly 'small's positions
+  # 0 .. T-1, so more than three whole epochs of it.
+  drawn = [p for s in range(400) for c, p in zip(*train.positions(s)) if c == small]
+  assert sorted(drawn) == list(range(len(drawn))) and len(drawn) > 3 * n
+  assert [w for c, w in train.rows(0) if c == small] == [
+      epochs[0][p] for c, p in zip(*train.positions(0)) if c == small]
 
 
 def test_validation_reads_each_corpus_in_order(prepared):

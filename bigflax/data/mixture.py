@@ -77,14 +77,19 @@ class MixtureBatches:
         f"{name} {w:.1%} ({len(ws)} windows)"
         for name, w, ws in zip(self.names, self.weights, self._windows))
 
-  def rows(self, step: int) -> np.ndarray:
-    """int64[B / process_count, 2]: (corpus index, window index) of this process's rows."""
+  def positions(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(corpus index, position in that corpus's stream) of this process's rows of step
+    `step`, int64[B / process_count] each."""
     start = rows_before(self.weights, self._global_batch_size, step)
     stop = rows_before(self.weights, self._global_batch_size, step + 1)
     corpus = np.repeat(np.arange(len(self.names)), stop - start)
     position = np.concatenate([np.arange(a, b) for a, b in zip(start, stop)])
     order = np.random.default_rng([self._seed, step]).permutation(len(corpus))[self._local]
-    corpus, position = corpus[order], position[order]
+    return corpus[order], position[order]
+
+  def rows(self, step: int) -> np.ndarray:
+    """int64[B / process_count, 2]: (corpus index, window index) of this process's rows."""
+    corpus, position = self.positions(step)
     window = np.array([self.position_window(c, p) for c, p in zip(corpus, position)],
                       np.int64).reshape(-1)
     return np.stack([corpus, window], axis=1)
