@@ -91,9 +91,13 @@ def test_prepare_writes_the_windows_an_independent_packing_gives(tmp_path):
 
   on_disk = json.loads((tmp_path / "prepared" / "code" / "manifest.json").read_text())
   assert on_disk == manifest
-  assert [f["path"] for f in manifest["files"]] == paths
+  files = [json.loads(line) for line in
+           (tmp_path / "prepared" / "code" / "sources.jsonl").read_text().splitlines()]
+  assert [f["path"] for f in files] == paths
   assert all(f["sha256"] == hashlib.sha256((tmp_path / "src" / f["path"]).read_bytes())
-             .hexdigest() for f in manifest["files"])
+             .hexdigest() and f["bytes"] == len(texts[f["path"]].encode()) for f in files)
+  assert manifest["sources"] == {"file": "sources.jsonl", "files": len(paths),
+                                 "bytes": sum(f["bytes"] for f in files)}
   assert manifest["tokenizer"] == tokenizers.fingerprint(tokenizers.ByteTokenizer())
   assert manifest["window"] == WINDOW and manifest["dtype"] == "uint16"
   assert manifest["documents"] == len(texts)

@@ -8,14 +8,14 @@ one per core) tokenize one shard each: every document of the shard, followed by 
 cut into windows of seq_len + 1 tokens, written to `train-NNNNN.array_record` and
 `validation-NNNNN.array_record` (one window a record), then `shard-NNNNN.json` (what went
 in, what came out) marks it done. A rerun skips a shard whose files are unchanged (size and
-mtime). `manifest.json` lists every source file with its sha256, the tokenizer and its hash,
-the window length and the counts; training reads it (`shards.py`) and refuses shards made
+mtime). `manifest.json` holds the tokenizer and its hash, the window length and the counts,
+and `sources.jsonl` beside it every source file with its sha256; training reads it (`shards.py`) and refuses shards made
 with another tokenizer or window length.
 
 Workers are spawned (the parent has imported JAX): a script that calls `prepare()` itself
 needs Python's `if __name__ == "__main__":` guard, as with any multiprocessing.
 
-Directory layout: data.prepared_dir/{tokenizer/, <corpus>/{manifest.json, shard-*.json,
+Directory layout: data.prepared_dir/{tokenizer/, <corpus>/{manifest.json, sources.jsonl, shard-*.json,
 train-*.array_record, validation-*.array_record}}.
 """
 
@@ -95,7 +95,9 @@ def prepare_corpus(name, corpus, data, tokenizer_dir, made_with) -> dict:
       print(f"bigflax prepare: {name}: shard {record['index']} done ({count}/{len(todo)}, "
             f"{record['train_windows']} + {record['validation_windows']} windows, "
             f"{time.time() - start:.0f} s)", flush=True)
-  manifest = _manifest(name, corpus, made_with, [done[i] for i in range(len(planned))])
+  records = [done[i] for i in range(len(planned))]
+  _write_sources(os.path.join(out, shards.SOURCES), records)
+  manifest = _manifest(name, corpus, made_with, records)
   _write_json(os.path.join(out, shards.MANIFEST), manifest)
   print(f"bigflax prepare: {name}: {manifest['documents']} documents, "
         f"{manifest['tokens']} tokens -> {manifest['windows']['train']} train and "
@@ -185,9 +187,19 @@ def _manifest(name, corpus, made_with, records) -> dict:
                   for split in shards.SPLITS},
       "shards": [{key: r[key] for key in ("index", "documents", "tokens", "train_windows",
                                           "validation_windows")} for r in records],
-      "files": [{key: u[key] for key in ("path", "bytes", "sha256")}
-                for r in records for u in r["files"]],
+      "sources": {"file": shards.SOURCES, "files": sum(len(r["files"]) for r in records),
+                  "bytes": sum(u["bytes"] for r in records for u in r["files"])},
   }
+
+
+def _write_sources(path: str, records) -> None:
+  """One JSON line per source file (path, bytes, sha256): beside the manifest, not in it,
+  so that a training process reading the manifest never loads a million-file list."""
+  with open(f"{path}.tmp", "w") as f:
+    for record in records:
+      for unit in record["files"]:
+        f.write(json.dumps({key: unit[key] for key in ("path", "bytes", "sha256")}) + "\n")
+  os.replace(f"{path}.tmp", path)
 
 
 def _write_json(path: str, value) -> None:

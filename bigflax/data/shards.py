@@ -8,6 +8,7 @@ import grain
 import numpy as np
 
 MANIFEST = "manifest.json"
+SOURCES = "sources.jsonl"  # the source files and their sha256, one JSON line each
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "validation")
 
