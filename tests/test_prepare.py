@@ -68,7 +68,10 @@ def read_all(prepared_dir, name, split, tokenizer=None):
   return windows.read(np.arange(len(windows)))
 
 
-def test_prepare_writes_the_windows_an_independent_packing_gives(tmp_path):
+def test_prepare_writes_the_windows_an_independent_packing_gives(tmp_path, monkeypatch):
+  # Documents tokenized ~3 at a time: windows that straddle chunks are cut as from the
+  # whole shard.
+  monkeypatch.setattr(prepare, "_ENCODE_CHUNK_CHARS", 1000)
   texts = make_text_corpus(tmp_path / "src")
   config = data_config(tmp_path / "prepared", {"code": text_corpus(tmp_path / "src")})
   manifest = prepare.prepare(config)["code"]

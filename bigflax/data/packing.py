@@ -20,11 +20,16 @@ def pack_documents(
 
   A window gives inputs w[:-1] and targets w[1:]; the tail is dropped.
   """
-  if not token_lists:
-    return np.zeros((0, seq_len + 1), np.int32)
+  return cut_windows(np.zeros(0, np.int32), token_lists, eos_id, seq_len + 1)[0]
+
+
+def cut_windows(carry: np.ndarray, token_lists: Sequence[Sequence[int]], eos_id: int,
+                length: int) -> tuple[np.ndarray, np.ndarray]:
+  """`carry`, then each document followed by eos, cut into int32[n, length] windows; and
+  the tokens left over, which the next call continues from (a stream of any length is
+  packed a chunk at a time, exactly as if it were packed whole)."""
   eos = np.array([eos_id], np.int32)
-  stream = np.concatenate(
-      [part for ids in token_lists for part in (np.asarray(ids, np.int32), eos)]
-  )
-  num_windows = len(stream) // (seq_len + 1)
-  return stream[: num_windows * (seq_len + 1)].reshape(num_windows, seq_len + 1)
+  stream = np.concatenate([np.asarray(carry, np.int32)] + [
+      part for ids in token_lists for part in (np.asarray(ids, np.int32), eos)])
+  whole = len(stream) // length * length
+  return stream[:whole].reshape(-1, length), stream[whole:]

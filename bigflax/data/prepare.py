@@ -127,20 +127,29 @@ def _finished_shard(out, index, files, made_with) -> dict | None:
 
 
 def _prepare_shard(job) -> dict:
-  """Tokenizes one shard's documents into its two ArrayRecord files; runs in a worker."""
+  """Tokenizes one shard's documents into its two ArrayRecord files, a chunk at a time (a
+  worker holds one chunk, whatever the shard's size); runs in a worker."""
   corpus, index, files, out, tokenizer_dir, made_with = job
   corpus = ml_collections.ConfigDict(corpus)
   tokenizer = tokenizers.load(tokenizer_dir)
   fraction = corpus.get("validation_fraction", 0.0)
-  ids = {split: [] for split in shards.SPLITS}
+  paths = {split: os.path.join(out, shards.shard_file(split, index)) for split in shards.SPLITS}
+  writers = {split: ArrayRecordWriter(f"{path}.tmp", _WRITER_OPTIONS)
+             for split, path in paths.items()}
   texts = {split: [] for split in shards.SPLITS}
   pending = dict.fromkeys(shards.SPLITS, 0)  # characters in texts[split]
+  carry = {split: np.zeros(0, np.int32) for split in shards.SPLITS}
+  windows_written = dict.fromkeys(shards.SPLITS, 0)
   counts = {"documents": 0, "validation_documents": 0, "tokens": 0}
 
   def encode(split):
-    for token_ids in tokenizer.encode_batch(texts[split]):
-      ids[split].append(np.asarray(token_ids, np.int32))
-      counts["tokens"] += len(token_ids)
+    token_lists = tokenizer.encode_batch(texts[split])
+    counts["tokens"] += sum(map(len, token_lists))
+    windows, carry[split] = packing.cut_windows(carry[split], token_lists, tokenizer.eos_id,
+                                                made_with["window"])
+    for window in windows.astype(made_with["dtype"]):
+      writers[split].write(window.tobytes())
+    windows_written[split] += len(windows)
     texts[split].clear()
     pending[split] = 0
 
@@ -154,25 +163,14 @@ def _prepare_shard(job) -> dict:
       if pending[split] >= _ENCODE_CHUNK_CHARS:
         encode(split)
     unit["sha256"] = documents.sha256(corpus, unit)
-  record = {"index": index, "files": files, **made_with}
-  for split in shards.SPLITS:
-    encode(split)
-    windows = packing.pack_documents(ids[split], tokenizer.eos_id, made_with["window"] - 1)
-    _write_windows(os.path.join(out, shards.shard_file(split, index)),
-                   windows.astype(made_with["dtype"]))
-    record[f"{split}_windows"] = len(windows)
-  record.update(counts)
+  for split, path in paths.items():
+    encode(split)  # the tail that fills no window is dropped
+    writers[split].close()
+    os.replace(f"{path}.tmp", path)
+  record = {"index": index, "files": files, **made_with, **counts,
+            **{f"{split}_windows": n for split, n in windows_written.items()}}
   _write_json(os.path.join(out, f"shard-{index:05d}.json"), record)
   return record
-
-
-def _write_windows(path: str, windows: np.ndarray) -> None:
-  temporary = f"{path}.tmp"
-  writer = ArrayRecordWriter(temporary, _WRITER_OPTIONS)
-  for window in windows:
-    writer.write(window.tobytes())
-  writer.close()
-  os.replace(temporary, path)
 
 
 def _manifest(name, corpus, made_with, records) -> dict:
