@@ -9,6 +9,7 @@ Commands:
   promote --candidate RUN --incumbent RUN: serve the candidate only if it is not worse
   launch  train on a Cloud TPU slice through gcloud (bigflax/launch.py; --help)
   sweep   a hyperparameter sweep, one run directory per trial (bigflax/sweep.py; --help)
+  prepare --config X: tokenize data.corpora once into shards in data.prepared_dir
   plan    --config X --topology v5e:4x4: will it fit, how fast, how costly (no --workdir)
   diff    RUN_A RUN_B: what differs between two runs' configs and environments
   export  write the latest checkpoint in --workdir as a self-contained bundle (--out)
@@ -34,6 +35,7 @@ from ml_collections import config_flags
 
 from bigflax import configs, inference, plan, promote, run, run_info
 from bigflax.configs import UsageError
+from bigflax.data import prepare as data_prepare
 from bigflax.train import loop
 
 FLAGS = flags.FLAGS
@@ -99,8 +101,9 @@ flags.DEFINE_float("tokens", None, "plan: a token budget, for wall time and cost
 flags.DEFINE_float("price_per_chip_hour", None, "plan: price of one chip-hour, for the cost.")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
-COMMANDS = ("train", "eval", "sample", "promote", "plan", "diff", "export", "serve")
-NO_WORKDIR = ("promote", "plan", "diff", "serve")  # serve takes --workdir or --bundle
+COMMANDS = ("train", "eval", "sample", "promote", "plan", "diff", "export", "serve",
+            "prepare")
+NO_WORKDIR = ("promote", "plan", "diff", "serve", "prepare")  # serve takes --workdir or --bundle
 
 
 def initialize_distributed():
@@ -210,6 +213,7 @@ DISTRIBUTED = {
     "promote": promote_command,
     "export": export_command,
     "serve": serve_command,
+    "prepare": lambda: data_prepare.prepare(experiment()),
 }
 
 

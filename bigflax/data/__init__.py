@@ -1,1 +1,1 @@
-"""Data: tokenizers, TFDS text datasets and step-indexed LM batches."""
+"""Data: tokenizers, TFDS text datasets, corpora prepared into shards, step-indexed batches."""

@@ -81,8 +81,13 @@ class Batches:
 
   def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """batch(start_step), batch(start_step + 1), ..., prepared in the background."""
-    read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
-    return iter(self._batches[start_step:].to_iter_dataset(read_options))
+    return prefetched(self._batches[start_step:])
+
+
+def prefetched(batches: grain.MapDataset) -> Iterator[dict[str, np.ndarray]]:
+  """The batches in order, each made by background threads ahead of its use."""
+  read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+  return iter(batches.to_iter_dataset(read_options))
 
 
 def length_grouped_order(lengths: np.ndarray, global_batch_size: int, seed: int,

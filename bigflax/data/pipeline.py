@@ -9,7 +9,8 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from bigflax.data import sources, synthetic, tokenizers
+from bigflax.data import mixture, shards, sources, synthetic, tokenizers
+from bigflax.data.packing import pack_documents
 from bigflax.data.batches import Batches, bucket_width, pad_to_whole_batches, trim_to_bucket
 
 
@@ -79,21 +80,6 @@ def load_translation_pairs(
           [_text(example, target_lang) for example in examples])
 
 
-def pack_documents(
-    token_lists: Sequence[Sequence[int]], eos_id: int, seq_len: int
-) -> np.ndarray:
-  """Documents, each followed by eos, cut into int32[num_windows, seq_len + 1].
-
-  A window gives inputs w[:-1] and targets w[1:]; the tail is dropped.
-  """
-  eos = np.array([eos_id], np.int32)
-  stream = np.concatenate(
-      [part for ids in token_lists for part in (np.asarray(ids, np.int32), eos)]
-  )
-  num_windows = len(stream) // (seq_len + 1)
-  return stream[: num_windows * (seq_len + 1)].reshape(num_windows, seq_len + 1)
-
-
 def unigram_entropy(windows: np.ndarray, vocab_size: int) -> float:
   """Nats/token of the tokens' unigram distribution: the loss to beat."""
   p = np.bincount(windows.ravel(), minlength=vocab_size) / windows.size
@@ -110,8 +96,12 @@ def make_lm_batches(
 ) -> Batches:
   """LM batches of one split; 'train' is shuffled, other splits are not.
 
-  `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed.
+  `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed; or,
+  for corpora tokenized by `bigflax prepare`, corpora, mixture and prepared_dir.
   """
+  if data_config.get("corpora"):
+    return prepared_lm_batches(data_config, tokenizer, split, process_index=process_index,
+                               process_count=process_count)
   windows = packed_windows(data_config, tokenizer, split, data_config.seq_len + 1)
   return lm_batches(
       windows,
@@ -121,6 +111,19 @@ def make_lm_batches(
       process_index=process_index,
       process_count=process_count,
   )
+
+
+def prepared_lm_batches(data_config, tokenizer, split: str, *, process_index: int,
+                        process_count: int) -> mixture.MixtureBatches:
+  """LM batches of a mixture of prepared corpora, windows read from disk by index."""
+  shards.check_config(data_config)
+  made_with = {"tokenizer": tokenizers.fingerprint(tokenizer), "window": data_config.seq_len + 1}
+  weights = shards.mixture_weights(data_config)
+  windows = {name: shards.Windows(data_config.prepared_dir, name, split, made_with)
+             for name, weight in weights.items() if weight > 0}
+  return mixture.MixtureBatches(windows, weights, data_config.global_batch_size,
+                                seed=data_config.seed, shuffle=split == "train",
+                                process_index=process_index, process_count=process_count)
 
 
 def packed_windows(data_config, tokenizer, split: str, length: int) -> np.ndarray:

@@ -1,13 +1,12 @@
 """TFDS builder: the CPython standard library's own .py sources, one file per example."""
 
-import hashlib
 import pathlib
 import platform
 import sysconfig
 
 import tensorflow_datasets as tfds
 
-from bigflax.data import local_builder
+from bigflax.data import local_builder, packing
 
 VALIDATION_FRACTION = 0.05
 # Third-party code and the test suites are not "the standard library".
@@ -20,8 +19,7 @@ def is_validation(relative_path: str) -> bool:
   A hash of the path, not a random draw, so every run on every machine makes
   the same split, and a file added in a new Python version doesn't move others.
   """
-  digest = hashlib.sha256(relative_path.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") < VALIDATION_FRACTION * 2**64
+  return packing.held_out(relative_path, VALIDATION_FRACTION)
 
 
 def source_files(root: pathlib.Path) -> list[str]:

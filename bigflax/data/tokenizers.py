@@ -6,10 +6,12 @@ Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode`,
 `save` wrote, so a resumed run or a sampler gets exactly the same vocabulary.
 """
 
+import hashlib
 import importlib.util
 import io
 import json
 import os
+import tempfile
 import uuid
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -245,6 +247,17 @@ def load(directory) -> Tokenizer:
   if config["kind"] == GPT2Tokenizer.kind:
     return GPT2Tokenizer(directory / config["tokenizer_file"])
   raise ValueError(f"{directory / _CONFIG_FILE}: unknown kind {config['kind']!r}")
+
+
+def fingerprint(tokenizer: Tokenizer) -> str:
+  """'KIND:SHA256' of the files `tokenizer.save` writes: equal exactly when two tokenizers
+  map text to the same ids (prepared shards are checked against it)."""
+  with tempfile.TemporaryDirectory() as directory:
+    tokenizer.save(directory)
+    digest = hashlib.sha256()
+    for path in sorted(epath.Path(directory).iterdir()):
+      digest.update(path.name.encode() + b"\0" + path.read_bytes())
+  return f"{tokenizer.kind}:{digest.hexdigest()}"
 
 
 def build(

@@ -71,6 +71,8 @@ def finalize(totals: dict) -> dict:
 
 def data_summary(config, tokenizer, train_data) -> str:
   del config
+  if not hasattr(train_data, "arrays"):  # prepared corpora: too large to count at start
+    return train_data.summary
   baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
   return f"unigram baseline loss {baseline:.3f} nats/token"
 
