@@ -217,9 +217,10 @@ def test_a_dropped_stream_reattaches_and_the_slice_is_deleted_after_training(
   assert launch.main(LAUNCH) == 2
   out, err = capfd.readouterr()
   assert re.findall(r"step \d", out) == [f"step {i}" for i in range(1, 7)]
-  # Dropped, unreachable, attached again (from its offset), dropped, still running, attached.
+  # Dropped, unreachable, attached again (from its offset), dropped, (still running,
+  # attached: unless a loaded machine let the trainer finish first).
   assert err.count("cannot reach worker 0 (exit 1)") == 1
-  assert err.count("the log stream ended (exit 255) but training is still running") == 1
+  assert err.count("the log stream ended (exit 255) but training is still running") <= 1
   assert "training exited with status 3" in err
   calls = (tmp_path / "gcloud.log").read_text().splitlines()
   assert calls[-1] == "delete t ended" and sum("delete" in c for c in calls) == 1
