@@ -107,8 +107,8 @@ def evaluate(workdir, split) -> dict:
 
 
 def hf_language_model(directory):
-  """(config, params) of a HF GPT-2 checkpoint directory, with bigflax's defaults for the
-  rest of the config."""
+  """(config, params) of a HF language model's checkpoint directory (GPT-2, Llama, ...),
+  with bigflax's defaults for the rest of the config."""
   kind = interop.model_type(directory)
   if kind not in interop.CAUSAL_LMS:
     raise UsageError(f"{directory} holds a {kind} checkpoint; sample needs a language model "
@@ -116,17 +116,17 @@ def hf_language_model(directory):
   model_config, params = interop.import_checkpoint(directory)
   config = configs.base()
   config.model = model_config
-  config.tokenizer.kind = "gpt2"
+  config.tokenizer = interop.TOKENIZERS[kind](directory)
   return config, params
 
 
 def sample(workdir, prompts=None, options=None):
-  """Prints what the model of a run (or of a HF GPT-2 directory) makes of `prompts`
+  """Prints what the model of a run (or of a HF language model's directory) makes of `prompts`
   (default: config.sample.prompts); `options` as `tasks.Task.sample` takes them."""
   options = dict({"num_samples": 1}, **(options or {}))
-  if os.path.exists(os.path.join(workdir, "model.safetensors")):
+  if interop.is_checkpoint(workdir):
     config, params = hf_language_model(workdir)
-    tokenizer = tokenizers.GPT2Tokenizer()
+    tokenizer = tokenizers.from_config(config.tokenizer)
     model = run.build_model(config, tokenizer)
     mesh = partitioning.make_mesh(config.mesh.shape)
   else:
