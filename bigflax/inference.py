@@ -173,6 +173,16 @@ def export(workdir, out) -> dict:
   return card
 
 
+def export_hf(workdir, out, dtype: str = "float32") -> None:
+  """Writes the latest checkpoint of `workdir` (a GPT-2 or Llama-family GPT) as a HF
+  checkpoint directory that transformers loads (LoRA adapters folded in)."""
+  trained = restore(workdir, partitioning.make_mesh({"data": 1}, jax.devices()[:1]))
+  model_config = dict(trained.config.model, vocab_size=trained.model.vocab_size)
+  interop.export_checkpoint(out, model_config, jax.tree.map(np.asarray, trained.params),
+                            dtype)
+  print(f"bigflax: wrote step {trained.step} of {workdir} as a HF checkpoint to {out}")
+
+
 def load_served_model(source, step: int | None = None) -> bundle_lib.Bundle:
   """A bundle directory, or a run directory's checkpoint at `step` (default: its newest
   intact one) with the framework's own functions jitted: either way a `bundle.Bundle` for

@@ -102,6 +102,7 @@ def test_logits_match_hf_on_padded_batches(checkpoints, family, scan):
   np.testing.assert_allclose(np.asarray(ours)[valid], theirs[valid], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # compiles a KV-cache decoder per family
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_kv_cache_continuations_match_hf(checkpoints, family):
   """Left-padded prompts through prefill and decode_step (what the server runs) give
@@ -133,8 +134,10 @@ def test_export_loads_in_transformers(checkpoints, family, tmp_path):
   directory, reference = checkpoints[family]
   config, params = llama.import_llama(directory, scan_layers=True)
   bf16 = family == "mistral"  # its weights are bfloat16 values: exact in bfloat16
-  llama.export_llama(str(tmp_path), config, params, dtype="bfloat16" if bf16 else "float32",
-                     max_shard_bytes=50_000 if bf16 else 0)
+  if bf16:
+    llama.export_llama(str(tmp_path), config, params, dtype="bfloat16", max_shard_bytes=50_000)
+  else:  # what `bigflax export --format hf` calls
+    interop.export_checkpoint(str(tmp_path), config, params)
   assert hf.is_checkpoint(str(tmp_path))
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path), dtype=torch.float32).eval()
@@ -182,3 +185,46 @@ def test_import_and_export_name_what_does_not_fit(checkpoints, tmp_path):
       llama.llama_config(dict(hf_config, **{key: value}))
   with pytest.raises(ValueError, match="no HF"):
     llama.export_llama(str(tmp_path), dict(config, position="learned"), {})
+
+
+def write_tokenizer(directory):
+  """A small BPE tokenizer.json framed as Llama's is (<s> first; ids 0-2 are <unk>, <s>,
+  </s> as the checkpoint's config.json says), with sentencepiece's word-boundary marks."""
+  tokenizers = pytest.importorskip("tokenizers")
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+  tokenizer.decoder = tokenizers.decoders.Metaspace()
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=VOCAB,
+                                           special_tokens=["<unk>", "<s>", "</s>"])
+  tokenizer.train_from_iterator(["def parse(line):\n    return line.split()"] * 20 +
+                                ["import os\nclass Parser:\n    pass"] * 20, trainer)
+  tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+      single="<s> $A", special_tokens=[("<s>", 1)])
+  tokenizer.save(f"{directory}/tokenizer.json")
+
+
+@pytest.mark.slow  # the whole sample command
+def test_sample_decodes_a_hf_directory_with_its_tokenizer(checkpoints, capsys, tmp_path):
+  """`bigflax sample --workdir HF_DIR`: the checkpoint's own tokenizer.json frames the
+  prompt (eos, then Llama's <s>) and the greedy tokens are transformers' own."""
+  from bigflax import inference  # pylint: disable=import-outside-toplevel
+  from bigflax.data import tokenizers  # pylint: disable=import-outside-toplevel
+  directory, reference = checkpoints["llama"]
+  write_tokenizer(directory)
+  tokenizer = tokenizers.build(ml_collections.ConfigDict(dict(kind="hf_lm", path=directory)),
+                               None, tmp_path)
+  assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (1, 2, 2)
+  ids = tokenizer.encode("def parse")
+  assert ids[0] == 1 and tokenizer.decode(ids) == "def parse"
+  assert tokenizers.load(tmp_path).encode("class Parser") == tokenizer.encode("class Parser")
+
+  inference.sample(directory, ["def parse"], {"max_new_tokens": 6, "temperature": 0.0})
+  printed = capsys.readouterr().out
+  tokens, theirs = [2] + ids, []  # greedy over the tokenizer's ids, as sample draws
+  for _ in range(6):
+    with torch.no_grad():
+      logits = reference(torch.tensor([tokens])).logits[0, -1, :tokenizer.vocab_size]
+    theirs.append(int(logits.argmax()))
+    tokens.append(theirs[-1])
+  assert printed.endswith("--- sample ('def parse') ---\ndef parse"
+                          + tokenizer.decode(theirs) + "\n")

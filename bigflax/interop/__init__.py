@@ -29,6 +29,16 @@ def model_type(directory: str) -> str:
     return json.load(f).get("model_type")
 
 
+def export_checkpoint(directory: str, model_config, params, dtype: str = "float32") -> None:
+  """Writes a bigflax GPT as the HF checkpoint of its layout: GPT-2's (float32) or the
+  Llama family's (Llama, Mistral, Qwen2, Gemma; `dtype` float32 or bfloat16)."""
+  config = {**gpt2.GPT_DEFAULTS, **dict(model_config.items())}
+  if {k: config[k] for k in gpt2.LAYOUT} == gpt2.LAYOUT:
+    gpt2.export_gpt2(directory, model_config, params)
+  else:
+    llama.export_llama(directory, model_config, params, dtype)
+
+
 def import_checkpoint(directory: str, scan_layers: bool = False) -> tuple[dict, dict]:
   """A HF checkpoint directory -> (bigflax model config, params), the importer chosen by
   the model_type in its config.json."""
