@@ -106,6 +106,9 @@ def evaluate(workdir, split) -> dict:
   return report
 
 
+HF_SAMPLE_CACHE = 4096  # KV-cache slots for sampling a RoPE model from a HF directory
+
+
 def hf_language_model(directory):
   """(config, params) of a HF language model's checkpoint directory (GPT-2, Llama, ...),
   with bigflax's defaults for the rest of the config."""
@@ -116,6 +119,8 @@ def hf_language_model(directory):
   model_config, params = interop.import_checkpoint(directory)
   config = configs.base()
   config.model = model_config
+  if model_config.get("position") == "rope":  # max_len is then only the KV cache's length:
+    config.model.max_len = min(model_config["max_len"], HF_SAMPLE_CACHE)  # not 128k slots
   config.tokenizer = interop.TOKENIZERS[kind](directory)
   return config, params
 

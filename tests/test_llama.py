@@ -16,6 +16,7 @@ import pytest
 from bigflax import configs, interop, models, run
 from bigflax.infer import decode
 from bigflax.interop import hf, llama
+from bigflax.models import lora
 
 torch = pytest.importorskip("torch", reason="HF parity needs torch")
 transformers = pytest.importorskip("transformers", reason="HF parity needs transformers")
@@ -150,18 +151,22 @@ def test_export_loads_in_transformers(checkpoints, family, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
-def test_init_from_restores_every_parameter(checkpoints):
-  """--config.init_from=HF_DIR: the run's model (config from the checkpoint's fields)
-  starts from the checkpoint's parameters, none new, none unused."""
+def test_init_from_restores_every_parameter_and_lora_starts_fresh(checkpoints, capsys):
+  """--config.init_from=HF_DIR with LoRA on a scanned model: every base parameter comes
+  from the checkpoint, the adapters (which it lacks) start fresh, so the merged model is
+  the checkpoint's."""
   directory, _ = checkpoints["qwen2"]
   model_config, imported = llama.import_llama(directory, scan_layers=True)
   config = configs.base()
-  config.model = model_config
+  config.model = dict(model_config, lora=configs.lora(rank=2))
   config.init_from = directory
   model = models.build(config.model)
-  fresh = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-  restored = nn.unbox(run.init_params(config, fresh))
-  jax.tree.map(np.testing.assert_array_equal, restored, imported)
+  fresh = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+                   ["params"])
+  params = run.init_params(config, fresh)
+  jax.tree.map(np.testing.assert_array_equal, lora.merge(params, model.lora), imported)
+  jax.tree.map(np.testing.assert_array_equal, lora.adapters(params), lora.adapters(fresh))
+  assert "restored 14 parameters" in capsys.readouterr().out
 
 
 def test_import_and_export_name_what_does_not_fit(checkpoints, tmp_path):

@@ -175,12 +175,16 @@ def is_checkpoint(directory: str) -> bool:
 
 class LazyTensors(collections.abc.Mapping):
   """{name: numpy tensor} of a checkpoint's safetensors files, each tensor read from
-  disk when asked for (so an import holds the converted parameters, not a second copy of
-  the checkpoint)."""
+  disk when asked for, so an import holds the converted parameters, not a second copy of
+  the checkpoint. One file is open (memory-mapped) at a time: its pages would otherwise
+  stay in the process's memory; `by_file` orders names so that each opens once."""
 
   def __init__(self, files: dict[str, str]):  # tensor name -> file
     self._files = files
-    self._handles = {}
+    self._open = (None, None)  # (path, handle)
+
+  def by_file(self, names) -> list[str]:
+    return sorted(names, key=lambda name: self._files[name])
 
   def __getitem__(self, name: str) -> np.ndarray:
     return self._handle(name).get_tensor(name)
@@ -191,9 +195,10 @@ class LazyTensors(collections.abc.Mapping):
 
   def _handle(self, name: str):
     path = self._files[name]
-    if path not in self._handles:
-      self._handles[path] = safe_open(path, framework="numpy")
-    return self._handles[path]
+    if self._open[0] != path:
+      self._open = (None, None)  # unmaps the previous file before mapping the next
+      self._open = (path, safe_open(path, framework="numpy"))
+    return self._open[1]
 
   def __iter__(self):
     return iter(self._files)

@@ -15,15 +15,12 @@ soft-capping, alternating local/global layers, extra norms).
 """
 
 import dataclasses
-import re
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from bigflax.interop import hf
+from bigflax.interop import gpt2, hf
 from bigflax.models import gpt, lora
 
 # HF config field -> bigflax GPT field, and the default where config.json may omit it.
@@ -135,7 +132,7 @@ def llama_params(tensors, config: dict) -> dict:
 
   Raises one ValueError naming every missing, unexpected and mis-shaped tensor.
   """
-  shapes = _param_shapes(config)
+  shapes = param_shapes(config)
   expected = {hf.hf_name(path, MODULES, "Llama"): (path, shape)
               for path, shape in shapes.items()}
   names = set(tensors)
@@ -145,7 +142,9 @@ def llama_params(tensors, config: dict) -> dict:
                    {name: hf.hf_shape(path, shape) for name, (path, shape) in expected.items()},
                    "the Llama family's GPT", config)
   flat = {}
-  for name, (path, shape) in expected.items():
+  order = tensors.by_file(expected) if isinstance(tensors, hf.LazyTensors) else expected
+  for name in order:
+    path, shape = expected[name]
     flat[path] = hf.from_hf(path, np.asarray(tensors[name], np.float32), shape)
   params = traverse_util.unflatten_dict(flat, sep="/")
   return _stack(params, config["num_layers"]) if config.get("scan_layers") else params
@@ -234,11 +233,7 @@ def _hf_rope(config: dict) -> dict:
   return rope
 
 
-def _param_shapes(config: dict) -> dict:
+def param_shapes(config: dict) -> dict:
   """{path: shape} of the unstacked parameters of the GPT `config` describes."""
-  fields = {k: v for k, v in config.items() if k not in ("name", "dtype", "param_dtype")}
-  model = gpt.GPT(**dict(fields, scan_layers=False, lora=None))
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  shapes = jax.eval_shape(lambda rng: model.init(rng, tokens), jax.random.key(0))
-  flat = traverse_util.flatten_dict(nn.unbox(shapes["params"]), sep="/")
+  flat = traverse_util.flatten_dict(gpt2.param_shapes(config), sep="/")
   return {path: tuple(s.shape) for path, s in flat.items()}
