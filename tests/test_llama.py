@@ -59,6 +59,7 @@ def checkpoints(tmp_path_factory):
           directory, dtype=torch.float32).eval()
     elif family == "llama":
       model.save_pretrained(directory, max_shard_size="30KB")
+      write_tokenizer(directory)
     else:
       model.save_pretrained(directory)
     out[family] = (directory, model)
@@ -215,7 +216,6 @@ def test_sample_decodes_a_hf_directory_with_its_tokenizer(checkpoints, capsys, t
   from bigflax import inference  # pylint: disable=import-outside-toplevel
   from bigflax.data import tokenizers  # pylint: disable=import-outside-toplevel
   directory, reference = checkpoints["llama"]
-  write_tokenizer(directory)
   tokenizer = tokenizers.build(ml_collections.ConfigDict(dict(kind="hf_lm", path=directory)),
                                None, tmp_path)
   assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (1, 2, 2)
@@ -233,3 +233,32 @@ def test_sample_decodes_a_hf_directory_with_its_tokenizer(checkpoints, capsys, t
     tokens.append(theirs[-1])
   assert printed.endswith("--- sample ('def parse') ---\ndef parse"
                           + tokenizer.decode(theirs) + "\n")
+
+
+@pytest.mark.slow  # trains a few steps, then exports
+def test_fine_tune_a_hf_directory_and_export_it_back(checkpoints, tfds_dir, tmp_path):
+  """train --config.init_from=HF_DIR --config.tokenizer.path=HF_DIR (scanned layers),
+  then export --format hf: transformers loads the run to the run's own logits."""
+  from bigflax import inference  # pylint: disable=import-outside-toplevel
+  directory, _ = checkpoints["llama"]
+  model_config, _ = llama.import_llama(directory)
+  config = configs.base()
+  config.model = dict(model_config, scan_layers=True, max_len=64, lora=configs.lora())
+  config.tokenizer = dict(kind="hf_lm", path=directory, vocab_size=0)
+  config.init_from = directory
+  config.data.data_dir = tfds_dir
+  config.data.seq_len, config.data.global_batch_size = 32, 8
+  config.optim.warmup_steps = 1
+  config.train.update(num_steps=3, eval_every=0, checkpoint_every=3)
+  config.sample.max_new_tokens = 4
+  workdir = str(tmp_path / "run")
+  run.train(config, workdir)
+  inference.export_hf(workdir, str(tmp_path / "hf"))
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path / "hf"), dtype=torch.float32).eval()
+  trained = inference.restore(workdir)
+  tokens, mask, positions = left_padded(3, [8, 5], 8)
+  ours = jax.jit(trained.model.apply)({"params": trained.params}, tokens, positions, mask)
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(hf_logits(reloaded, tokens, mask, positions)[valid],
+                             np.asarray(ours)[valid], atol=1e-4)
