@@ -4,12 +4,12 @@ scaled by sqrt(d) and tied to the head, RMSNorm scaled by (1 + w) -- 2,506,172,4
 parameters, HF's GemmaForCausalLM count.
 """
 
-from experiments import llama_family
+from experiments import llama2_7b
 
 
 def get_config(arg=None):
   del arg
-  return llama_family.paper_config(dict(
+  return llama2_7b.paper_config(dict(
       vocab_size=256000, num_layers=18, num_heads=8, num_kv_heads=1, head_dim=256,
       embed_dim=2048, mlp_dim=16384, norm="rmsnorm_offset", norm_eps=1e-6,
       activation="geglu", scale_embeddings=True, tie_embeddings=True),

@@ -6,11 +6,11 @@ SwiGLU width 14336, 128256 tokens, RoPE theta 500000, untied head, 8192 context 
   python -m bigflax plan --config experiments/llama3_8b.py --topology v5p:2x2x2
 """
 
-from experiments import llama_family
+from experiments import llama2_7b
 
 
 def get_config(arg=None):
   del arg
-  return llama_family.paper_config(dict(
+  return llama2_7b.paper_config(dict(
       vocab_size=128256, num_layers=32, num_heads=32, num_kv_heads=8, embed_dim=4096,
       mlp_dim=14336, rope_max_wavelength=500_000.0), seq_len=8192, global_batch_size=512)

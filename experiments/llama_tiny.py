@@ -10,7 +10,7 @@ own source on a laptop CPU (about as long as gpt_tiny).
 LlamaForCausalLM checkpoint.
 """
 
-from experiments import gpt_tiny, llama_family
+from experiments import gpt_tiny, llama2_7b
 
 
 def get_config(arg=None):
@@ -18,7 +18,7 @@ def get_config(arg=None):
   config = gpt_tiny.get_config()
   # SwiGLU's three matrices of width 704 cost what GPT's two of 1024 do.
   config.model = dict(
-      llama_family.LLAMA, vocab_size=0, num_layers=4, num_heads=4, num_kv_heads=2,
+      llama2_7b.LLAMA, vocab_size=0, num_layers=4, num_heads=4, num_kv_heads=2,
       embed_dim=256, mlp_dim=704, max_len=256, scan_layers=False, remat="none",
       dtype="float32", lora=config.model.lora)
   config.optim.no_decay = r"(bias|scale)$"
