@@ -239,8 +239,8 @@ class Attention(nn.Module):
 
     def project(name, heads, inputs):
       return DenseGeneral((heads, head_dim), ("embed", "heads", "kv"), c.init_std,
-                          c.use_bias or c.qkv_bias, lora=c.lora, dtype=c.dtype, param_dtype=c.param_dtype,
-                          name=name)(inputs)
+                          c.use_bias or c.qkv_bias, lora=c.lora, dtype=c.dtype,
+                          param_dtype=c.param_dtype, name=name)(inputs)
 
     kv_input = x if self_attention else kv_input
     q_BxTxHxD = project("query", c.num_heads, x)
@@ -289,7 +289,8 @@ class Attention(nn.Module):
     if positions is None:
       positions = (i + jnp.arange(t))[None]
     if c.use_rope:
-      k_BxTxKxD = attention.rope(k_BxTxKxD, positions, c.rope_max_wavelength, c.rope_scaling)
+      k_BxTxKxD = attention.rope(k_BxTxKxD, positions, c.rope_max_wavelength,
+                                 c.rope_scaling)
     cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxKxD, (0, i, 0, 0))
     cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxKxD, (0, i, 0, 0))
     index.value = i + t
