@@ -57,6 +57,9 @@ flags.DEFINE_integer("num_samples", 1, "sample: continuations per prompt.")
 flags.DEFINE_integer("seed", None, "sample: rng seed.")
 flags.DEFINE_string("out", None, "export: the bundle directory to write (new or empty); "
                     "plan: also write the report as JSON to this file.")
+flags.DEFINE_enum("format", "bundle", ["bundle", "hf", "hf_bf16"], "export: a bigflax "
+                  "bundle, or a HF checkpoint directory (GPT-2 and Llama-family models; "
+                  "float32 or bfloat16 safetensors).")
 flags.DEFINE_string("bundle", None, "serve: an exported bundle (instead of --workdir).")
 flags.DEFINE_string("host", "127.0.0.1", "serve: the address to bind; 0.0.0.0 exposes the "
                     "server to the network.")
@@ -202,7 +205,11 @@ def eval_command():
 
 def export_command():
   source_dir()
-  inference.export(FLAGS.workdir, FLAGS.out)
+  if FLAGS.format == "bundle":
+    inference.export(FLAGS.workdir, FLAGS.out)
+  else:
+    inference.export_hf(FLAGS.workdir, FLAGS.out,
+                        "bfloat16" if FLAGS.format == "hf_bf16" else "float32")
 
 
 # What each command runs once the flags are checked (and jax.distributed is up).

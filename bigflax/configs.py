@@ -144,9 +144,9 @@ def validate(config: ml_collections.ConfigDict):
                      f"distill.temperature={config.distill.temperature} be positive.")
   if config.init_keep_optimizer and not config.init_from:
     raise ValueError("init_keep_optimizer=True needs init_from (the run to continue).")
-  if config.tokenizer.kind not in ("byte", "sentencepiece", "hf", "gpt2", "none"):
+  if config.tokenizer.kind not in ("byte", "sentencepiece", "hf", "hf_lm", "gpt2", "none"):
     raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}; choose 'byte', "
-                     f"'sentencepiece', 'hf', 'gpt2' or 'none'.")
+                     f"'sentencepiece', 'hf', 'hf_lm', 'gpt2' or 'none'.")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -106,9 +106,12 @@ def evaluate(workdir, split) -> dict:
   return report
 
 
+HF_SAMPLE_CACHE = 4096  # KV-cache slots for sampling a RoPE model from a HF directory
+
+
 def hf_language_model(directory):
-  """(config, params) of a HF GPT-2 checkpoint directory, with bigflax's defaults for the
-  rest of the config."""
+  """(config, params) of a HF language model's checkpoint directory (GPT-2, Llama, ...),
+  with bigflax's defaults for the rest of the config."""
   kind = interop.model_type(directory)
   if kind not in interop.CAUSAL_LMS:
     raise UsageError(f"{directory} holds a {kind} checkpoint; sample needs a language model "
@@ -116,17 +119,19 @@ def hf_language_model(directory):
   model_config, params = interop.import_checkpoint(directory)
   config = configs.base()
   config.model = model_config
-  config.tokenizer.kind = "gpt2"
+  if model_config.get("position") == "rope":  # max_len is then only the KV cache's length:
+    config.model.max_len = min(model_config["max_len"], HF_SAMPLE_CACHE)  # not 128k slots
+  config.tokenizer = interop.TOKENIZERS[kind](directory)
   return config, params
 
 
 def restore_language_model(source) -> Trained:
   """`restore` of a run directory, or a Hugging Face language-model directory imported
   (step 0, its parameters on one device as the HF checkpoint held them)."""
-  if not os.path.exists(os.path.join(source, "model.safetensors")):
+  if not interop.is_checkpoint(source):
     return restore(source)
   config, params = hf_language_model(source)
-  tokenizer = tokenizers.GPT2Tokenizer()
+  tokenizer = tokenizers.from_config(config.tokenizer)
   model = run.build_model(config, tokenizer)
   mesh = partitioning.make_mesh(config.mesh.shape)
   return Trained(config, tokenizer, model, tasks.get(config.task.name), 0,
@@ -134,7 +139,7 @@ def restore_language_model(source) -> Trained:
 
 
 def sample(workdir, prompts=None, options=None):
-  """Prints what the model of a run (or of a HF GPT-2 directory) makes of `prompts`
+  """Prints what the model of a run (or of a HF language model's directory) makes of `prompts`
   (default: config.sample.prompts); `options` as `tasks.Task.sample` takes them."""
   options = dict({"num_samples": 1}, **(options or {}))
   trained = restore_language_model(workdir)
@@ -178,6 +183,16 @@ def export(workdir, out) -> dict:
   print(f"bigflax: exported step {s.step} of {workdir} ({card['parameters']:,} parameters, "
         f"functions {sorted(s.functions)}) to {out}")
   return card
+
+
+def export_hf(workdir, out, dtype: str = "float32") -> None:
+  """Writes the latest checkpoint of `workdir` (a GPT-2 or Llama-family GPT) as a HF
+  checkpoint directory that transformers loads (LoRA adapters folded in)."""
+  trained = restore(workdir, partitioning.make_mesh({"data": 1}, jax.devices()[:1]))
+  model_config = dict(trained.config.model, vocab_size=trained.model.vocab_size)
+  interop.export_checkpoint(out, model_config, jax.tree.map(np.asarray, trained.params),
+                            dtype)
+  print(f"bigflax: wrote step {trained.step} of {workdir} as a HF checkpoint to {out}")
 
 
 def load_served_model(source, step: int | None = None) -> bundle_lib.Bundle:

@@ -192,13 +192,14 @@ def init_params(config, params):
   """`params` with every parameter found in `config.init_from` (a bigflax workdir's latest
   checkpoint or a Hugging Face checkpoint directory) taken from there; prints a report."""
   source_dir = config.init_from
-  if (epath.Path(source_dir) / "model.safetensors").exists():
+  if interop.is_checkpoint(source_dir):
     _, source = interop.import_checkpoint(source_dir, config.model.get("scan_layers", False))
   elif epath.Path(workdir_lib.checkpoints(source_dir)).is_dir():
     source = checkpoint.restore_params(workdir_lib.checkpoints(source_dir))
   else:
     raise UsageError(f"init_from={source_dir!r} is neither a bigflax workdir with "
-                     f"checkpoints nor a directory holding model.safetensors.")
+                     f"checkpoints nor a HF checkpoint directory (model.safetensors or "
+                     f"its shards).")
   source = models.adapt_checkpoint(config.model, source, params)  # e.g. a ViT's grid
   # LoRA adapters the source lacks start fresh (B = 0: the source model's outputs).
   params, report = state_lib.merge_params(params, source, config.init_new,

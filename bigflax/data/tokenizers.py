@@ -1,5 +1,5 @@
-"""Tokenizers behind one small interface: bytes, a SentencePiece model, an HF tokenizer.json,
-or GPT-2's byte-level BPE.
+"""Tokenizers behind one small interface: bytes, a SentencePiece model, an HF tokenizer.json
+(a BERT's, or a causal LM's such as Llama's), or GPT-2's byte-level BPE.
 
 Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode`,
 `encode_batch`, `decode` and `save(directory)`; `load(directory)` restores what
@@ -164,9 +164,55 @@ class GPT2Tokenizer(HFTokenizer):
     return tokenizer.to_str()
 
 
-Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer | GPT2Tokenizer
+class HFLanguageModelTokenizer(HFTokenizer):
+  """A causal LM checkpoint's tokenizer.json (Llama, Mistral, Qwen, Gemma): text is
+  encoded as the checkpoint's own post-processor frames it (Llama's and Gemma's prepend
+  bos), and eos separates documents as in every bigflax LM. The ids come from the
+  checkpoint's config.json (bos_token_id, eos_token_id: the first of a list, pad_token_id
+  or else eos)."""
+
+  kind = "hf_lm"
+
+  def __init__(self, tokenizer_file, eos_id: int, bos_id: int | None = None,
+               pad_id: int | None = None):
+    self._json = epath.Path(tokenizer_file).read_text()
+    self._tokenizer = hf_tokenizers.Tokenizer.from_str(self._json)
+    self._tokenizer.no_padding()
+    self._tokenizer.no_truncation()
+    self.vocab_size = self._tokenizer.get_vocab_size()
+    self.eos_id, self.bos_id = eos_id, eos_id if bos_id is None else bos_id
+    self.pad_id = eos_id if pad_id is None else pad_id
+    self.mask_id = None
+
+  @classmethod
+  def from_checkpoint(cls, directory) -> "HFLanguageModelTokenizer":
+    directory = epath.Path(directory)
+    hf_config = json.loads((directory / "config.json").read_text())
+    first = lambda i: i[0] if isinstance(i, list) else i
+    eos = first(hf_config.get("eos_token_id"))
+    if eos is None:
+      raise ValueError(f"{directory / 'config.json'} names no eos_token_id; "
+                       f"tokenizer.kind='hf_lm' needs one to separate documents.")
+    return cls(directory / "tokenizer.json", eos, first(hf_config.get("bos_token_id")),
+               first(hf_config.get("pad_token_id")))
+
+  def encode(self, text: str) -> list[int]:
+    return self._tokenizer.encode(text).ids
+
+  def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+    return [e.ids for e in self._tokenizer.encode_batch_fast(list(texts))]
+
+  def save(self, directory) -> None:
+    _write_atomically(epath.Path(directory) / _HF_FILE, self._json.encode())
+    _write_config(directory, {"kind": self.kind, "tokenizer_file": _HF_FILE,
+                              "eos_id": self.eos_id, "bos_id": self.bos_id,
+                              "pad_id": self.pad_id})
+
+
+Tokenizer = (ByteTokenizer | SentencePieceTokenizer | HFTokenizer | HFLanguageModelTokenizer
+             | GPT2Tokenizer)
 KINDS = (ByteTokenizer.kind, SentencePieceTokenizer.kind, HFTokenizer.kind,
-         GPT2Tokenizer.kind)
+         HFLanguageModelTokenizer.kind, GPT2Tokenizer.kind)
 
 
 def _training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -246,6 +292,9 @@ def load(directory) -> Tokenizer:
     return HFTokenizer(directory / config["tokenizer_file"])
   if config["kind"] == GPT2Tokenizer.kind:
     return GPT2Tokenizer(directory / config["tokenizer_file"])
+  if config["kind"] == HFLanguageModelTokenizer.kind:
+    return HFLanguageModelTokenizer(directory / config["tokenizer_file"], config["eos_id"],
+                                    config["bos_id"], config["pad_id"])
   raise ValueError(f"{directory / _CONFIG_FILE}: unknown kind {config['kind']!r}")
 
 
@@ -268,9 +317,10 @@ def build(
   """Loads the tokenizer saved in `directory`, or builds, saves and returns one.
 
   Args:
-    tokenizer_config: `kind` ('byte' | 'sentencepiece' | 'hf' | 'gpt2'); for sentencepiece,
-      `vocab_size`; for hf, `path`: a tokenizer.json or the directory holding it
-      (e.g. an HF checkpoint's), copied into `directory` on first use.
+    tokenizer_config: `kind` ('byte' | 'sentencepiece' | 'hf' | 'hf_lm' | 'gpt2'); for
+      sentencepiece, `vocab_size`; for hf, `path`: a tokenizer.json or the directory
+      holding it (e.g. an HF checkpoint's), copied into `directory` on first use; for
+      hf_lm, `path`: a HF checkpoint directory (its tokenizer.json and config.json).
     texts_fn: returns the training texts; only called if a model must be trained.
     directory: where the tokenizer lives (e.g. inside the run's workdir).
   """
@@ -294,20 +344,38 @@ def build(
     tokenizer = ByteTokenizer()
     tokenizer.save(directory)
     return tokenizer
-  if kind in (HFTokenizer.kind, GPT2Tokenizer.kind):
-    tokenizer = (HFTokenizer(_hf_tokenizer_file(tokenizer_config))
-                 if kind == HFTokenizer.kind else GPT2Tokenizer())
+  if kind in (HFTokenizer.kind, HFLanguageModelTokenizer.kind, GPT2Tokenizer.kind):
+    if kind == HFLanguageModelTokenizer.kind:
+      tokenizer = HFLanguageModelTokenizer.from_checkpoint(
+          _hf_tokenizer_file(tokenizer_config).parent)
+    else:
+      tokenizer = (HFTokenizer(_hf_tokenizer_file(tokenizer_config))
+                   if kind == HFTokenizer.kind else GPT2Tokenizer())
     tokenizer.save(directory)
     return tokenizer
   return train_sentencepiece(texts_fn(), tokenizer_config.vocab_size, directory)
+
+
+def from_config(tokenizer_config) -> Tokenizer:
+  """The pretrained tokenizer `tokenizer_config` names ('hf', 'hf_lm', 'gpt2'), read
+  where it lies and saved nowhere."""
+  kind = tokenizer_config["kind"]
+  if kind == GPT2Tokenizer.kind:
+    return GPT2Tokenizer()
+  if kind == HFLanguageModelTokenizer.kind:
+    return HFLanguageModelTokenizer.from_checkpoint(tokenizer_config["path"])
+  if kind == HFTokenizer.kind:
+    return HFTokenizer(_hf_tokenizer_file(tokenizer_config))
+  raise ValueError(f"tokenizer.kind={kind!r} is no pretrained tokenizer; choose 'hf', "
+                   f"'hf_lm' or 'gpt2'.")
 
 
 def _hf_tokenizer_file(tokenizer_config: ml_collections.ConfigDict) -> epath.Path:
   path = tokenizer_config.get("path")
   if not path:
     raise ValueError(
-        "tokenizer.kind='hf' needs tokenizer.path: a tokenizer.json or the directory "
-        "holding it (e.g. an HF checkpoint's)"
+        f"tokenizer.kind={tokenizer_config.kind!r} needs tokenizer.path: a tokenizer.json "
+        "or the directory holding it (e.g. an HF checkpoint's)"
     )
   path = epath.Path(path)
   return path / "tokenizer.json" if path.is_dir() else path

@@ -84,7 +84,7 @@ def gpt2_params(tensors: dict[str, np.ndarray], config: dict) -> dict:
   if head is not None and not np.array_equal(head, tensors.get("transformer.wte.weight")):
     raise ValueError("lm_head.weight differs from transformer.wte.weight: bigflax's GPT-2 "
                      "ties its output head to the token embedding.")
-  expected = jax.eval_shape(to_hf, _param_shapes(config))
+  expected = jax.eval_shape(to_hf, param_shapes(config))
   hf.check_tensors(tensors, {k: s.shape for k, s in expected.items()}, "GPT-2", config)
   params = from_hf({k: np.asarray(w, np.float32) for k, w in tensors.items()}, config)
   return hf.stack_layers(params, config["num_layers"]) if config.get("scan_layers") else params
@@ -172,7 +172,7 @@ def _canonical(name: str) -> str:
   return name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
 
 
-def _param_shapes(config: dict) -> dict:
+def param_shapes(config: dict) -> dict:
   """ShapeDtypeStructs of the unstacked parameters of the GPT `config` describes."""
   fields = {k: v for k, v in config.items() if k not in ("name", "dtype", "param_dtype")}
   model = gpt.GPT(**dict(fields, scan_layers=False, lora=None))

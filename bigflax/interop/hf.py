@@ -1,12 +1,14 @@
 """Hugging Face checkpoints <-> bigflax parameters, through safetensors only (no pickle).
 
-A checkpoint directory holds `config.json` and `model.safetensors`. This file has BERT
-and the helpers every mapping shares (gpt2.py has GPT-2):
+A checkpoint directory holds `config.json` and `model.safetensors`, or several shards
+named by `model.safetensors.index.json`. This file has BERT and the helpers every mapping
+shares (gpt2.py has GPT-2, llama.py the Llama family):
   import_bert(directory, scan_layers=False) -> (model config dict, params)
   export_bert(directory, config, params)   writes both back, HF-named
   bert_config(hf_config) / bert_params(tensors, config) are the pure halves of the import.
 """
 
+import collections.abc
 import dataclasses
 import json
 import os
@@ -17,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import load_file, save_file
+import ml_dtypes
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from bigflax.models import bert
 
@@ -120,15 +124,14 @@ def bert_params(tensors: dict[str, np.ndarray], config: dict) -> dict:
 
   config = dict(config, pooler=any(k.startswith("pooler.") for k in tensors))
   head = "mlm" if any(k.startswith("cls.predictions.") for k in tensors) else None
-  expected = {_hf_name(path): (path, shape, _hf_shape(path, shape))
+  expected = {_hf_name(path): (path, shape, hf_shape(path, shape))
               for path, shape in _bert_param_shapes(config, head).items()}
-  check_tensors(tensors, {name: hf_shape for name, (_, _, hf_shape) in expected.items()},
+  check_tensors(tensors, {name: theirs for name, (_, _, theirs) in expected.items()},
                 "BERT", config)
 
   flat = {}
   for name, (path, shape, _) in expected.items():
-    w = np.asarray(tensors[name], np.float32)
-    flat[path] = (w.T if path.endswith("kernel") else w).reshape(shape)
+    flat[path] = from_hf(path, np.asarray(tensors[name], np.float32), shape)
   params = traverse_util.unflatten_dict(flat, sep="/")
   return stack_layers(params, config["num_layers"]) if config.get("scan_layers") else params
 
@@ -150,7 +153,7 @@ def export_bert(directory: str, config, params) -> None:
     name = _hf_name(path)
     if mlm and not name.startswith("cls."):
       name = "bert." + name
-    tensors[name] = np.ascontiguousarray(_to_hf(path, np.asarray(x, np.float32)))
+    tensors[name] = np.ascontiguousarray(to_hf(path, np.asarray(x, np.float32)))
 
   hf_config = {theirs: config[ours] for theirs, ours in BERT_FIELDS.items()}
   hf_config.update(model_type="bert", hidden_act=TO_HF_ACTIVATION[config["activation"]],
@@ -159,14 +162,73 @@ def export_bert(directory: str, config, params) -> None:
   save_checkpoint(directory, hf_config, tensors)
 
 
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # {"weight_map": {tensor: shard file}}
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+def is_checkpoint(directory: str) -> bool:
+  """Whether `directory` holds HF safetensors weights (one file or an index of shards)."""
+  return any(os.path.exists(os.path.join(directory, name)) for name in (SINGLE_FILE,
+                                                                        INDEX_FILE))
+
+
+class LazyTensors(collections.abc.Mapping):
+  """{name: numpy tensor} of a checkpoint's safetensors files, each tensor read from
+  disk when asked for, so an import holds the converted parameters, not a second copy of
+  the checkpoint. One file is open (memory-mapped) at a time: its pages would otherwise
+  stay in the process's memory; `by_file` orders names so that each opens once."""
+
+  def __init__(self, files: dict[str, str]):  # tensor name -> file
+    self._files = files
+    self._open = (None, None)  # (path, handle)
+
+  def by_file(self, names) -> list[str]:
+    return sorted(names, key=lambda name: self._files[name])
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    return self._handle(name).get_tensor(name)
+
+  def shape(self, name: str) -> tuple:
+    """The tensor's shape, from the file's header alone."""
+    return tuple(self._handle(name).get_slice(name).get_shape())
+
+  def _handle(self, name: str):
+    path = self._files[name]
+    if self._open[0] != path:
+      self._open = (None, None)  # unmaps the previous file before mapping the next
+      self._open = (path, safe_open(path, framework="numpy"))
+    return self._open[1]
+
+  def __iter__(self):
+    return iter(self._files)
+
+  def __len__(self) -> int:
+    return len(self._files)
+
+
+def open_checkpoint(directory: str) -> tuple[dict, LazyTensors]:
+  """(parsed config.json, lazily read tensors) of a HF checkpoint directory."""
+  index = os.path.join(directory, INDEX_FILE)
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f)["weight_map"]
+    files = {name: os.path.join(directory, shard) for name, shard in weight_map.items()}
+  elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
+    path = os.path.join(directory, SINGLE_FILE)
+    with safe_open(path, framework="numpy") as f:
+      files = dict.fromkeys(f.keys(), path)
+  else:
+    raise FileNotFoundError(f"Neither {SINGLE_FILE} nor {INDEX_FILE} in {directory}; "
+                            f"bigflax reads safetensors only (never pickled .bin files).")
+  with open(os.path.join(directory, "config.json")) as f:
+    return json.load(f), LazyTensors(files)
+
+
 def read_checkpoint(directory: str) -> tuple[dict, dict]:
   """(parsed config.json, {name: numpy tensor}) of a HF checkpoint directory."""
-  weights = os.path.join(directory, "model.safetensors")
-  if not os.path.exists(weights):
-    raise FileNotFoundError(f"{weights} not found; bigflax reads safetensors only (never "
-                            f"pickled .bin files).")
-  with open(os.path.join(directory, "config.json")) as f:
-    return json.load(f), load_file(weights)
+  hf_config, tensors = open_checkpoint(directory)
+  return hf_config, dict(tensors)
 
 
 def check_tensors(tensors: dict, expected: dict, model: str, config: dict) -> None:
@@ -188,11 +250,33 @@ def check_tensors(tensors: dict, expected: dict, model: str, config: dict) -> No
                      + "; ".join(problems) + ".")
 
 
-def save_checkpoint(directory: str, hf_config: dict, tensors: dict) -> None:
-  """Writes `config.json` and float32 `model.safetensors` (HF's layout) into `directory`."""
+def save_checkpoint(directory: str, hf_config: dict, tensors: dict, dtype: str = "float32",
+                    max_shard_bytes: int = 0) -> None:
+  """Writes `config.json` and `model.safetensors` (HF's layout) into `directory`, the
+  tensors in `dtype` ('float32' or 'bfloat16'); with `max_shard_bytes` > 0 as shards of
+  at most that size (a bigger tensor gets one to itself) and `model.safetensors.index.json`,
+  as HF's save_pretrained(max_shard_size=...) does."""
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}.")
   os.makedirs(directory, exist_ok=True)
-  tensors = {k: np.ascontiguousarray(np.asarray(x, np.float32)) for k, x in tensors.items()}
-  save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  tensors = {k: np.ascontiguousarray(np.asarray(x, np.float32).astype(DTYPES[dtype]))
+             for k, x in tensors.items()}
+  shards = [{}]
+  for name, x in tensors.items():
+    if max_shard_bytes and shards[-1] and (
+        sum(t.nbytes for t in shards[-1].values()) + x.nbytes > max_shard_bytes):
+      shards.append({})
+    shards[-1][name] = x
+  names = ([SINGLE_FILE] if len(shards) == 1 else
+           [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+  for name, shard in zip(names, shards):
+    save_file(shard, os.path.join(directory, name), metadata={"format": "pt"})
+  if len(shards) > 1:
+    index = {"metadata": {"total_size": sum(x.nbytes for x in tensors.values())},
+             "weight_map": {t: name for name, shard in zip(names, shards) for t in shard}}
+    with open(os.path.join(directory, INDEX_FILE), "w") as f:
+      json.dump(index, f, indent=2, sort_keys=True)
+  hf_config = dict(hf_config, dtype=dtype)  # HF's name for the weights' dtype
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2, sort_keys=True)
 
@@ -207,15 +291,26 @@ def _hf_name(path: str) -> str:
   """'layer_0/attention/query/kernel' -> 'encoder.layer.0.attention.self.query.weight'."""
   if path == "mlm_bias":
     return MLM_BIAS
+  return hf_name(path, BERT_MODULES, "BERT")
+
+
+def hf_name(path: str, modules: tuple, model: str) -> str:
+  """The HF name of the (unstacked) parameter `path` by the table `modules` of (regex
+  over the module path, HF module name)."""
   module, leaf = path.rsplit("/", 1)
-  for pattern, hf_module in BERT_MODULES:
+  for pattern, hf_module in modules:
     match = re.fullmatch(pattern, module)
     if match:
       return f"{match.expand(hf_module)}.{LEAF_NAMES[leaf]}"
-  raise ValueError(f"Parameter {path} has no HF BERT name.")
+  raise ValueError(f"Parameter {path} has no HF {model} name.")
 
 
-def _to_hf(path: str, x):
+def from_hf(path: str, w: np.ndarray, shape: tuple) -> np.ndarray:
+  """The inverse of `to_hf`: a HF tensor in bigflax's layout `shape`."""
+  return (w.T if path.endswith("kernel") else w).reshape(shape)
+
+
+def to_hf(path: str, x):
   """bigflax layout -> HF's: Linear weights are (out, in), q/k/v heads flattened."""
   if path.endswith("kernel"):
     in_dims = 2 if path.endswith("attention/out/kernel") else 1  # (heads, kv, embed)
@@ -223,9 +318,9 @@ def _to_hf(path: str, x):
   return x.reshape(-1) if path.endswith("bias") else x
 
 
-def _hf_shape(path: str, shape: tuple) -> tuple:
+def hf_shape(path: str, shape: tuple) -> tuple:
   abstract = jax.ShapeDtypeStruct(shape, jnp.float32)
-  return jax.eval_shape(lambda x: _to_hf(path, x), abstract).shape
+  return jax.eval_shape(lambda x: to_hf(path, x), abstract).shape
 
 
 def _bert_param_shapes(config: dict, head: str | None) -> dict:

@@ -5,7 +5,7 @@ Shape suffixes name the axes: B batch, T queries, S keys, H query heads, K key/v
 G = H / K query heads per key/value head, D head dim.
 """
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,18 +22,50 @@ def padding_mask(query_valid: Array, key_valid: Array) -> Array:
   return (query_valid[:, None, :, None] & key_valid[:, None, None, :]).astype(bool)
 
 
-def rope(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
+class RopeScaling(NamedTuple):
+  """Llama 3.1's RoPE frequency scaling (HF rope_type "llama3")."""
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_len: int
+
+
+def rope_frequencies(head_dim: int, max_wavelength: float = 10_000.0,
+                     scaling: RopeScaling | None = None) -> Array:
+  """The D/2 rotation frequencies of RoPE; `scaling` stretches the low ones (Llama 3.1)."""
+  half = head_dim // 2
+  freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if scaling is None:
+    return freq
+  # Wavelengths longer than original_max_len / low_freq_factor are divided by `factor`,
+  # shorter than original_max_len / high_freq_factor kept, those between interpolated
+  # (Meta's reference code and HF's "llama3" rope_type).
+  wavelength = 2 * np.pi / freq
+  ratio = scaling.original_max_len / wavelength
+  smooth = jnp.clip((ratio - scaling.low_freq_factor)
+                    / (scaling.high_freq_factor - scaling.low_freq_factor), 0.0, 1.0)
+  return (1 - smooth) * freq / scaling.factor + smooth * freq
+
+
+def rope(x: Array, positions: Array, max_wavelength: float = 10_000.0,
+         scaling: RopeScaling | None = None) -> Array:
   """Rotary position embedding of x (B, T, H, D) at integer positions (B, T).
 
   Rotates pairs (x[i], x[i + D/2]) (the GPT-NeoX / LLaMA layout).
   """
-  half = x.shape[-1] // 2
-  freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  freq = rope_frequencies(x.shape[-1], max_wavelength, scaling)
   angle = positions[..., None, None].astype(jnp.float32) * freq  # (B, T, 1, D/2)
   sin, cos = jnp.sin(angle), jnp.cos(angle)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+def sliding_window_mask(query_slots: Array, key_slots: Array, window: int) -> Array:
+  """(1, 1, T, S): query slot t sees key slot s only when t - s < window (Mistral's local
+  attention; HF's sliding_window_overlay). Slots, not positions: left padding shifts a
+  row's positions by a constant, so their differences are the same."""
+  return (query_slots[:, None] - key_slots[None, :] < window)[None, None]
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = None,

@@ -1,4 +1,15 @@
-"""Decoder-only language model (GPT-2 layout by default), assembled from `layers`."""
+"""Decoder-only language model, assembled from `layers`: GPT-2's layout by default, and by
+its options the Llama family's (experiments/llama*.py, mistral_7b.py, qwen2_5_0_5b.py,
+gemma_2b.py; interop/llama.py converts their HF checkpoints):
+
+  Llama 2/3   position="rope", norm="rmsnorm", activation="swiglu", use_bias=False,
+              tie_embeddings=False, num_kv_heads < num_heads (GQA); Llama 3.1/3.2 add
+              rope_scaling_factor (and the three rope_* fields after it)
+  Mistral     + sliding_window
+  Qwen2/2.5   + qkv_bias (biases on query, key, value only); tied in the small sizes
+  Gemma       norm="rmsnorm_offset", activation="geglu", scale_embeddings, head_dim=256,
+              num_kv_heads=1 (multi-query), tied
+"""
 
 from typing import Any
 
@@ -6,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigflax.models import layers
+from bigflax.models import attention, layers
 
 
 class GPT(nn.Module):
@@ -25,11 +36,18 @@ class GPT(nn.Module):
   num_kv_heads: int | None = None
   head_dim: int | None = None  # default embed_dim // num_heads
   position: str = "learned"  # or "rope"
-  rope_max_wavelength: float = 10_000.0
+  rope_max_wavelength: float = 10_000.0  # HF's rope_theta
+  rope_scaling_factor: float = 0.0  # > 0: Llama 3.1's frequency scaling (attention.py)
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
+  sliding_window: int = 0  # > 0: each token attends to this many latest tokens (Mistral)
   activation: str = "gelu"
   norm: str = "layernorm"
   norm_eps: float = 1e-5
   use_bias: bool = True
+  qkv_bias: bool = False
+  scale_embeddings: bool = False  # token embeddings times sqrt(embed_dim) (Gemma)
   tie_embeddings: bool = True
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
@@ -50,6 +68,8 @@ class GPT(nn.Module):
                                dtype=self.dtype, param_dtype=self.param_dtype,
                                name="token_embed")
     x = token_embed(tokens)
+    if self.scale_embeddings:
+      x = x * jnp.sqrt(self.embed_dim).astype(x.dtype)
     if positions is None and not self.decode:
       positions = jnp.arange(tokens.shape[1])[None]
     if self.position == "learned":
@@ -63,8 +83,13 @@ class GPT(nn.Module):
                            param_dtype=self.param_dtype, name="position_embed")(positions)
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
+    rope_scaling = None
+    if self.rope_scaling_factor:
+      rope_scaling = attention.RopeScaling(self.rope_scaling_factor, self.rope_low_freq_factor,
+                                           self.rope_high_freq_factor,
+                                           self.rope_original_max_len)
     block_config = layers.BlockConfig.of(
-        self, causal=True, use_rope=self.position == "rope",
+        self, causal=True, use_rope=self.position == "rope", rope_scaling=rope_scaling,
         out_init_std=self.init_std / (2 * self.num_layers) ** 0.5)
     # Under decode without explicit positions the RoPE positions come from the cache index.
     rope_positions = positions if self.position == "rope" else None
@@ -91,5 +116,5 @@ def flops_per_token(config, num_params: int, seq_len: int) -> float:
   """
   head_dim = config.get("head_dim") or config.embed_dim // config.num_heads
   n = num_params - (config.max_len * config.embed_dim if config.position == "learned" else 0)
-  attention = 12 * config.num_layers * config.num_heads * head_dim * seq_len
-  return 6 * n + attention
+  keys = min(seq_len, config.get("sliding_window") or seq_len)  # keys a query meets
+  return 6 * n + 12 * config.num_layers * config.num_heads * head_dim * keys

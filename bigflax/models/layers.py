@@ -182,13 +182,16 @@ class BlockConfig:
   num_kv_heads: int | None = None  # fewer key/value than query heads: grouped-query
   causal: bool = False  # self-attention sees only earlier positions
   cross_attention: bool = False  # a sublayer attending to an encoder's output
-  activation: str = "gelu"  # a key of ACTIVATIONS, or "swiglu"
-  norm: str = "layernorm"
+  activation: str = "gelu"  # a key of ACTIVATIONS or of GATED
+  norm: str = "layernorm"  # or "rmsnorm", "rmsnorm_offset" (Gemma's: scale 1 + w)
   norm_eps: float = 1e-5
   pre_norm: bool = True  # x + f(norm(x)) (GPT-2, ViT); False: norm(x + f(x)) (BERT)
   use_bias: bool = True
+  qkv_bias: bool = False  # biases on query, key and value even without use_bias (Qwen2)
   use_rope: bool = False
   rope_max_wavelength: float = 10_000.0
+  rope_scaling: attention.RopeScaling | None = None
+  sliding_window: int = 0  # > 0: self-attention sees only this many latest slots
   dropout_rate: float = 0.0  # on the residual branches and the MLP's hidden layer
   attention_dropout_rate: float = 0.0  # on the attention probabilities
   init_std: float = 0.02
@@ -236,8 +239,8 @@ class Attention(nn.Module):
 
     def project(name, heads, inputs):
       return DenseGeneral((heads, head_dim), ("embed", "heads", "kv"), c.init_std,
-                          c.use_bias, lora=c.lora, dtype=c.dtype, param_dtype=c.param_dtype,
-                          name=name)(inputs)
+                          c.use_bias or c.qkv_bias, lora=c.lora, dtype=c.dtype,
+                          param_dtype=c.param_dtype, name=name)(inputs)
 
     kv_input = x if self_attention else kv_input
     q_BxTxHxD = project("query", c.num_heads, x)
@@ -247,12 +250,18 @@ class Attention(nn.Module):
     if decode:  # from here on S = max_len, the cache's slots
       k_BxSxKxD, v_BxSxKxD, mask, positions = self._update_cache(k_BxSxKxD, v_BxSxKxD,
                                                                   mask, positions)
+    elif c.sliding_window and self_attention:
+      slots = jnp.arange(x.shape[1])
+      window = attention.sliding_window_mask(slots, slots, c.sliding_window)
+      mask = window if mask is None else mask & window
     if c.use_rope and self_attention:
       if positions is None:
         positions = jnp.arange(x.shape[1])[None]
-      q_BxTxHxD = attention.rope(q_BxTxHxD, positions, c.rope_max_wavelength)
+      q_BxTxHxD = attention.rope(q_BxTxHxD, positions, c.rope_max_wavelength,
+                                 c.rope_scaling)
       if not decode:  # cached keys were rotated when they were written
-        k_BxSxKxD = attention.rope(k_BxSxKxD, positions, c.rope_max_wavelength)
+        k_BxSxKxD = attention.rope(k_BxSxKxD, positions, c.rope_max_wavelength,
+                                   c.rope_scaling)
     axes = ("batch", "length", "heads", "kv")
     q_BxTxHxD = constrain(q_BxTxHxD, axes)
     k_BxSxKxD, v_BxSxKxD = constrain(k_BxSxKxD, axes), constrain(v_BxSxKxD, axes)
@@ -280,12 +289,17 @@ class Attention(nn.Module):
     if positions is None:
       positions = (i + jnp.arange(t))[None]
     if c.use_rope:
-      k_BxTxKxD = attention.rope(k_BxTxKxD, positions, c.rope_max_wavelength)
+      k_BxTxKxD = attention.rope(k_BxTxKxD, positions, c.rope_max_wavelength,
+                                 c.rope_scaling)
     cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxKxD, (0, i, 0, 0))
     cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxKxD, (0, i, 0, 0))
     index.value = i + t
     query_pos = i + jnp.arange(t)
-    cache_mask = (jnp.arange(c.max_len)[None, :] <= query_pos[:, None])[None, None]
+    slots = jnp.arange(c.max_len)
+    cache_mask = (slots[None, :] <= query_pos[:, None])[None, None]
+    if c.sliding_window:  # the cache keeps every slot; the window masks the old ones
+      cache_mask = cache_mask & attention.sliding_window_mask(query_pos, slots,
+                                                              c.sliding_window)
     mask = cache_mask if mask is None else mask & cache_mask
     return cached_k.value, cached_v.value, mask, positions
 
@@ -299,11 +313,13 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
 }
+# Gated linear units (Shazeer, 2020): act(x W_gate) * (x W_up).
+GATED = {"swiglu": jax.nn.silu, "geglu": ACTIVATIONS["gelu"]}  # Llama's; Gemma's (tanh)
 
 
 class MLP(nn.Module):
-  """Position-wise feed-forward of width `config.mlp_dim`; `activation='swiglu'` gives
-  the gated SiLU form."""
+  """Position-wise feed-forward of width `config.mlp_dim`; a GATED activation ('swiglu',
+  'geglu') gives the gated form."""
   config: BlockConfig
 
   @nn.compact
@@ -315,27 +331,43 @@ class MLP(nn.Module):
                           param_dtype=c.param_dtype, name=name)
 
     up = lambda name: dense(name, c.mlp_dim, ("embed", "mlp"), c.init_std)(x)
-    if c.activation == "swiglu":
-      h = jax.nn.silu(up("gate")) * up("up")
+    if c.activation in GATED:
+      h = GATED[c.activation](up("gate")) * up("up")
     elif c.activation in ACTIVATIONS:
       h = ACTIVATIONS[c.activation](up("up"))
     else:
       raise ValueError(f"Unknown activation {c.activation!r}; choose one of "
-                       f"{sorted(ACTIVATIONS) + ['swiglu']}.")
+                       f"{sorted(ACTIVATIONS) + sorted(GATED)}.")
     h = constrain(h, ("batch", "length", "mlp"))
     h = apply_dropout(h, c.dropout_rate, self)
     return dense("down", x.shape[-1], ("mlp", "embed"), c.out_init_std)(h)
 
 
+class OffsetRMSNorm(nn.Module):
+  """RMSNorm scaled by (1 + scale), the scale starting at 0 (Gemma's)."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", zeros(("embed",)), (x.shape[-1],), jnp.float32)
+    y = nn.RMSNorm(epsilon=self.eps, dtype=self.dtype, use_scale=False)(x)
+    return y * (1 + scale).astype(self.dtype)
+
+
 def Norm(kind: str, eps: float = 1e-5, dtype: Dtype = jnp.float32, name: str | None = None):
-  """LayerNorm or RMSNorm (flax's own), with logically partitioned parameters."""
+  """LayerNorm, RMSNorm (flax's own) or OffsetRMSNorm, with logically partitioned
+  parameters."""
   scale_init = partitioned(nn.initializers.ones_init(), ("embed",))
   if kind == "layernorm":
     return nn.LayerNorm(epsilon=eps, dtype=dtype, scale_init=scale_init,
                         bias_init=zeros(("embed",)), name=name)
   if kind == "rmsnorm":
     return nn.RMSNorm(epsilon=eps, dtype=dtype, scale_init=scale_init, name=name)
-  raise ValueError(f"Unknown norm {kind!r}; choose 'layernorm' or 'rmsnorm'.")
+  if kind == "rmsnorm_offset":
+    return OffsetRMSNorm(eps, dtype, name=name)
+  raise ValueError(f"Unknown norm {kind!r}; choose 'layernorm', 'rmsnorm' or "
+                   f"'rmsnorm_offset'.")
 
 
 def apply_dropout(x: Array, rate: float, module: nn.Module) -> Array:
