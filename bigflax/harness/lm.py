@@ -92,18 +92,27 @@ class BigflaxLM(TemplateLM):
     batch_axes = (batch_axes,) if isinstance(batch_axes, str) else batch_axes
     self.scorer = Scorer(model, mesh, rules,
                          int(np.prod([mesh.shape[a] for a in batch_axes])))
+    # What the tokenizer puts before any text (Llama's and Gemma's bos; GPT-2 nothing).
+    self._frame = tokenizer.encode("")
 
   @property
   def eot_token_id(self) -> int:
     return self.tokenizer.eos_id
 
   @property
+  def prefix_token_id(self) -> int:  # an empty context's stand-in, as lm-eval's HF model
+    return self._frame[0] if self._frame else self.eot_token_id
+
+  @property
   def max_length(self) -> int:
     return self.model.max_len
 
   def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
-    del add_special_tokens, kwargs  # bigflax's language models frame nothing
-    return self.tokenizer.encode(string)
+    del kwargs
+    ids = self.tokenizer.encode(string)
+    if add_special_tokens is False and self._frame and ids[:len(self._frame)] == self._frame:
+      return ids[len(self._frame):]
+    return ids
 
   def tok_decode(self, tokens, **kwargs) -> str:
     del kwargs
