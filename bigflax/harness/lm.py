@@ -54,7 +54,8 @@ class Scorer:
   def _put(self, array):
     return jax.device_put(array, self.batch_sharding)
 
-  def _rows(self, n: int) -> int:
+  def rows(self, n: int) -> int:
+    """`n` rounded up to a whole number of rows per batch shard."""
     return -(-n // self.rows_multiple) * self.rows_multiple
 
   def logprobs(self, params, inputs: np.ndarray, targets: np.ndarray):
@@ -130,7 +131,7 @@ class BigflaxLM(TemplateLM):
       # the context window; the continuation is scored at the last positions.
       windows = [(c + x)[-(self.max_length + 1):] for _, c, x in chunk]
       length = bucket(max(len(w) - 1 for w in windows), self.max_length)
-      rows = self.scorer._rows(len(chunk))
+      rows = self.scorer.rows(len(chunk))
       inputs = np.zeros((rows, length), np.int32)
       targets = np.zeros((rows, length), np.int32)
       for i, w in enumerate(windows):
@@ -188,7 +189,7 @@ class BigflaxLM(TemplateLM):
     temperature = float(options.get("temperature", 1.0) or 1.0) if sampling else 0.0
     encoded = [self.tok_encode(c)[-(self.max_length - max_new):] or [self.eot_token_id]
                for c in contexts]
-    rows = self.scorer._rows(len(encoded))
+    rows = self.scorer.rows(len(encoded))
     width = bucket(max(map(len, encoded)), self.max_length - max_new)
     tokens = np.zeros((rows, width), np.int32)
     lengths = np.ones(rows, np.int32)
