@@ -231,8 +231,7 @@ def _train(run: Run) -> object:
           f"{k}={v:.4f}" for k, v in eval_metrics.items() if "/" not in k or "macro" in k))
       interval_start, interval_steps = time.perf_counter(), 0
 
-    if run.harness_every and (step % run.harness_every == 0 or step == cfg.num_steps) \
-        and not stop:
+    if run.harness_every and (step % run.harness_every == 0 or step == cfg.num_steps):
       scores = run.harness(state.params)
       writer.write(step, "harness", scores)
       bar.write(f"step {step}: lm-eval " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
