@@ -58,6 +58,11 @@ def base() -> ml_collections.ConfigDict:
       seq_len=256,
       global_batch_size=16,
       seed=0,
+      # LM windows: attention within each document (segment ids, positions restarting
+      # at each eos), not GPT-2's across the window; skip_document_start also leaves
+      # each document's first target out of the loss. SFT rows are always packed so.
+      document_mask=False,
+      skip_document_start=False,
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(

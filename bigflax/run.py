@@ -66,23 +66,23 @@ def load_tokenizer(config, workdir):
   return tokenizers.load(workdir_lib.tokenizer(workdir))
 
 
-def build_model(config, tokenizer, **overrides):
+def build_model(config, tokenizer, platform=None, **overrides):
   if tokenizer is None or "vocab_size" not in models.fields(config.model.name):
-    return models.build(config.model, **overrides)
+    return models.build(config.model, platform, **overrides)
   # 0 = the tokenizer's size plus one spare row (MLM's [MASK] where the tokenizer has
   # none), rounded up to a multiple of 128 so the vocab dimension shards evenly.
   vocab_size = config.model.get("vocab_size") or -(-(tokenizer.vocab_size + 1) // 128) * 128
   if vocab_size < tokenizer.vocab_size:
     raise UsageError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
                      f"{tokenizer.vocab_size}; set it to 0 to use the tokenizer's size.")
-  return models.build(config.model, vocab_size=vocab_size, **overrides)
+  return models.build(config.model, platform, vocab_size=vocab_size, **overrides)
 
 
-def plan_model(config):
-  """The model `train` would build, without its data: a vocabulary size the tokenizer
-  would give comes from the tokenizer config."""
+def plan_model(config, platform):
+  """The model `train` would build on `platform`, without its data: a vocabulary size the
+  tokenizer would give comes from the tokenizer config."""
   if "vocab_size" not in models.fields(config.model.name) or config.model.get("vocab_size"):
-    return models.build(config.model)
+    return models.build(config.model, platform)
   if config.tokenizer.kind == "byte":
     size = tokenizers.ByteTokenizer.vocab_size
   elif config.tokenizer.kind == "sentencepiece" and config.tokenizer.get("vocab_size"):
@@ -91,7 +91,7 @@ def plan_model(config):
     raise UsageError(f"plan cannot tell the vocabulary size of tokenizer.kind="
                      f"{config.tokenizer.kind!r} without its files; set "
                      f"--config.model.vocab_size.")
-  return build_model(config, types.SimpleNamespace(vocab_size=size))
+  return build_model(config, types.SimpleNamespace(vocab_size=size), platform)
 
 
 def model_init(config, model):
@@ -147,7 +147,7 @@ def step_layout(config, model, mesh) -> StepLayout:
 
 
 def plan_step_layout(config, mesh) -> StepLayout:
-  return step_layout(config, plan_model(config), mesh)
+  return step_layout(config, plan_model(config, mesh.devices.flat[0].platform), mesh)
 
 
 def build_teacher(config, tokenizer, mesh) -> Teacher:
@@ -298,6 +298,10 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
   print(f"bigflax: {num_params:,} parameters on a {dict(mesh.shape)} mesh of "
         f"{mesh.devices.size} {jax.devices()[0].platform} devices, {jax.process_count()} "
         f"process(es)", flush=True)
+  if "attention_impl" in config.model:
+    chosen, why = models.attention.choose(config.model.attention_impl, jax.default_backend(),
+                                          models.DTYPES[config.model.get("dtype", "float32")])
+    print(f"bigflax: attention {chosen} ({why})", flush=True)
   if task.data_summary is not None:
     print(f"bigflax: {task.data_summary(config, tokenizer, train_data)}", flush=True)
   loss_fn = None  # the task's own; a distillation's below

@@ -32,7 +32,7 @@ def tiny_config():
 def expected_bytes_per_device(config, mesh_sizes):
   """Parameter bytes one device holds, from the logical axis names and the rules table:
   a dimension whose logical name maps to mesh axes is divided by their sizes."""
-  model = run.plan_model(config)
+  model = run.plan_model(config, "cpu")
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                             jax.numpy.zeros((1, 64), jax.numpy.int32)))
   rules = dict(configs.DEFAULT_RULES)
@@ -61,7 +61,7 @@ def test_tiny_gpt_memory_per_device_matches_the_sharding_rules():
   # AdamW keeps two float32 moments per parameter, laid out like it, plus int32 counters.
   optimizer, _ = optim.make(config.optim, config.train.num_steps)
   counters = [x for x in jax.tree.leaves(jax.eval_shape(optimizer.init, jax.eval_shape(
-      lambda: nn.unbox(run.plan_model(config).init(
+      lambda: nn.unbox(run.plan_model(config, "cpu").init(
           jax.random.key(0), jax.numpy.zeros((1, 64), jax.numpy.int32)))["params"])))
       if x.ndim == 0]
   assert memory["optimizer_state"] == 2 * params + 4 * len(counters)

@@ -83,16 +83,20 @@ def test_feedback_is_mixed_with_replay(tfds_dir, tmp_path):
   write_feedback(tmp_path / "fb", records)
   config = tiny(tfds_dir).data
   config.update(name="feedback", source_dir=str(tmp_path / "fb"), replay_name="stdlib_qa",
-                replay_fraction=0.25, seq_len=128)
+                replay_fraction=0.25, seq_len=256, global_batch_size=4)
   tokenizer = tokenizers.ByteTokenizer()
   batches = pipeline.make_sft_batches(config, tokenizer, "train", process_index=0,
                                       process_count=1)
   feedback_train = len([r for r in records if r["kind"] == "completion"
                         and not feedback.is_validation(r["id"])])
-  inputs = batches.arrays["inputs"]
-  assert len(inputs) == feedback_train + round(feedback_train / 3)
-  replayed = [tokenizer.decode(row[1:20].tolist()).startswith("Q: What does")
-              for row in inputs]
+  arrays = batches.arrays  # several examples packed to a row, one segment each
+  examples = [row[segments == s] for row, segments in zip(arrays["inputs"],
+                                                           arrays["segment_ids"])
+              for s in range(1, segments.max() + 1)]
+  assert len(examples) == feedback_train + round(feedback_train / 3)
+  assert len(arrays["inputs"]) < len(examples)
+  replayed = [tokenizer.decode(ids[1:20].tolist()).startswith("Q: What does")
+              for ids in examples]
   assert sum(replayed) == round(feedback_train / 3)
 
 

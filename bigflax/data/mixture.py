@@ -46,7 +46,9 @@ class MixtureBatches:
 
   def __init__(self, windows: dict[str, shards.Windows], weights: dict[str, float],
                global_batch_size: int, *, seed: int, shuffle: bool, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, transform=None):
+    """`transform(step, batch)`, if given, changes this process's rows of each batch; it
+    must work row by row (pipeline.document_fields does)."""
     if global_batch_size % process_count:
       raise ValueError(f"data.global_batch_size={global_batch_size} is not divisible by "
                        f"the process count {process_count}")
@@ -64,6 +66,7 @@ class MixtureBatches:
     self._local = slice(process_index * global_batch_size // process_count,
                         (process_index + 1) * global_batch_size // process_count)
     self._shuffle = shuffle
+    self._transform = transform
     # A seed of its own per corpus, far from the others': epoch e of a corpus is shuffled
     # with its seed + e, so neighbouring seeds would repeat each other's permutations.
     self._seeds = [int(s) for s in
@@ -110,7 +113,8 @@ class MixtureBatches:
     for c, windows in enumerate(self._windows):
       mine = rows[:, 0] == c
       tokens[mine] = windows.read(rows[mine, 1])
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    return batch if self._transform is None else self._transform(step, batch)
 
   def iterate(self, start_step: int = 0):
     """batch(start_step), batch(start_step + 1), ..., prepared in background threads."""

@@ -33,3 +33,53 @@ def cut_windows(carry: np.ndarray, token_lists: Sequence[Sequence[int]], eos_id:
       part for ids in token_lists for part in (np.asarray(ids, np.int32), eos)])
   whole = len(stream) // length * length
   return stream[:whole].reshape(-1, length), stream[whole:]
+
+
+def document_segments(inputs: np.ndarray, eos_id: int) -> dict[str, np.ndarray]:
+  """Segment ids and positions of packed LM inputs int[N, T], where each eos begins a
+  document (it is the token the document's first token is predicted from): ids count
+  the documents of a row from 1, positions restart at 0 at each eos."""
+  starts = inputs == eos_id
+  index = np.arange(inputs.shape[1])
+  last_start = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+  return {"segment_ids": (1 + np.cumsum(starts, axis=1)).astype(np.int32),
+          "positions": (index - last_start).astype(np.int32)}
+
+
+def pack_examples(windows: np.ndarray, weights: np.ndarray, pad_id: int,
+                  ) -> dict[str, np.ndarray]:
+  """Framed examples (windows int[N, T + 1], the target weights float[N, T]; padded with
+  `pad_id`) packed several to a row, first fit in the given order.
+
+  Returns inputs, targets, weights, segment_ids (1, 2, ... per row; 0 at padding) and
+  positions (restarting at each example) as arrays [rows, T]. An example keeps its
+  inputs up to its last weighted target; one with no weighted target is dropped.
+  """
+  seq_len = weights.shape[1]
+  weighted = weights > 0
+  lengths = np.where(weighted.any(axis=1),
+                     seq_len - np.argmax(weighted[:, ::-1], axis=1), 0)
+  rows, free = [], []  # per row: [(example, start)], and the slots it has left
+  for i, length in enumerate(lengths):
+    if not length:
+      continue
+    row = next((r for r, room in enumerate(free) if room >= length), len(rows))
+    if row == len(rows):
+      rows.append([]), free.append(seq_len)
+    rows[row].append((i, seq_len - free[row]))
+    free[row] -= length
+  shape = (len(rows), seq_len)
+  packed = {"inputs": np.full(shape, pad_id, np.int32),
+            "targets": np.full(shape, pad_id, np.int32),
+            "weights": np.zeros(shape, np.float32),
+            "segment_ids": np.zeros(shape, np.int32),
+            "positions": np.zeros(shape, np.int32)}
+  for r, members in enumerate(rows):
+    for segment, (i, start) in enumerate(members, 1):
+      span = slice(start, start + lengths[i])
+      packed["inputs"][r, span] = windows[i, :lengths[i]]
+      packed["targets"][r, span] = windows[i, 1:lengths[i] + 1]
+      packed["weights"][r, span] = weights[i, :lengths[i]]
+      packed["segment_ids"][r, span] = segment
+      packed["positions"][r, span] = np.arange(lengths[i])
+  return packed

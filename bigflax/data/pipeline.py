@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from bigflax.data import mixture, shards, sources, synthetic, tokenizers
+from bigflax.data import mixture, packing, shards, sources, synthetic, tokenizers
 from bigflax.data.packing import pack_documents
 from bigflax.data.batches import Batches, bucket_width, pad_to_whole_batches, trim_to_bucket
 
@@ -97,11 +97,13 @@ def make_lm_batches(
   """LM batches of one split; 'train' is shuffled, other splits are not.
 
   `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed; or,
-  for corpora tokenized by `bigflax prepare`, corpora, mixture and prepared_dir.
+  for corpora tokenized by `bigflax prepare`, corpora, mixture and prepared_dir. With
+  `document_mask` the batches also carry segment_ids and positions (`document_fields`).
   """
+  fields = document_fields(data_config, tokenizer.eos_id)
   if data_config.get("corpora"):
     return prepared_lm_batches(data_config, tokenizer, split, process_index=process_index,
-                               process_count=process_count)
+                               process_count=process_count, transform=fields)
   windows = packed_windows(data_config, tokenizer, split, data_config.seq_len + 1)
   return lm_batches(
       windows,
@@ -110,11 +112,31 @@ def make_lm_batches(
       shuffle=split == "train",
       process_index=process_index,
       process_count=process_count,
+      transform=fields,
   )
 
 
+def document_fields(data_config, eos_id: int):
+  """None (GPT-2's windows, which attend across documents), or under data.document_mask
+  a batch transform adding segment_ids and positions, so that attention stays within each
+  document; data.skip_document_start also zeroes the weight of each document's first
+  target (predicted from the eos alone)."""
+  if not data_config.get("document_mask"):
+    if data_config.get("skip_document_start"):
+      raise ValueError("data.skip_document_start needs data.document_mask=True.")
+    return None
+
+  def add_fields(step, batch):
+    del step
+    batch = dict(batch, **packing.document_segments(batch["inputs"], eos_id))
+    if data_config.get("skip_document_start"):
+      batch["weights"] = (batch["inputs"] != eos_id).astype(np.float32)
+    return batch
+  return add_fields
+
+
 def prepared_lm_batches(data_config, tokenizer, split: str, *, process_index: int,
-                        process_count: int) -> mixture.MixtureBatches:
+                        process_count: int, transform=None) -> mixture.MixtureBatches:
   """LM batches of a mixture of prepared corpora, windows read from disk by index."""
   shards.check_config(data_config)
   made_with = {"tokenizer": tokenizers.fingerprint(tokenizer), "window": data_config.seq_len + 1}
@@ -123,7 +145,8 @@ def prepared_lm_batches(data_config, tokenizer, split: str, *, process_index: in
              for name, weight in weights.items() if weight > 0}
   return mixture.MixtureBatches(windows, weights, data_config.global_batch_size,
                                 seed=data_config.seed, shuffle=split == "train",
-                                process_index=process_index, process_count=process_count)
+                                process_index=process_index, process_count=process_count,
+                                transform=transform)
 
 
 def packed_windows(data_config, tokenizer, split: str, length: int) -> np.ndarray:
@@ -137,7 +160,8 @@ def packed_windows(data_config, tokenizer, split: str, length: int) -> np.ndarra
 
 
 def lm_batches(windows: np.ndarray, global_batch_size: int, **kwargs) -> Batches:
-  """{'inputs': w[:-1], 'targets': w[1:]} batches of packed windows (views, no copy)."""
+  """{'inputs': w[:-1], 'targets': w[1:]} batches of packed windows (views, no copy);
+  `kwargs` are Batches'."""
   return Batches({"inputs": windows[:, :-1], "targets": windows[:, 1:]},
                  global_batch_size, **kwargs)
 
@@ -172,6 +196,8 @@ def make_sft_batches(
   model was fine-tuned on before) is mixed in to make up `replay_fraction` of the
   examples, drawn with a fixed seed: continued training on new data that keeps the old
   skills. Other splits are in id order, padded with weight-0 rows to whole batches.
+  Examples are packed several to a row (`packing.pack_examples`), kept apart by
+  segment_ids and positions.
   """
   load = lambda name, split: load_prompt_answers(
       name, split, data_config.data_dir,
@@ -188,16 +214,13 @@ def make_sft_batches(
   encoded = [(tokenizer.encode(p), tokenizer.encode(a)) for p, a in pairs]
   windows, weights = frame_prompt_answers(encoded, data_config.seq_len,
                                           eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-  arrays = {"windows": windows, "weights": weights}
+  arrays = packing.pack_examples(windows, weights, tokenizer.pad_id)
   shuffle = split == "train"
   if not shuffle:
     arrays = pad_to_whole_batches(arrays, data_config.global_batch_size,
-                                  {"windows": tokenizer.pad_id})
-  windows = arrays["windows"]
-  return Batches({"inputs": windows[:, :-1], "targets": windows[:, 1:],
-                  "weights": arrays["weights"]},
-                 data_config.global_batch_size, seed=data_config.seed, shuffle=shuffle,
-                 process_index=process_index, process_count=process_count)
+                                  {"inputs": tokenizer.pad_id, "targets": tokenizer.pad_id})
+  return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
+                 shuffle=shuffle, process_index=process_index, process_count=process_count)
 
 
 def frame_sentences(

@@ -4,10 +4,11 @@ for what differs by model: its fields, FLOPs count and checkpoint surgery."""
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bigflax.models import bert, gpt, lora, mlp, seq2seq, vit
+from bigflax.models import attention, bert, gpt, lora, mlp, seq2seq, vit
 
 MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel, "seq2seq": seq2seq.Seq2Seq,
           "vit": vit.ViT}
@@ -44,8 +45,9 @@ def adapt_checkpoint(config: ml_collections.ConfigDict, source: dict, target: di
   return source if adapt is None else adapt(source, target)
 
 
-def build(config: ml_collections.ConfigDict, **overrides):
-  """Builds the model `config.name` from the remaining fields (plus `overrides`)."""
+def build(config: ml_collections.ConfigDict, platform: str | None = None, **overrides):
+  """Builds the model `config.name` from the remaining fields (plus `overrides`) for
+  `platform` (default: JAX's backend), which decides what attention_impl='auto' means."""
   _check_name(config.name)
   cls = MODELS[config.name]
   kwargs = {k: v for k, v in config.items() if k != "name"}
@@ -62,4 +64,8 @@ def build(config: ml_collections.ConfigDict, **overrides):
       if kwargs[key] not in DTYPES:
         raise ValueError(f"model.{key}={kwargs[key]!r}; choose one of {sorted(DTYPES)}.")
       kwargs[key] = DTYPES[kwargs[key]]
+  if "attention_impl" in kwargs:
+    kwargs["attention_impl"], _ = attention.choose(
+        kwargs["attention_impl"], platform or jax.default_backend(),
+        kwargs.get("dtype", jnp.float32))
   return cls(**kwargs)

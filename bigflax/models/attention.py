@@ -5,11 +5,15 @@ Shape suffixes name the axes: B batch, T queries, S keys, H query heads, K key/v
 G = H / K query heads per key/value head, D head dim.
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
@@ -17,9 +21,20 @@ NEG_INF = -1e10  # finite, so fully masked rows give a uniform softmax instead o
 CAUSAL_BLOCK_MIN = 64  # shorter query blocks cost more in overhead than they save
 
 
+# model.attention_impl: "xla" is the reference; "auto" is resolved by `choose` before a
+# model is built.
+IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
+
+
 def padding_mask(query_valid: Array, key_valid: Array) -> Array:
   """(B, 1, T, S) boolean from per-token validity (B, T) and (B, S)."""
   return (query_valid[:, None, :, None] & key_valid[:, None, None, :]).astype(bool)
+
+
+def segment_mask(query_segments: Array, key_segments: Array) -> Array:
+  """(B, 1, T, S): a query sees only keys of its own segment (packed documents; segment 0
+  is padding, which sees only padding)."""
+  return query_segments[:, None, :, None] == key_segments[:, None, None, :]
 
 
 class RopeScaling(NamedTuple):
@@ -107,3 +122,103 @@ def causal_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
     outputs.append(dot_product_attention(q[:, queries], k[:, :end], v[:, :end], block_mask,
                                          dropout))
   return jnp.concatenate(outputs, axis=1)
+
+
+def choose(requested: str, platform: str, dtype) -> tuple[str, str]:
+  """The implementation `requested` (model.attention_impl) means on `platform`, and why.
+
+  "auto" is splash on TPU, cuDNN on a GPU when the compute dtype is 16-bit (cuDNN's fused
+  attention takes no float32), xla elsewhere.
+  """
+  if requested not in IMPLEMENTATIONS:
+    raise ValueError(f"model.attention_impl={requested!r}; choose one of {IMPLEMENTATIONS}.")
+  if requested != "auto":
+    return requested, f"model.attention_impl={requested}"
+  if platform == "tpu":
+    return "splash", "auto on tpu"
+  if platform == "gpu" and jnp.dtype(dtype).itemsize == 2:
+    return "cudnn", "auto on gpu"
+  return "xla", f"auto on {platform} ({jnp.dtype(dtype).name})"
+
+
+def attend(q: Array, k: Array, v: Array, *, implementation: str = "xla",
+           causal: bool = False, mask: Array | None = None,
+           segment_ids: Array | None = None, sliding_window: int = 0,
+           dropout: Callable[[Array], Array] | None = None,
+           partition: P | None = None) -> Array:
+  """The one entry point of softmax attention; every implementation means the same.
+
+  q: (B, T, H, D); k, v: (B, S, K, D) with H a multiple of K (GQA; K = 1 is MQA).
+  causal: query t sees keys <= t. mask: boolean broadcastable to (B, 1, T, S).
+  segment_ids (B, T), self-attention only: a query sees keys of its own segment.
+  sliding_window > 0: query t sees keys s with t - s < sliding_window.
+  dropout: on the probabilities (xla only). partition: the PartitionSpec of q on the
+  current mesh, which splash runs under (one kernel per device's batch rows and heads).
+  """
+  if implementation != "xla" and dropout is not None:
+    raise ValueError(f"model.attention_impl={implementation!r} has no attention dropout; "
+                     f"set model.attention_dropout_rate=0 or attention_impl='xla'.")
+  if implementation == "splash":
+    if mask is not None:
+      raise ValueError("model.attention_impl='splash' takes segment ids, not a dense mask; "
+                       "use attention_impl='xla' for masked attention.")
+    return _splash(q, k, v, causal, segment_ids, sliding_window, partition)
+  if segment_ids is not None:
+    segments = segment_mask(segment_ids, segment_ids)
+    mask = segments if mask is None else mask & segments
+  if implementation == "cudnn":  # segment ids go in as a dense mask
+    window = (sliding_window - 1, 0) if sliding_window else None
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                        local_window_size=window, implementation="cudnn")
+  if implementation != "xla":
+    raise ValueError(f"model.attention_impl={implementation!r}; choose one of "
+                     f"{IMPLEMENTATIONS}.")
+  if sliding_window:
+    window = sliding_window_mask(jnp.arange(q.shape[1]), jnp.arange(k.shape[1]),
+                                 sliding_window)
+    mask = window if mask is None else mask & window
+  attend_xla = causal_attention if causal else dot_product_attention
+  return attend_xla(q, k, v, mask, dropout or (lambda p: p))
+
+
+def _splash(q, k, v, causal, segment_ids, sliding_window, partition):
+  """Pallas splash attention (the TPU kernel; on other backends the same kernel in
+  interpret mode, which is how the tests check it), run per device under shard_map."""
+  b, t, h, d = q.shape
+  if k.shape[1] != t:
+    raise ValueError("model.attention_impl='splash' is for self-attention (keys = queries).")
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+
+  def kernel(q, k, v, segment_ids, interpret):
+    heads = q.shape[2]
+    if sliding_window:
+      shape_mask = splash_mask.LocalMask((t, t), (sliding_window - 1, 0 if causal else None),
+                                         offset=0)
+    elif causal:
+      shape_mask = splash_mask.CausalMask((t, t))
+    else:
+      shape_mask = splash_mask.FullMask((t, t))
+    block = next((n for n in (512, 256, 128) if t % n == 0), t)
+    sizes = splash.BlockSizes(block, block, block, block, block, block, block, block)
+    run = splash.make_splash_mha(splash_mask.MultiHeadMask([shape_mask] * heads),
+                                 block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                 interpret=interpret)
+    one = lambda q, k, v, s: run(q.swapaxes(0, 1), k.swapaxes(0, 1), v.swapaxes(0, 1),
+                                 segment_ids=splash.SegmentIds(s, s)).swapaxes(0, 1)
+    scaled = q * jnp.asarray(1 / np.sqrt(d), q.dtype)
+    return jax.vmap(one)(scaled, k, v, segment_ids).astype(q.dtype)
+
+  def local(q, k, v, segment_ids):
+    return jax.lax.platform_dependent(
+        q, k, v, segment_ids, tpu=functools.partial(kernel, interpret=False),
+        default=functools.partial(kernel, interpret=True))
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if partition is None or mesh.empty:
+    return local(q, k, v, segment_ids)
+  # Batch rows and heads split across devices; each device's kernel sees whole sequences.
+  rows, heads = partition[0], partition[2]
+  qkv = P(rows, None, heads, None)
+  return jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows, None)),
+                       out_specs=qkv, check_vma=False)(q, k, v, segment_ids)

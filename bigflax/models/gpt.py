@@ -25,7 +25,8 @@ class GPT(nn.Module):
 
   `positions` (B, T) default to 0.. (or, under decode, the number of tokens cached so far);
   `mask` (B, S) is 1 at keys a query may see: S = T, or max_len (the cache slots) under
-  decode. Both let a batch of left-padded prompts decode together.
+  decode. Both let a batch of left-padded prompts decode together. `segment_ids` (B, T)
+  keep packed documents apart (0 is padding); their `positions` restart at each document.
   """
   vocab_size: int
   num_layers: int
@@ -42,6 +43,7 @@ class GPT(nn.Module):
   rope_high_freq_factor: float = 4.0
   rope_original_max_len: int = 8192
   sliding_window: int = 0  # > 0: each token attends to this many latest tokens (Mistral)
+  attention_impl: str = "xla"  # or "cudnn", "splash", "auto" (attention.choose)
   activation: str = "gelu"
   norm: str = "layernorm"
   norm_eps: float = 1e-5
@@ -61,7 +63,8 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               mask: jax.Array | None = None) -> jax.Array:
+               mask: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
     if self.position not in ("learned", "rope"):
       raise ValueError(f"model.position must be 'learned' or 'rope', got {self.position!r}.")
     token_embed = layers.Embed(self.vocab_size, self.embed_dim, self.init_std,
@@ -94,8 +97,9 @@ class GPT(nn.Module):
     # Under decode without explicit positions the RoPE positions come from the cache index.
     rope_positions = positions if self.position == "rope" else None
     attention_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
-    x = layers.stack(block_config, self.num_layers, x, attention_mask, rope_positions,
-                     scan=self.scan_layers, remat=self.remat)
+    # Block(x, mask, positions, encoded, encoder_mask, segment_ids)
+    x = layers.stack(block_config, self.num_layers, x, attention_mask, rope_positions, None,
+                     None, segment_ids, scan=self.scan_layers, remat=self.remat)
     x = layers.Norm(self.norm, self.norm_eps, self.dtype, name="final_norm")(x)
 
     if self.tie_embeddings:

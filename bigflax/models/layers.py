@@ -42,6 +42,15 @@ def constrain(x: Array, axes: tuple) -> Array:
   return nn.with_logical_constraint(x, axes)
 
 
+def mesh_spec(axes: tuple) -> jax.sharding.PartitionSpec | None:
+  """The mesh axes of logical `axes` under the current rules; None outside a mesh."""
+  rules = nn.get_logical_axis_rules()
+  if not rules or jax.sharding.get_abstract_mesh().empty:
+    return None
+  spec = tuple(nn.logical_to_mesh_axes(axes, rules))
+  return jax.sharding.PartitionSpec(*spec, *(None,) * (len(axes) - len(spec)))
+
+
 # ---------------------------------------------------------------- embeddings
 
 
@@ -192,6 +201,7 @@ class BlockConfig:
   rope_max_wavelength: float = 10_000.0
   rope_scaling: attention.RopeScaling | None = None
   sliding_window: int = 0  # > 0: self-attention sees only this many latest slots
+  attention_impl: str = "xla"  # attention.IMPLEMENTATIONS, "auto" resolved already
   dropout_rate: float = 0.0  # on the residual branches and the MLP's hidden layer
   attention_dropout_rate: float = 0.0  # on the attention probabilities
   init_std: float = 0.02
@@ -221,14 +231,15 @@ class Attention(nn.Module):
   given is and-ed in) and rotates queries and keys under `config.use_rope`. Under
   `config.decode` its keys and values are appended to a 'cache' collection of length
   `config.max_len`, and queries at positions cache_index.. see the cached keys up to their
-  own position. Cross-attention sees all of `kv_input` that `mask` allows. Shape suffixes
-  as in `attention`.
+  own position. Cross-attention sees all of `kv_input` that `mask` allows. `segment_ids`
+  (B, T) keep self-attention within each packed document. Shape suffixes as in
+  `attention`; `attention.attend` does the arithmetic, as `config.attention_impl` says.
   """
   config: BlockConfig
 
   @nn.compact
   def __call__(self, x: Array, kv_input: Array | None = None, mask: Array | None = None,
-               positions: Array | None = None) -> Array:
+               positions: Array | None = None, segment_ids: Array | None = None) -> Array:
     c = self.config
     self_attention = kv_input is None
     kv_heads = c.num_kv_heads or c.num_heads
@@ -250,10 +261,6 @@ class Attention(nn.Module):
     if decode:  # from here on S = max_len, the cache's slots
       k_BxSxKxD, v_BxSxKxD, mask, positions = self._update_cache(k_BxSxKxD, v_BxSxKxD,
                                                                   mask, positions)
-    elif c.sliding_window and self_attention:
-      slots = jnp.arange(x.shape[1])
-      window = attention.sliding_window_mask(slots, slots, c.sliding_window)
-      mask = window if mask is None else mask & window
     if c.use_rope and self_attention:
       if positions is None:
         positions = jnp.arange(x.shape[1])[None]
@@ -266,10 +273,19 @@ class Attention(nn.Module):
     q_BxTxHxD = constrain(q_BxTxHxD, axes)
     k_BxSxKxD, v_BxSxKxD = constrain(k_BxSxKxD, axes), constrain(v_BxSxKxD, axes)
 
-    causal = c.causal and self_attention and not decode  # the cache mask is causal already
-    attend = attention.causal_attention if causal else attention.dot_product_attention
-    dropout = lambda p: apply_dropout(p, c.attention_dropout_rate, self)
-    out_BxTxHxD = constrain(attend(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask, dropout), axes)
+    # The cache's mask is causal and windowed already, and a decode step's few queries
+    # are the xla path's case.
+    cached = decode or not self_attention
+    dropout = None
+    if c.attention_dropout_rate > 0 and self.has_rng("dropout"):
+      dropout = lambda p: apply_dropout(p, c.attention_dropout_rate, self)
+    out_BxTxHxD = attention.attend(
+        q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask=mask,
+        implementation="xla" if cached else c.attention_impl,
+        causal=c.causal and not cached, segment_ids=None if cached else segment_ids,
+        sliding_window=0 if cached else c.sliding_window, dropout=dropout,
+        partition=mesh_spec(axes))
+    out_BxTxHxD = constrain(out_BxTxHxD, axes)
     return DenseGeneral((x.shape[-1],), ("heads", "kv", "embed"), c.out_init_std,
                         c.use_bias, in_dims=2, lora=c.lora, dtype=c.dtype,
                         param_dtype=c.param_dtype, name="out")(out_BxTxHxD)
@@ -387,10 +403,11 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, positions: Array | None = None,
-               encoded: Array | None = None, encoder_mask: Array | None = None) -> Array:
+               encoded: Array | None = None, encoder_mask: Array | None = None,
+               segment_ids: Array | None = None) -> Array:
     c = self.config
     sublayers = [("attention", lambda h: Attention(c, name="attention")(
-        h, mask=mask, positions=positions))]
+        h, mask=mask, positions=positions, segment_ids=segment_ids))]
     if c.cross_attention:
       sublayers.append(("cross_attention", lambda h: Attention(c, name="cross_attention")(
           h, kv_input=encoded, mask=encoder_mask)))

@@ -33,13 +33,20 @@ def tokens_per_example(config):
 def batch_spec(config):
   """Shapes of a global batch, for planning a run without its data."""
   shape = (config.data.global_batch_size, config.data.seq_len)
-  return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
-          "targets": jax.ShapeDtypeStruct(shape, jnp.int32)}
+  ints = jax.ShapeDtypeStruct(shape, jnp.int32)
+  spec = {"inputs": ints, "targets": ints}
+  if config.data.get("document_mask"):
+    spec.update(segment_ids=ints, positions=ints)
+  if config.data.get("skip_document_start"):
+    spec["weights"] = jax.ShapeDtypeStruct(shape, jnp.float32)
+  return spec
 
 
 def outputs(model, params, batch, rngs):
-  """(logits, labels, weights) of every position: what a distillation compares."""
-  logits = model.apply({"params": params}, batch["inputs"], rngs=rngs)
+  """(logits, labels, weights) of every position: what a distillation compares. Packed
+  batches' segment_ids and positions keep documents apart."""
+  logits = model.apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
+                       segment_ids=batch.get("segment_ids"), rngs=rngs)
   weights = batch.get("weights", jnp.ones(batch["targets"].shape, jnp.float32))
   return logits, batch["targets"], weights
 

@@ -18,7 +18,9 @@ def make_data(config, tokenizer, split, *, process_index, process_count):
 
 def batch_spec(config):
   shape = (config.data.global_batch_size, config.data.seq_len)
-  return dict(lm.batch_spec(config), weights=jax.ShapeDtypeStruct(shape, jnp.float32))
+  ints = jax.ShapeDtypeStruct(shape, jnp.int32)
+  return dict(lm.batch_spec(config), weights=jax.ShapeDtypeStruct(shape, jnp.float32),
+              segment_ids=ints, positions=ints)
 
 
 # Everything else is the language model's: examples are framed [eos] prompt answer [eos],
