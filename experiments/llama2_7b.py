@@ -18,7 +18,7 @@ from bigflax import configs
 LLAMA = dict(
     name="gpt", position="rope", norm="rmsnorm", norm_eps=1e-5, activation="swiglu",
     use_bias=False, tie_embeddings=False, rope_max_wavelength=10_000.0, dropout_rate=0.0,
-    scan_layers=True, remat="dots_no_batch", dtype="bfloat16")
+    scan_layers=True, remat="dots_no_batch", dtype="bfloat16", attention_impl="auto")
 
 
 def paper_config(model: dict, seq_len: int, global_batch_size: int):

@@ -66,14 +66,17 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    # A step whose loss, gradient or new parameters are not finite is skipped: parameters
-    # and optimizer state stay as they were. The step counter still advances (as in
-    # MaxText and levanter), so the next step reads the next batch rather than retrying
-    # the same one, and the batch of step s stays a function of s alone. A select, not
-    # lax.cond: both branches exist anyway, and a select keeps the state donated in place.
-    # (optax.apply_if_finite would add counters to the optimizer state, which would no
-    # longer restore from earlier checkpoints, and it looks at gradients only.)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+    # A step whose loss or gradient is not finite is skipped: parameters and optimizer
+    # state stay as they were. The step counter still advances (as in MaxText and
+    # levanter), so the next step reads the next batch rather than retrying the same one,
+    # and the batch of step s stays a function of s alone. A select, not lax.cond: both
+    # branches exist anyway, and a select keeps the state donated in place. The verdict
+    # must not depend on the new parameters: then every new parameter, moment and update
+    # would be held at once before the select (4.3 GiB per device more for Llama-2-7B
+    # on 4 chips); finite gradients give finite AdamW updates anyway. (optax.apply_if_finite
+    # would add counters to the optimizer state, which would no longer restore from
+    # earlier checkpoints.)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jnp.where(finite, new, old)
     metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state.step),
                    skipped=(~finite).astype(jnp.int32))
