@@ -23,7 +23,7 @@ def qkv_and_segments(heads, kv_heads, length=256, batch=2, head_dim=32):
   v = rng.normal(size=(batch, length, kv_heads, head_dim)).astype(np.float32)
   ends = [(70, 200, length), (150, 230)]
   segments = np.zeros((batch, length), np.int32)
-  for row, row_ends in enumerate(ends):
+  for row, row_ends in enumerate(ends[:batch]):
     start = 0
     for segment, end in enumerate(row_ends, 1):
       segments[row, start:end] = segment
@@ -46,6 +46,11 @@ def assert_same_function(q, k, v, segments, **options):
 def test_splash_equals_xla_with_segments_padding_a_sliding_window_and_gqa():
   assert_same_function(*qkv_and_segments(heads=4, kv_heads=2), causal=True,
                        sliding_window=48)
+
+
+def test_splash_pads_a_length_that_is_no_multiple_of_128():
+  q, k, v, segments = qkv_and_segments(heads=2, kv_heads=1, length=200, batch=1)
+  assert_same_function(q, k, v, segments, causal=True)
 
 
 @pytest.mark.slow

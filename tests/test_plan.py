@@ -261,3 +261,25 @@ def test_plan_for_the_local_devices_needs_no_workdir(tmp_path):
   # libtpu is installed but no TPU is present: JAX does not probe for one.
   for line in ("TPU accelerator type", "TPU_WORKER_HOSTNAMES", "libtpu"):
     assert line not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_splash_compiles_for_tpu_and_its_temporaries_grow_linearly_with_length():
+  """libtpu compiles the step with the splash kernel (a Mosaic custom call): doubling T
+  about doubles its temporaries, while the xla path's (T x T) scores grow 4-fold. (Below
+  ~8k tokens this tiny model's buffers are small enough to live outside HBM.)"""
+  devices, chip, chips = plan.slice_devices("v5e:2x2")
+  temporaries = {}
+  for impl in ("xla", "splash"):
+    for seq in (8192, 16384):
+      config = tiny_config()
+      config.model.update(vocab_size=256, embed_dim=256, num_heads=2, mlp_dim=512,
+                          max_len=seq, scan_layers=True, attention_impl=impl)
+      config.data.update(seq_len=seq, global_batch_size=4)
+      compiled, *_ = plan.compile_step(config, devices)
+      assert ("tpu_custom_call" in compiled.as_text()) == (impl == "splash")
+      temporaries[impl, seq] = compiled.memory_analysis().temp_size_in_bytes
+  assert temporaries["splash", 16384] < 2.6 * temporaries["splash", 8192]
+  assert temporaries["xla", 16384] > 3.5 * temporaries["xla", 8192]
+  assert temporaries["splash", 16384] < temporaries["xla", 16384] / 5

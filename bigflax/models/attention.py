@@ -184,11 +184,18 @@ def attend(q: Array, k: Array, v: Array, *, implementation: str = "xla",
 def _splash(q, k, v, causal, segment_ids, sliding_window, partition):
   """Pallas splash attention (the TPU kernel; on other backends the same kernel in
   interpret mode, which is how the tests check it), run per device under shard_map."""
-  b, t, h, d = q.shape
-  if k.shape[1] != t:
+  b, length, h, d = q.shape
+  if k.shape[1] != length:
     raise ValueError("model.attention_impl='splash' is for self-attention (keys = queries).")
   if segment_ids is None:
-    segment_ids = jnp.ones((b, t), jnp.int32)
+    segment_ids = jnp.ones((b, length), jnp.int32)
+  # The kernel's blocks are multiples of 128 tokens: a shorter or odd length is padded
+  # with segment 0, which no real token (segment >= 1) sees, and cut off again.
+  pad = -length % 128
+  if pad:
+    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+    segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)))
+  t = length + pad
 
   def kernel(q, k, v, segment_ids, interpret):
     heads = q.shape[2]
@@ -199,7 +206,7 @@ def _splash(q, k, v, causal, segment_ids, sliding_window, partition):
       shape_mask = splash_mask.CausalMask((t, t))
     else:
       shape_mask = splash_mask.FullMask((t, t))
-    block = next((n for n in (512, 256, 128) if t % n == 0), t)
+    block = next(n for n in (512, 256, 128) if t % n == 0)
     sizes = splash.BlockSizes(block, block, block, block, block, block, block, block)
     run = splash.make_splash_mha(splash_mask.MultiHeadMask([shape_mask] * heads),
                                  block_sizes=sizes, head_shards=1, q_seq_shards=1,
@@ -216,9 +223,10 @@ def _splash(q, k, v, causal, segment_ids, sliding_window, partition):
 
   mesh = jax.sharding.get_abstract_mesh()
   if partition is None or mesh.empty:
-    return local(q, k, v, segment_ids)
+    return local(q, k, v, segment_ids)[:, :length]
   # Batch rows and heads split across devices; each device's kernel sees whole sequences.
   rows, heads = partition[0], partition[2]
   qkv = P(rows, None, heads, None)
-  return jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows, None)),
-                       out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
+  out = jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows, None)),
+                      out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
+  return out[:, :length]
