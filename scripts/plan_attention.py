@@ -45,7 +45,8 @@ def measure(experiment, seq, remat, impl, topology):
           "temporaries_gib": (memory["temporaries"] or 0) / GIB,
           "parameters_gib": memory["parameters"] / GIB,
           "optimizer_state_gib": memory["optimizer_state"] / GIB,
-          "step_time_s": (report["roofline"] or {}).get("step_time")}
+          "step_time_s": (report["roofline"] or {}).get("step_time"),
+          "all_gather_gib": report["collectives"].get("all-gather", {}).get("bytes", 0) / GIB}
 
 
 def main():

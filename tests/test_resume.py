@@ -41,9 +41,12 @@ def wait_for(predicate, proc, timeout=240):
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run(tfds_dir, tmp_path):
-  reference = start("train", tmp_path / "reference", *args(tfds_dir))  # alongside, for time
+  # Packed documents (segment ids, restarting positions) are a function of the batch:
+  # the resume stays bit-exact with them on.
+  packed = args(tfds_dir, "--config.data.document_mask=True")
+  reference = start("train", tmp_path / "reference", *packed)  # alongside, for time
   workdir = tmp_path / "killed"
-  proc = start("train", workdir, *args(tfds_dir))
+  proc = start("train", workdir, *packed)
   checkpoints = workdir / "checkpoints"
   # Kill as soon as the step-8 save is under way (its temporary directory exists), so the
   # kill usually lands mid-save; the resume must fall back to a committed checkpoint.
@@ -53,7 +56,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tfds_dir, tmp_path):
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
 
-  resumed = run("train", workdir, *args(tfds_dir))
+  resumed = run("train", workdir, *packed)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert "restored the checkpoint of step" in resumed.stdout
   output = reference.communicate(timeout=300)[0]
