@@ -1,11 +1,17 @@
-"""Training speed of bigflax's own train step against the same GPT in plain PyTorch.
+"""Training speed of bigflax's own train step against the same GPT in plain PyTorch and in
+nanodo (Google DeepMind's minimal Flax decoder).
 
-  python scripts/bench_train.py [--steps 10] [--dtype bfloat16] [--no-torch] [--out PATH]
+  python scripts/bench_train.py [--steps 10] [--dtype bfloat16] [--no-torch]
+      [--nanodo PATH] [--out PATH]
 
 The bigflax side is exactly what `bigflax train` runs: configs.base(), models.build,
 run.step_layout (the trainer's step over lm's loss), jitted with the loop's shardings and
 donation. The PyTorch side is a nanoGPT-style model with the same parameter count,
-AdamW and clipping. Both see the same random tokens; MFU is against this machine's
+AdamW and clipping. The nanodo side is nanodo's own TransformerDo, imported from a nanodo
+checkout (`--nanodo`, e.g. `git clone https://github.com/google-deepmind/nanodo`), under
+a jitted optax AdamW + clipping step; it has no biases, so it holds 25,728 parameters
+fewer at the reference shape (both counts are printed). All see the same random tokens;
+MFU is against this machine's
 measured f32 matmul rate with the trainer's FLOPs formula (so bfloat16 on a CPU with
 native bf16 dots can exceed 100%). Run it on an otherwise idle machine: a background job
 on a 2-core box easily moves the numbers by 50%.
@@ -46,6 +52,9 @@ def parse_args():
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                  help="also time the PyTorch peer")
   p.add_argument("--torch_compile", action="store_true", help="torch.compile the peer")
+  p.add_argument("--nanodo", default="", metavar="PATH",
+                 help="a nanodo checkout (the folder holding nanodo/model.py): also time "
+                      "nanodo's decoder")
   p.add_argument("--out", default="bench_train.json")
   return p.parse_args()
 
@@ -194,6 +203,48 @@ def bench_torch(args, tokens, num_threads):
               loss=loss.item(), optimizer=f"AdamW({kind})", version=torch.__version__)
 
 
+def bench_nanodo(args, tokens):
+  """nanodo's TransformerDo at the reference shape, one jitted optax AdamW step (the same
+  lr, betas, eps, decay on matrices and clipping as the other two), parameters donated."""
+  import sys
+  import optax
+  sys.path.insert(0, os.path.abspath(args.nanodo))
+  from nanodo import model as nanodo_model  # pylint: disable=import-outside-toplevel
+
+  dtype = jnp.dtype(args.dtype)
+  config = nanodo_model.DoConfig(D=args.embed_dim, H=args.heads, L=args.seq_len,
+                                 N=args.layers, V=args.vocab, F=4 * args.embed_dim,
+                                 dtype=dtype, fsdp_enabled=False)
+  model = nanodo_model.TransformerDo(config)
+  inputs, targets = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
+  params = model.init(jax.random.key(0), inputs)
+  optimizer = optax.chain(
+      optax.clip_by_global_norm(1.0),
+      optax.adamw(1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+                  mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+  opt_state = optimizer.init(params)
+
+  def loss_fn(params):
+    logits = model.apply(params, inputs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+  def train_step(params, opt_state):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  start = time.perf_counter()
+  compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state).compile()
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(args.warmup + args.steps):
+    start = time.perf_counter()
+    params, opt_state, loss = jax.block_until_ready(compiled(params, opt_state))
+    times.append(time.perf_counter() - start)
+  return dict(times=times[args.warmup:], compile_s=compile_s,
+              params=sum(x.size for x in jax.tree.leaves(params)), loss=float(loss))
+
+
 def summarize(result, tokens_per_step, flops_per_step, peak_gflops):
   s_per_step = statistics.median(result.pop("times"))
   return dict(result, s_per_step=s_per_step, steps_per_s=1 / s_per_step,
@@ -213,6 +264,10 @@ def main():
   if args.torch and importlib.util.find_spec("torch") is None:
     print("torch is not importable: skipping the PyTorch comparison.")
     args.torch = False
+  if args.nanodo and not os.path.exists(os.path.join(args.nanodo, "nanodo", "model.py")):
+    print(f"--nanodo {args.nanodo!r} holds no nanodo/model.py: skipping the nanodo "
+          f"comparison (git clone https://github.com/google-deepmind/nanodo).")
+    args.nanodo = ""
   tokens = np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.seq_len + 1),
                                              dtype=np.int32)
   peak = matmul_peak()
@@ -226,6 +281,9 @@ def main():
     assert results[peer]["params"] == results["bigflax"]["params"], (
         f"parameter counts differ: torch {results[peer]['params']:,} vs bigflax "
         f"{results['bigflax']['params']:,}")
+  if args.nanodo:
+    print(f"timing nanodo: compile, {args.warmup} + {args.steps} steps", flush=True)
+    results["nanodo"] = bench_nanodo(args, tokens)
   # Best of before and after: one measurement can land on a moment of background load.
   peak = max(peak, matmul_peak())
   tokens_per_step = args.batch * args.seq_len
@@ -237,21 +295,26 @@ def main():
         f"{args.layers} layers, d={args.embed_dim}, {args.heads} heads, seq "
         f"{args.seq_len}, batch {args.batch}, vocab {args.vocab}, {args.dtype}; median of "
         f"{args.steps} steps; {flops_per_step / 1e9:.1f} GFLOP/step\n")
+  # bigflax's step time over each row's: below 1 means bigflax is the faster.
+  ratios = {f"bigflax/{name}": rows["bigflax"]["s_per_step"] / r["s_per_step"]
+            for name, r in rows.items() if name != "bigflax"}
   print(f"{'':14}{'s/step':>9}{'steps/s':>9}{'tokens/s':>10}{'MFU':>8}{'compile s':>11}"
-        f"{'params':>13}{'loss':>8}")
+        f"{'params':>13}{'loss':>8}{'bigflax/this':>14}")
   for name, r in rows.items():
+    ratio = rows["bigflax"]["s_per_step"] / r["s_per_step"]
     print(f"{name:14}{r['s_per_step']:9.3f}{r['steps_per_s']:9.3f}"
           f"{r['tokens_per_s']:10,.0f}{r['mfu']:8.1%}{r['compile_s']:11.1f}"
-          f"{r['params']:13,}{r['loss']:8.3f}")
+          f"{r['params']:13,}{r['loss']:8.3f}{ratio:13.2f}x")
   report = dict(args=vars(args), rows=rows, flops_per_step=flops_per_step,
                 matmul_peak_gflops=peak, machine=dict(
                     cpus=cores, cpu=cpu_model(), busy_before_start=busy,
                     device_kind=jax.devices()[0].device_kind, jax=jax.__version__,
                     flax=flax.__version__, xla_flags=os.environ.get("XLA_FLAGS", "")))
+  report["step_time_ratios"] = ratios
   if args.torch:
-    report["speed_ratio"] = rows[peer]["s_per_step"] / rows["bigflax"]["s_per_step"]
     report["machine"]["torch"] = rows[peer].pop("version")
-    print(f"\nbigflax speed / {peer} speed = {report['speed_ratio']:.2f}")
+  for name, ratio in ratios.items():
+    print(f"{name} step time = {ratio:.2f}x")
   with open(args.out, "w") as f:
     json.dump(report, f, indent=2)
   print(f"wrote {args.out}")

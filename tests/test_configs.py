@@ -44,7 +44,7 @@ def test_experiments_validate_and_build(name):
 
 def test_weight_decay_skips_biases_norms_and_positions():
   config = gpt_tiny.get_config()
-  config.model.vocab_size = 256
+  config.model.update(vocab_size=256, position="learned")  # gpt_tiny's own is rope
   params = models.build(config.model).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
   mask = optim.path_mask(params["params"], config.optim.no_decay, match=False)
   flat = {optim.param_path(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
