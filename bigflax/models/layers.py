@@ -273,17 +273,17 @@ class Attention(nn.Module):
     q_BxTxHxD = constrain(q_BxTxHxD, axes)
     k_BxSxKxD, v_BxSxKxD = constrain(k_BxSxKxD, axes), constrain(v_BxSxKxD, axes)
 
-    # The cache's mask is causal and windowed already, and a decode step's few queries
-    # are the xla path's case.
-    cached = decode or not self_attention
+    # KV-cache decoding (its mask is causal and windowed already; a step's few queries)
+    # and cross-attention take the xla path whatever config.attention_impl says.
+    xla_only = decode or not self_attention
     dropout = None
     if c.attention_dropout_rate > 0 and self.has_rng("dropout"):
       dropout = lambda p: apply_dropout(p, c.attention_dropout_rate, self)
     out_BxTxHxD = attention.attend(
         q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask=mask,
-        implementation="xla" if cached else c.attention_impl,
-        causal=c.causal and not cached, segment_ids=None if cached else segment_ids,
-        sliding_window=0 if cached else c.sliding_window, dropout=dropout,
+        implementation="xla" if xla_only else c.attention_impl,
+        causal=c.causal and not xla_only, segment_ids=None if xla_only else segment_ids,
+        sliding_window=0 if xla_only else c.sliding_window, dropout=dropout,
         partition=mesh_spec(axes))
     out_BxTxHxD = constrain(out_BxTxHxD, axes)
     return DenseGeneral((x.shape[-1],), ("heads", "kv", "embed"), c.out_init_std,
