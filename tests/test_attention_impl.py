@@ -109,6 +109,9 @@ def test_auto_chooses_the_platforms_kernel_and_says_so():
   assert attention.choose("splash", "cpu", jnp.float32)[0] == "splash"
   with pytest.raises(ValueError, match="model.attention_impl='flash'"):
     attention.choose("flash", "tpu", jnp.float32)
+  q, k, v, _ = qkv_and_segments(heads=2, kv_heads=1, length=16, batch=1)
+  np.testing.assert_array_equal(attention.attend(q, k, v, implementation="auto", causal=True),
+                                attention.attend(q, k, v, causal=True))  # xla here
 
 
 def test_kernels_without_dropout_or_dense_masks_say_so():

@@ -155,6 +155,8 @@ def attend(q: Array, k: Array, v: Array, *, implementation: str = "xla",
   dropout: on the probabilities (xla only). partition: the PartitionSpec of q on the
   current mesh, which splash runs under (one kernel per device's batch rows and heads).
   """
+  if implementation == "auto":  # a model built without models.build: auto on this backend
+    implementation, _ = choose("auto", jax.default_backend(), q.dtype)
   if implementation != "xla" and dropout is not None:
     raise ValueError(f"model.attention_impl={implementation!r} has no attention dropout; "
                      f"set model.attention_dropout_rate=0 or attention_impl='xla'.")
