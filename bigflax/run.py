@@ -298,10 +298,9 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
   print(f"bigflax: {num_params:,} parameters on a {dict(mesh.shape)} mesh of "
         f"{mesh.devices.size} {jax.devices()[0].platform} devices, {jax.process_count()} "
         f"process(es)", flush=True)
-  if "attention_impl" in config.model:
-    chosen, why = models.attention.choose(config.model.attention_impl, jax.default_backend(),
-                                          models.DTYPES[config.model.get("dtype", "float32")])
-    print(f"bigflax: attention {chosen} ({why})", flush=True)
+  if "attention_impl" in config.model:  # what models.build made of it
+    print(f"bigflax: attention {model.attention_impl} (model.attention_impl="
+          f"{config.model.attention_impl} on {jax.default_backend()})", flush=True)
   if task.data_summary is not None:
     print(f"bigflax: {task.data_summary(config, tokenizer, train_data)}", flush=True)
   loss_fn = None  # the task's own; a distillation's below

@@ -301,7 +301,7 @@ def main():
   print(f"{'':14}{'s/step':>9}{'steps/s':>9}{'tokens/s':>10}{'MFU':>8}{'compile s':>11}"
         f"{'params':>13}{'loss':>8}{'bigflax/this':>14}")
   for name, r in rows.items():
-    ratio = rows["bigflax"]["s_per_step"] / r["s_per_step"]
+    ratio = ratios.get(f"bigflax/{name}", 1.0)
     print(f"{name:14}{r['s_per_step']:9.3f}{r['steps_per_s']:9.3f}"
           f"{r['tokens_per_s']:10,.0f}{r['mfu']:8.1%}{r['compile_s']:11.1f}"
           f"{r['params']:13,}{r['loss']:8.3f}{ratio:13.2f}x")

@@ -65,7 +65,8 @@ def pack_examples(windows: np.ndarray, weights: np.ndarray, pad_id: int,
       continue
     row = next((r for r, room in enumerate(free) if room >= length), len(rows))
     if row == len(rows):
-      rows.append([]), free.append(seq_len)
+      rows.append([])
+      free.append(seq_len)
     rows[row].append((i, seq_len - free[row]))
     free[row] -= length
   shape = (len(rows), seq_len)

@@ -65,7 +65,7 @@ def build(config: ml_collections.ConfigDict, platform: str | None = None, **over
         raise ValueError(f"model.{key}={kwargs[key]!r}; choose one of {sorted(DTYPES)}.")
       kwargs[key] = DTYPES[kwargs[key]]
   if "attention_impl" in kwargs:
-    kwargs["attention_impl"], _ = attention.choose(
+    kwargs["attention_impl"] = attention.choose(
         kwargs["attention_impl"], platform or jax.default_backend(),
         kwargs.get("dtype", jnp.float32))
   return cls(**kwargs)

@@ -124,8 +124,8 @@ def causal_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
   return jnp.concatenate(outputs, axis=1)
 
 
-def choose(requested: str, platform: str, dtype) -> tuple[str, str]:
-  """The implementation `requested` (model.attention_impl) means on `platform`, and why.
+def choose(requested: str, platform: str, dtype) -> str:
+  """The implementation `requested` (model.attention_impl) means on `platform`.
 
   "auto" is splash on TPU, cuDNN on a GPU when the compute dtype is 16-bit (cuDNN's fused
   attention takes no float32), xla elsewhere.
@@ -133,12 +133,12 @@ def choose(requested: str, platform: str, dtype) -> tuple[str, str]:
   if requested not in IMPLEMENTATIONS:
     raise ValueError(f"model.attention_impl={requested!r}; choose one of {IMPLEMENTATIONS}.")
   if requested != "auto":
-    return requested, f"model.attention_impl={requested}"
+    return requested
   if platform == "tpu":
-    return "splash", "auto on tpu"
+    return "splash"
   if platform == "gpu" and jnp.dtype(dtype).itemsize == 2:
-    return "cudnn", "auto on gpu"
-  return "xla", f"auto on {platform} ({jnp.dtype(dtype).name})"
+    return "cudnn"
+  return "xla"
 
 
 def attend(q: Array, k: Array, v: Array, *, implementation: str = "xla",
@@ -156,7 +156,7 @@ def attend(q: Array, k: Array, v: Array, *, implementation: str = "xla",
   current mesh, which splash runs under (one kernel per device's batch rows and heads).
   """
   if implementation == "auto":  # a model built without models.build: auto on this backend
-    implementation, _ = choose("auto", jax.default_backend(), q.dtype)
+    implementation = choose("auto", jax.default_backend(), q.dtype)
   if implementation != "xla" and dropout is not None:
     raise ValueError(f"model.attention_impl={implementation!r} has no attention dropout; "
                      f"set model.attention_dropout_rate=0 or attention_impl='xla'.")
