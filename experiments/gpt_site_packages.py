@@ -1,13 +1,14 @@
-"""gpt_tiny's model on the text this machine has: the installed packages' Python sources
-and docs (site-packages: .py .pyi .md .rst .txt, ~0.42 GB here), the standard library (the
-stdlib_corpus TFDS builder) and the C headers in /usr/include (~0.1 GB), tokenized once
-into shards and mixed 70 / 20 / 10.
+"""gpt_tiny's model on the text this machine has, about 1 GB: the installed packages' sources
+and docs (site-packages: Python, Cython and C/C++ files, .md .rst .txt), the standard
+library (the stdlib_corpus TFDS builder), the C headers in /usr/include, and what Debian's
+packages ship as text: man pages and /usr/share/doc's changelogs, READMEs and copyright
+files (gzipped, read through gzip). Tokenized once into shards, mixed 60 / 15 / 10 / 10 / 5.
 
   python -m bigflax prepare --config experiments/gpt_site_packages.py
   python -m bigflax train --config experiments/gpt_site_packages.py --workdir runs/gpt_sp
 
-`:slice` prepares and trains on one package directory (jax) instead of all of
-site-packages: a minute to prepare, for trying the pipeline out.
+`:slice` prepares and trains on one package directory (jax) and the stdlib instead: a
+minute to prepare, for trying the pipeline out.
 """
 
 import os
@@ -19,16 +20,28 @@ from experiments import gpt_tiny
 def get_config(arg=None):
   config = gpt_tiny.get_config()
   site_packages = sysconfig.get_paths()["purelib"]
-  docs_and_code = ["*.py", "*.pyi", "*.md", "*.rst", "*.txt"]
+  docs_and_code = ["*.py", "*.pyi", "*.md", "*.rst", "*.txt",
+                   "*.pyx", "*.pxd", "*.c", "*.h", "*.cc", "*.cpp", "*.hpp", "*.cu"]
+  # Debian's docs: text and HTML only (its .pdf.gz, .ps.gz and .tar.gz are not text).
+  debian_docs = ["changelog*", "NEWS*", "HISTORY*", "README*", "copyright", "*.html", "*.md",
+                 "*.md.gz", "*.txt", "*.txt.gz", "*.rst", "*.rst.gz"]
   config.data.corpora = dict(
       site_packages=dict(format="text", validation_fraction=0.005, patterns=docs_and_code,
-                         path=os.path.join(site_packages, "jax") if arg == "slice"
-                         else site_packages),
+                         path=site_packages),
       stdlib=dict(format="tfds", tfds_name="stdlib_corpus", validation_fraction=0.05),
       c_headers=dict(format="text", path="/usr/include", patterns=["*.h"],
                      validation_fraction=0.005),
+      man_pages=dict(format="text", path="/usr/share/man", patterns=["*.gz"],
+                     validation_fraction=0.005),
+      debian_docs=dict(format="text", path="/usr/share/doc", patterns=debian_docs,
+                       validation_fraction=0.005),
   )
-  config.data.mixture = dict(site_packages=0.7, stdlib=0.2, c_headers=0.1)
+  config.data.mixture = dict(site_packages=0.6, stdlib=0.15, c_headers=0.1, man_pages=0.1,
+                             debian_docs=0.05)
+  if arg == "slice":
+    config.data.corpora = dict(stdlib=config.data.corpora.stdlib, site_packages=dict(
+        config.data.corpora.site_packages, path=os.path.join(site_packages, "jax")))
+    config.data.mixture = dict(site_packages=0.8, stdlib=0.2)
   config.data.prepared_dir = f"runs/prepared/site_packages{'_' + arg if arg else ''}"
   config.data.shard_bytes = 32 << 20
   config.data.prepare_workers = 0  # one per core

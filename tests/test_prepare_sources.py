@@ -1,5 +1,6 @@
 """The corpus formats `prepare` reads: JSONL, Parquet, HF datasets' save_to_disk, TFDS."""
 
+import gzip
 import json
 
 import numpy as np
@@ -44,6 +45,29 @@ def test_jsonl_with_an_id_column(tmp_path):
   prepared_equals_reference(tmp_path, corpus, [(f"d{i}", t) for i, t in enumerate(texts)])
   with pytest.raises(ValueError, match="a record's 'text' is NoneType"):
     list(documents.read(documents_config(dict(corpus, text_column="text")), "part0.jsonl"))
+
+
+def test_gzipped_text_and_jsonl_files_read_as_their_plain_text(tmp_path):
+  texts = random_texts(40)
+  (tmp_path / "src").mkdir()
+  for i, text in enumerate(texts[:20]):
+    (tmp_path / "src" / f"page{i:02d}.1.gz").write_bytes(gzip.compress(text.encode()))
+  corpus = dict(format="text", path=str(tmp_path / "src"), patterns=["*.gz"],
+                validation_fraction=0.2)
+  prepared_equals_reference(tmp_path / "text", corpus,
+                            [(f"page{i:02d}.1.gz", t) for i, t in enumerate(texts[:20])])
+  lines = [json.dumps({"body": t}) for t in texts[20:]]
+  (tmp_path / "json").mkdir()
+  (tmp_path / "json" / "dump.jsonl.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+  corpus = dict(format="jsonl", path=str(tmp_path / "json"), text_column="body",
+                validation_fraction=0.2)  # *.jsonl.gz is a default pattern
+  prepared_equals_reference(tmp_path / "jsonl", corpus,
+                            [(f"dump.jsonl.gz:{i}", t) for i, t in enumerate(texts[20:])])
+  whole = (tmp_path / "src" / "page00.1.gz").read_bytes()
+  (tmp_path / "src" / "page00.1.gz").write_bytes(whole[:len(whole) // 2])  # truncated
+  with pytest.raises(ValueError, match=r"page00.1.gz: a damaged or truncated gzip file"):
+    list(documents.read(documents_config(corpus | dict(format="text", path=str(
+        tmp_path / "src"))), "page00.1.gz"))
 
 
 def documents_config(corpus):

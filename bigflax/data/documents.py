@@ -6,6 +6,8 @@ A corpus (`config.data.corpora[name]`) is one of these formats:
   parquet  Parquet files with a named `text_column`
   hf_disk  a Hugging Face `datasets` save_to_disk directory (its .arrow files)
   tfds     one of bigflax's text datasets (`tfds_name`; `data_dir`, `source_dir`)
+Text and JSON-lines files whose names end in .gz are read through gzip (man pages, Debian
+changelogs, dumps shipped as .jsonl.gz).
 
 Each document has an id (its path, `id_column`'s value, or file:row) and goes to the
 validation split when a hash of that id falls under `validation_fraction` (packing.py): the same split
@@ -13,15 +15,17 @@ on every machine, and a new document does not move the others.
 """
 
 import fnmatch
+import gzip
 import hashlib
 import json
 import os
+import zlib
 from typing import Iterator
 
 from bigflax.data import sources
 
 FORMATS = ("text", "jsonl", "parquet", "hf_disk", "tfds")
-DEFAULT_PATTERNS = {"jsonl": ("*.jsonl",), "parquet": ("*.parquet",), "hf_disk": ("*.arrow",)}
+DEFAULT_PATTERNS = {"jsonl": ("*.jsonl", "*.jsonl.gz"), "parquet": ("*.parquet",), "hf_disk": ("*.arrow",)}
 
 
 def check(name: str, corpus) -> None:
@@ -78,12 +82,20 @@ def sha256(corpus, unit: dict) -> str:
 def read(corpus, relative_path: str) -> Iterator[tuple[str, str]]:
   """(document id, text) of one unit, in file order."""
   path = os.path.join(corpus.get("path") or "", relative_path)
+  try:
+    yield from _read(corpus, path, relative_path)
+  except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+    raise ValueError(f"{path}: a damaged or truncated gzip file ({error}); replace it, or "
+                     f"leave it out through data.corpora.*.patterns.") from error
+
+
+def _read(corpus, path: str, relative_path: str) -> Iterator[tuple[str, str]]:
   if corpus.format == "text":
     # Replacement, not a skipped file: one stray byte should not cost a whole document.
-    with open(path, "rb") as f:
+    with _open(path) as f:
       yield relative_path, f.read().decode("utf-8", errors="replace")
   elif corpus.format == "jsonl":
-    with open(path, encoding="utf-8") as f:
+    with _open(path) as f:
       for row, line in enumerate(f):
         if line.strip():
           record = json.loads(line)
@@ -92,6 +104,11 @@ def read(corpus, relative_path: str) -> Iterator[tuple[str, str]]:
     yield from _read_arrow(corpus, path, relative_path)
   else:
     yield from _read_tfds(corpus)
+
+
+def _open(path: str):
+  """The file's bytes, decompressed when its name ends in .gz (a stream: memory stays flat)."""
+  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
 def _id(corpus, record, relative_path: str, row: int) -> str:
