@@ -165,6 +165,13 @@ def test_training_refuses_shards_of_another_tokenizer_or_window(tmp_path):
                                        f"config gives {tokenizers.fingerprint(gpt2)}"):
     pipeline.make_lm_batches(config.data, gpt2, "train", process_index=0, process_count=1)
 
+  manifest_path = tmp_path / "prepared" / "code" / shards.MANIFEST
+  manifest = json.loads(manifest_path.read_text())
+  del manifest["windows_per_record"]  # as an older bigflax wrote it: a window a record
+  manifest_path.write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match="holds 1 window.s. a record, the layout of an older"):
+    pipeline.make_lm_batches(config.data, byte, "train", process_index=0, process_count=1)
+
 
 def test_config_mistakes_are_named(tmp_path):
   make_text_corpus(tmp_path / "src")

@@ -35,7 +35,8 @@ from bigflax.data import documents, packing, shards, tokenizers
 DEFAULT_SHARD_BYTES = 32 << 20
 # Documents tokenized together: bounds a worker's lists of Python ints.
 _ENCODE_CHUNK_CHARS = 1 << 20
-# Each record is one chunk, so a window is read alone; zstd keeps writing fast.
+# Each record (shards.WINDOWS_PER_RECORD windows) is one chunk, so a read decompresses one
+# record; zstd keeps writing fast.
 _WRITER_OPTIONS = "group_size:1,zstd:1"
 
 
@@ -54,7 +55,8 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
     tokenizer = tokenizers.build(config.tokenizer, None, scratch)
   tokenizer.save(tokenizer_dir)
   made_with = {"tokenizer": tokenizers.fingerprint(tokenizer), "window": data.seq_len + 1,
-               "dtype": shards.token_dtype(tokenizer.vocab_size)}
+               "dtype": shards.token_dtype(tokenizer.vocab_size),
+               "windows_per_record": shards.WINDOWS_PER_RECORD}
   return {name: prepare_corpus(name, corpus, data, tokenizer_dir, made_with)
           for name, corpus in data.corpora.items()}
 
@@ -122,7 +124,7 @@ def _finished_shard(out, index, files, made_with) -> dict | None:
     record = json.load(f)
   same_files = [(u["path"], u["bytes"], u["mtime_ns"]) for u in record["files"]] == [
       (u["path"], u["bytes"], u["mtime_ns"]) for u in files]
-  same_make = all(record[key] == value for key, value in made_with.items())
+  same_make = all(record.get(key) == value for key, value in made_with.items())
   return record if same_files and same_make else None
 
 
@@ -139,17 +141,23 @@ def _prepare_shard(job) -> dict:
   texts = {split: [] for split in shards.SPLITS}
   pending = dict.fromkeys(shards.SPLITS, 0)  # characters in texts[split]
   carry = {split: np.zeros(0, np.int32) for split in shards.SPLITS}
+  unwritten = {split: np.zeros((0, made_with["window"]), made_with["dtype"])
+               for split in shards.SPLITS}  # fewer than a record's worth
   windows_written = dict.fromkeys(shards.SPLITS, 0)
   counts = {"documents": 0, "validation_documents": 0, "tokens": 0}
 
-  def encode(split):
+  def encode(split, last=False):
     token_lists = tokenizer.encode_batch(texts[split])
     counts["tokens"] += sum(map(len, token_lists))
     windows, carry[split] = packing.cut_windows(carry[split], token_lists, tokenizer.eos_id,
                                                 made_with["window"])
-    for window in windows.astype(made_with["dtype"]):
-      writers[split].write(window.tobytes())
-    windows_written[split] += len(windows)
+    windows = np.concatenate([unwritten[split], windows.astype(made_with["dtype"])])
+    whole = len(windows) if last else len(windows) - len(windows) % shards.WINDOWS_PER_RECORD
+    for start in range(0, whole, shards.WINDOWS_PER_RECORD):
+      writers[split].write(windows[start:min(start + shards.WINDOWS_PER_RECORD, whole)]
+                           .tobytes())
+    unwritten[split] = windows[whole:]
+    windows_written[split] += whole
     texts[split].clear()
     pending[split] = 0
 
@@ -164,7 +172,7 @@ def _prepare_shard(job) -> dict:
         encode(split)
     unit["sha256"] = documents.sha256(corpus, unit)
   for split, path in paths.items():
-    encode(split)  # the tail that fills no window is dropped
+    encode(split, last=True)  # the tail that fills no window is dropped
     writers[split].close()
     os.replace(f"{path}.tmp", path)
   record = {"index": index, "files": files, **made_with, **counts,
