@@ -25,7 +25,8 @@ from typing import Iterator
 from bigflax.data import sources
 
 FORMATS = ("text", "jsonl", "parquet", "hf_disk", "tfds")
-DEFAULT_PATTERNS = {"jsonl": ("*.jsonl", "*.jsonl.gz"), "parquet": ("*.parquet",), "hf_disk": ("*.arrow",)}
+DEFAULT_PATTERNS = {"jsonl": ("*.jsonl", "*.jsonl.gz"), "parquet": ("*.parquet",),
+                    "hf_disk": ("*.arrow",)}
 
 
 def check(name: str, corpus) -> None:
