@@ -2,7 +2,8 @@
 and docs (site-packages: Python, Cython and C/C++ files, .md .rst .txt), the standard
 library (the stdlib_corpus TFDS builder), the C headers in /usr/include, and what Debian's
 packages ship as text: man pages and /usr/share/doc's changelogs, READMEs and copyright
-files (gzipped, read through gzip). Tokenized once into shards, mixed 60 / 15 / 10 / 10 / 5.
+files (gzipped, read through gzip). Tokenized once into shards, mixed 60 / 15 / 10 / 10 / 5;
+a machine without /usr/include, /usr/share/man or /usr/share/doc mixes the rest.
 
   python -m bigflax prepare --config experiments/gpt_site_packages.py
   python -m bigflax train --config experiments/gpt_site_packages.py --workdir runs/gpt_sp
@@ -25,7 +26,7 @@ def get_config(arg=None):
   # Debian's docs: text and HTML only (its .pdf.gz, .ps.gz and .tar.gz are not text).
   debian_docs = ["changelog*", "NEWS*", "HISTORY*", "README*", "copyright", "*.html", "*.md",
                  "*.md.gz", "*.txt", "*.txt.gz", "*.rst", "*.rst.gz"]
-  config.data.corpora = dict(
+  corpora = dict(
       site_packages=dict(format="text", validation_fraction=0.005, patterns=docs_and_code,
                          path=site_packages),
       stdlib=dict(format="tfds", tfds_name="stdlib_corpus", validation_fraction=0.05),
@@ -36,12 +37,17 @@ def get_config(arg=None):
       debian_docs=dict(format="text", path="/usr/share/doc", patterns=debian_docs,
                        validation_fraction=0.005),
   )
-  config.data.mixture = dict(site_packages=0.6, stdlib=0.15, c_headers=0.1, man_pages=0.1,
-                             debian_docs=0.05)
+  mixture = dict(site_packages=0.6, stdlib=0.15, c_headers=0.1, man_pages=0.1,
+                 debian_docs=0.05)
+  # A machine without these system directories (macOS, a slim container) mixes the rest.
+  for name in ("c_headers", "man_pages", "debian_docs"):
+    if not os.path.isdir(corpora[name]["path"]):
+      del corpora[name], mixture[name]
   if arg == "slice":
-    config.data.corpora = dict(stdlib=config.data.corpora.stdlib, site_packages=dict(
-        config.data.corpora.site_packages, path=os.path.join(site_packages, "jax")))
-    config.data.mixture = dict(site_packages=0.8, stdlib=0.2)
+    corpora = dict(stdlib=corpora["stdlib"], site_packages=dict(
+        corpora["site_packages"], path=os.path.join(site_packages, "jax")))
+    mixture = dict(site_packages=0.8, stdlib=0.2)
+  config.data.corpora, config.data.mixture = corpora, mixture
   config.data.prepared_dir = f"runs/prepared/site_packages{'_' + arg if arg else ''}"
   config.data.shard_bytes = 32 << 20
   config.data.prepare_workers = 0  # one per core
