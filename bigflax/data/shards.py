@@ -89,9 +89,9 @@ class Windows:
       raise ValueError(f"{where} holds {per_record} window(s) a record, the layout of an "
                        f"older bigflax; this one reads {WINDOWS_PER_RECORD}: rerun `bigflax "
                        f"prepare` with the same config (it redoes every shard).")
-    counts = [s[f"{split}_windows"] for s in self.manifest["shards"] if s[f"{split}_windows"]]
-    paths = [os.path.join(prepared_dir, name, shard_file(split, s["index"]))
-             for s in self.manifest["shards"] if s[f"{split}_windows"]]
+    kept = [s for s in self.manifest["shards"] if s[f"{split}_windows"]]
+    counts = [s[f"{split}_windows"] for s in kept]
+    paths = [os.path.join(prepared_dir, name, shard_file(split, s["index"])) for s in kept]
     self._dtype = np.dtype(self.manifest["dtype"])
     self.window = self.manifest["window"]
     self._first_window = np.cumsum([0] + counts)  # of each shard, and the total
