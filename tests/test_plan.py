@@ -3,6 +3,7 @@ have; memory per device checked against arithmetic done here from the sharding r
 
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import jax
 import pytest
 
 from bigflax import chips, configs, hlo, plan, run
-from bigflax.train import optim
+from bigflax.train import loop, optim
 from cli_utils import env
 from conftest import REPO
 from experiments import gpt2_medium, gpt2_small, gpt_tiny
@@ -283,3 +284,23 @@ def test_splash_compiles_for_tpu_and_its_temporaries_grow_linearly_with_length()
   assert temporaries["splash", 16384] < 2.6 * temporaries["splash", 8192]
   assert temporaries["xla", 16384] > 3.5 * temporaries["xla", 8192]
   assert temporaries["splash", 16384] < temporaries["xla", 16384] / 5
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_each_layer_casts_its_own_parameters_for_a_tpu_slice(monkeypatch):
+  # Left to XLA's bfloat16 propagation, a scanned bfloat16 model's float32 parameter stacks
+  # are cast whole before the layer loops and the copy is held through both
+  # (loop.TRAIN_STEP_COMPILER_OPTIONS); the trainer's step casts each layer's slice.
+  config = importlib.import_module("experiments.llama2_7b").get_config()
+  config.model.update(num_layers=4, embed_dim=512, mlp_dim=1408, num_heads=4,
+                      num_kv_heads=4, max_len=256, remat="dots_no_batch",
+                      attention_impl="xla")
+  config.data.update(seq_len=256, global_batch_size=4)
+  config.mesh.shape = dict(data=1, fsdp=-1, tensor=1)
+  devices, _, _ = plan.slice_devices("v5p:2x2x1")
+  # A whole stack cast: bfloat16 (layers, embed / 4, mlp) MLP kernels out of a convert.
+  stack_cast = re.compile(r"= bf16\[4,128,1408\]\S* convert\(")
+  assert not stack_cast.search(plan.compile_step(config, devices)[0].as_text())
+  monkeypatch.setattr(loop, "TRAIN_STEP_COMPILER_OPTIONS", {})
+  assert stack_cast.search(plan.compile_step(config, devices)[0].as_text())
