@@ -15,7 +15,7 @@ from bigflax import chips, configs, hlo, plan, run
 from bigflax.train import loop, optim
 from cli_utils import env
 from conftest import REPO
-from experiments import gpt2_medium, gpt2_small, gpt_tiny
+from experiments import gpt2_medium, gpt2_small, gpt_tiny, llama2_7b
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu not installed (pip install bigflax[tpu])")
@@ -292,7 +292,7 @@ def test_each_layer_casts_its_own_parameters_for_a_tpu_slice(monkeypatch):
   # Left to XLA's bfloat16 propagation, a scanned bfloat16 model's float32 parameter stacks
   # are cast whole before the layer loops and the copy is held through both
   # (loop.TRAIN_STEP_COMPILER_OPTIONS); the trainer's step casts each layer's slice.
-  config = importlib.import_module("experiments.llama2_7b").get_config()
+  config = llama2_7b.get_config()
   config.model.update(num_layers=4, embed_dim=512, mlp_dim=1408, num_heads=4,
                       num_kv_heads=4, max_len=256, remat="dots_no_batch",
                       attention_impl="xla")
