@@ -22,5 +22,5 @@ def get_config(arg=None):
       embed_dim=256, mlp_dim=704, max_len=256, scan_layers=False, remat="none",
       dtype="float32", lora=config.model.lora)
   config.optim.no_decay = r"(bias|scale)$"
-  config.train.num_steps = 250  # its measured run (README); gpt_tiny now stops at 225
+  config.train.num_steps = 250  # its measured run (docs/models.md); gpt_tiny now stops at 225
   return config

@@ -7,7 +7,7 @@ chips, 4 hosts) as `bigflax plan` estimates it, per host.
 
 Prepares the config's corpora twice (windows of 257 and 1025 tokens; a rerun skips what is
 done), then times `iterate()` (background threads, as training reads it) of host 0's rows.
-Without --plan the v5e figure is the planner's from the README (a libtpu compile of
+Without --plan the v5e figure is the planner's from docs/planning.md (a libtpu compile of
 GPT-2 medium takes ~100 s on 2 busy cores); with --plan it is computed here.
 """
 
@@ -30,7 +30,7 @@ import bench_train  # noqa: E402
 from bigflax import plan  # noqa: E402
 from bigflax.data import pipeline, prepare, tokenizers  # noqa: E402
 
-# README's plan of experiments/gpt2_medium.py on v5e:4x4: 512 x 1024 tokens a step, roofline
+# docs/planning.md's plan of gpt2_medium.py on v5e:4x4: 512 x 1024 tokens a step, roofline
 # step 403 ms.
 README_V5E_TOKENS_PER_SECOND = 512 * 1024 / 0.403
 V5E_HOSTS = 4

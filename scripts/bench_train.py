@@ -16,7 +16,7 @@ measured f32 matmul rate with the trainer's FLOPs formula (so bfloat16 on a CPU 
 native bf16 dots can exceed 100%). Run it on an otherwise idle machine: a background job
 on a 2-core box easily moves the numbers by 50%. On Linux,
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 backs the step's large buffers with transparent huge
-pages (see the README's Benchmark).
+pages (see docs/reproduction.md).
 """
 
 import argparse
@@ -312,7 +312,7 @@ def main():
                     cpus=cores, cpu=cpu_model(), busy_before_start=busy,
                     device_kind=jax.devices()[0].device_kind, jax=jax.__version__,
                     flax=flax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                    # glibc.malloc.hugetlb=1 moves the step time by ~15% (README, Benchmark)
+                    # glibc.malloc.hugetlb=1 moves the step time by ~15% (docs/reproduction.md)
                     glibc_tunables=os.environ.get("GLIBC_TUNABLES", "")))
   report["step_time_ratios"] = ratios
   if args.torch:

@@ -7,7 +7,7 @@ and Llama-2-7B in the settings of issue 16's side-by-side table against MaxText.
 
 One sequence per device, FSDP over every device, bf16 compute, float32 parameters and
 AdamW moments, layers scanned. The installed jax and libtpu compile: to compare with MaxText
-under one compiler, run it with MaxText's (the README's table used jax 0.12.0.1 and libtpu
+under one compiler, run it with MaxText's (docs/reproduction.md's table used jax 0.12.0.1 and libtpu
 0.0.52 from a venv that has MaxText's packages and bigflax's). Each row is one compile (minutes on 2 cores); rows already
 in --out are kept, so a stopped run continues where it was.
 """
