@@ -482,13 +482,19 @@ def parse_flags(argv):
       message = configs.unknown_override(argv) or str(e)
     except Exception:  # the experiment file itself is broken: show the original error
       message = str(e)
-    if isinstance(e, flags.UnrecognizedFlagError) and argv[1:2][0] in COMMANDS:
-      close = difflib.get_close_matches(e.flagname, COMMANDS[argv[1]].flags, n=1)
-      if close:  # rather than absl's guess among every library's flags
-        message = f"{message.split(' Did you mean')[0]} Did you mean --{close[0]}?"
-      message += f" ({argv[1]}'s flags: python -m bigflax {argv[1]} --help)"
+    if isinstance(e, flags.UnrecognizedFlagError) and argv[1] in COMMANDS:
+      message = unknown_flag(e, argv[1])
     print(f"bigflax: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def unknown_flag(error: flags.UnrecognizedFlagError, command: str) -> str:
+  """absl's message, with the closest of the command's own flags rather than absl's guess
+  among every library's flags."""
+  close = difflib.get_close_matches(error.flagname, COMMANDS[command].flags, n=1)
+  message = f"{str(error).split(' Did you mean')[0]} Did you mean --{close[0]}?" if close else (
+      str(error))
+  return f"{message} ({command}'s flags: python -m bigflax {command} --help)"
 
 
 def split_config(args: list[str]) -> tuple[str, list[str], list[str]]:
@@ -526,7 +532,8 @@ def run_launcher(args: list[str]) -> int:
     if positional:
       raise UsageError(f"{command} takes no positional arguments; got {positional}.")
   except (UsageError, flags.Error) as e:
-    print(f"bigflax {args[0] if args else ''}: error: {e}", file=sys.stderr)
+    message = unknown_flag(e, command) if isinstance(e, flags.UnrecognizedFlagError) else e
+    print(f"bigflax {args[0] if args else ''}: error: {message}", file=sys.stderr)
     return 2
   options = types.SimpleNamespace(config=config, **{
       name: FLAGS[name].value for name in COMMANDS[command].flags if name != "config"})
