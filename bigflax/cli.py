@@ -25,9 +25,10 @@ import textwrap
 import types
 
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
-from bigflax import hugepages
+from bigflax import configs, hugepages
 from bigflax.configs import UsageError
 
 FLAGS = flags.FLAGS
@@ -323,7 +324,6 @@ def check_usage(command, positional):
 
 def source_dir() -> tuple[str, str]:
   """(flag, directory) of the run, bundle or registry a command reads; it must exist."""
-  from etils import epath  # pylint: disable=import-outside-toplevel
   flag = next(f for f in ("workdir", "bundle", "registry") if FLAGS[f].value)
   if not epath.Path(FLAGS[flag].value).is_dir():
     raise UsageError(f"--{flag}={FLAGS[flag].value} does not exist.")
@@ -355,7 +355,7 @@ def diff_command(run_a, run_b):
 
 
 def plan_command():
-  from bigflax import configs, plan
+  from bigflax import plan
   configs.validate(experiment())
   report = plan.plan(experiment(), FLAGS.topology, FLAGS.tokens, FLAGS.price_per_chip_hour)
   print(plan.format_report(report))
@@ -474,7 +474,6 @@ def main(argv) -> int:
 
 def parse_flags(argv):
   """absl flag parsing, with config mistakes reported in one line instead of a traceback."""
-  from bigflax import configs  # pylint: disable=import-outside-toplevel
   try:
     return FLAGS(argv)
   except Exception as e:  # absl/ml_collections raise several types for a bad override
