@@ -1,4 +1,8 @@
-from bigflax import platforms
+from bigflax import hugepages
+
+hugepages.reexec()  # first: glibc reads GLIBC_TUNABLES only when a process starts
+
+from bigflax import platforms  # noqa: E402  pylint: disable=wrong-import-position
 
 platforms.skip_absent_tpu()  # before jax starts its backends
 

@@ -1,42 +1,35 @@
-"""bigflax command line: `python -m bigflax COMMAND --config experiments/X.py --workdir DIR`.
+"""bigflax command line: `python -m bigflax COMMAND [--flag=value ...]`.
 
-Commands:
-  train   train (or resume) the experiment in --workdir
-  eval    the task's metrics for the latest checkpoint in --workdir (--split), or lm-eval
-          tasks on it (--harness=TASKS; also on a HF directory)
-  sample  decode from the latest checkpoint in --workdir with a KV cache (or from a HF
-          GPT-2 checkpoint directory given as --workdir)
-  promote --candidate RUN --incumbent RUN: serve the candidate only if it is not worse
-  launch  train on a Cloud TPU slice through gcloud (bigflax/launch.py; --help)
-  sweep   a hyperparameter sweep, one run directory per trial (bigflax/sweep.py; --help)
-  prepare --config X: tokenize data.corpora once into shards in data.prepared_dir
-  plan    --config X --topology v5e:4x4: will it fit, how fast, how costly (no --workdir)
-  diff    RUN_A RUN_B: what differs between two runs' configs and environments
-  export  write the latest checkpoint in --workdir as a self-contained bundle (--out)
-  serve   serve --workdir, --bundle or --registry's promoted run over HTTP (--host, --port,
-          --api_key, --feedback_dir)
+`python -m bigflax --help` lists the commands (COMMANDS below: each one's summary, the flags it
+reads and an example); `python -m bigflax COMMAND --help` shows one command's flags;
+`--helpfull` adds the libraries' own flags (absl, orbax, grain, tfds).
 
 Exit status: 0 done; 2 a mistake in the command line, config or workdir, or a diverged run
 (train.max_skipped_steps); 75 `train` stopped by SIGTERM with its checkpoint saved: run the
 same command again to resume.
 
 Flags, dispatch and errors only: the work is in run.py (training), inference.py (eval,
-sample, export, serve), promote.py, plan.py, run_info.py; this is the one reader of FLAGS.
+sample, export, serve), promote.py, plan.py, run_info.py, launch.py, sweep.py; this is the one
+reader of FLAGS. The command line is checked against COMMANDS before anything heavy is
+imported, so help and mistakes answer at once; jax and the libraries load when a command runs.
+Each command re-executes itself once at start with glibc's huge-page tunable
+(bigflax/hugepages.py).
 """
 
+import dataclasses
+import difflib
 import json
 import os
 import sys
+import textwrap
+import types
 
 from absl import app, flags, logging
 from etils import epath
-import jax
 from ml_collections import config_flags
 
-from bigflax import configs, inference, plan, promote, run, run_info
+from bigflax import configs, hugepages
 from bigflax.configs import UsageError
-from bigflax.data import prepare as data_prepare
-from bigflax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/gpt_tiny.py"
@@ -54,7 +47,7 @@ flags.DEFINE_float("temperature", None, "sample: 0 = greedy.")
 flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = all).")
 flags.DEFINE_float("top_p", None, "sample: nucleus sampling mass (1 = all).")
 flags.DEFINE_integer("num_samples", 1, "sample: continuations per prompt.")
-flags.DEFINE_integer("seed", None, "sample: rng seed.")
+flags.DEFINE_integer("seed", None, "sample: rng seed; sweep --optuna: the sampler's seed.")
 flags.DEFINE_string("out", None, "export: the bundle directory to write (new or empty); "
                     "plan: also write the report as JSON to this file.")
 flags.DEFINE_enum("format", "bundle", ["bundle", "hf", "hf_bf16"], "export: a bigflax "
@@ -91,7 +84,8 @@ flags.DEFINE_string("candidate", None, "promote: the run that may replace the in
 flags.DEFINE_string("incumbent", None, "promote: the served run; its data's --split is the "
                     "held-out set both runs are judged on.")
 flags.DEFINE_string("metric", None, "promote: the deciding metric (default: the task's, "
-                    "accuracy for classifiers, loss otherwise).")
+                    "accuracy for classifiers, loss otherwise); sweep: split/name to rank "
+                    "trials by (default validation/loss).")
 flags.DEFINE_float("min_delta", 0.0, "promote: the improvement required (0 = not worse).")
 flags.DEFINE_string("registry", None, "promote: directory of served.json and "
                     "promotions.jsonl (default: the incumbent's parent directory). serve: "
@@ -104,12 +98,212 @@ flags.DEFINE_float("tokens", None, "plan: a token budget, for wall time and cost
 flags.DEFINE_float("price_per_chip_hour", None, "plan: price of one chip-hour, for the cost.")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
 
-COMMANDS = ("train", "eval", "sample", "promote", "plan", "diff", "export", "serve",
-            "prepare")
-NO_WORKDIR = ("promote", "plan", "diff", "serve", "prepare")  # serve takes --workdir or --bundle
+# launch and sweep (--launcher tpu): the Cloud TPU slice, through gcloud.
+flags.DEFINE_string("tpu", None, "launch, sweep: the TPU VM (node) name.")
+flags.DEFINE_string("zone", None, "launch, sweep: the slice's zone, e.g. us-west4-a.")
+flags.DEFINE_string("accelerator_type", None, "launch, sweep: e.g. v5litepod-16, v4-32.")
+flags.DEFINE_string("project", None, "launch, sweep: the GCP project (default: gcloud's).")
+flags.DEFINE_string("runtime_version", None, "launch, sweep: the TPU software version "
+                    "(default: per generation).")
+flags.DEFINE_bool("create", False, "launch, sweep: create the slice first.")
+flags.DEFINE_bool("queued", False, "launch, sweep: --create as a queued resource.")
+flags.DEFINE_bool("spot", False, "launch, sweep: --create with Spot capacity.")
+flags.DEFINE_bool("delete", False, "launch, sweep: delete the slice at the end.")
+flags.DEFINE_string("python", "{}.{}".format(*sys.version_info[:2]), "launch, sweep: Python "
+                    "version of the workers' venv (default: this one's).")
+flags.DEFINE_bool("dry_run", False, "launch, sweep: print the commands, run nothing.")
+flags.DEFINE_integer("parallel", 1, "sweep: trials trained at once.")
+flags.DEFINE_enum("mode", "min", ["min", "max"], "sweep: whether a lower or a higher --metric "
+                  "is better.")
+flags.DEFINE_integer("optuna", 0, "sweep: adaptive search: the study's number of finished "
+                     "trials (0 = the grid of get_sweep()).")
+flags.DEFINE_string("storage", None, "sweep --optuna: the study's storage URL (default "
+                    "sqlite in --workdir/study.db).")
+flags.DEFINE_string("study_name", None, "sweep --optuna: the study (default: the "
+                    "experiment's name).")
+flags.DEFINE_integer("prune_after", 5, "sweep --optuna: trials finished before the median "
+                     "pruner starts.")
+flags.DEFINE_enum("launcher", "local", ["local", "tpu"], "sweep: train the trials here, or "
+                  "on the Cloud TPU slice --tpu.")
+# The spellings launch and sweep took before they read absl flags.
+ALIASES = {"dry-run": "dry_run", "accelerator-type": "accelerator_type",
+           "runtime-version": "runtime_version"}
+for alias, name in ALIASES.items():
+  flags.DEFINE_alias(alias, name)
+
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "distributed")
+SLICE_FLAGS = ("tpu", "zone", "accelerator_type", "project", "runtime_version", "create",
+               "queued", "spot", "delete", "python")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  summary: str  # its line in `python -m bigflax --help`
+  flags: tuple[str, ...]  # the flags it reads; the others of this file are refused
+  example: str
+  required: tuple[str, ...] = ()
+
+
+COMMANDS = {
+    "train": Command("train (or resume) the experiment in --workdir",
+                     ("config", "workdir", *DISTRIBUTED_FLAGS, "traceback"),
+                     "python -m bigflax train --config experiments/gpt_tiny.py --workdir "
+                     "runs/gpt_tiny --config.train.num_steps=100", ("config", "workdir")),
+    "eval": Command("the task's metrics for the latest checkpoint in --workdir, or "
+                    "lm-eval tasks (--harness)",
+                    ("workdir", "split", "harness", "harness_limit", *DISTRIBUTED_FLAGS,
+                     "traceback"),
+                    "python -m bigflax eval --workdir runs/gpt_tiny --split validation",
+                    ("workdir",)),
+    "sample": Command("decode from the latest checkpoint in --workdir (or a HF GPT-2 "
+                      "checkpoint directory)",
+                      ("workdir", "prompt", "max_new_tokens", "temperature", "top_k", "top_p",
+                       "num_samples", "seed", *DISTRIBUTED_FLAGS, "traceback"),
+                      "python -m bigflax sample --workdir runs/gpt_tiny --prompt 'def parse(' "
+                      "--max_new_tokens 50", ("workdir",)),
+    "promote": Command("serve --candidate in place of --incumbent only if it is not worse",
+                       ("candidate", "incumbent", "split", "metric", "min_delta", "registry",
+                        *DISTRIBUTED_FLAGS, "traceback"),
+                       "python -m bigflax promote --candidate runs/sft_fb --incumbent "
+                       "runs/sft_qa --metric loss", ("candidate", "incumbent")),
+    "launch": Command("train on a Cloud TPU slice through gcloud (bigflax/launch.py)",
+                      ("config", "workdir", "dry_run", *SLICE_FLAGS),
+                      "python -m bigflax launch --tpu my-tpu --zone us-west4-a "
+                      "--accelerator-type v5litepod-16 --config experiments/gpt_tiny.py "
+                      "--workdir gs://BUCKET/run --create --delete",
+                      ("config", "workdir", "tpu", "zone", "accelerator_type")),
+    "sweep": Command("a hyperparameter sweep, one run directory per trial (bigflax/sweep.py)",
+                     ("config", "workdir", "parallel", "metric", "mode", "optuna", "storage",
+                      "study_name", "seed", "prune_after", "launcher", "dry_run",
+                      *SLICE_FLAGS),
+                     "python -m bigflax sweep --config experiments/gpt_tiny_sweep.py "
+                     "--workdir runs/gpt_sweep --parallel 2", ("config", "workdir")),
+    "prepare": Command("tokenize data.corpora once into shards in data.prepared_dir",
+                       ("config", *DISTRIBUTED_FLAGS, "traceback"),
+                       "python -m bigflax prepare --config experiments/gpt_site_packages.py",
+                       ("config",)),
+    "plan": Command("will it fit, how fast, how costly on a TPU slice (no --workdir)",
+                    ("config", "topology", "tokens", "price_per_chip_hour", "out",
+                     "traceback"),
+                    "python -m bigflax plan --config experiments/llama2_7b.py --topology "
+                    "v5p:2x2x2", ("config",)),
+    "diff": Command("RUN_A RUN_B: what differs between two runs' configs and environments",
+                    ("traceback",), "python -m bigflax diff runs/a runs/b"),
+    "export": Command("write the latest checkpoint in --workdir as a bundle or a HF "
+                      "checkpoint (--out)",
+                      ("workdir", "out", "format", *DISTRIBUTED_FLAGS, "traceback"),
+                      "python -m bigflax export --workdir runs/gpt_tiny --out "
+                      "bundles/gpt_tiny", ("workdir", "out")),
+    "serve": Command("serve --workdir, --bundle or --registry's promoted run over HTTP",
+                     ("workdir", "bundle", "registry", "host", "port", "api_key",
+                      "admin_key", "reload_roots", "insecure", "max_batch", "max_wait_ms",
+                      "batching", "max_queue", "max_body_bytes", "timeout_s", "warmup",
+                      "feedback_dir", *DISTRIBUTED_FLAGS, "traceback"),
+                     "python -m bigflax serve --workdir runs/gpt_tiny --port 8000"),
+}
+OWN_FLAGS = {name for c in COMMANDS.values() for name in c.flags}
+# Accepted by every command: scripts and tests pass --workdir to all of them.
+ACCEPTED_BY_ALL = ("workdir",)
+LAUNCHERS = ("launch", "sweep")  # they read their flags in-process and start train commands
+HELP = ("-h", "--help", "-?", "--helpshort")
+ENVIRONMENT_NOTE = (
+    "Each command re-executes itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+    "(glibc >= 2.35: malloc backs XLA's CPU buffers with huge pages, 13-20 % off a train "
+    "step); set GLIBC_TUNABLES yourself (to anything) or BIGFLAX_NO_REEXEC=1 to keep the "
+    "environment as it is.")
+
+
+def overview() -> str:
+  width = max(map(len, COMMANDS))
+  lines = ["usage: python -m bigflax COMMAND [--flag=value ...]", "", "Commands:"]
+  lines += [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
+  lines.append("")
+  for paragraph in (
+      "python -m bigflax COMMAND --help: the command's flags and an example; --helpfull: "
+      "also the libraries' flags.",
+      "Exit status: 0 done; 2 a mistake in the command line, config or workdir, or a "
+      "diverged run; 75 train stopped by SIGTERM, its checkpoint saved (run it again to "
+      "resume).", ENVIRONMENT_NOTE):
+    lines += textwrap.wrap(paragraph, 92) + [""]
+  return "\n".join(lines[:-1])
+
+
+def command_help(name: str) -> str:
+  command = COMMANDS[name]
+  lines = [f"python -m bigflax {name}: {command.summary}", "", "Example:",
+           f"  {command.example}", "", "Flags (* required):"]
+  for flag in command.flags:
+    spelled = f"--{flag}" + "".join(f", --{a}" for a, n in ALIASES.items() if n == flag)
+    default = FLAGS[flag].default
+    shown = "" if default in (None, False, [], "") else f" (default: {default})"
+    lines.append(f"  {spelled}{'*' if flag in command.required else ''}")
+    lines += textwrap.wrap(FLAGS[flag].help + shown, 88, initial_indent="      ",
+                           subsequent_indent="      ")
+  if "config" in command.flags:
+    lines.append("  --config.a.b=value: override a field of the experiment's config")
+  lines += ["", "The libraries' flags (absl logging, orbax, grain, tfds): --helpfull."]
+  return "\n".join(lines)
+
+
+def given_flags(args: list[str]) -> list[str]:
+  """The flag names in a command line (`--nox` as x, an alias as its flag), in order."""
+  names, i = [], 0
+  while i < len(args):
+    arg, i = args[i], i + 1
+    if arg == "--":
+      break
+    if not arg.startswith("-") or arg == "-":
+      continue
+    name = arg.lstrip("-").split("=", 1)[0]
+    name = ALIASES.get(name, name)
+    if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS:
+      name = name[2:]  # --nowarmup
+    elif "=" not in arg and (name in FLAGS and not FLAGS[name].boolean or name not in FLAGS
+                             and i < len(args) and not args[i].startswith("-")):
+      i += 1  # its value is the next argument
+    names.append(name)
+  return names
+
+
+def did_you_mean(word: str, choices) -> str:
+  close = difflib.get_close_matches(word, choices, n=1)
+  return f" Did you mean {close[0]}?" if close else ""
+
+
+def check_command_line(args: list[str]) -> str:
+  """The command, once its flags are ones it reads and its required flags are given; raises
+  UsageError naming the mistake. Only this file's tables: nothing heavy is imported."""
+  command = args[0] if args else None
+  if command is None:
+    raise UsageError(f"give a command.\n\n{overview()}")
+  if command not in COMMANDS:
+    raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)} The "
+                     f"command comes first: python -m bigflax COMMAND [flags]; "
+                     f"python -m bigflax --help lists them.")
+  names = given_flags(args[1:])
+  reads = COMMANDS[command].flags
+  for name in names:
+    if name in OWN_FLAGS and name not in reads and name not in ACCEPTED_BY_ALL:
+      raise UsageError(f"{command} does not read --{name}.{did_you_mean(name, reads)} "
+                       f"Its flags: python -m bigflax {command} --help.")
+  if "flagfile" not in names:
+    for name in COMMANDS[command].required:
+      if name not in names:
+        raise UsageError(f"{command} needs --{name}; e.g.\n  {COMMANDS[command].example}")
+  return command
+
+
+def help_text(args: list[str]) -> str | None:
+  """What `--help` asks for: the commands, or one command's flags."""
+  if args[:1] and args[0] in HELP:
+    return overview()
+  if args[:1] and args[0] in COMMANDS and any(a in HELP for a in args[1:]):
+    return command_help(args[0])
+  return None
 
 
 def initialize_distributed():
+  import jax  # pylint: disable=import-outside-toplevel
   if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
@@ -118,18 +312,14 @@ def initialize_distributed():
     jax.distributed.initialize()
 
 
-def check_usage(command, argv):
-  if command not in COMMANDS or len(argv) != (4 if command == "diff" else 2):
-    raise app.UsageError(f"Give one command, one of {COMMANDS} (diff RUN_A RUN_B); got "
-                         f"{argv[1:]}.")
+def check_usage(command, positional):
+  if len(positional) != (2 if command == "diff" else 0):
+    raise UsageError(f"unexpected arguments {positional} (diff takes two run directories, "
+                     f"the other commands none); e.g.\n  {COMMANDS[command].example}")
   if command == "serve" and (FLAGS.workdir and FLAGS.bundle
                              or not (FLAGS.workdir or FLAGS.bundle or FLAGS.registry)):
-    raise app.UsageError("serve needs --workdir or --bundle (not both), or --registry (then "
-                         "it serves the run the registry's served.json names).")
-  if command == "export" and not FLAGS.out:
-    raise app.UsageError("export needs --out: the bundle directory to write.")
-  if not FLAGS.workdir and command not in NO_WORKDIR:
-    raise app.UsageError("--workdir is required.")
+    raise UsageError("serve needs --workdir or --bundle (not both), or --registry (then "
+                     "it serves the run the registry's served.json names).")
 
 
 def source_dir() -> tuple[str, str]:
@@ -146,7 +336,26 @@ def experiment():
   return FLAGS.config
 
 
+# The commands import what they run when they run: `--help` and mistakes answer without jax.
+# pylint: disable=import-outside-toplevel
+
+def train_command():
+  from bigflax import run
+  run.train(experiment(), FLAGS.workdir)
+
+
+def prepare_command():
+  from bigflax.data import prepare
+  prepare.prepare(experiment())
+
+
+def diff_command(run_a, run_b):
+  from bigflax import run_info
+  print(run_info.format_diff(run_a, run_b, run_info.diff(run_a, run_b)))
+
+
 def plan_command():
+  from bigflax import plan
   configs.validate(experiment())
   report = plan.plan(experiment(), FLAGS.topology, FLAGS.tokens, FLAGS.price_per_chip_hour)
   print(plan.format_report(report))
@@ -157,6 +366,7 @@ def plan_command():
 
 
 def promote_command():
+  from bigflax import promote
   for name in ("candidate", "incumbent"):
     if not FLAGS[name].value or not os.path.isdir(FLAGS[name].value):
       raise UsageError(f"--{name}={FLAGS[name].value} is not a run directory.")
@@ -165,6 +375,7 @@ def promote_command():
 
 
 def sample_command():
+  from bigflax import inference
   source_dir()
   options = {name: FLAGS[name].value for name in
              ("num_samples", "max_new_tokens", "temperature", "top_k", "top_p", "seed")}
@@ -172,9 +383,10 @@ def sample_command():
 
 
 def serve_command():
+  from bigflax import inference
   flag, source = source_dir()
   try:
-    from bigflax.infer import serve  # pylint: disable=import-outside-toplevel
+    from bigflax.infer import serve
   except ImportError as e:
     raise UsageError(f"serve needs the HTTP libraries ({e.name} is missing): "
                      f"pip install -e '.[serve]'") from e
@@ -191,12 +403,13 @@ def serve_command():
 
 
 def eval_command():
+  from bigflax import inference
   source_dir()
   if FLAGS.harness is None:
     inference.evaluate(FLAGS.workdir, FLAGS.split)
     return
   try:
-    from bigflax.harness import registered  # pylint: disable=import-outside-toplevel
+    from bigflax.harness import registered
   except ImportError as e:
     raise UsageError(f"eval --harness needs lm-evaluation-harness ({e.name} is missing): "
                      f"pip install -e '.[harness]'") from e
@@ -204,6 +417,7 @@ def eval_command():
 
 
 def export_command():
+  from bigflax import inference
   source_dir()
   if FLAGS.format == "bundle":
     inference.export(FLAGS.workdir, FLAGS.out)
@@ -214,24 +428,33 @@ def export_command():
 
 # What each command runs once the flags are checked (and jax.distributed is up).
 DISTRIBUTED = {
-    "train": lambda: run.train(experiment(), FLAGS.workdir),
+    "train": train_command,
     "eval": eval_command,
     "sample": sample_command,
     "promote": promote_command,
     "export": export_command,
     "serve": serve_command,
-    "prepare": lambda: data_prepare.prepare(experiment()),
+    "prepare": prepare_command,
 }
 
 
-def main(argv):
-  command = argv[1] if len(argv) > 1 else None
-  check_usage(command, argv)
+def import_libraries():
+  """The modules the commands run, imported before the flags are parsed: as before, the
+  libraries' own absl flags (orbax, grain, tfds) are accepted and --helpfull lists them."""
+  from bigflax import inference, plan, promote, run  # noqa: F401  pylint: disable=unused-import
+
+
+def main(argv) -> int:
+  """absl's main: argv is [program, command, positional arguments...]."""
+  from bigflax import plan
+  from bigflax.train import loop
+  command, positional = argv[1], argv[2:]
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax's INFO logs would drown the progress bar
   try:
+    check_usage(command, positional)
     if command == "diff":
-      print(run_info.format_diff(argv[2], argv[3], run_info.diff(argv[2], argv[3])))
+      diff_command(*positional)
     elif command == "plan":
       plan_command()
     else:
@@ -239,12 +462,14 @@ def main(argv):
       DISTRIBUTED[command]()
   except loop.Preempted as e:
     print(f"bigflax {command}: {e}", file=sys.stderr)
-    sys.exit(loop.EXIT_PREEMPTED)
+    return loop.EXIT_PREEMPTED
   except (UsageError, plan.PlanError, ValueError, OSError) as e:
     if FLAGS.traceback:
       raise
     print(f"bigflax {command}: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    return 2
+  return 0
+# pylint: enable=import-outside-toplevel
 
 
 def parse_flags(argv):
@@ -256,15 +481,84 @@ def parse_flags(argv):
       message = configs.unknown_override(argv) or str(e)
     except Exception:  # the experiment file itself is broken: show the original error
       message = str(e)
+    if isinstance(e, flags.UnrecognizedFlagError) and argv[1] in COMMANDS:
+      message = unknown_flag(e, argv[1])
     print(f"bigflax: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def entry_point():
-  if sys.argv[1:2] == ["launch"]:  # their own flags; they start train processes
+def unknown_flag(error: flags.UnrecognizedFlagError, command: str) -> str:
+  """absl's message, with the closest of the command's own flags rather than absl's guess
+  among every library's flags."""
+  close = difflib.get_close_matches(error.flagname, COMMANDS[command].flags, n=1)
+  message = f"{str(error).split(' Did you mean')[0]} Did you mean --{close[0]}?" if close else (
+      str(error))
+  return f"{message} ({command}'s flags: python -m bigflax {command} --help)"
+
+
+def split_config(args: list[str]) -> tuple[str, list[str], list[str]]:
+  """(--config's value, the --config.a.b=value overrides, the other arguments): launch and
+  sweep hand the experiment to the train commands they start, as text."""
+  config, overrides, rest = None, [], []
+  i = 0
+  while i < len(args):
+    arg, i = args[i], i + 1
+    if arg == "--config":
+      if i == len(args):
+        raise UsageError("--config needs a value: --config experiments/X.py.")
+      config, i = args[i], i + 1
+    elif arg.startswith("--config="):
+      config = arg.split("=", 1)[1]
+    elif arg.startswith("--config."):
+      if "=" not in arg:
+        raise UsageError(f"{arg}: config overrides are --config.a.b=value.")
+      overrides.append(arg)
+    else:
+      rest.append(arg)
+  return config, overrides, rest
+
+
+def run_launcher(args: list[str]) -> int:
+  """`python -m bigflax launch|sweep ...` in this process (args without the program); returns
+  the exit status. Its flags are parsed afresh each time (tests call it several times)."""
+  try:
+    command = check_command_line(args)
+    if command not in LAUNCHERS:
+      raise UsageError(f"{command} runs through entry_point, not run_launcher.")
+    config, overrides, rest = split_config(args[1:])
+    FLAGS.unparse_flags()
+    positional = FLAGS(["bigflax", *rest])[1:]
+    if positional:
+      raise UsageError(f"{command} takes no positional arguments; got {positional}.")
+  except (UsageError, flags.Error) as e:
+    message = unknown_flag(e, command) if isinstance(e, flags.UnrecognizedFlagError) else e
+    print(f"bigflax {args[0] if args else ''}: error: {message}", file=sys.stderr)
+    return 2
+  options = types.SimpleNamespace(config=config, **{
+      name: FLAGS[name].value for name in COMMANDS[command].flags if name != "config"})
+  if command == "launch":
     from bigflax import launch  # pylint: disable=import-outside-toplevel
-    sys.exit(launch.main(sys.argv[2:]))
-  if sys.argv[1:2] == ["sweep"]:
-    from bigflax import sweep  # pylint: disable=import-outside-toplevel
-    sys.exit(sweep.main(sys.argv[2:]))
+    return launch.main(options, overrides)
+  from bigflax import sweep  # pylint: disable=import-outside-toplevel
+  return sweep.main(options, overrides)
+
+
+def entry_point():
+  hugepages.reexec()  # a no-op in `python -m bigflax`, which did it first
+  args = sys.argv[1:]
+  shown = help_text(args)
+  if shown:
+    print(shown)
+    sys.exit(0)
+  if "--helpfull" in args:
+    import_libraries()
+    app.run(main, flags_parser=parse_flags)  # absl prints every flag
+  try:
+    command = check_command_line(args)
+  except UsageError as e:
+    print(f"bigflax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if command in LAUNCHERS:
+    sys.exit(run_launcher(args))
+  import_libraries()
   app.run(main, flags_parser=parse_flags)

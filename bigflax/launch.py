@@ -22,7 +22,6 @@ Ctrl-C (or a worker that stays unreachable) stops the launcher only: it prints w
 running and the commands that stop training and delete the slice.
 """
 
-import argparse
 import codecs
 import dataclasses
 import pathlib
@@ -324,22 +323,6 @@ def check_workdir(s: Slice, workdir: str, delete: bool = False):
                      f"gs://bucket/path.")
 
 
-def add_slice_arguments(parser: argparse.ArgumentParser, required: bool):
-  parser.add_argument("--tpu", required=required, help="TPU VM (node) name")
-  parser.add_argument("--zone", required=required, help="e.g. us-west4-a")
-  parser.add_argument("--accelerator-type", "--accelerator_type", dest="accelerator_type",
-                      required=required, help="e.g. v5litepod-16, v4-32")
-  parser.add_argument("--project", help="GCP project (default: gcloud's)")
-  parser.add_argument("--runtime-version", "--runtime_version", dest="runtime_version",
-                      help="TPU software version (default: per generation)")
-  parser.add_argument("--create", action="store_true", help="create the slice first")
-  parser.add_argument("--queued", action="store_true", help="--create as a queued resource")
-  parser.add_argument("--spot", action="store_true", help="--create with Spot capacity")
-  parser.add_argument("--delete", action="store_true", help="delete the slice at the end")
-  parser.add_argument("--python", default="{}.{}".format(*sys.version_info[:2]),
-                      help="Python version of the workers' venv (default: this one's)")
-
-
 def slice_from_args(args) -> Slice:
   for flag in ("tpu", "zone", "accelerator_type"):
     if not getattr(args, flag):
@@ -356,21 +339,9 @@ def setup_steps(s: Slice, args, launch_dir: str) -> list[Step]:
   return (create_steps(s) if args.create else []) + install_steps(s, args.python, launch_dir)
 
 
-def main(argv) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bigflax launch",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog="Other --config.a.b=value arguments go to train.")
-  parser.add_argument("--config", required=True, help="experiments/X.py[:arg]")
-  parser.add_argument("--workdir", required=True, help="gs://bucket/run")
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="print the gcloud commands, run nothing")
-  add_slice_arguments(parser, required=True)
-  args, rest = parser.parse_known_args(argv)
-  overrides = [a for a in rest if a.startswith("--config.") and "=" in a]
-  if len(overrides) < len(rest):
-    parser.error(f"unrecognized arguments {[a for a in rest if a not in overrides]} "
-                 f"(config overrides are --config.a.b=value)")
+def main(args, overrides: list[str]) -> int:
+  """`args`: the launch command's flags (bigflax/cli.py), `config` as text; `overrides`: the
+  --config.a.b=value arguments, passed on to train."""
   s, launch_dir, started, training = None, new_launch_dir(), False, False
   try:
     s = slice_from_args(args)

@@ -27,7 +27,6 @@ directory, so it resumes from its checkpoint. `--launcher tpu` trains the trials
 TPU slice through `bigflax.launch`.
 """
 
-import argparse
 import concurrent.futures
 import importlib.util
 import json
@@ -52,6 +51,8 @@ HEARTBEAT_SECONDS, STALE_SECONDS = 30, 120
 # How long a SQLite writer waits for another (--parallel trials, heartbeats, several sweeps)
 # before "database is locked"; sqlite3's own default is 5 s.
 SQLITE_TIMEOUT_SECONDS = 120
+# What trials are ranked by unless --metric says otherwise.
+DEFAULT_METRIC = "validation/loss"
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,37 +268,10 @@ def load_experiment(config_arg: str):
   return module
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog="python -m bigflax sweep", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="Other --config.a.b=value arguments apply to every trial.")
-  parser.add_argument("--config", required=True, help="experiments/X.py with get_sweep()")
-  parser.add_argument("--workdir", required=True, help="sweep directory: one run per trial")
-  parser.add_argument("--parallel", type=int, default=1, help="trials trained at once")
-  parser.add_argument("--metric", default="validation/loss", help="split/name to rank by")
-  parser.add_argument("--mode", choices=("min", "max"), default="min")
-  parser.add_argument("--optuna", type=int, default=0, metavar="N_TRIALS",
-                      help="adaptive search: the study's number of finished trials")
-  parser.add_argument("--storage", help="Optuna storage URL (default sqlite DIR/study.db)")
-  parser.add_argument("--study_name", help="Optuna study (default: the experiment's name)")
-  parser.add_argument("--seed", type=int, default=None, help="Optuna sampler seed")
-  parser.add_argument("--prune_after", type=int, default=5,
-                      help="MedianPruner: trials finished before pruning starts")
-  parser.add_argument("--launcher", choices=("local", "tpu"), default="local")
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="print the trials' commands, run nothing")
-  launch.add_slice_arguments(parser, required=False)
-  args, rest = parser.parse_known_args(argv)
-  overrides = [a for a in rest if a.startswith("--config.") and "=" in a]
-  unknown = [a for a in rest if a not in overrides]
-  if unknown:
-    parser.error(f"unrecognized arguments {unknown} (config overrides are --config.a.b=v)")
-  return args, overrides
-
-
-def main(argv) -> int:
-  args, overrides = parse_args(argv)
+def main(args, overrides: list[str]) -> int:
+  """`args`: the sweep command's flags (bigflax/cli.py), `config` as text; `overrides`: the
+  --config.a.b=value arguments, applied to every trial."""
+  args.metric = args.metric or DEFAULT_METRIC  # --metric is promote's too, with its default
   tpu, launch_dir = args.launcher == "tpu", launch.new_launch_dir()
   try:
     if args.parallel < 1:

@@ -1,11 +1,17 @@
 """The command line as a user meets it: mistakes get one clear line naming the fix."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
+from bigflax import cli, hugepages
+from bigflax.hugepages import TUNABLE
 from bigflax.train import writers
 from cli_utils import TINY, run
+from conftest import REPO
 
 
 @pytest.mark.parametrize("override,expected", [
@@ -96,3 +102,80 @@ def test_eval_writes_classification_metrics_and_confusion_matrix(tmp_path):
       (matrix[0][0] + matrix[1][1]) / 1000)
   png = (tmp_path / "eval_validation_100_confusion.png").read_bytes()
   assert png.startswith(b"\x89PNG")
+
+
+def bigflax(*args, **env) -> subprocess.CompletedProcess:
+  """`python -m bigflax ARGS` as typed, with no --workdir added."""
+  return subprocess.run([sys.executable, "-m", "bigflax", *args], cwd=REPO,
+                        env=dict(os.environ, **env), capture_output=True, text=True,
+                        timeout=60)
+
+
+def test_help_lists_the_commands():
+  for flag in ("--help", "-h"):
+    shown = bigflax(flag)
+    assert shown.returncode == 0, shown.stderr
+    for name, command in cli.COMMANDS.items():
+      assert f"  {name}" in shown.stdout and command.summary in shown.stdout
+  missing = bigflax()
+  assert missing.returncode == 2 and "give a command" in missing.stderr
+  assert all(name in missing.stderr for name in cli.COMMANDS)
+
+
+def test_command_help_shows_its_own_flags_and_an_example():
+  shown = bigflax("train", "--help")
+  assert shown.returncode == 0, shown.stderr
+  assert "--config*" in shown.stdout and "--workdir*" in shown.stdout
+  assert f"Example:\n  {cli.COMMANDS['train'].example}" in shown.stdout
+  for other in ("--port", "--grain_", "--logtostderr", "--tpu"):  # serve's, the libraries'
+    assert other not in shown.stdout
+  shown = bigflax("launch", "-h")  # the flags of the former argparse commands too
+  assert shown.returncode == 0 and "--accelerator_type, --accelerator-type*" in shown.stdout
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["trian"], "unknown command 'trian'. Did you mean train?"),
+    (["eval", "--split", "test"], "eval needs --workdir; e.g.\n  python -m bigflax eval"),
+    (["train", "--workdir", "w", "--config", "c.py", "--port", "1"],
+     "train does not read --port."),
+    (["sweep", "--workdir", "w", "--config", "c.py", "--paralel", "2"],
+     "Unknown command line flag 'paralel'. Did you mean --parallel?"),
+])
+def test_command_line_mistakes_exit_2_with_a_suggestion(args, expected):
+  result = bigflax(*args)
+  assert result.returncode == 2 and expected in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_the_huge_page_tunable_is_set_where_the_user_set_none():
+  assert hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.check=3"}) is None
+  assert hugepages.environment({"BIGFLAX_NO_REEXEC": "1"}) is None
+  if not hugepages.glibc_has_tunable():
+    pytest.skip(f"{os.confstr('CS_GNU_LIBC_VERSION')} has no glibc.malloc.hugetlb")
+  assert hugepages.environment({"A": "b"}) == {"A": "b", "GLIBC_TUNABLES": TUNABLE}
+
+
+def test_the_command_reexecutes_itself_once_in_the_same_process(tmp_path):
+  """A sitecustomize reports every interpreter start: `python -m bigflax` starts twice in one
+  pid, the second time with the tunable; not at all again where the user set GLIBC_TUNABLES."""
+  if not hugepages.glibc_has_tunable():
+    pytest.skip(f"{os.confstr('CS_GNU_LIBC_VERSION')} has no glibc.malloc.hugetlb")
+  (tmp_path / "sitecustomize.py").write_text(
+      "import os, sys\n"
+      "print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES'), file=sys.stderr)\n")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", "BIGFLAX_NO_REEXEC")}
+  env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+
+  def starts(**extra):
+    result = subprocess.run([sys.executable, "-m", "bigflax", "trian"], cwd=REPO,
+                            env=dict(env, **extra), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Did you mean train?" in result.stderr
+    return [line.split()[1:] for line in result.stderr.splitlines() if line.startswith("start")]
+
+  (pid, before), (same_pid, after) = starts()
+  assert (before, after) == ("None", TUNABLE) and pid == same_pid
+  [(_, theirs)] = starts(GLIBC_TUNABLES="glibc.malloc.check=3")
+  assert theirs == "glibc.malloc.check=3"
+  [(_, unset)] = starts(BIGFLAX_NO_REEXEC="1")
+  assert unset == "None"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bigflax import launch
+from bigflax import cli, launch
 from cli_utils import run
 
 
@@ -31,8 +31,8 @@ def test_unknown_accelerator_type_is_named():
 
 def dry_run(capsys, *args) -> list[list[str]]:
   """The commands `launch --dry-run` prints, each as argv."""
-  code = launch.main(["--tpu", "mytpu", "--zone", "us-west4-a", "--config",
-                      "experiments/gpt_tiny.py", "--dry-run", *args])
+  code = cli.run_launcher(["launch", "--tpu", "mytpu", "--zone", "us-west4-a", "--config",
+                           "experiments/gpt_tiny.py", "--dry-run", *args])
   out, err = capsys.readouterr()
   assert code == 0, err
   return [shlex.split(line) for line in out.splitlines() if not line.startswith("#")]
@@ -100,8 +100,8 @@ def test_multi_host_queued_spot_commands(capsys, accelerator_type):
      "Did you mean 'config.model.num_layers'?"),
 ])
 def test_bad_launches_are_refused_before_any_command(capsys, args, message):
-  code = launch.main(["--tpu", "t", "--zone", "z", "--config", "experiments/gpt_tiny.py",
-                      *args])
+  code = cli.run_launcher(["launch", "--tpu", "t", "--zone", "z", "--config",
+                           "experiments/gpt_tiny.py", *args])
   out, err = capsys.readouterr()
   assert code == 2 and message in err
   assert "bigflax launch: " not in out  # no step ran
@@ -214,7 +214,7 @@ def test_a_dropped_stream_reattaches_and_the_slice_is_deleted_after_training(
   for k, v in fake_cloud(tmp_path, SIX_STEPS, DROP_STREAMS=2, UNREACHABLE=1).items():
     monkeypatch.setenv(k, v)
   monkeypatch.setattr(launch, "RETRY_SECONDS", 0.2)
-  assert launch.main(LAUNCH) == 2
+  assert cli.run_launcher(["launch", *LAUNCH]) == 2
   out, err = capfd.readouterr()
   assert re.findall(r"step \d", out) == [f"step {i}" for i in range(1, 7)]
   # Dropped, unreachable, attached again (from its offset), dropped, (still running,
@@ -234,8 +234,8 @@ def test_ctrl_c_leaves_training_and_the_slice_running_and_says_how_to_delete(tmp
   slice is not deleted and the detached trainer is still alive."""
   env = dict(os.environ, **fake_cloud(tmp_path, 'echo "training started"\nsleep 60\n'))
   launcher = subprocess.Popen(
-      [sys.executable, "-c", "import sys; from bigflax import launch; "
-       "sys.exit(launch.main(sys.argv[1:]))", *LAUNCH], cwd=launch.ROOT, env=env,
+      [sys.executable, "-c", "import sys; from bigflax import cli; "
+       "sys.exit(cli.run_launcher(sys.argv[1:]))", "launch", *LAUNCH], cwd=launch.ROOT, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
   try:
     for line in launcher.stdout:  # until worker 0's log shows the trainer

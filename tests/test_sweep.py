@@ -15,10 +15,15 @@ from etils import epath
 import numpy as np
 import pytest
 
-from bigflax import sweep, sweep_space, sweep_trials
+from bigflax import cli, sweep, sweep_space, sweep_trials
 from bigflax.train import writers
 from cli_utils import TINY
 from conftest import REPO
+
+
+def sweep_main(args) -> int:
+  """`python -m bigflax sweep ARGS`, in this process (so the trainer can be stubbed)."""
+  return cli.run_launcher(["sweep", *args])
 
 
 def test_product_zip_seeds():
@@ -140,7 +145,7 @@ def test_grid_sweep_orchestration(experiment, fake_training, tmp_path, capsys):
   fake.write_text(EXPERIMENT.replace("+ [{\"optim.lr\": 1e-3", "+ [{\"optim.lr\": 1e-1"))
   directory = tmp_path / "sweep"
   args = ["--config", str(fake), "--workdir", str(directory), "--parallel", "3"]
-  assert sweep.main(args) == 0
+  assert sweep_main(args) == 0
   out = capsys.readouterr().out
   rows = read_csv(directory / "results.csv")
   assert [r["trial"] for r in rows] == ["lr=0.001,num_layers=1", "lr=0.001,num_layers=2",
@@ -153,7 +158,7 @@ def test_grid_sweep_orchestration(experiment, fake_training, tmp_path, capsys):
   assert f"FAILED (exit 1), log: {failed}" in out and "diverged" in failed.read_text()
   assert (directory / "results.md").read_text().strip() in out
 
-  assert sweep.main(args) == 0  # finished trials are skipped, the failed one retried
+  assert sweep_main(args) == 0  # finished trials are skipped, the failed one retried
   out = capsys.readouterr().out
   assert out.count("finished earlier, skipped") == 4 and out.count("FAILED") == 1
 
@@ -183,11 +188,11 @@ def test_a_preempted_trial_is_resumed_by_the_next_sweep(experiment, tmp_path, ca
   one = tmp_path / "one.py"
   one.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return [{}]"))
   args = ["--config", str(one), "--workdir", str(tmp_path / "sweep")]
-  assert sweep.main(args) == 75
+  assert sweep_main(args) == 75
   out = capsys.readouterr().out
   assert "default: preempted" in out and "run the same sweep again" in out
   assert [r["status"] for r in read_csv(tmp_path / "sweep" / "results.csv")] == ["preempted"]
-  assert sweep.main(args) == 0
+  assert sweep_main(args) == 0
   assert [r["status"] for r in read_csv(tmp_path / "sweep" / "results.csv")] == ["done"]
 
 
@@ -198,7 +203,7 @@ def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
   directory = tmp_path / "study"
   args = ["--config", str(space), "--workdir", str(directory), "--optuna", "8", "--seed", "0",
           "--prune_after", "2"]
-  assert sweep.main(args) == 0
+  assert sweep_main(args) == 0
   study = optuna.load_study(study_name="space", storage=f"sqlite:///{directory}/study.db")
   states = [t.state.name for t in study.trials]
   assert len(states) == 8 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
@@ -216,7 +221,7 @@ def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
   rows = read_csv(directory / "results.csv")
   assert sorted(r["status"] for r in rows) == sorted(
       {"COMPLETE": "done", "PRUNED": "pruned"}[s] for s in states)
-  assert sweep.main(args) == 0  # the study is complete: no new trial
+  assert sweep_main(args) == 0  # the study is complete: no new trial
   assert len(optuna.load_study(study_name="space",
                                storage=f"sqlite:///{directory}/study.db").trials) == 8
 
@@ -229,7 +234,7 @@ def test_a_non_finite_result_is_ranked_last_and_named(experiment, fake_training,
   for mode, order in [("min", ["lr=0.003", "lr=0.001", "lr=0.02"]),
                       ("max", ["lr=0.001", "lr=0.003", "lr=0.02"])]:
     directory = tmp_path / mode
-    assert sweep.main(["--config", str(space), "--workdir", str(directory), "--mode", mode,
+    assert sweep_main(["--config", str(space), "--workdir", str(directory), "--mode", mode,
                        "--parallel", "3"]) == 0
     out = capsys.readouterr().out
     assert [r["trial"] for r in read_csv(directory / "results.csv")] == order
@@ -250,7 +255,7 @@ def test_a_new_study_in_the_same_directory_gets_its_own_trial_directories(
   optuna = pytest.importorskip("optuna")
   directory = tmp_path / "sweeps"
   for name in ("a", "b"):
-    assert sweep.main(optuna_args(experiment, directory, "--study_name", name)) == 0
+    assert sweep_main(optuna_args(experiment, directory, "--study_name", name)) == 0
   storage = f"sqlite:///{directory}/study.db"
   for name in ("a", "b"):
     [trial] = optuna.load_study(study_name=name, storage=storage).trials
@@ -265,12 +270,12 @@ def test_a_new_study_in_the_same_directory_gets_its_own_trial_directories(
 HANGING_SWEEP = """
 import subprocess, sys, types
 sys.modules["bigflax.train"] = types.SimpleNamespace(loop=None, writers=None)
-from bigflax import sweep, sweep_trials
+from bigflax import cli, sweep_trials
 class Hanging(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
     return subprocess.Popen(["sleep", "120"])
 sweep_trials.LocalRunner = Hanging
-sys.exit(sweep.main(sys.argv[1:]))
+sys.exit(cli.run_launcher(["sweep", *sys.argv[1:]]))
 """
 
 
@@ -300,7 +305,7 @@ def test_a_killed_sweeps_running_trial_is_failed_by_heartbeat_and_retried(
   monkeypatch.setattr(sweep, "HEARTBEAT_SECONDS", 1)
   monkeypatch.setattr(sweep, "STALE_SECONDS", 1)
   time.sleep(2)
-  assert sweep.main(optuna_args(experiment, directory)) == 0
+  assert sweep_main(optuna_args(experiment, directory)) == 0
   assert ("tiny_sweep-trial-000 was RUNNING with no heartbeat for over 1 s (its sweep was "
           "killed): marked failed, tried again, resuming from its checkpoint"
           ) in capsys.readouterr().out
@@ -329,7 +334,7 @@ def test_a_locked_study_database_is_waited_for(experiment, fake_training, tmp_pa
        str(directory / "study.db")], stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline() == "locked\n"
   started = time.monotonic()
-  assert sweep.main(optuna_args(experiment, directory)) == 0
+  assert sweep_main(optuna_args(experiment, directory)) == 0
   assert time.monotonic() - started > 5  # it did wait for the lock
   holder.wait()
 
@@ -340,7 +345,7 @@ def test_a_locked_study_database_is_waited_for(experiment, fake_training, tmp_pa
        "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(2)",
        str(directory / "study.db")], stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline() == "locked\n"
-  assert sweep.main(optuna_args(experiment, directory, "--optuna", "2")) == 2
+  assert sweep_main(optuna_args(experiment, directory, "--optuna", "2")) == 2
   err = capsys.readouterr().err
   assert f"the study's storage sqlite:///{directory}/study.db failed: database is locked" in err
   assert "run the same sweep again" in err
@@ -352,7 +357,7 @@ def test_sweep_end_to_end(experiment, tfds_dir, tmp_path, capsys):
   directory = tmp_path / "sweep"
   args = ["--config", experiment, "--workdir", str(directory), "--parallel", "2",
           *tiny(tfds_dir)]
-  assert sweep.main(args) == 0
+  assert sweep_main(args) == 0
   out = capsys.readouterr().out
   failed = "lr=0.001,num_layers=1,seq_len=1000"
   assert f"{failed}: FAILED (exit 2), log: {directory / failed / 'train.log'}" in out
@@ -375,7 +380,7 @@ def test_sweep_end_to_end(experiment, tfds_dir, tmp_path, capsys):
   # Again: the finished trials are skipped, untouched; the failed one is tried again.
   metrics_file = directory / rows[0]["trial"] / "metrics.jsonl"
   before = metrics_file.stat().st_mtime_ns
-  assert sweep.main(args) == 0
+  assert sweep_main(args) == 0
   out = capsys.readouterr().out
   assert out.count("finished earlier, skipped") == 4 and out.count("FAILED") == 1
   assert metrics_file.stat().st_mtime_ns == before
@@ -400,7 +405,7 @@ def test_a_pruned_trial_is_stopped(tfds_dir, tmp_path, monkeypatch):
 
 def test_sweep_on_a_tpu_slice_dry_run(capsys, monkeypatch):
   monkeypatch.chdir(REPO)  # the experiment must be in the checkout copied to the workers
-  code = sweep.main(["--config", "experiments/gpt_tiny_sweep.py", "--workdir",
+  code = sweep_main(["--config", "experiments/gpt_tiny_sweep.py", "--workdir",
                      "gs://bucket/sweep", "--launcher", "tpu", "--tpu", "t", "--zone", "z",
                      "--accelerator-type", "v5litepod-16", "--create", "--delete", "--dry-run",
                      "--config.train.num_steps=10"])
@@ -419,7 +424,7 @@ def test_sweep_on_a_tpu_slice_dry_run(capsys, monkeypatch):
 def test_bad_sweep_fields_are_named(experiment, tmp_path, capsys):
   bad = tmp_path / "bad.py"
   bad.write_text(EXPERIMENT.replace('"model.num_layers": [1, 2]', '"model.num_layer": [1, 2]'))
-  assert sweep.main(["--config", str(bad), "--workdir", str(tmp_path / "s")]) == 2
+  assert sweep_main(["--config", str(bad), "--workdir", str(tmp_path / "s")]) == 2
   assert "Did you mean 'config.model.num_layers'?" in capsys.readouterr().err
   assert not (tmp_path / "s").exists()
 
@@ -441,7 +446,7 @@ def test_a_tpu_trial_outlives_a_dropped_stream(tmp_path, monkeypatch, capsys):
   one.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return [{}]"))
   subprocess.run(["git", "init", "-q", str(checkout)], check=True)
   monkeypatch.setattr(launch, "ROOT", checkout)
-  assert sweep.main(["--config", str(one), "--workdir", str(tmp_path / "sweep"), "--launcher",
+  assert sweep_main(["--config", str(one), "--workdir", str(tmp_path / "sweep"), "--launcher",
                      "tpu", "--tpu", "t", "--zone", "z", "--accelerator-type", "v4-8",
                      "--delete"]) == 0
   assert "training is still running: re-attaching" in capsys.readouterr().err
