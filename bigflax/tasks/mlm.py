@@ -39,10 +39,9 @@ def make_data(config, tokenizer, split, *, process_index, process_count):
   transform = functools.partial(
       mask_tokens, seed=config.data.seed, rate=config.task.get("mask_rate", 0.15),
       mask_id=mask_id(tokenizer), vocab_size=tokenizer.vocab_size)
-  return batches.Batches({"tokens": windows}, config.data.global_batch_size,
-                         seed=config.data.seed, shuffle=split == "train",
-                         process_index=process_index, process_count=process_count,
-                         transform=transform)
+  return batches.split_batches({"tokens": windows}, config.data, split,
+                               process_index=process_index, process_count=process_count,
+                               transform=transform)
 
 
 def init_inputs(config):
