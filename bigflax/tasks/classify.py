@@ -148,9 +148,9 @@ def _sums(model, params, batch, rngs):
 
 def loss_fn(model, params, batch, rng):
   sums = _sums(model, params, batch, {"dropout": rng})
-  count = jnp.maximum(sums["count"], 1.0)
-  return sums["loss"] / count, {"loss": sums["loss"] / count,
-                                "accuracy": jnp.trace(sums["confusion"]) / count}
+  mean = metrics.means({"loss": sums["loss"], "accuracy": jnp.trace(sums["confusion"]),
+                        "count": sums["count"]}, "count")
+  return mean["loss"], mean
 
 
 def eval_fn(model, params, batch):

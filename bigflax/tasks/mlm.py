@@ -70,11 +70,9 @@ def _masked_sums(model, params, batch, rngs):
 
 
 def loss_fn(model, params, batch, rng):
-  sums = _masked_sums(model, params, batch, {"dropout": rng})
-  count = jnp.maximum(sums["count"], 1.0)
-  loss = sums["loss"] / count
-  return loss, {"loss": loss, "perplexity": jnp.exp(loss),
-                "accuracy": sums["correct"] / count}
+  mean = metrics.means(_masked_sums(model, params, batch, {"dropout": rng}), "count")
+  return mean["loss"], {"loss": mean["loss"], "perplexity": jnp.exp(mean["loss"]),
+                        "accuracy": mean["correct"]}
 
 
 def eval_fn(model, params, batch):
@@ -82,9 +80,10 @@ def eval_fn(model, params, batch):
 
 
 def finalize(totals):
-  loss = float(totals["loss"] / totals["count"])
+  mean = metrics.means(totals, "count")
+  loss = float(mean["loss"])
   return {"loss": loss, "perplexity": metrics.perplexity(loss),
-          "accuracy": float(totals["correct"] / totals["count"])}
+          "accuracy": float(mean["correct"])}
 
 
 TASK = base.Task(

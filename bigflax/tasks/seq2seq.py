@@ -91,12 +91,11 @@ def _sums(model, params, batch, rngs, label_smoothing=0.0):
 
 
 def loss_fn(model, params, batch, rng, label_smoothing=0.0):
-  sums = _sums(model, params, batch, {"dropout": rng}, label_smoothing)
-  tokens = jnp.maximum(sums["tokens"], 1.0)
-  nll = sums["nll"] / tokens
-  loss = sums.get("smoothed", sums["nll"]) / tokens
-  return loss, {"loss": loss, "nll": nll, "perplexity": jnp.exp(nll),
-                "accuracy": sums["correct"] / tokens}
+  mean = metrics.means(_sums(model, params, batch, {"dropout": rng}, label_smoothing),
+                       "tokens")
+  loss = mean.get("smoothed", mean["nll"])
+  return loss, {"loss": loss, "nll": mean["nll"], "perplexity": jnp.exp(mean["nll"]),
+                "accuracy": mean["correct"]}
 
 
 def eval_fn(model, params, batch):
@@ -104,9 +103,10 @@ def eval_fn(model, params, batch):
 
 
 def finalize(totals):
-  nll = float(totals["nll"] / totals["tokens"])
+  mean = metrics.means(totals, "tokens")
+  nll = float(mean["nll"])
   return {"loss": nll, "perplexity": metrics.perplexity(nll),
-          "accuracy": float(totals["correct"] / totals["tokens"])}
+          "accuracy": float(mean["correct"])}
 
 
 def predict_fn(model, config, tokenizer, params, batch):
