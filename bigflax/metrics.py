@@ -27,6 +27,15 @@ def accumulate(totals: dict | None, sums: dict) -> dict:
   return {k: totals[k] + np.asarray(v, np.float64) for k, v in sums.items()}
 
 
+def means(sums: dict, count: str) -> dict:
+  """Every other entry of `sums` divided by `sums[count]` (the summed weights): a batch's
+  means inside a train step, or an evaluation's from its float64 totals on the host. A
+  count of 0 (a batch of padding alone) divides by 1: means of 0, not nan."""
+  total = sums[count]
+  total = total + (total == 0)  # max(total, 1) for tracers and numpy alike; counts are whole
+  return {k: v / total for k, v in sums.items() if k != count}
+
+
 def perplexity(mean_nll: float) -> float:
   return math.exp(min(mean_nll, 700.0))  # no overflow for a diverged run
 

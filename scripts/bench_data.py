@@ -28,7 +28,8 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # pylint: disable=wrong-import-position
 import bench_train  # noqa: E402
 from bigflax import plan  # noqa: E402
-from bigflax.data import pipeline, prepare, tokenizers  # noqa: E402
+from bigflax.data import prepare, tokenizers  # noqa: E402
+from bigflax.tasks import lm  # noqa: E402
 
 # docs/planning.md's plan of gpt2_medium.py on v5e:4x4: 512 x 1024 tokens a step, roofline
 # step 403 ms.
@@ -65,8 +66,8 @@ def prepared(spec, work, seq_len):
 def pipeline_tokens_per_second(config, global_batch, hosts, steps) -> float:
   """Tokens/s host 0 of `hosts` gets from iterate(): its rows of each global batch."""
   config.data.global_batch_size = global_batch
-  batches = pipeline.make_lm_batches(config.data, tokenizers.ByteTokenizer(), "train",
-                                     process_index=0, process_count=hosts)
+  batches = lm.make_lm_batches(config.data, tokenizers.ByteTokenizer(), "train",
+                               process_index=0, process_count=hosts)
   iterator = batches.iterate(start_step=1000)
   next(iterator)  # threads started, files opened
   start = time.perf_counter()

@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 
 from bigflax import configs
-from bigflax.data import pipeline, tokenizers
+from bigflax.data import tokenizers
+from bigflax.tasks import lm
 from bigflax.train import partitioning
 
 
@@ -24,9 +25,9 @@ def main(config_json, start, stop, out, address=None, num_processes=1, process_i
                                process_id=int(process_id))
   with open(config_json) as f:
     data = ml_collections.ConfigDict(json.load(f))
-  batches = pipeline.make_lm_batches(data, tokenizers.ByteTokenizer(), "train",
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+  batches = lm.make_lm_batches(data, tokenizers.ByteTokenizer(), "train",
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
   sharding = partitioning.batch_sharding(partitioning.make_mesh({"data": -1}),
                                          partitioning.rules_tuple(configs.DEFAULT_RULES))
   steps = []

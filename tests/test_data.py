@@ -13,6 +13,7 @@ from bigflax.data import sources
 from bigflax.data import stdlib_corpus
 from bigflax.data import tiny_shakespeare
 from bigflax.data import tokenizers
+from bigflax.tasks import lm
 
 SHAKESPEARE_DIR = pathlib.Path(__file__).parents[2] / "shared/data/tiny_shakespeare"
 SHAKESPEARE_CHARS = 1_115_394
@@ -142,8 +143,8 @@ def test_pack_documents_hand_computed():
 
 
 def test_unigram_entropy():
-  assert pipeline.unigram_entropy(np.array([[0, 1], [2, 3]]), 8) == pytest.approx(math.log(4))
-  assert pipeline.unigram_entropy(np.zeros((3, 5), np.int32), 8) == 0
+  assert lm.unigram_entropy(np.array([[0, 1], [2, 3]]), 8) == pytest.approx(math.log(4))
+  assert lm.unigram_entropy(np.zeros((3, 5), np.int32), 8) == 0
 
 
 def _windows(num_windows=12, seq_len=3):
@@ -156,20 +157,20 @@ def _stack(batches):
 
 def test_lm_batches_are_a_function_of_seed_and_step():
   windows = _windows()
-  a = pipeline.lm_batches(windows, 4, seed=7, shuffle=True)
-  b = pipeline.lm_batches(windows, 4, seed=7, shuffle=True)
+  a = lm.lm_batches(windows, 4, seed=7, shuffle=True)
+  b = lm.lm_batches(windows, 4, seed=7, shuffle=True)
   batch = a.batch(5)
   assert batch["inputs"].shape == batch["targets"].shape == (4, 3)
   assert batch["inputs"].dtype == np.int32
   np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
   for step in (0, 5, 1000):
     np.testing.assert_array_equal(a.batch(step)["inputs"], b.batch(step)["inputs"])
-  other_seed = pipeline.lm_batches(windows, 4, seed=8, shuffle=True)
+  other_seed = lm.lm_batches(windows, 4, seed=8, shuffle=True)
   assert not np.array_equal(other_seed.batch(0)["inputs"], a.batch(0)["inputs"])
 
 
 def test_lm_batches_iterate_resumes_at_any_step():
-  batches = pipeline.lm_batches(_windows(), 4, seed=0, shuffle=True)
+  batches = lm.lm_batches(_windows(), 4, seed=0, shuffle=True)
   iterator = batches.iterate(start_step=7)
   got = _stack([next(iterator) for _ in range(6)])
   want = _stack([batches.batch(s) for s in range(7, 13)])
@@ -179,9 +180,9 @@ def test_lm_batches_iterate_resumes_at_any_step():
 
 def test_lm_batches_processes_split_the_global_batch():
   windows = _windows()
-  whole = pipeline.lm_batches(windows, 4, seed=3, shuffle=True)
+  whole = lm.lm_batches(windows, 4, seed=3, shuffle=True)
   parts = [
-      pipeline.lm_batches(windows, 4, seed=3, shuffle=True, process_index=p, process_count=2)
+      lm.lm_batches(windows, 4, seed=3, shuffle=True, process_index=p, process_count=2)
       for p in range(2)
   ]
   for step in (0, 3, 10):
@@ -192,7 +193,7 @@ def test_lm_batches_processes_split_the_global_batch():
 
 def test_lm_batches_reshuffle_each_epoch():
   windows = _windows(num_windows=8)
-  batches = pipeline.lm_batches(windows, 4, seed=0, shuffle=True)
+  batches = lm.lm_batches(windows, 4, seed=0, shuffle=True)
   assert batches.steps_per_epoch == 2
 
   def epoch(e):  # Row order of one epoch, as window indices.
@@ -205,16 +206,16 @@ def test_lm_batches_reshuffle_each_epoch():
 
 def test_lm_batches_unshuffled_for_validation():
   windows = _windows(num_windows=10)
-  batches = pipeline.lm_batches(windows, 4, seed=0, shuffle=False)
+  batches = lm.lm_batches(windows, 4, seed=0, shuffle=False)
   np.testing.assert_array_equal(batches.batch(0)["inputs"], windows[0:4, :-1])
   np.testing.assert_array_equal(batches.batch(1)["targets"], windows[4:8, 1:])
 
 
 def test_lm_batches_errors_name_the_config_field():
   with pytest.raises(ValueError, match="data.global_batch_size=6.*process count 4"):
-    pipeline.lm_batches(_windows(), 6, seed=0, shuffle=True, process_count=4)
+    lm.lm_batches(_windows(), 6, seed=0, shuffle=True, process_count=4)
   with pytest.raises(ValueError, match="3 examples.*data.global_batch_size=4"):
-    pipeline.lm_batches(_windows(num_windows=3), 4, seed=0, shuffle=False)
+    lm.lm_batches(_windows(num_windows=3), 4, seed=0, shuffle=False)
 
 
 def test_make_lm_batches_on_tiny_shakespeare(tfds_dir):
@@ -227,14 +228,14 @@ def test_make_lm_batches_on_tiny_shakespeare(tfds_dir):
       "seed": 0,
   })
   tok = tokenizers.ByteTokenizer()
-  validation = pipeline.make_lm_batches(
+  validation = lm.make_lm_batches(
       config, tok, "validation", process_index=0, process_count=1
   )
   text = (SHAKESPEARE_DIR / "input.txt").read_text()[1_003_854:]
   assert tok.decode(validation.batch(0)["inputs"][0]) == text[:64]
   assert validation.batch(0)["inputs"][0].tolist() == tok.encode(text[:64])
 
-  train = pipeline.make_lm_batches(config, tok, "train", process_index=1, process_count=2)
+  train = lm.make_lm_batches(config, tok, "train", process_index=1, process_count=2)
   assert train.batch(0)["inputs"].shape == (4, 64)
   assert len(train.arrays["targets"]) == (1_003_854 + 1) // 65  # One eos after the split.
-  assert 2.5 < pipeline.unigram_entropy(train.arrays["targets"], tok.vocab_size) < 4
+  assert 2.5 < lm.unigram_entropy(train.arrays["targets"], tok.vocab_size) < 4

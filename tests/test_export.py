@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bigflax import configs, models
-from bigflax.data import pipeline, tokenizers
+from bigflax.data import packing, tokenizers
 from bigflax.infer import decode
 from bigflax.train import checkpoint
 from cli_utils import env, run
@@ -135,7 +135,7 @@ def test_text_classifier_bundle_matches_the_framework(tmp_path):
   sentences = ["a gorgeous , witty film", "", "the plot is a dull and overlong mess " * 3]
   out = run_blocked(bundle_dir, {"inputs": sentences}, tmp_path)
   config, tokenizer, model, params = framework_model(workdir)
-  tokens, mask = pipeline.frame_sentences(
+  tokens, mask = packing.frame_sentences(
       tokenizer.encode_batch(sentences), config.data.seq_len, bos_id=tokenizer.bos_id,
       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
   logits = model.apply({"params": params}, tokens, np.zeros_like(tokens), mask, "classify")

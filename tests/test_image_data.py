@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bigflax.data import augment, fashion_mnist, pipeline
+from bigflax.tasks import classify
 from conftest import SHARED_DATA
 
 SOURCE = SHARED_DATA / "fashion_mnist"
@@ -67,7 +68,7 @@ def test_evaluation_batches_cover_the_split_once(fashion_mnist_dir):
   config = ml_collections.ConfigDict(dict(
       name="fashion_mnist", data_dir=fashion_mnist_dir, source_dir=None,
       global_batch_size=768, seed=0))
-  batches = pipeline.make_image_classification_batches(config, "test", process_index=1,
+  batches = classify.make_image_classification_batches(config, "test", process_index=1,
                                                        process_count=2)
   assert batches.steps_per_epoch == 14  # ceil(10000 / 768)
   last = batches.batch(13)

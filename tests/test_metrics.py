@@ -100,6 +100,20 @@ def test_accumulate_adds_sums_across_batches():
   np.testing.assert_array_equal(totals["confusion"], [[2, 1], [1, 2]])
 
 
+def test_means_divide_by_the_count_in_a_step_and_on_the_host():
+  sums = {"loss": jnp.float32(7.5), "correct": jnp.float32(3.0), "count": jnp.float32(4.0)}
+  step = jax.jit(functools.partial(metrics.means, count="count"))(sums)
+  assert set(step) == {"loss", "correct"}
+  assert step["loss"].dtype == jnp.float32 and float(step["loss"]) == 7.5 / 4
+  # An evaluation's totals stay float64; a batch of padding alone gives 0, not nan.
+  totals = metrics.accumulate(None, dict(sums, loss=jnp.float32(0.1)))
+  assert metrics.means(totals, "count")["loss"] == np.float64(np.float32(0.1)) / 4
+  assert metrics.means(totals, "count")["loss"].dtype == np.float64
+  empty = jax.jit(functools.partial(metrics.means, count="count"))(
+      {"loss": jnp.float32(0.0), "count": jnp.float32(0.0)})
+  assert float(empty["loss"]) == 0.0
+
+
 def test_hosts_sum_confusions_exactly():
   """Uneven per-host shards: summed confusions give the whole set's metrics; averaging
   per-host F1 does not, which is why eval functions return sums."""

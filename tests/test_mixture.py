@@ -6,7 +6,8 @@ import collections
 import numpy as np
 import pytest
 
-from bigflax.data import mixture, pipeline, prepare, tokenizers
+from bigflax.data import mixture, prepare, tokenizers
+from bigflax.tasks import lm
 from test_prepare import data_config, make_text_corpus, read_all, text_corpus
 
 WEIGHTS = {"big": 0.7, "mid": 0.2, "small": 0.1}
@@ -27,8 +28,8 @@ def prepared(tmp_path_factory):
 def batches(config, split="train", process_index=0, process_count=1, **changes):
   data = config.data.copy_and_resolve_references()
   data.update(changes)
-  return pipeline.make_lm_batches(data, tokenizers.ByteTokenizer(), split,
-                                  process_index=process_index, process_count=process_count)
+  return lm.make_lm_batches(data, tokenizers.ByteTokenizer(), split,
+                            process_index=process_index, process_count=process_count)
 
 
 def test_realised_proportions_over_1000_steps_are_the_weights(prepared):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bigflax import configs
-from bigflax.data import pipeline, prepare, shards, tokenizers
+from bigflax.data import prepare, shards, tokenizers
+from bigflax.tasks import lm
 
 WINDOW = 33  # seq_len 32
 
@@ -148,29 +149,29 @@ def test_training_refuses_shards_of_another_tokenizer_or_window(tmp_path):
   config = data_config(tmp_path / "prepared", {"code": text_corpus(tmp_path / "src")})
   prepare.prepare(config)
   byte = tokenizers.ByteTokenizer()
-  batches = pipeline.make_lm_batches(config.data, byte, "train", process_index=0,
-                                     process_count=1)
+  batches = lm.make_lm_batches(config.data, byte, "train", process_index=0,
+                               process_count=1)
   assert batches.batch(0)["inputs"].shape == (8, WINDOW - 1)
 
   longer = data_config(tmp_path / "prepared", {"code": text_corpus(tmp_path / "src")},
                        seq_len=64)
   with pytest.raises(ValueError, match=r"window length \(seq_len \+ 1\) 33, but this config "
                                        r"gives 65"):
-    pipeline.make_lm_batches(longer.data, byte, "train", process_index=0, process_count=1)
+    lm.make_lm_batches(longer.data, byte, "train", process_index=0, process_count=1)
   with pytest.raises(ValueError, match=r"window length .* 33, but this config gives 65"):
     prepare.prepare(longer)  # nor is a prepared_dir overwritten with another make
 
   gpt2 = tokenizers.GPT2Tokenizer()
   with pytest.raises(ValueError, match=f"tokenizer {tokenizers.fingerprint(byte)}, but this "
                                        f"config gives {tokenizers.fingerprint(gpt2)}"):
-    pipeline.make_lm_batches(config.data, gpt2, "train", process_index=0, process_count=1)
+    lm.make_lm_batches(config.data, gpt2, "train", process_index=0, process_count=1)
 
   manifest_path = tmp_path / "prepared" / "code" / shards.MANIFEST
   manifest = json.loads(manifest_path.read_text())
   del manifest["windows_per_record"]  # as an older bigflax wrote it: a window a record
   manifest_path.write_text(json.dumps(manifest))
   with pytest.raises(ValueError, match="holds 1 window.s. a record, the layout of an older"):
-    pipeline.make_lm_batches(config.data, byte, "train", process_index=0, process_count=1)
+    lm.make_lm_batches(config.data, byte, "train", process_index=0, process_count=1)
 
 
 def test_config_mistakes_are_named(tmp_path):
@@ -192,5 +193,5 @@ def test_config_mistakes_are_named(tmp_path):
     prepare.prepare(config)
   config = data_config(tmp_path / "never_prepared", {"code": corpus})
   with pytest.raises(ValueError, match="run `python -m bigflax prepare"):
-    pipeline.make_lm_batches(config.data, tokenizers.ByteTokenizer(), "train",
-                             process_index=0, process_count=1)
+    lm.make_lm_batches(config.data, tokenizers.ByteTokenizer(), "train",
+                       process_index=0, process_count=1)

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigflax.data import packing, pipeline, tokenizers
+from bigflax.data import packing, tokenizers
 from bigflax.models import gpt
-from bigflax.tasks import lm
+from bigflax.tasks import lm, sft
 from experiments import gpt_tiny
 
 EOS = 2
@@ -24,7 +24,7 @@ def test_each_eos_begins_a_document_whose_positions_restart():
 def test_examples_pack_first_fit_and_keep_their_weighted_targets():
   pad = 0
   framed = [([5, 6], [7]), ([5, 6, 6, 6], [8, 8]), ([9], [7])]  # (prompt, answer)
-  windows, weights = pipeline.frame_prompt_answers(framed, 8, eos_id=EOS, pad_id=pad)
+  windows, weights = sft.frame_prompt_answers(framed, 8, eos_id=EOS, pad_id=pad)
   packed = packing.pack_examples(windows, weights, pad)
   # Lengths 4, 7 and 3 in 8 slots: rows [ex0, ex2] and [ex1].
   np.testing.assert_array_equal(packed["segment_ids"], [[1, 1, 1, 1, 2, 2, 2, 0],
@@ -84,4 +84,4 @@ def test_skip_document_start_without_document_mask_is_refused():
   config = gpt_tiny.get_config()
   config.data.skip_document_start = True
   with pytest.raises(ValueError, match="data.document_mask=True"):
-    pipeline.document_fields(config.data, EOS)
+    lm.document_fields(config.data, EOS)

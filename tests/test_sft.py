@@ -9,18 +9,19 @@ import pytest
 from bigflax import inference
 from bigflax import run as run_lib
 from bigflax.data import feedback, pipeline, stdlib_qa, tokenizers
+from bigflax.tasks import sft
 from bigflax.train import loop, partitioning, writers
 from test_distill import tiny
 
 
 def test_only_answer_tokens_are_targets():
-  windows, weights = pipeline.frame_prompt_answers([([5, 6, 7], [8, 9])], 8, eos_id=1,
-                                                   pad_id=0)
+  windows, weights = sft.frame_prompt_answers([([5, 6, 7], [8, 9])], 8, eos_id=1,
+                                              pad_id=0)
   np.testing.assert_array_equal(windows[0], [1, 5, 6, 7, 8, 9, 1, 0, 0])
   # targets = windows[1:] = 5 6 7 8 9 1 0 0: the answer and its closing eos count.
   np.testing.assert_array_equal(weights[0], [0, 0, 0, 1, 1, 1, 0, 0])
-  windows, weights = pipeline.frame_prompt_answers([([5, 6, 7], [8, 9])], 4, eos_id=1,
-                                                   pad_id=0)
+  windows, weights = sft.frame_prompt_answers([([5, 6, 7], [8, 9])], 4, eos_id=1,
+                                              pad_id=0)
   np.testing.assert_array_equal(windows[0], [1, 5, 6, 7, 8])
   np.testing.assert_array_equal(weights[0], [0, 0, 0, 1])
 
@@ -85,8 +86,8 @@ def test_feedback_is_mixed_with_replay(tfds_dir, tmp_path):
   config.update(name="feedback", source_dir=str(tmp_path / "fb"), replay_name="stdlib_qa",
                 replay_fraction=0.25, seq_len=256, global_batch_size=4)
   tokenizer = tokenizers.ByteTokenizer()
-  batches = pipeline.make_sft_batches(config, tokenizer, "train", process_index=0,
-                                      process_count=1)
+  batches = sft.make_sft_batches(config, tokenizer, "train", process_index=0,
+                                 process_count=1)
   feedback_train = len([r for r in records if r["kind"] == "completion"
                         and not feedback.is_validation(r["id"])])
   arrays = batches.arrays  # several examples packed to a row, one segment each

@@ -10,9 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bigflax.data import batches, pipeline
+from bigflax.data import batches, packing, pipeline
 from bigflax.data import sst2
 from bigflax.data import tokenizers
+from bigflax.tasks import classify
 from conftest import SHARED_DATA
 
 SST2_DIR = SHARED_DATA / "sst2"
@@ -118,7 +119,7 @@ def test_hf_tokenizer_without_path_names_the_field(tmp_path):
 
 
 def test_frame_sentences_hand_computed():
-  tokens, mask = pipeline.frame_sentences(
+  tokens, mask = packing.frame_sentences(
       [[5, 6], [], [7, 8, 9, 10], [11, 12, 13, 14, 15]], 6, bos_id=1, eos_id=2, pad_id=0)
   np.testing.assert_array_equal(tokens, [[1, 5, 6, 2, 0, 0],
                                          [1, 2, 0, 0, 0, 0],
@@ -147,7 +148,7 @@ def _check_framing(batch, tok):
 def test_validation_batches_cover_every_example_once(sst2_dir, minilm_tokenizer_file):
   tok = tokenizers.HFTokenizer(minilm_tokenizer_file)
   config = _config(sst2_dir)
-  parts = [pipeline.make_text_classification_batches(
+  parts = [classify.make_text_classification_batches(
       config, tok, "validation", process_index=p, process_count=2) for p in range(2)]
   assert parts[0].steps_per_epoch == 9  # ceil(872 / 100)
   batches = [parts[p].batch(s) for s in range(9) for p in range(2)]
@@ -170,7 +171,7 @@ def test_validation_batches_cover_every_example_once(sst2_dir, minilm_tokenizer_
 
 def test_train_batches_shuffled_and_truncated_with_byte_tokenizer(sst2_dir):
   tok = tokenizers.ByteTokenizer()
-  train = pipeline.make_text_classification_batches(
+  train = classify.make_text_classification_batches(
       _config(sst2_dir), tok, "train", process_index=0, process_count=1)
   assert train.steps_per_epoch == 673
   batch = train.batch(0)
@@ -200,7 +201,7 @@ def test_bucketed_batches_drop_only_padding(sst2_dir):
       name="sst2", data_dir=sst2_dir, source_dir=str(SHARED_DATA / "sst2"), seq_len=64,
       global_batch_size=32, seed=0, length_buckets=(16, 32, 64)))
   tokenizer = tokenizers.ByteTokenizer()
-  batches = pipeline.make_text_classification_batches(config, tokenizer, "train",
+  batches = classify.make_text_classification_batches(config, tokenizer, "train",
                                                       process_index=0, process_count=1)
   widths = collections.Counter()
   for step in range(40):

@@ -13,7 +13,7 @@ import pytest
 import sacrebleu
 
 from bigflax import metrics
-from bigflax.data import multi30k, pipeline, tokenizers
+from bigflax.data import multi30k, packing, pipeline, tokenizers
 from bigflax.models import seq2seq as seq2seq_model
 from bigflax.tasks import seq2seq
 from cli_utils import run
@@ -79,8 +79,8 @@ def test_translation_batches(monkeypatch):
   pairs = (["Ein Hund.", "Zwei Katzen schlafen.", "Ja."], ["A dog.", "Two cats sleep.", "Yes."])
   monkeypatch.setattr(pipeline, "load_translation_pairs", lambda *args: pairs)
   tokenizer = tokenizers.ByteTokenizer()
-  data = pipeline.make_translation_batches(pair_config(seq_len=24), tokenizer, "validation",
-                                           process_index=0, process_count=1)
+  data = seq2seq.make_translation_batches(pair_config(seq_len=24), tokenizer, "validation",
+                                          process_index=0, process_count=1)
   batch = data.batch(0)  # 3 pairs + 1 weight-0 padding pair, in file order
   assert data.steps_per_epoch == 1
   ids = tokenizer.encode("A dog.")
@@ -93,13 +93,13 @@ def test_translation_batches(monkeypatch):
       [tokenizer.bos_id] + source + [tokenizer.eos_id])
   assert batch["source_mask"][1].sum() == len(source) + 2
 
-  trimmed = pipeline.trim_pair_padding(0, batch)
+  trimmed = seq2seq.trim_pair_padding(0, batch)
   assert trimmed["source"].shape == (4, 24)  # 23 tokens -> a multiple of 8
   assert trimmed["targets"].shape == (4, 16)  # 16 tokens
   np.testing.assert_array_equal(trimmed["targets"], batch["targets"][:, :16])
-  train = pipeline.make_translation_batches(pair_config(seq_len=24, global_batch_size=2),
-                                            tokenizer, "train", process_index=0,
-                                            process_count=1)
+  train = seq2seq.make_translation_batches(pair_config(seq_len=24, global_batch_size=2),
+                                           tokenizer, "train", process_index=0,
+                                           process_count=1)
   assert train.batch(0)["source"].shape[1] in (8, 16, 24)
 
 
@@ -165,7 +165,7 @@ def test_train_eval_and_translate_from_the_command_line(tfds_dir, tmp_path):
   sentences = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", ""]
   out = run_blocked(bundle, {"inputs": sentences}, tmp_path)
   config, tokenizer, model, params = framework_model(tmp_path)
-  source, source_mask = pipeline.frame_sentences(
+  source, source_mask = packing.frame_sentences(
       tokenizer.encode_batch(sentences), config.data.seq_len, bos_id=tokenizer.bos_id,
       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
   expected = seq2seq.predict_fn(model, config, tokenizer, params,

@@ -2,7 +2,8 @@
 
 The batch for step s is a pure function of (seed, s): a killed run resumes bit for bit by
 asking for `iterate(start_step=restored_step)`, with no iterator state in the checkpoint.
-Also: batches of similar lengths (length buckets), and padding a split to whole batches.
+Also: batches of similar lengths (length buckets), padding a split to whole batches, and
+`split_batches`, the ending every task's batch builder shares.
 """
 
 import functools
@@ -82,6 +83,30 @@ class Batches:
   def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """batch(start_step), batch(start_step + 1), ..., prepared in the background."""
     return prefetched(self._batches[start_step:])
+
+
+def split_batches(
+    arrays: dict[str, np.ndarray],
+    data_config,
+    split: str,
+    *,
+    process_index: int,
+    process_count: int,
+    padding: dict | None = None,
+    transform: Callable[[int, dict], dict] | None = None,
+    lengths: np.ndarray | None = None,
+) -> Batches:
+  """Batches of one split's arrays: 'train' is shuffled and endless; other splits keep
+  their order and, given `padding` (each key's blank row, default 0; the caller's weight
+  row is 0), are padded to whole global batches, so that an evaluation of
+  `steps_per_epoch` steps sees every example once. `transform` and `lengths` are Batches';
+  `data_config` gives global_batch_size and seed."""
+  shuffle = split == "train"
+  if not shuffle and padding is not None:
+    arrays = pad_to_whole_batches(arrays, data_config.global_batch_size, padding)
+  return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
+                 shuffle=shuffle, process_index=process_index, process_count=process_count,
+                 transform=transform, lengths=lengths)
 
 
 def prefetched(batches: grain.MapDataset) -> Iterator[dict[str, np.ndarray]]:

@@ -48,7 +48,7 @@ class MixtureBatches:
                global_batch_size: int, *, seed: int, shuffle: bool, process_index: int = 0,
                process_count: int = 1, transform=None):
     """`transform(step, batch)`, if given, changes this process's rows of each batch; it
-    must work row by row (pipeline.document_fields does)."""
+    must work row by row (the lm task's document_fields does)."""
     if global_batch_size % process_count:
       raise ValueError(f"data.global_batch_size={global_batch_size} is not divisible by "
                        f"the process count {process_count}")

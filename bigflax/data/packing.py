@@ -1,7 +1,8 @@
 """How documents become LM training data: the split each goes to (a hash of its id) and
-their packing into token windows."""
+their packing into token windows; and a sentence framed alone in a window of its own."""
 
 import hashlib
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -84,3 +85,32 @@ def pack_examples(windows: np.ndarray, weights: np.ndarray, pad_id: int,
       packed["segment_ids"][r, span] = segment
       packed["positions"][r, span] = np.arange(lengths[i])
   return packed
+
+
+def frame_sentences(
+    token_lists: Sequence[Sequence[int]], seq_len: int, *, bos_id: int, eos_id: int,
+    pad_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Each sentence as [bos] ids [eos] + padding: int32 tokens and mask (1 = real), [N, seq_len].
+
+  A sentence longer than seq_len - 2 keeps its first seq_len - 2 ids.
+  """
+  body = seq_len - 2
+  lengths = np.array([min(len(ids), body) for ids in token_lists], np.int64)
+  tokens = np.full((len(token_lists), seq_len), pad_id, np.int32)
+  tokens[:, 0] = bos_id
+  # A boolean assignment fills row by row, so each row's first `length` slots get
+  # that sentence's ids, in order.
+  tokens[:, 1:-1][np.arange(body) < lengths[:, None]] = np.fromiter(
+      itertools.chain.from_iterable(ids[:body] for ids in token_lists),
+      np.int32, count=lengths.sum(),
+  )
+  tokens[np.arange(len(tokens)), lengths + 1] = eos_id
+  mask = (np.arange(seq_len) < lengths[:, None] + 2).astype(np.int32)
+  return tokens, mask
+
+
+def frame_texts(tokenizer, sentences: Sequence[str], seq_len: int):
+  """frame_sentences of the sentences' tokens: (tokens, mask)."""
+  return frame_sentences(tokenizer.encode_batch(sentences), seq_len, bos_id=tokenizer.bos_id,
+                         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)

@@ -20,6 +20,7 @@ import safetensors.numpy
 from bigflax import run_info
 from bigflax import workdir as workdir_lib
 from bigflax.infer import bundle
+from bigflax.train import writers
 
 LOADER = "load_bundle.py"
 # Lowered for each (the bundle then runs on any of them); only CPU is run in the tests.
@@ -33,11 +34,9 @@ def abstract(params):
 
 def latest_eval(workdir: str) -> dict:
   """The last evaluation record in the run's metrics.jsonl ({} if there is none)."""
-  path = workdir_lib.metrics(workdir)
-  if not os.path.exists(path):
+  if not os.path.exists(workdir_lib.metrics(workdir)):
     return {}
-  with open(path) as f:
-    evals = [r for r in map(json.loads, filter(str.strip, f)) if r["split"] != "train"]
+  evals = [r for r in writers.records(workdir) if r["split"] != "train"]
   return evals[-1] if evals else {}
 
 

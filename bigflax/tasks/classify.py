@@ -9,10 +9,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bigflax import losses, metrics
-from bigflax.data import augment, pipeline, sources
-from bigflax.tasks import base
+from bigflax.data import augment, batches, packing, pipeline, sources
+from bigflax.tasks import base, regression
 
 # What the model reads, by the kind of data source (`data/sources.py`).
 _INPUTS = {"features": ("features",), "image": ("image",),
@@ -30,11 +31,60 @@ def make_data(config, tokenizer, split, *, process_index, process_count):
     padding, flip = config.data.get("crop_padding", 0), config.data.get("flip", False)
     transform = functools.partial(augment.crop_and_flip, seed=config.data.seed,
                                   padding=padding, flip=flip) if padding or flip else None
-    return pipeline.make_image_classification_batches(config.data, split, **kwargs,
-                                                      transform=transform)
+    return make_image_classification_batches(config.data, split, **kwargs,
+                                             transform=transform)
   if kind == "labelled_text":
-    return pipeline.make_text_classification_batches(config.data, tokenizer, split, **kwargs)
-  return pipeline.make_feature_batches(config.data, split, **kwargs)
+    return make_text_classification_batches(config.data, tokenizer, split, **kwargs)
+  return regression.make_feature_batches(config.data, split, **kwargs)
+
+
+def make_text_classification_batches(data_config, tokenizer, split: str, *,
+                                      process_index: int, process_count: int
+                                      ) -> batches.Batches:
+  """Labelled-sentence batches of one split: tokens, mask, segments, label, weight.
+
+  tokens are [CLS] ids [SEP] + padding for BERT tokenizers ([bos] ids [eos] for
+  the others), mask is 1 at real tokens, segments are 0 (one sentence), weight
+  is 1 for a real example. 'train' is shuffled and endless. Other splits are in
+  file order, padded with weight-0 empty sentences to whole global batches: an
+  evaluation of `steps_per_epoch` (= ceil(N / global_batch_size)) steps sees
+  every example exactly once, and sums weighted by `weight` ignore the padding.
+
+  `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed.
+  """
+  sentences, labels = pipeline.load_labelled_sentences(
+      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+  )
+  tokens, mask = packing.frame_texts(tokenizer, sentences, data_config.seq_len)
+  arrays = {"tokens": tokens, "mask": mask, "segments": np.zeros_like(tokens),
+            "label": labels, "weight": np.ones(len(sentences), np.float32)}
+  blank_tokens, blank_mask = packing.frame_texts(tokenizer, [""], data_config.seq_len)
+  buckets = data_config.get("length_buckets")
+  trim = lambda step, batch: batches.trim_to_bucket(batch, buckets,
+                                                    ("tokens", "mask", "segments"))
+  return batches.split_batches(arrays, data_config, split, process_index=process_index,
+                               process_count=process_count,
+                               padding={"tokens": blank_tokens[0], "mask": blank_mask[0]},
+                               transform=trim if buckets else None,
+                               lengths=mask.sum(axis=1) if buckets else None)
+
+
+def make_image_classification_batches(data_config, split: str, *, process_index: int,
+                                       process_count: int, transform=None
+                                       ) -> batches.Batches:
+  """Labelled-image batches of one split: image (uint8), label, weight.
+
+  'train' is shuffled, endless and passed through `transform` (augmentation); other
+  splits are in file order, padded with weight-0 black images to whole global batches,
+  so `steps_per_epoch` steps evaluate every example exactly once.
+  """
+  images, labels = pipeline.load_labelled_images(
+      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+  )
+  arrays = {"image": images, "label": labels, "weight": np.ones(len(images), np.float32)}
+  return batches.split_batches(arrays, data_config, split, process_index=process_index,
+                               process_count=process_count, padding={},
+                               transform=transform if split == "train" else None)
 
 
 def init_inputs(config):
@@ -98,9 +148,9 @@ def _sums(model, params, batch, rngs):
 
 def loss_fn(model, params, batch, rng):
   sums = _sums(model, params, batch, {"dropout": rng})
-  count = jnp.maximum(sums["count"], 1.0)
-  return sums["loss"] / count, {"loss": sums["loss"] / count,
-                                "accuracy": jnp.trace(sums["confusion"]) / count}
+  mean = metrics.means({"loss": sums["loss"], "accuracy": jnp.trace(sums["confusion"]),
+                        "count": sums["count"]}, "count")
+  return mean["loss"], mean
 
 
 def eval_fn(model, params, batch):

@@ -9,17 +9,88 @@ import functools
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import numpy as np
 
 from bigflax import configs, losses, metrics
-from bigflax.data import pipeline
+from bigflax.data import batches, mixture, packing, pipeline, shards, tokenizers
 from bigflax.infer import decode
 from bigflax.tasks import base
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
   """Documents tokenized and packed into windows; the batch of step s is fixed by s."""
-  return pipeline.make_lm_batches(config.data, tokenizer, split,
-                                  process_index=process_index, process_count=process_count)
+  return make_lm_batches(config.data, tokenizer, split,
+                         process_index=process_index, process_count=process_count)
+
+
+def make_lm_batches(data_config, tokenizer, split: str, *, process_index: int,
+                    process_count: int) -> batches.Batches:
+  """LM batches of one split; 'train' is shuffled, other splits are not.
+
+  `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed; or,
+  for corpora tokenized by `bigflax prepare`, corpora, mixture and prepared_dir. With
+  `document_mask` the batches also carry segment_ids and positions (`document_fields`).
+  """
+  fields = document_fields(data_config, tokenizer.eos_id)
+  if data_config.get("corpora"):
+    return prepared_lm_batches(data_config, tokenizer, split, process_index=process_index,
+                               process_count=process_count, transform=fields)
+  windows = pipeline.packed_windows(data_config, tokenizer, split, data_config.seq_len + 1)
+  return lm_batches(
+      windows,
+      data_config.global_batch_size,
+      seed=data_config.seed,
+      shuffle=split == "train",
+      process_index=process_index,
+      process_count=process_count,
+      transform=fields,
+  )
+
+
+def document_fields(data_config, eos_id: int):
+  """None (GPT-2's windows, which attend across documents), or under data.document_mask
+  a batch transform adding segment_ids and positions, so that attention stays within each
+  document; data.skip_document_start also zeroes the weight of each document's first
+  target (predicted from the eos alone)."""
+  if not data_config.get("document_mask"):
+    if data_config.get("skip_document_start"):
+      raise ValueError("data.skip_document_start needs data.document_mask=True.")
+    return None
+
+  def add_fields(step, batch):
+    del step
+    batch = dict(batch, **packing.document_segments(batch["inputs"], eos_id))
+    if data_config.get("skip_document_start"):
+      batch["weights"] = (batch["inputs"] != eos_id).astype(np.float32)
+    return batch
+  return add_fields
+
+
+def prepared_lm_batches(data_config, tokenizer, split: str, *, process_index: int,
+                        process_count: int, transform=None) -> mixture.MixtureBatches:
+  """LM batches of a mixture of prepared corpora, windows read from disk by index."""
+  shards.check_config(data_config)
+  made_with = {"tokenizer": tokenizers.fingerprint(tokenizer), "window": data_config.seq_len + 1}
+  weights = shards.mixture_weights(data_config)
+  windows = {name: shards.Windows(data_config.prepared_dir, name, split, made_with)
+             for name, weight in weights.items() if weight > 0}
+  return mixture.MixtureBatches(windows, weights, data_config.global_batch_size,
+                                seed=data_config.seed, shuffle=split == "train",
+                                process_index=process_index, process_count=process_count,
+                                transform=transform)
+
+
+def lm_batches(windows: np.ndarray, global_batch_size: int, **kwargs) -> batches.Batches:
+  """{'inputs': w[:-1], 'targets': w[1:]} batches of packed windows (views, no copy);
+  `kwargs` are Batches'."""
+  return batches.Batches({"inputs": windows[:, :-1], "targets": windows[:, 1:]},
+                         global_batch_size, **kwargs)
+
+
+def unigram_entropy(windows: np.ndarray, vocab_size: int) -> float:
+  """Nats/token of the tokens' unigram distribution: the loss to beat."""
+  p = np.bincount(windows.ravel(), minlength=vocab_size) / windows.size
+  return float(-np.sum(p[p > 0] * np.log(p[p > 0])))
 
 
 def init_inputs(config):
@@ -80,7 +151,7 @@ def data_summary(config, tokenizer, train_data) -> str:
   del config
   if not hasattr(train_data, "arrays"):  # prepared corpora: too large to count at start
     return train_data.summary
-  baseline = pipeline.unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
+  baseline = unigram_entropy(train_data.arrays["targets"], tokenizer.vocab_size)
   return f"unigram baseline loss {baseline:.3f} nats/token"
 
 

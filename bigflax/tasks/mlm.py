@@ -39,10 +39,9 @@ def make_data(config, tokenizer, split, *, process_index, process_count):
   transform = functools.partial(
       mask_tokens, seed=config.data.seed, rate=config.task.get("mask_rate", 0.15),
       mask_id=mask_id(tokenizer), vocab_size=tokenizer.vocab_size)
-  return batches.Batches({"tokens": windows}, config.data.global_batch_size,
-                         seed=config.data.seed, shuffle=split == "train",
-                         process_index=process_index, process_count=process_count,
-                         transform=transform)
+  return batches.split_batches({"tokens": windows}, config.data, split,
+                               process_index=process_index, process_count=process_count,
+                               transform=transform)
 
 
 def init_inputs(config):
@@ -71,11 +70,9 @@ def _masked_sums(model, params, batch, rngs):
 
 
 def loss_fn(model, params, batch, rng):
-  sums = _masked_sums(model, params, batch, {"dropout": rng})
-  count = jnp.maximum(sums["count"], 1.0)
-  loss = sums["loss"] / count
-  return loss, {"loss": loss, "perplexity": jnp.exp(loss),
-                "accuracy": sums["correct"] / count}
+  mean = metrics.means(_masked_sums(model, params, batch, {"dropout": rng}), "count")
+  return mean["loss"], {"loss": mean["loss"], "perplexity": jnp.exp(mean["loss"]),
+                        "accuracy": mean["correct"]}
 
 
 def eval_fn(model, params, batch):
@@ -83,9 +80,10 @@ def eval_fn(model, params, batch):
 
 
 def finalize(totals):
-  loss = float(totals["loss"] / totals["count"])
+  mean = metrics.means(totals, "count")
+  loss = float(mean["loss"])
   return {"loss": loss, "perplexity": metrics.perplexity(loss),
-          "accuracy": float(totals["correct"] / totals["count"])}
+          "accuracy": float(mean["correct"])}
 
 
 TASK = base.Task(

@@ -4,14 +4,24 @@ import jax
 import jax.numpy as jnp
 
 from bigflax import losses
-from bigflax.data import pipeline
+from bigflax.data import batches, sources, synthetic
 from bigflax.tasks import base
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
   del tokenizer
-  return pipeline.make_feature_batches(config.data, split, process_index=process_index,
-                                       process_count=process_count)
+  return make_feature_batches(config.data, split, process_index=process_index,
+                              process_count=process_count)
+
+
+def make_feature_batches(data_config, split: str, *, process_index: int,
+                         process_count: int) -> batches.Batches:
+  """Batches of a synthetic feature set (`data/synthetic.py`); 'train' is shuffled. The
+  classify task reads its feature sets through this too."""
+  sources.check_kind(data_config.name, "features")
+  arrays = synthetic.make(data_config.name, split, data_config.num_examples, data_config.seed)
+  return batches.split_batches(arrays, data_config, split, process_index=process_index,
+                               process_count=process_count)
 
 
 def init_inputs(config):

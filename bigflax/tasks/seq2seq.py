@@ -7,21 +7,64 @@ Task options (`config.task`): label_smoothing, beam_size (1 = greedy), length_pe
 """
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bigflax import losses, metrics
-from bigflax.data import pipeline
+from bigflax.data import batches, packing, pipeline
 from bigflax.infer import translate
 from bigflax.tasks import base
 
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
-  return pipeline.make_translation_batches(config.data, tokenizer, split,
-                                           process_index=process_index,
-                                           process_count=process_count)
+  return make_translation_batches(config.data, tokenizer, split,
+                                  process_index=process_index, process_count=process_count)
+
+
+def make_translation_batches(data_config, tokenizer, split: str, *, process_index: int,
+                             process_count: int) -> batches.Batches:
+  """Sentence-pair batches of one split, padded (or cut) to data.seq_len tokens:
+  source ([bos] x [eos]) and source_mask; target_inputs ([bos] y), targets (y [eos]) and
+  target_weights (1 at real target tokens: the teacher-forcing loss counts those).
+
+  'train' is shuffled and endless; other splits are in file order, padded with
+  weight-0 empty pairs to whole global batches, so `steps_per_epoch` (ceil(N / B)) steps
+  see every pair once. `data_config` has name, data_dir, source_dir, source_lang,
+  target_lang, seq_len, global_batch_size, seed.
+  """
+  pairs = pipeline.load_translation_pairs(
+      data_config.name, split, data_config.source_lang, data_config.target_lang,
+      data_config.data_dir, data_config.get("source_dir"))
+  arrays = _sentence_pairs(tokenizer, *pairs, data_config.seq_len)
+  empty = _sentence_pairs(tokenizer, [""], [""], data_config.seq_len)
+  blank = {k: v[0] for k, v in empty.items() if k != "target_weights"}  # weight 0
+  # Training batches drop the columns that are padding in every row: a random batch of
+  # Multi30k needs ~32 of 48 tokens. Other splits keep one shape (one decoder compile).
+  return batches.split_batches(arrays, data_config, split, process_index=process_index,
+                               process_count=process_count, padding=blank,
+                               transform=trim_pair_padding if split == "train" else None)
+
+
+def _sentence_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str],
+                    seq_len: int) -> dict:
+  source, source_mask = packing.frame_texts(tokenizer, sources, seq_len)
+  target, target_mask = packing.frame_texts(tokenizer, targets, seq_len + 1)
+  return {"source": source, "source_mask": source_mask, "target_inputs": target[:, :-1],
+          "targets": target[:, 1:], "target_weights": target_mask[:, 1:].astype(np.float32)}
+
+
+def trim_pair_padding(step: int, batch: dict, multiple: int = 8) -> dict:
+  """A sentence-pair batch cut to its longest source and target, rounded up to a multiple
+  of `multiple` (so a run compiles only a few shapes)."""
+  del step
+  def length(valid):
+    return batches.bucket_width(valid, range(multiple, valid.shape[1] + 1, multiple))
+  source, target = length(batch["source_mask"]), length(batch["target_weights"])
+  return {k: v[:, :source] if k.startswith("source") else v[:, :target]
+          for k, v in batch.items()}
 
 
 def init_inputs(config):
@@ -48,12 +91,11 @@ def _sums(model, params, batch, rngs, label_smoothing=0.0):
 
 
 def loss_fn(model, params, batch, rng, label_smoothing=0.0):
-  sums = _sums(model, params, batch, {"dropout": rng}, label_smoothing)
-  tokens = jnp.maximum(sums["tokens"], 1.0)
-  nll = sums["nll"] / tokens
-  loss = sums.get("smoothed", sums["nll"]) / tokens
-  return loss, {"loss": loss, "nll": nll, "perplexity": jnp.exp(nll),
-                "accuracy": sums["correct"] / tokens}
+  mean = metrics.means(_sums(model, params, batch, {"dropout": rng}, label_smoothing),
+                       "tokens")
+  loss = mean.get("smoothed", mean["nll"])
+  return loss, {"loss": loss, "nll": mean["nll"], "perplexity": jnp.exp(mean["nll"]),
+                "accuracy": mean["correct"]}
 
 
 def eval_fn(model, params, batch):
@@ -61,9 +103,10 @@ def eval_fn(model, params, batch):
 
 
 def finalize(totals):
-  nll = float(totals["nll"] / totals["tokens"])
+  mean = metrics.means(totals, "tokens")
+  nll = float(mean["nll"])
   return {"loss": nll, "perplexity": metrics.perplexity(nll),
-          "accuracy": float(totals["correct"] / totals["tokens"])}
+          "accuracy": float(mean["correct"])}
 
 
 def predict_fn(model, config, tokenizer, params, batch):
@@ -85,8 +128,8 @@ def sample(config, model, tokenizer, params, sentences, options):
   """Prints each sentence translated by the run's decoder (config.task.beam_size beams)."""
   del options  # beam search is deterministic: no sampling options
   frame = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-  source, source_mask = pipeline.frame_sentences(tokenizer.encode_batch(sentences),
-                                                 config.data.seq_len, **frame)
+  source, source_mask = packing.frame_sentences(tokenizer.encode_batch(sentences),
+                                                config.data.seq_len, **frame)
   batch = {"source": jnp.asarray(source), "source_mask": jnp.asarray(source_mask)}
   predictions = predict_fn(model, config, tokenizer, params, batch)
   for sentence, row in zip(sentences, jax.device_get(predictions)):

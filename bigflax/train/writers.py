@@ -73,9 +73,14 @@ def _line(record: dict) -> str:
 
 def read(workdir: str, split: str = "train") -> dict:
   """{step: record} of a workdir's metrics.jsonl, for analysis and tests."""
-  records = _records(epath.Path(workdir_lib.metrics(workdir)))
   return {r["step"]: {k: math.nan if v is None else v for k, v in r.items()}
-          for r in records if r["split"] == split}
+          for r in records(workdir) if r["split"] == split}
+
+
+def records(workdir: str) -> list[dict]:
+  """Every record of a workdir's metrics.jsonl, every split, in the order written (a value
+  written as null stays None)."""
+  return _records(epath.Path(workdir_lib.metrics(workdir)))
 
 
 def _records(path: epath.Path) -> list[dict]:

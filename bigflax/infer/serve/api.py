@@ -1,8 +1,10 @@
-"""What every room of the server shares: the limits, a request body parsed into its model,
-the error that names the bad field, the error body, and the Prometheus metrics."""
+"""What every room of the server shares: the limits, the types of a request's inputs, a
+request body parsed into its model, the error that names the bad field, the error body,
+and the Prometheus metrics."""
 
 import dataclasses
 import json
+from typing import Annotated, TypeVar
 
 import fastapi
 from fastapi import responses
@@ -17,6 +19,14 @@ class Limits:
   max_queue: int = 256  # jobs waiting for the worker; 429 beyond
   timeout_s: float = 60.0  # per request, queueing included; 504 beyond
   max_n: int | None = None  # choices per completion (default and at most: max_batch)
+
+
+T = TypeVar("T")
+MAX_INPUTS = 256  # the server's max_batch is checked after
+Text = Annotated[str, pydantic.StringConstraints(max_length=100_000)]
+Inputs = Annotated[list[T], pydantic.Field(min_length=1, max_length=MAX_INPUTS)]
+# A request's "input": one text, or a list of them.
+Texts = Annotated[Text, pydantic.Field(min_length=1)] | Inputs[Text]
 
 
 class RequestError(Exception):

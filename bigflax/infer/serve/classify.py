@@ -2,7 +2,7 @@
 and class probabilities out."""
 
 import secrets
-from typing import Annotated, TypeVar, Any
+from typing import Any
 
 import fastapi
 import numpy as np
@@ -12,17 +12,10 @@ from bigflax.infer import bundle as bundle_lib
 from bigflax.infer.serve import api
 
 
-T = TypeVar("T")
-MAX_INPUTS = 256  # the server's max_batch is checked after
-Text = Annotated[str, pydantic.StringConstraints(max_length=100_000)]
-Inputs = Annotated[list[T], pydantic.Field(min_length=1, max_length=MAX_INPUTS)]
-
-
 class ClassifyRequest(pydantic.BaseModel):
   """Texts, feature vectors or images (pixel rows, 0-255), as the classifier takes."""
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-  input: (Annotated[Text, pydantic.Field(min_length=1)] | Inputs[Text]
-          | Inputs[list[Any]])
+  input: api.Texts | api.Inputs[list[Any]]
 
 
 def check_inputs(meta: dict, inputs: list):

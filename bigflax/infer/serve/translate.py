@@ -1,7 +1,6 @@
 """Task "seq2seq" served: POST /v1/translate, texts in, their translations out."""
 
 import secrets
-from typing import Annotated, TypeVar
 
 import fastapi
 import pydantic
@@ -9,15 +8,9 @@ import pydantic
 from bigflax.infer.serve import api
 
 
-T = TypeVar("T")
-MAX_INPUTS = 256  # the server's max_batch is checked after
-Text = Annotated[str, pydantic.StringConstraints(max_length=100_000)]
-Inputs = Annotated[list[T], pydantic.Field(min_length=1, max_length=MAX_INPUTS)]
-
-
 class TranslateRequest(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-  input: Annotated[Text, pydantic.Field(min_length=1)] | Inputs[Text]
+  input: api.Texts
 
 
 def translations(model, texts: list[str], rows: int) -> list[str]:
