@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigflax import configs, interop, models, run, tasks
+from bigflax import configs, evals, interop, models, run, tasks
 from bigflax import workdir as workdir_lib
 from bigflax.configs import UsageError
 from bigflax.data import tokenizers
@@ -68,42 +68,73 @@ def restore(workdir, mesh=None, config=None, step: int | None = None) -> Trained
 @dataclasses.dataclass
 class Evaluation:
   step: int
-  metrics: dict
-  totals: dict  # the eval sums the metrics came from
+  metrics: dict  # the "validation" evaluators': the task's metrics
+  others: dict  # {name: metrics} of the other evaluators
 
 
-def evaluation(workdir, split, config=None, step: int | None = None) -> Evaluation:
-  """The task's metrics of the run's checkpoint at `step` (default: its newest intact
-  one) on `split` of its data, computed exactly as training-time evaluation does."""
-  trained = restore(workdir, config=config, step=step)
+def run_evaluators(trained: Trained, workdir, split, entries) -> dict:
+  """{name: metrics} of the evaluators of `entries` (config.evals' form) on `trained`'s
+  parameters and `split` of its data, computed exactly as training-time evaluation does."""
   config, task = trained.config, trained.task
-  data = run.make_data(config, task, trained.tokenizer, split)
-  rules = partitioning.rules_tuple(config.mesh.rules)
-  batch_sharding = partitioning.batch_sharding(trained.mesh, rules)
-  evaluator = loop.jit_evaluator(
-      run.evaluator(config, task, trained.model, trained.tokenizer, data, split),
-      trained.shardings, batch_sharding)
-  with jax.set_mesh(trained.mesh), nn.logical_axis_rules(rules):
-    results, totals = loop.evaluate(evaluator, trained.params, batch_sharding)
-  return Evaluation(trained.step, results, totals)
+  evaluators = run.evaluators(config, task, trained.model, trained.tokenizer, trained.mesh,
+                              trained.shardings, split,
+                              lambda: run.make_data(config, task, trained.tokenizer, split),
+                              workdir, entries, offline=True)
+  with jax.set_mesh(trained.mesh), nn.logical_axis_rules(
+      partitioning.rules_tuple(config.mesh.rules)):
+    return loop.run_evaluators(evaluators, trained.params, trained.step)
 
 
-def evaluate(workdir, split) -> dict:
-  """Prints and writes (eval_{split}_{step}.json) the task's metrics of the latest
-  checkpoint; returns the report."""
-  config = configs.load(workdir)
-  result = evaluation(workdir, split, config)
+def evaluation(workdir, split, config=None, step: int | None = None,
+               task_metrics_only=True) -> Evaluation:
+  """The metrics of the run's checkpoint at `step` (default: its newest intact one) on
+  `split` of its data: its "validation" evaluators' (the task's metrics), or with
+  `task_metrics_only=False` all of its evaluators' but lm-eval's (`--harness` runs those)."""
+  trained = restore(workdir, config=config, step=step)
+  entries = [e for e in evals.specs(trained.config, trained.task)
+             if e.get("kind") != "harness"]
+  if task_metrics_only:
+    entries = [e for e in entries if e.get("kind") in ("sums", "predictions")]
+  results = run_evaluators(trained, workdir, split, entries)
+  return Evaluation(trained.step, results.pop("validation", {}), results)
+
+
+def evaluate(workdir, split, harness: str | None = None,
+             harness_limit: int | None = None) -> dict:
+  """`bigflax eval`: prints and writes (eval_{split}_{step}.json) the metrics of the run's
+  evaluators on its latest checkpoint; returns the report. With `harness` (lm-eval tasks,
+  comma-separated) it runs those instead, on a run or a HF directory."""
+  if harness is not None:
+    return evaluate_harness(workdir, harness, harness_limit)
+  result = evaluation(workdir, split, task_metrics_only=False)
   report = {"step": result.step, "split": split, "metrics": result.metrics}
+  report.update(result.others.pop("report", {}))  # the task's fields: a confusion matrix
+  report.update(result.others)  # any other evaluator's metrics, under its name
   if jax.process_index() == 0:
-    prefix = workdir_lib.eval_report(workdir, split, result.step)
     print(f"step {result.step}, {split}: "
           + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
-    eval_report = tasks.get(config.task.name).eval_report
-    if eval_report is not None:
-      report.update(eval_report(config, result.totals, prefix))
+    prefix = workdir_lib.eval_report(workdir, split, result.step)
     epath.Path(prefix + ".json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
   return report
+
+
+def evaluate_harness(workdir, harness_tasks: str, limit: int | None) -> dict:
+  """`bigflax eval --harness=TASKS`: a harness evaluator of those tasks (and `limit`, else
+  the run's harness.limit) on a run's latest checkpoint or a HF directory, printed as
+  lm-eval's table; a run's report is also written to eval_harness_{step}.json. Returns the
+  scalars."""
+  trained = restore_language_model(workdir)
+  limit = trained.config.harness.limit if limit is None else limit
+  entry = dict(kind="harness", tasks=harness_tasks, limit=limit, every=0)
+  scores = run_evaluators(trained, workdir, "validation", [entry])["harness"]
+  if jax.process_index() == 0 and os.path.isdir(workdir_lib.checkpoints(workdir)):
+    report = {"step": trained.step, "tasks": harness_tasks.split(","), "limit": limit,
+              "metrics": scores}
+    path = workdir_lib.eval_report(workdir, "harness", trained.step) + ".json"
+    epath.Path(path).write_text(json.dumps(report, indent=2))
+    print(f"bigflax: wrote {path}")
+  return scores
 
 
 HF_SAMPLE_CACHE = 4096  # KV-cache slots for sampling a RoPE model from a HF directory
