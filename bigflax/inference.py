@@ -72,30 +72,30 @@ class Evaluation:
   others: dict  # {name: metrics} of the other evaluators
 
 
-def run_evaluators(trained: Trained, workdir, split, entries) -> dict:
-  """{name: metrics} of the evaluators of `entries` (config.evals' form) on `trained`'s
-  parameters and `split` of its data, computed exactly as training-time evaluation does."""
+def run_evaluators(trained: Trained, workdir, split, entries, names=None) -> dict:
+  """{name: metrics} of the evaluators of `entries` (config.evals' form; those named in
+  `names`, None: all) on `trained`'s parameters and `split` of its data, computed exactly
+  as training-time evaluation does."""
   config, task = trained.config, trained.task
   evaluators = run.evaluators(config, task, trained.model, trained.tokenizer, trained.mesh,
                               trained.shardings, split,
                               lambda: run.make_data(config, task, trained.tokenizer, split),
                               workdir, entries, offline=True)
+  evaluators = [e for e in evaluators if names is None or e.name in names]
   with jax.set_mesh(trained.mesh), nn.logical_axis_rules(
       partitioning.rules_tuple(config.mesh.rules)):
     return loop.run_evaluators(evaluators, trained.params, trained.step)
 
 
 def evaluation(workdir, split, config=None, step: int | None = None,
-               task_metrics_only=True) -> Evaluation:
+               names=("validation",)) -> Evaluation:
   """The metrics of the run's checkpoint at `step` (default: its newest intact one) on
-  `split` of its data: its "validation" evaluators' (the task's metrics), or with
-  `task_metrics_only=False` all of its evaluators' but lm-eval's (`--harness` runs those)."""
+  `split` of its data by its evaluators named in `names` (default: the task's metrics;
+  None: all but lm-eval's, which `--harness` runs)."""
   trained = restore(workdir, config=config, step=step)
   entries = [e for e in evals.specs(trained.config, trained.task)
              if e.get("kind") != "harness"]
-  if task_metrics_only:
-    entries = [e for e in entries if e.get("kind") in ("sums", "predictions")]
-  results = run_evaluators(trained, workdir, split, entries)
+  results = run_evaluators(trained, workdir, split, entries, names)
   return Evaluation(trained.step, results.pop("validation", {}), results)
 
 
@@ -106,7 +106,7 @@ def evaluate(workdir, split, harness: str | None = None,
   comma-separated) it runs those instead, on a run or a HF directory."""
   if harness is not None:
     return evaluate_harness(workdir, harness, harness_limit)
-  result = evaluation(workdir, split, task_metrics_only=False)
+  result = evaluation(workdir, split, names=None)
   report = {"step": result.step, "split": split, "metrics": result.metrics}
   report.update(result.others.pop("report", {}))  # the task's fields: a confusion matrix
   report.update(result.others)  # any other evaluator's metrics, under its name
