@@ -45,19 +45,20 @@ def specs(config, task) -> list[dict]:
 
 
 def build(entries: list[dict], context: Context) -> list[Evaluator]:
-  """The evaluators of `entries` (dicts with a `kind`) on `context`."""
-  evaluators = []
+  """The evaluators of `entries` (dicts with a `kind`) on `context`; every entry is checked
+  before any is built."""
+  calls = []
   for i, entry in enumerate(entries):
     fields = dict(entry)
     kind = fields.pop("kind", None)
     if kind not in KINDS:
       raise UsageError(f"evals[{i}]={entry}: kind={kind!r} is not an evaluator kind; choose "
                        f"one of {sorted(KINDS)} (evals.register adds one).")
-    builder = KINDS[kind]
+    signature = inspect.signature(KINDS[kind])
     try:
-      inspect.signature(builder).bind(context, **fields)
+      signature.bind(context, **fields)
     except TypeError as e:
-      raise UsageError(f"evals[{i}]={entry}: {e}; kind {kind!r} takes "
-                       f"{inspect.signature(builder)}.") from e
-    evaluators.append(builder(context, **fields))
-  return evaluators
+      taken = ", ".join(list(signature.parameters)[1:]) or "no fields"
+      raise UsageError(f"evals[{i}]={entry}: {e}; kind {kind!r} takes {taken}.") from e
+    calls.append((KINDS[kind], fields))
+  return [builder(context, **fields) for builder, fields in calls]
