@@ -26,8 +26,9 @@ def harness(context: Context, every: int | None = None, **settings) -> Evaluator
     raise UsageError(f"the harness evaluator needs lm-evaluation-harness ({e.name} is "
                      f"missing): pip install -e '.[harness]'") from e
   harness_config = config.harness.copy_and_resolve_references()
-  if isinstance(settings.get("tasks"), str):
-    settings["tasks"] = (settings["tasks"],)
+  if "tasks" in settings:  # "a,b" or a list of such
+    tasks = settings["tasks"]
+    settings["tasks"] = (tasks,) if isinstance(tasks, str) else tuple(tasks)
   harness_config.update(settings)
   run = harness_tasks.scorer(harness_config, context.model, context.tokenizer, context.mesh,
                              context.rules, table=context.offline)
