@@ -72,30 +72,38 @@ class Evaluation:
   others: dict  # {name: metrics} of the other evaluators
 
 
-def run_evaluators(trained: Trained, workdir, split, entries, names=None) -> dict:
+def run_evaluators(trained: Trained, workdir, split, entries, names=None,
+                   first=None) -> dict:
   """{name: metrics} of the evaluators of `entries` (config.evals' form; those named in
   `names`, None: all) on `trained`'s parameters and `split` of its data, computed exactly
-  as training-time evaluation does."""
+  as training-time evaluation does: the task's metrics ("validation") first, then
+  `first(step, those)` (a printed line), then the others."""
   config, task = trained.config, trained.task
   evaluators = run.evaluators(config, task, trained.model, trained.tokenizer, trained.mesh,
                               trained.shardings, split,
                               lambda: run.make_data(config, task, trained.tokenizer, split),
                               workdir, entries, offline=True)
   evaluators = [e for e in evaluators if names is None or e.name in names]
+  run_these = lambda keep: loop.run_evaluators([e for e in evaluators if keep(e.name)],
+                                               trained.params, trained.step)
   with jax.set_mesh(trained.mesh), nn.logical_axis_rules(
       partitioning.rules_tuple(config.mesh.rules)):
-    return loop.run_evaluators(evaluators, trained.params, trained.step)
+    results = run_these(lambda name: name == "validation")
+    if first is not None:
+      first(trained.step, results.get("validation", {}))
+    results.update(run_these(lambda name: name != "validation"))
+  return results
 
 
 def evaluation(workdir, split, config=None, step: int | None = None,
-               names=("validation",)) -> Evaluation:
+               names=("validation",), first=None) -> Evaluation:
   """The metrics of the run's checkpoint at `step` (default: its newest intact one) on
   `split` of its data by its evaluators named in `names` (default: the task's metrics;
-  None: all but lm-eval's, which `--harness` runs)."""
+  None: all but lm-eval's, which `--harness` runs); `first` as in run_evaluators."""
   trained = restore(workdir, config=config, step=step)
   entries = [e for e in evals.specs(trained.config, trained.task)
              if e.get("kind") != "harness"]
-  results = run_evaluators(trained, workdir, split, entries, names)
+  results = run_evaluators(trained, workdir, split, entries, names, first)
   return Evaluation(trained.step, results.pop("validation", {}), results)
 
 
@@ -106,13 +114,15 @@ def evaluate(workdir, split, harness: str | None = None,
   comma-separated) it runs those instead, on a run or a HF directory."""
   if harness is not None:
     return evaluate_harness(workdir, harness, harness_limit)
-  result = evaluation(workdir, split, names=None)
+
+  def show(step, metrics):  # before what the other evaluators print (a confusion matrix)
+    if jax.process_index() == 0:
+      print(f"step {step}, {split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+  result = evaluation(workdir, split, names=None, first=show)
   report = {"step": result.step, "split": split, "metrics": result.metrics}
   report.update(result.others.pop("report", {}))  # the task's fields: a confusion matrix
   report.update(result.others)  # any other evaluator's metrics, under its name
   if jax.process_index() == 0:
-    print(f"step {result.step}, {split}: "
-          + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
     prefix = workdir_lib.eval_report(workdir, split, result.step)
     epath.Path(prefix + ".json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
