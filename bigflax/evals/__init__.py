@@ -5,8 +5,9 @@
 
 each built here by its kind's builder, `builder(context, **the entry's other fields) ->
 Evaluator` (base.py). Without `config.evals` a run has the task's defaults. The training
-loop runs those due at a step; `bigflax eval` runs the list on a split. `register` adds a
-kind from anywhere (a test, a notebook) without editing bigflax.
+loop runs those due at a step (`every`; 0: none in training); `bigflax eval` runs the list
+on a split, lm-eval's entries aside (`--harness` runs those). `register` adds a kind from
+anywhere (a test, a notebook) without editing bigflax.
 """
 
 import inspect
@@ -19,9 +20,6 @@ from bigflax.evals.harness import harness
 
 KINDS = {"sums": task_evaluators.sums, "predictions": task_evaluators.predictions,
          "report": task_evaluators.report, "harness": harness}
-
-__all__ = ["Context", "Evaluator", "KINDS", "build", "register", "specs"]
-
 
 def register(kind: str, builder: Callable[..., Evaluator]):
   """Makes `dict(kind=kind, ...)` an entry of `config.evals`; `builder(context, **fields)`
