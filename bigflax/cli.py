@@ -405,15 +405,7 @@ def serve_command():
 def eval_command():
   from bigflax import inference
   source_dir()
-  if FLAGS.harness is None:
-    inference.evaluate(FLAGS.workdir, FLAGS.split)
-    return
-  try:
-    from bigflax.harness import registered
-  except ImportError as e:
-    raise UsageError(f"eval --harness needs lm-evaluation-harness ({e.name} is missing): "
-                     f"pip install -e '.[harness]'") from e
-  registered.evaluate(FLAGS.workdir, FLAGS.harness, FLAGS.harness_limit)
+  inference.evaluate(FLAGS.workdir, FLAGS.split, FLAGS.harness, FLAGS.harness_limit)
 
 
 def export_command():

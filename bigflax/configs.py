@@ -110,6 +110,11 @@ def base() -> ml_collections.ConfigDict:
       tasks=(), every=0, limit=0, num_fewshot=-1, include_path="experiments/harness",
       batch_size=8, max_gen_toks=64,
   ))
+
+  # The run's evaluators, a list of dicts such as dict(kind="predictions", every=500)
+  # (bigflax/evals); None = the task's own: its sums and predictions every
+  # train.eval_every steps, its report in `bigflax eval`, lm-eval every harness.every.
+  c.evals = None
   return c
 
 
@@ -171,7 +176,7 @@ STATE_DEFINING = ("model", "tokenizer", "optim")
 # logs and saves, where it runs, where its data lies, how `sample` decodes. Any other change
 # (task, data, seed, teacher, init_from) would leave config.json describing another run
 # than its checkpoints.
-RESUMABLE = ("train.", "mesh.", "sample.", "data.data_dir", "data.source_dir")
+RESUMABLE = ("train.", "mesh.", "sample.", "data.data_dir", "data.source_dir", "evals")
 
 
 def changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigflax import configs, interop, models, run, tasks
+from bigflax import configs, evals, interop, models, run, tasks
 from bigflax import workdir as workdir_lib
 from bigflax.configs import UsageError
 from bigflax.data import tokenizers
@@ -68,42 +68,83 @@ def restore(workdir, mesh=None, config=None, step: int | None = None) -> Trained
 @dataclasses.dataclass
 class Evaluation:
   step: int
-  metrics: dict
-  totals: dict  # the eval sums the metrics came from
+  metrics: dict  # the "validation" evaluators': the task's metrics
+  others: dict  # {name: metrics} of the other evaluators
 
 
-def evaluation(workdir, split, config=None, step: int | None = None) -> Evaluation:
-  """The task's metrics of the run's checkpoint at `step` (default: its newest intact
-  one) on `split` of its data, computed exactly as training-time evaluation does."""
-  trained = restore(workdir, config=config, step=step)
+def run_evaluators(trained: Trained, workdir, split, entries, names=None,
+                   first=None) -> dict:
+  """{name: metrics} of the evaluators of `entries` (config.evals' form; those named in
+  `names`, None: all) on `trained`'s parameters and `split` of its data, computed exactly
+  as training-time evaluation does: the task's metrics ("validation") first, then
+  `first(step, those)` (a printed line), then the others."""
   config, task = trained.config, trained.task
-  data = run.make_data(config, task, trained.tokenizer, split)
-  rules = partitioning.rules_tuple(config.mesh.rules)
-  batch_sharding = partitioning.batch_sharding(trained.mesh, rules)
-  evaluator = loop.jit_evaluator(
-      run.evaluator(config, task, trained.model, trained.tokenizer, data, split),
-      trained.shardings, batch_sharding)
-  with jax.set_mesh(trained.mesh), nn.logical_axis_rules(rules):
-    results, totals = loop.evaluate(evaluator, trained.params, batch_sharding)
-  return Evaluation(trained.step, results, totals)
+  evaluators = run.evaluators(config, task, trained.model, trained.tokenizer, trained.mesh,
+                              trained.shardings, split,
+                              lambda: run.make_data(config, task, trained.tokenizer, split),
+                              workdir, entries, offline=True)
+  evaluators = [e for e in evaluators if names is None or e.name in names]
+  run_these = lambda keep: loop.run_evaluators([e for e in evaluators if keep(e.name)],
+                                               trained.params, trained.step)
+  with jax.set_mesh(trained.mesh), nn.logical_axis_rules(
+      partitioning.rules_tuple(config.mesh.rules)):
+    results = run_these(lambda name: name == "validation")
+    if first is not None:
+      first(trained.step, results.get("validation", {}))
+    results.update(run_these(lambda name: name != "validation"))
+  return results
 
 
-def evaluate(workdir, split) -> dict:
-  """Prints and writes (eval_{split}_{step}.json) the task's metrics of the latest
-  checkpoint; returns the report."""
-  config = configs.load(workdir)
-  result = evaluation(workdir, split, config)
+def evaluation(workdir, split, config=None, step: int | None = None,
+               names=("validation",), first=None) -> Evaluation:
+  """The metrics of the run's checkpoint at `step` (default: its newest intact one) on
+  `split` of its data by its evaluators named in `names` (default: the task's metrics;
+  None: all but lm-eval's, which `--harness` runs); `first` as in run_evaluators."""
+  trained = restore(workdir, config=config, step=step)
+  entries = [e for e in evals.specs(trained.config, trained.task)
+             if e.get("kind") != "harness"]
+  results = run_evaluators(trained, workdir, split, entries, names, first)
+  return Evaluation(trained.step, results.pop("validation", {}), results)
+
+
+def evaluate(workdir, split, harness: str | None = None,
+             harness_limit: int | None = None) -> dict:
+  """`bigflax eval`: prints and writes (eval_{split}_{step}.json) the metrics of the run's
+  evaluators on its latest checkpoint; returns the report. With `harness` (lm-eval tasks,
+  comma-separated) it runs those instead, on a run or a HF directory."""
+  if harness is not None:
+    return evaluate_harness(workdir, harness, harness_limit)
+
+  def show(step, metrics):  # before what the other evaluators print (a confusion matrix)
+    if jax.process_index() == 0:
+      print(f"step {step}, {split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+  result = evaluation(workdir, split, names=None, first=show)
   report = {"step": result.step, "split": split, "metrics": result.metrics}
+  report.update(result.others.pop("report", {}))  # the task's fields: a confusion matrix
+  report.update(result.others)  # any other evaluator's metrics, under its name
   if jax.process_index() == 0:
     prefix = workdir_lib.eval_report(workdir, split, result.step)
-    print(f"step {result.step}, {split}: "
-          + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
-    eval_report = tasks.get(config.task.name).eval_report
-    if eval_report is not None:
-      report.update(eval_report(config, result.totals, prefix))
     epath.Path(prefix + ".json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
   return report
+
+
+def evaluate_harness(workdir, harness_tasks: str, limit: int | None) -> dict:
+  """`bigflax eval --harness=TASKS`: a harness evaluator of those tasks (and `limit`, else
+  the run's harness.limit) on a run's latest checkpoint or a HF directory, printed as
+  lm-eval's table; a run's report is also written to eval_harness_{step}.json. Returns the
+  scalars."""
+  trained = restore_language_model(workdir)
+  limit = trained.config.harness.limit if limit is None else limit
+  entry = dict(kind="harness", tasks=harness_tasks, limit=limit, every=0)
+  scores = run_evaluators(trained, workdir, "validation", [entry])["harness"]
+  if jax.process_index() == 0 and os.path.isdir(workdir_lib.checkpoints(workdir)):
+    report = {"step": trained.step, "tasks": harness_tasks.split(","), "limit": limit,
+              "metrics": scores}
+    path = workdir_lib.eval_report(workdir, "harness", trained.step) + ".json"
+    epath.Path(path).write_text(json.dumps(report, indent=2))
+    print(f"bigflax: wrote {path}")
+  return scores
 
 
 HF_SAMPLE_CACHE = 4096  # KV-cache slots for sampling a RoPE model from a HF directory

@@ -7,7 +7,6 @@ The command line (`cli.py`) calls these; so can a test, a script or a notebook.
 
 import dataclasses
 import functools
-import importlib
 import types
 
 from etils import epath
@@ -15,7 +14,7 @@ import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
 
-from bigflax import configs, interop, models, run_info, tasks
+from bigflax import configs, evals, interop, models, run_info, tasks
 from bigflax import workdir as workdir_lib
 from bigflax.configs import UsageError
 from bigflax.data import pipeline, tokenizers
@@ -210,39 +209,21 @@ def init_params(config, params):
   return params
 
 
-def evaluator(config, task, model, tokenizer, data, split) -> loop.Evaluator:
-  """How `data` (the batches of `split`) is evaluated: the task's sums and, if it has
-  them, metrics of generated outputs."""
-  predict_step = finalize_predictions = None
-  if task.prediction_metrics is not None:
-    predict_step, finalize_predictions = task.prediction_metrics(config, model, tokenizer,
-                                                                 split)
-  return loop.Evaluator(
-      eval_step=functools.partial(task.eval_fn, model), finalize=task.finalize,
-      batches=lambda: (data.batch(i) for i in range(
-          config.train.eval_steps or data.steps_per_epoch)),
-      predict_step=predict_step, finalize_predictions=finalize_predictions)
+def evaluators(config, task, model, tokenizer, mesh, params_shardings, split, make_data,
+               workdir, entries=None, offline=False) -> list:
+  """The evaluators of `entries` (default: config.evals, or the task's defaults) on the
+  batches of `split` (`make_data()`), for parameters laid out by `params_shardings`."""
+  rules = partitioning.rules_tuple(config.mesh.rules)
+  context = evals.Context(config, task, model, tokenizer, mesh, rules, params_shardings,
+                          partitioning.batch_sharding(mesh, rules), split, make_data,
+                          workdir, offline)
+  return evals.build(evals.specs(config, task) if entries is None else entries, context)
 
 
 def make_data(config, task, tokenizer, split):
   """This process's share of the batches of `split`."""
   return task.make_data(config, tokenizer, split, process_index=jax.process_index(),
                         process_count=jax.process_count())
-
-
-def build_harness(config, task, model, tokenizer, mesh, rules):
-  """params -> scalars: config.harness's lm-eval tasks, run by the loop every
-  harness.every steps on its live parameters."""
-  if task.sample is None:
-    raise UsageError(f"harness.every={config.harness.every}: lm-eval scores language "
-                     f"models; task.name={config.task.name!r} is not one (set "
-                     f"harness.every=0).")
-  try:
-    harness_tasks = importlib.import_module("bigflax.harness.tasks")
-  except ImportError as e:
-    raise UsageError(f"harness.every needs lm-evaluation-harness ({e.name} is missing): "
-                     f"pip install -e '.[harness]'") from e
-  return harness_tasks.in_training(config, model, tokenizer, mesh, rules)
 
 
 def build_training(config, workdir, mesh=None, eval_split="validation") -> Training:
@@ -311,18 +292,15 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
     print(f"bigflax: distilling from {config.distill.teacher} "
           f"({state_lib.num_params(teacher.params):,} parameters)", flush=True)
 
-  harness = None
-  if config.harness.every:
-    harness = build_harness(config, task, model, tokenizer, mesh, rules)
   job = loop.Run(
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings, batch_sharding=partitioning.batch_sharding(mesh, rules),
       train_step=build_train_step(config, model, optimizer, schedule, loss_fn),
-      evaluator=evaluator(config, task, model, tokenizer, eval_data, eval_split),
+      evaluators=evaluators(config, task, model, tokenizer, mesh, shardings.params,
+                            eval_split, lambda: eval_data, workdir),
       train_batches=train_data.iterate, tokens_per_step=tokens_per_step,
       flops_per_step=flops_per_token * tokens_per_step, checkpoints=checkpoints,
-      frozen=teacher.params, frozen_shardings=teacher.shardings, harness=harness,
-      harness_every=config.harness.every,
+      frozen=teacher.params, frozen_shardings=teacher.shardings,
       resumed_position=data_position)
   return Training(job, model, tokenizer, task)
 

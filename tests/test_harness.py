@@ -113,7 +113,7 @@ def test_training_runs_the_harness_and_eval_agrees(tfds_dir, tmp_path):
   result = run("train", workdir, *TINY, f"--config.data.data_dir={tfds_dir}",
                "--config.train.num_steps=6", *harness)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert "step 4: lm-eval stdlib_qa_choice/acc=" in result.stdout
+  assert "step 4: harness stdlib_qa_choice/acc=" in result.stdout
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   scored = {r["step"]: r for r in records if r["split"] == "harness"}
   assert sorted(scored) == [4, 6]

@@ -1,5 +1,6 @@
-"""A task defined here alone, registered, then trained, evaluated, exported and served
-through the functions the command line dispatches to: nothing else in bigflax learns it."""
+"""A task and an evaluator kind defined here alone, registered, then trained, evaluated,
+exported and served through the functions the command line dispatches to: nothing else
+in bigflax learns them."""
 
 import json
 import sys
@@ -8,10 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigflax import configs, inference, losses, tasks
+import optax
+
+from bigflax import configs, evals, inference, losses, tasks
 from bigflax import run as run_lib
 from bigflax.data import batches
 from bigflax.infer import bundle as bundle_lib
+from bigflax.train import writers
 
 
 def quadrant_data(config, tokenizer, split, *, process_index, process_count):
@@ -59,6 +63,13 @@ QUADRANT = tasks.Task(
     serving=serving, served_as="classify", default_metric="accuracy")
 
 
+def parameter_norm(context, every=0):
+  """A toy evaluator kind: the parameters' norm and how many eval rows the context holds."""
+  rows = sum(len(batch["label"]) for batch in context.eval_batches())
+  return evals.Evaluator("toy", every, lambda params, step: {
+      "param_norm": float(optax.tree.norm(params)), "eval_rows": rows})
+
+
 def quadrant_config():
   config = configs.base()
   config.task.name = "quadrant"
@@ -67,19 +78,27 @@ def quadrant_config():
   config.data.update(name="quadrants", global_batch_size=64, seq_len=1)
   config.optim.update(lr=0.05, warmup_steps=0, weight_decay=0.0)
   config.train.update(num_steps=150, log_every=50, eval_every=150, checkpoint_every=150)
+  config.evals = [dict(kind="sums"), dict(kind="parameter_norm", every=50)]
   return config
 
 
 def test_a_task_defined_in_a_test_trains_evaluates_exports_and_serves(tmp_path):
   tasks.register(QUADRANT)
+  evals.register("parameter_norm", parameter_norm)
   workdir = str(tmp_path / "run")
   run_lib.train(quadrant_config(), workdir)
+  toy = writers.read(workdir, "toy")
+  assert sorted(toy) == [50, 100, 150]  # every 50 steps
+  assert toy[50]["param_norm"] != toy[100]["param_norm"]
+  assert toy[150]["eval_rows"] == 20 * 64  # train.eval_steps batches of 64
+  assert sorted(writers.read(workdir, "validation")) == [150]  # train.eval_every
 
   report = inference.evaluate(workdir, "validation")
   assert report["step"] == 150
   assert report["metrics"]["accuracy"] > 0.9  # chance is 0.5; a linear model gets ~0.5
+  assert report["toy"] == {"param_norm": toy[150]["param_norm"], "eval_rows": 20 * 64}
   written = json.loads((tmp_path / "run" / "eval_validation_150.json").read_text())
-  assert written["metrics"] == report["metrics"]
+  assert written["metrics"] == report["metrics"] and written["toy"] == report["toy"]
 
   inference.export(workdir, str(tmp_path / "bundle"))
   sys.path.insert(0, str(tmp_path / "bundle"))

@@ -1,22 +1,14 @@
 """The lm-eval model named "bigflax", on a directory: a bigflax run (its newest intact
-checkpoint) or a Hugging Face directory that bigflax imports; and `bigflax eval
---harness`, which runs lm-eval tasks on one.
+checkpoint) or a Hugging Face directory that bigflax imports (`bigflax eval --harness`
+runs lm-eval tasks on one through the harness evaluator, evals/harness.py).
 
   python -m bigflax.harness --model bigflax --model_args workdir=RUN,batch_size=8 ...
 """
 
-import json
-import os
-
-from etils import epath
-import jax
 from lm_eval.api.registry import register_model
-from lm_eval.utils import make_table
 
 from bigflax import inference
-from bigflax import workdir as workdir_lib
 from bigflax.harness import lm as lm_lib
-from bigflax.harness import tasks as tasks_lib
 from bigflax.train import partitioning
 
 
@@ -41,24 +33,3 @@ class DirectoryLM(lm_lib.BigflaxLM):
                      partitioning.rules_tuple(trained.config.mesh.rules), batch_size,
                      max_gen_toks, seed)
 
-
-def evaluate(workdir, tasks: str, limit: int | None) -> dict:
-  """`bigflax eval --harness=TASKS`: the tasks on a directory, printed as lm-eval's table;
-  a run's report is also written to eval_harness_{step}.json. Returns the scalars."""
-  trained = inference.restore_language_model(workdir)
-  harness_config = trained.config.harness
-  harness_config.tasks = (tasks,)
-  if limit is not None:
-    harness_config.limit = limit
-  lm = DirectoryLM(trained=trained, batch_size=harness_config.batch_size,
-                   max_gen_toks=harness_config.max_gen_toks)
-  results = tasks_lib.run_tasks(lm, harness_config)
-  report = {"step": trained.step, "tasks": tasks.split(","), "limit": harness_config.limit,
-            "metrics": tasks_lib.scalars(results)}
-  if jax.process_index() == 0:
-    print(f"step {trained.step}, lm-eval:\n{make_table(results)}")
-    if os.path.isdir(workdir_lib.checkpoints(workdir)):  # a run, not a HF directory
-      path = workdir_lib.eval_report(workdir, "harness", trained.step) + ".json"
-      epath.Path(path).write_text(json.dumps(report, indent=2))
-      print(f"bigflax: wrote {path}")
-  return report["metrics"]

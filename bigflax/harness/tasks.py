@@ -5,8 +5,10 @@ TensorBoard."""
 import math
 import os
 
+import jax
 import lm_eval
 from lm_eval.tasks import TaskManager
+from lm_eval.utils import make_table
 
 from bigflax.configs import UsageError
 from bigflax.harness import lm as lm_lib
@@ -58,14 +60,17 @@ def run_tasks(lm: lm_lib.BigflaxLM, harness_config) -> dict:
       random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
 
 
-def in_training(config, model, tokenizer, mesh, rules):
-  """params -> scalars: config.harness's tasks on the training loop's live parameters
-  (compiled once; no checkpoint round trip)."""
-  lm = lm_lib.BigflaxLM(model, None, tokenizer, mesh, rules, config.harness.batch_size,
-                        config.harness.max_gen_toks)
+def scorer(harness_config, model, tokenizer, mesh, rules, table: bool = False):
+  """(params, step) -> scalars: harness_config's tasks on parameters in hand (the training
+  loop's live ones: compiled once, no checkpoint round trip); `table` also prints lm-eval's
+  table of the results (`bigflax eval --harness`)."""
+  lm = lm_lib.BigflaxLM(model, None, tokenizer, mesh, rules, harness_config.batch_size,
+                        harness_config.max_gen_toks)
 
-  def evaluate(params) -> dict:
+  def evaluate(params, step) -> dict:
     lm.params = params
-    return {k: v for k, v in scalars(run_tasks(lm, config.harness)).items()
-            if math.isfinite(v)}
+    results = run_tasks(lm, harness_config)
+    if table and jax.process_index() == 0:
+      print(f"step {step}, lm-eval:\n{make_table(results)}")
+    return {k: v for k, v in scalars(results).items() if math.isfinite(v)}
   return evaluate

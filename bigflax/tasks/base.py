@@ -11,7 +11,7 @@ Required:
   tokens_per_example(config) -> tokens in one example (throughput, MFU, plan)
   loss_fn(model, params, batch, rng, **loss_options(config)) -> (loss, metrics)
   eval_fn(model, params, batch) -> dict of sums over the batch (added up over all hosts)
-  finalize(totals) -> metrics
+  finalize(totals) -> metrics (eval_fn and finalize: the "sums" evaluator, bigflax/evals)
 
 Optional (None: the task has no such thing):
   batch_spec(config) -> ShapeDtypeStructs of a global batch (`bigflax plan`)
@@ -21,9 +21,9 @@ Optional (None: the task has no such thing):
   data_summary(config, tokenizer, train_data) -> a line printed when training starts
   prediction_metrics(config, model, tokenizer, split) -> (predict_step(params, batch) ->
       per-example outputs, finalize(outputs as numpy, rows in split order) -> metrics):
-      metrics of generated outputs (BLEU of translations), at eval time
+      metrics of generated outputs (BLEU of translations): the "predictions" evaluator
   eval_report(config, totals, prefix) -> extra report fields; may write files next to
-      `prefix` (a confusion matrix) and print
+      `prefix` (a confusion matrix) and print: the "report" evaluator (`bigflax eval`)
   sample(config, model, tokenizer, params, prompts, options) -> prints what the model
       makes of each prompt (`bigflax sample`); options: num_samples, max_new_tokens,
       temperature, top_k, top_p, seed (None: config.sample's)

@@ -1,5 +1,5 @@
 """The training loop, top to bottom. It trains whatever `run.py` hands it: a state, a
-jittable train step, an eval step and data; it imports no model, task or dataset."""
+jittable train step, evaluators and data; it imports no model, task or dataset."""
 
 import dataclasses
 import signal
@@ -10,26 +10,13 @@ from typing import Callable, Iterator
 import flax.linen as nn
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from bigflax import chips
-from bigflax import metrics as metrics_lib
 from bigflax.train import checkpoint, partitioning
 from bigflax.train import step as step_lib
 from bigflax.train.writers import MetricWriter
-
-
-@dataclasses.dataclass
-class Evaluator:
-  """How a run is evaluated; training-time evaluation and `bigflax eval` share it."""
-  eval_step: Callable  # (params, batch) -> dict of sums
-  finalize: Callable  # totals -> metrics
-  batches: Callable[[], Iterator[dict]]  # this process's rows of every eval batch
-  # Optional metrics of outputs generated over the eval batches (e.g. BLEU of translations):
-  predict_step: Callable | None = None  # (params, batch) -> per-example outputs (B, ...)
-  finalize_predictions: Callable | None = None  # every eval row's outputs (numpy) -> metrics
 
 
 @dataclasses.dataclass
@@ -43,15 +30,14 @@ class Run:
   state_shardings: object
   batch_sharding: jax.sharding.NamedSharding
   train_step: Callable  # (state, batch, frozen) -> (state, metrics)
-  evaluator: Evaluator
+  # evals.Evaluator's: name, every, run(params, step) -> metrics, printed(key) -> bool
+  evaluators: list
   train_batches: Callable[[int], Iterator[dict]]  # start step -> this process's batches
   tokens_per_step: int
   flops_per_step: float
   checkpoints: object  # orbax CheckpointManager
   frozen: object = None  # the train step's untrained input (a distillation teacher's params)
   frozen_shardings: object = None
-  harness: Callable[[object], dict] | None = None  # params -> lm-eval scalars
-  harness_every: int = 0
   # What the restored checkpoint recorded beside the state (next_step, skip counts).
   resumed_position: dict = dataclasses.field(default_factory=dict)
 
@@ -108,41 +94,13 @@ def jit_train_step(train_step: Callable, state_shardings, batch_sharding,
                  compiler_options=TRAIN_STEP_COMPILER_OPTIONS)
 
 
-def jit_evaluator(evaluator: Evaluator, params_shardings, batch_sharding) -> Evaluator:
-  """`evaluator` with its eval and predict steps jitted for these shardings."""
-  jit = lambda f: None if f is None else jax.jit(
-      f, in_shardings=(params_shardings, batch_sharding))
-  return dataclasses.replace(evaluator, eval_step=jit(evaluator.eval_step),
-                             predict_step=jit(evaluator.predict_step))
-
-
-def evaluate_totals(evaluator: Evaluator, params, batch_sharding) -> dict:
-  """The eval step's sums added up over every eval batch (and so over all hosts)."""
-  totals = None
-  for batch in evaluator.batches():
-    batch = partitioning.global_batch(batch, batch_sharding)
-    totals = metrics_lib.accumulate(totals, evaluator.eval_step(params, batch))
-  return totals
-
-
-def evaluate_predictions(evaluator: Evaluator, params, batch_sharding) -> dict:
-  """evaluator.finalize_predictions of the predict step's outputs for every eval batch's
-  rows, gathered from all hosts in batch order."""
-  outputs = []
-  for batch in evaluator.batches():
-    batch = partitioning.global_batch(batch, batch_sharding)
-    outputs.append(multihost_utils.process_allgather(evaluator.predict_step(params, batch),
-                                                     tiled=True))
-  return evaluator.finalize_predictions(np.concatenate(outputs))
-
-
-def evaluate(evaluator: Evaluator, params, batch_sharding) -> tuple[dict, dict]:
-  """(the task's metrics, the eval sums they came from) of a jitted evaluator."""
-  totals = evaluate_totals(evaluator, params, batch_sharding)
-  results = evaluator.finalize(totals)
-  if evaluator.predict_step is not None:
-    results.update(evaluate_predictions(evaluator, params, batch_sharding))
-  return results, totals
+def run_evaluators(evaluators: list, params, step: int) -> dict:
+  """{name: metrics} of `evaluators` run in order on `params`; those sharing a name (the
+  task's sums and predictions: "validation") make one record."""
+  results = {}
+  for evaluator in evaluators:
+    results.setdefault(evaluator.name, {}).update(evaluator.run(params, step))
+  return results
 
 
 def train(run: Run) -> object:
@@ -155,7 +113,6 @@ def _train(run: Run) -> object:
   is_main = jax.process_index() == 0
   train_step = jit_train_step(run.train_step, run.state_shardings, run.batch_sharding,
                                run.frozen_shardings)
-  evaluator = jit_evaluator(run.evaluator, run.state_shardings.params, run.batch_sharding)
   writer = MetricWriter(run.workdir)
   state = run.state
   start = int(state.step)
@@ -192,14 +149,14 @@ def _train(run: Run) -> object:
       jax.block_until_ready(step_metrics)
       interval_start, interval_steps = time.perf_counter(), 0
 
-    evaluate_now = cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.num_steps)
+    due = [e for e in run.evaluators
+           if e.every and (step % e.every == 0 or step == cfg.num_steps)]
     save_now = step % cfg.checkpoint_every == 0 or step == cfg.num_steps
     # A checkpoint records the skip counts up to its step: fetch them first.
-    log_now = step % cfg.log_every == 0 or save_now or evaluate_now
+    log_now = step % cfg.log_every == 0 or save_now or bool(due)
     if log_now:  # wait for the step first: a SIGTERM during the wait stops at this step
       jax.block_until_ready(step_metrics)
     stop = sigterm.should_stop(step)
-    evaluate_now = evaluate_now and not stop
     if log_now or stop:
       fetched = jax.device_get(pending)
       elapsed = time.perf_counter() - interval_start
@@ -232,18 +189,13 @@ def _train(run: Run) -> object:
                 f"same command to resume.")
       break
 
-    if evaluate_now:
-      eval_metrics, _ = evaluate(evaluator, state.params, run.batch_sharding)
-      writer.write(step, "validation", eval_metrics)
-      bar.write(f"step {step}: validation " + " ".join(  # all of them go to the writers
-          f"{k}={v:.4f}" for k, v in eval_metrics.items() if "/" not in k or "macro" in k))
-      interval_start, interval_steps = time.perf_counter(), 0
-
-    if run.harness_every and (step % run.harness_every == 0 or step == cfg.num_steps):
-      scores = run.harness(state.params)
-      writer.write(step, "harness", scores)
-      bar.write(f"step {step}: lm-eval " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-      interval_start, interval_steps = time.perf_counter(), 0
+    if due:
+      for name, eval_metrics in run_evaluators(due, state.params, step).items():
+        writer.write(step, name, eval_metrics)
+        printed = [k for k in eval_metrics if any(e.printed(k) for e in due if e.name == name)]
+        bar.write(f"step {step}: {name} " + " ".join(f"{k}={eval_metrics[k]:.4f}"
+                                                     for k in printed))
+      interval_start, interval_steps = time.perf_counter(), 0  # evaluation is no training
 
     if save_now:
       save(state, step)
