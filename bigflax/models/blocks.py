@@ -2,8 +2,8 @@
 applies a model's layers, scanned and rematerialized as it asks.
 
 A model builds one `BlockConfig` from its own fields and hands it whole to `stack`,
-`Block`, `Attention` and `MLP`, so a new block option is a field here and in the models
-that offer it. What a layer reads besides its input, the same for every layer (masks,
+`Block`, `Attention` and `MLP`, so a new block option is a field here, and a field of each
+model that offers it passed on by name in that model's `block_config()`. What a layer reads besides its input, the same for every layer (masks,
 positions, the encoder's output), travels as one `BlockInputs`.
 """
 

@@ -88,7 +88,7 @@ class GPT(nn.Module):
 
     inputs = blocks.BlockInputs(
         mask=None if mask is None else mask.astype(bool)[:, None, None, :],
-        # Under decode without explicit positions RoPE's come from the cache index.
+        # Under decode without explicit positions, RoPE's come from the cache index.
         positions=positions if self.position == "rope" else None, segment_ids=segment_ids)
     x = blocks.stack(self.block_config(), self.num_layers, x, inputs, scan=self.scan_layers,
                      remat=self.remat)
