@@ -208,7 +208,7 @@ def servable(workdir, step: int | None = None) -> Servable:
   trained = restore(workdir, partitioning.make_mesh({"data": 1}, jax.devices()[:1]), config,
                     step)
   model, params = trained.model, jax.tree.map(np.asarray, trained.params)
-  if getattr(model, "lora", None) is not None:  # fold the adapters in: a plain model
+  if models.lora_config(model) is not None:  # fold the adapters in: a plain model
     params = models.lora.merge(params, model.lora)
     model = model.clone(lora=None)
   functions, meta = task.serving(config, model, params, trained.tokenizer)

@@ -116,7 +116,7 @@ def param_init(config, model):
 def trainable(config, model) -> str:
   """With LoRA only the adapters train, plus what `init_new` keeps fresh (a new head);
   "" (no LoRA) trains everything optim.freeze does not freeze."""
-  if getattr(model, "lora", None) is None:
+  if models.lora_config(model) is None:
     return ""
   return "|".join(p for p in (models.lora.ADAPTERS, config.init_new) if p)
 
@@ -247,7 +247,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
                                    train_only=trainable(config, model))
   init, rng = param_init(config, model), jax.random.key(config.seed)
   abstract_state, shardings = state_lib.layout(init, optimizer, rng, mesh, config.mesh.rules)
-  if getattr(model, "lora", None) and not models.lora.adapters(abstract_state.params):
+  if models.lora_config(model) and not models.lora.adapters(abstract_state.params):
     raise UsageError(f"model.lora.targets={model.lora.targets!r} matches no projection "
                      f"kernel (paths look like 'layer_0/attention/query/kernel').")
   checkpoints = checkpoint.manager(workdir_lib.checkpoints(workdir),
@@ -317,7 +317,7 @@ def _train(config, workdir):
   training = build_training(config, workdir)
   state = loop.train(training.job)
   model = training.model
-  if getattr(model, "lora", None) is not None:  # the adapters alone, a few MB to ship
+  if models.lora_config(model) is not None:  # the adapters alone, a few MB to ship
     adapters = multihost_utils.process_allgather(models.lora.adapters(state.params),
                                                  tiled=True)
     if jax.process_index() == 0:

@@ -1,12 +1,15 @@
 """Building blocks against independent numpy references and their defining properties."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigflax.models import attention, gpt, layers
+from bigflax import models
+from bigflax.models import attention, blocks, gpt, layers
 
 
 def numpy_attention(q, k, v, mask):
@@ -52,12 +55,36 @@ def tiny_gpt(**kw):
   return gpt.GPT(**args)
 
 
-def test_a_block_config_takes_the_models_fields_then_what_it_derives():
-  model = tiny_gpt(num_kv_heads=2, dropout_rate=0.1, position="rope")
-  config = layers.BlockConfig.of(model, causal=True, dropout_rate=0.0)
-  assert (config.num_heads, config.num_kv_heads, config.mlp_dim, config.max_len) == (4, 2, 64, 32)
-  assert config.causal and config.dropout_rate == 0.0
-  assert not config.use_rope  # GPT derives it from position; its own field is not one here
+def unlike(field: dataclasses.Field):
+  """A value unlike the field's default (the configs below are built, never run)."""
+  if field.default is dataclasses.MISSING:
+    return 7
+  if isinstance(field.default, bool):
+    return not field.default
+  if isinstance(field.default, (int, float)):
+    return field.default + 3
+  return f"not {field.default}"  # None, a dtype: any other object will do
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt", "seq2seq", "vit"])
+def test_every_block_option_a_model_has_reaches_its_blocks(name):
+  """A model field named as a BlockConfig field is that option: set unlike the block's
+  default, `block_config()` passes it on."""
+  block_fields = {f.name: f for f in dataclasses.fields(blocks.BlockConfig)}
+  shared = models.fields(name) & set(block_fields)
+  kwargs = {f.name: 4 for f in dataclasses.fields(models.MODELS[name])
+            if f.default is dataclasses.MISSING}  # the sizes every model needs
+  kwargs.update({field: unlike(block_fields[field]) for field in shared})
+  config = models.MODELS[name](**kwargs).block_config()
+  assert {field: getattr(config, field) for field in shared} == {
+      field: kwargs[field] for field in shared}
+
+
+def test_gpt_derives_its_block_options():
+  config = tiny_gpt(position="rope", rope_scaling_factor=8.0).block_config()
+  assert config.causal and config.use_rope and config.rope_scaling.factor == 8.0
+  assert config.out_init_std == pytest.approx(0.02 / 2)  # init_std / sqrt(2 * num_layers)
+  assert not tiny_gpt().block_config().use_rope
 
 
 def init(model, tokens):
@@ -76,7 +103,7 @@ def test_gpt_is_causal(position):
 
 
 def test_padding_mask_hides_padded_keys():
-  module = layers.Attention(layers.BlockConfig(num_heads=2, mlp_dim=0, head_dim=8))
+  module = blocks.Attention(blocks.BlockConfig(num_heads=2, mlp_dim=0, head_dim=8))
   x = jax.random.normal(jax.random.key(0), (2, 6, 16))
   valid = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
   params = module.init(jax.random.key(1), x)
@@ -123,7 +150,7 @@ def test_kv_cache_decoding_equals_full_forward(position, scan):
 
 
 def test_swiglu_mlp_matches_numpy():
-  mlp = layers.MLP(layers.BlockConfig(num_heads=1, mlp_dim=6, activation="swiglu",
+  mlp = blocks.MLP(blocks.BlockConfig(num_heads=1, mlp_dim=6, activation="swiglu",
                                        use_bias=False))
   x = jax.random.normal(jax.random.key(0), (3, 4))
   p = nn.unbox(mlp.init(jax.random.key(1), x)["params"])

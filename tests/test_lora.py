@@ -155,7 +155,13 @@ def test_lora_config_errors_name_the_field():
     lora.from_config(dict(rank=2))
   assert lora.from_config(configs.lora()) is None  # rank 0 = off
   config = ml_collections.ConfigDict(dict(name="gpt", **TINY, lora=configs.lora(rank=4)))
-  assert models.build(config).lora == layers.LoRA(4, 16.0, 0.0, config.lora.targets)
+  assert models.lora_config(models.build(config)) == layers.LoRA(4, 16.0, 0.0,
+                                                                 config.lora.targets)
+  config.lora.rank = 0
+  assert models.lora_config(models.build(config)) is None
+  vit = ml_collections.ConfigDict(dict(name="vit", num_classes=2, num_layers=1, num_heads=1,
+                                       embed_dim=8, mlp_dim=8))
+  assert models.lora_config(models.build(vit)) is None  # a model that offers no LoRA
 
 
 @pytest.mark.slow

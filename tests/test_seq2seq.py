@@ -11,7 +11,7 @@ import pytest
 
 from bigflax import models
 from bigflax.infer import beam_search, translate
-from bigflax.models import layers, seq2seq
+from bigflax.models import blocks, seq2seq
 from experiments import seq2seq_seed_shape, transformer_base
 
 torch = pytest.importorskip("torch")
@@ -20,20 +20,20 @@ torch = pytest.importorskip("torch")
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_decoder_block_matches_torch(pre_norm):
   """Causal self-attention, cross-attention to a padded memory and the ReLU MLP of a
-  layers.Block equal torch.nn.TransformerDecoderLayer's with the same weights."""
+  blocks.Block equal torch.nn.TransformerDecoderLayer's with the same weights."""
   d, heads, mlp_dim, b, t, s = 16, 4, 32, 2, 5, 7
-  block = layers.Block(layers.BlockConfig(
+  block = blocks.Block(blocks.BlockConfig(
       num_heads=heads, mlp_dim=mlp_dim, causal=True, cross_attention=True, activation="relu",
       norm_eps=1e-6, pre_norm=pre_norm))
   rng = np.random.default_rng(0)
   x = rng.normal(size=(b, t, d)).astype(np.float32)
   memory = rng.normal(size=(b, s, d)).astype(np.float32)
   memory_valid = np.arange(s)[None] < np.array([[s], [4]])
-  params = nn.unbox(block.init(jax.random.key(0), x, None, None, memory,
-                               memory_valid[:, None, None])["params"])
+  inputs = blocks.BlockInputs(encoded=memory, encoder_mask=memory_valid[:, None, None])
+  params = nn.unbox(block.init(jax.random.key(0), x, inputs)["params"])
   params = jax.tree.map(lambda p: p + rng.normal(size=p.shape).astype(np.float32) * 0.1,
                         params)  # norms' scales and biases away from 1 and 0
-  got = block.apply({"params": params}, x, None, None, memory, memory_valid[:, None, None])
+  got = block.apply({"params": params}, x, inputs)
 
   ref = torch.nn.TransformerDecoderLayer(d, heads, mlp_dim, dropout=0.0, activation="relu",
                                          layer_norm_eps=1e-6, batch_first=True,

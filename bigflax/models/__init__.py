@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bigflax.models import attention, bert, gpt, lora, mlp, seq2seq, vit
+from bigflax.models import attention, bert, gpt, layers, lora, mlp, seq2seq, vit
 
 MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel, "seq2seq": seq2seq.Seq2Seq,
           "vit": vit.ViT}
@@ -23,6 +23,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 def fields(name: str) -> set:
   return {f.name for f in dataclasses.fields(MODELS[name])} - {"parent", "name"}
+
+
+def lora_config(model) -> layers.LoRA | None:
+  """The low-rank adapters `model` was built with: its `lora` field, None for a model
+  built without adapters or of a kind that offers none."""
+  offers_lora = any(f.name == "lora" for f in dataclasses.fields(model))
+  return model.lora if offers_lora else None
 
 
 def _check_name(name: str) -> None:

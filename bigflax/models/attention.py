@@ -1,4 +1,4 @@
-"""Softmax attention as functions of queries, keys, values and a mask; `layers.Attention`
+"""Softmax attention as functions of queries, keys, values and a mask; `blocks.Attention`
 projects its inputs and calls them.
 
 Shape suffixes name the axes: B batch, T queries, S keys, H query heads, K key/value heads,

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigflax.models import attention, layers
+from bigflax.models import attention, blocks, layers
 
 HEADS = (None, "pool", "classify", "mlm")
 
@@ -83,9 +83,9 @@ class BERT(nn.Module):
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
     valid = None if mask is None else mask.astype(bool)
-    attention_mask = None if mask is None else attention.padding_mask(valid, valid)
-    block_config = layers.BlockConfig.of(self, out_init_std=self.init_std)
-    x = layers.stack(block_config, self.num_layers, x, attention_mask, scan=self.scan_layers,
+    inputs = blocks.BlockInputs(
+        mask=None if mask is None else attention.padding_mask(valid, valid))
+    x = blocks.stack(self.block_config(), self.num_layers, x, inputs, scan=self.scan_layers,
                      remat=self.remat)
     if self.pre_norm:
       x = norm(name="final_norm")(x)
@@ -107,6 +107,15 @@ class BERT(nn.Module):
       logits = token_embed.attend(h) + bias.astype(self.dtype)
       return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
     return x
+
+  def block_config(self) -> blocks.BlockConfig:
+    """The options of this model's blocks: its fields, each named."""
+    return blocks.BlockConfig(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
+        norm_eps=self.norm_eps, pre_norm=self.pre_norm, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
+        out_init_std=self.init_std, max_len=self.max_len, lora=self.lora, dtype=self.dtype,
+        param_dtype=self.param_dtype)
 
 
 def flops_per_token(config, num_params: int, seq_len: int) -> float:

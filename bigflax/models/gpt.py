@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigflax.models import attention, layers
+from bigflax.models import attention, blocks, layers
 
 
 class GPT(nn.Module):
@@ -86,20 +86,12 @@ class GPT(nn.Module):
                            param_dtype=self.param_dtype, name="position_embed")(positions)
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
-    rope_scaling = None
-    if self.rope_scaling_factor:
-      rope_scaling = attention.RopeScaling(self.rope_scaling_factor, self.rope_low_freq_factor,
-                                           self.rope_high_freq_factor,
-                                           self.rope_original_max_len)
-    block_config = layers.BlockConfig.of(
-        self, causal=True, use_rope=self.position == "rope", rope_scaling=rope_scaling,
-        out_init_std=self.init_std / (2 * self.num_layers) ** 0.5)
-    # Under decode without explicit positions the RoPE positions come from the cache index.
-    rope_positions = positions if self.position == "rope" else None
-    attention_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
-    # Block(x, mask, positions, encoded, encoder_mask, segment_ids)
-    x = layers.stack(block_config, self.num_layers, x, attention_mask, rope_positions, None,
-                     None, segment_ids, scan=self.scan_layers, remat=self.remat)
+    inputs = blocks.BlockInputs(
+        mask=None if mask is None else mask.astype(bool)[:, None, None, :],
+        # Under decode without explicit positions, RoPE's come from the cache index.
+        positions=positions if self.position == "rope" else None, segment_ids=segment_ids)
+    x = blocks.stack(self.block_config(), self.num_layers, x, inputs, scan=self.scan_layers,
+                     remat=self.remat)
     x = layers.Norm(self.norm, self.norm_eps, self.dtype, name="final_norm")(x)
 
     if self.tie_embeddings:
@@ -110,6 +102,25 @@ class GPT(nn.Module):
                         kernel_init=layers.normal(self.init_std, ("embed", "vocab")),
                         name="lm_head")(x)
     return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+  def block_config(self) -> blocks.BlockConfig:
+    """The options of this model's blocks: its fields, each named, and what it derives."""
+    rope_scaling = None
+    if self.rope_scaling_factor:
+      rope_scaling = attention.RopeScaling(self.rope_scaling_factor, self.rope_low_freq_factor,
+                                           self.rope_high_freq_factor,
+                                           self.rope_original_max_len)
+    return blocks.BlockConfig(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, head_dim=self.head_dim,
+        num_kv_heads=self.num_kv_heads, causal=True, activation=self.activation,
+        norm=self.norm, norm_eps=self.norm_eps, use_bias=self.use_bias,
+        qkv_bias=self.qkv_bias, use_rope=self.position == "rope",
+        rope_max_wavelength=self.rope_max_wavelength, rope_scaling=rope_scaling,
+        sliding_window=self.sliding_window, attention_impl=self.attention_impl,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        init_std=self.init_std, out_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
+        decode=self.decode, max_len=self.max_len, lora=self.lora, dtype=self.dtype,
+        param_dtype=self.param_dtype)
 
 
 def flops_per_token(config, num_params: int, seq_len: int) -> float:

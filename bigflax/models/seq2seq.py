@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigflax.models import attention, layers
+from bigflax.models import attention, blocks, layers
 
 POSITIONS = ("sinusoidal", "learned")
 
@@ -67,9 +67,9 @@ class Seq2Seq(nn.Module):
       self.output = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=layers.normal(self.init_std, ("embed", "vocab")))
-    encoder_block = layers.BlockConfig.of(self, out_init_std=self.init_std, decode=False)
-    decoder_block = dataclasses.replace(encoder_block, causal=True, cross_attention=True,
-                                        decode=self.decode)
+    block_config = self.block_config()
+    encoder_block = dataclasses.replace(block_config, decode=False)
+    decoder_block = dataclasses.replace(block_config, causal=True, cross_attention=True)
     stack = functools.partial(Stack, position=self.position, scan_layers=self.scan_layers,
                               remat=self.remat)
     self.encoder = stack(encoder_block, self.num_encoder_layers)
@@ -106,12 +106,22 @@ class Seq2Seq(nn.Module):
   def _scaled(self, embed: layers.Embed, ids: jax.Array) -> jax.Array:
     return embed(ids) * jnp.asarray(self.embed_dim ** 0.5, self.dtype)
 
+  def block_config(self) -> blocks.BlockConfig:
+    """The options both stacks' blocks share: the model's fields, each named. The encoder
+    never decodes; the decoder adds causal self-attention and cross-attention."""
+    return blocks.BlockConfig(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
+        norm_eps=self.norm_eps, pre_norm=self.pre_norm, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
+        out_init_std=self.init_std, decode=self.decode, max_len=self.max_len,
+        dtype=self.dtype, param_dtype=self.param_dtype)
+
 
 class Stack(nn.Module):
   """Positions, dropout, `num_layers` blocks and (pre-norm) a final norm: the encoder or,
   with `config.cross_attention`, the decoder (causal self-attention, cross-attention, KV
   cache)."""
-  config: layers.BlockConfig
+  config: blocks.BlockConfig
   num_layers: int
   position: str
   scan_layers: bool
@@ -140,11 +150,11 @@ class Stack(nn.Module):
                            param_dtype=c.param_dtype, name="position_embed")(positions)
     x = layers.apply_dropout(x, c.dropout_rate, self)
 
-    if c.cross_attention:  # Block(x, mask, positions, encoded, encoder_mask)
-      x = layers.stack(c, self.num_layers, x, None, None, encoded, mask,
-                       scan=self.scan_layers, remat=self.remat)
+    if c.cross_attention:
+      inputs = blocks.BlockInputs(encoded=encoded, encoder_mask=mask)
     else:
-      x = layers.stack(c, self.num_layers, x, mask, scan=self.scan_layers, remat=self.remat)
+      inputs = blocks.BlockInputs(mask=mask)
+    x = blocks.stack(c, self.num_layers, x, inputs, scan=self.scan_layers, remat=self.remat)
     if c.pre_norm:  # post-norm blocks end normalised already
       x = layers.Norm(c.norm, c.norm_eps, c.dtype, name="final_norm")(x)
     return x

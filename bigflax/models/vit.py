@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigflax.models import layers
+from bigflax.models import blocks, layers
 
 HEADS = (None, "pool", "classify")
 POOLS = ("cls", "mean")
@@ -76,8 +76,8 @@ class ViT(nn.Module):
                          name="position_embed")(jnp.arange(x.shape[1]))[None]
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
-    block_config = layers.BlockConfig.of(self, out_init_std=self.init_std)
-    x = layers.stack(block_config, self.num_layers, x, scan=self.scan_layers, remat=self.remat)
+    x = blocks.stack(self.block_config(), self.num_layers, x, scan=self.scan_layers,
+                     remat=self.remat)
     x = layers.Norm("layernorm", self.norm_eps, self.dtype, name="final_norm")(x)
     if head is None:
       return x
@@ -90,6 +90,14 @@ class ViT(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=layers.zeros(("embed", None)), bias_init=layers.zeros((None,)),
                     name="head")(pooled).astype(jnp.float32)
+
+  def block_config(self) -> blocks.BlockConfig:
+    """The options of this model's blocks: its fields, each named."""
+    return blocks.BlockConfig(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
+        norm_eps=self.norm_eps, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
+        out_init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 def patches(images: jax.Array, size: int) -> jax.Array:
