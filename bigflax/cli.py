@@ -8,12 +8,12 @@ Exit status: 0 done; 2 a mistake in the command line, config or workdir, or a di
 (train.max_skipped_steps); 75 `train` stopped by SIGTERM with its checkpoint saved: run the
 same command again to resume.
 
-Flags, dispatch and errors only: the work is in run.py (training), inference.py (eval,
+Flags, dispatch and errors only: the work is in run.py (training), trained.py (eval,
 sample, export, serve), promote.py, plan.py, run_info.py, launch.py, sweep.py; this is the one
 reader of FLAGS. The command line is checked against COMMANDS before anything heavy is
 imported, so help and mistakes answer at once; jax and the libraries load when a command runs.
 Each command re-executes itself once at start with glibc's huge-page tunable
-(bigflax/hugepages.py).
+(bigflax/startup.py).
 """
 
 import dataclasses
@@ -28,7 +28,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from bigflax import configs, hugepages
+from bigflax import configs, startup
 from bigflax.configs import UsageError
 
 FLAGS = flags.FLAGS
@@ -355,7 +355,7 @@ def diff_command(run_a, run_b):
 
 
 def plan_command():
-  from bigflax import plan
+  from bigflax.plan import planner as plan
   configs.validate(experiment())
   report = plan.plan(experiment(), FLAGS.topology, FLAGS.tokens, FLAGS.price_per_chip_hour)
   print(plan.format_report(report))
@@ -375,15 +375,15 @@ def promote_command():
 
 
 def sample_command():
-  from bigflax import inference
+  from bigflax import trained
   source_dir()
   options = {name: FLAGS[name].value for name in
              ("num_samples", "max_new_tokens", "temperature", "top_k", "top_p", "seed")}
-  inference.sample(FLAGS.workdir, None if FLAGS.prompt is None else [FLAGS.prompt], options)
+  trained.sample(FLAGS.workdir, None if FLAGS.prompt is None else [FLAGS.prompt], options)
 
 
 def serve_command():
-  from bigflax import inference
+  from bigflax import trained
   flag, source = source_dir()
   try:
     from bigflax.infer import serve
@@ -392,7 +392,7 @@ def serve_command():
                      f"pip install -e '.[serve]'") from e
   limits = serve.api.Limits(max_body_bytes=FLAGS.max_body_bytes, max_queue=FLAGS.max_queue,
                             timeout_s=FLAGS.timeout_s)
-  serve.run(inference.load_served_model, None if flag == "registry" else source,
+  serve.run(trained.load_served_model, None if flag == "registry" else source,
             host=FLAGS.host, port=FLAGS.port, insecure=FLAGS.insecure,
             api_key=FLAGS.api_key or os.environ.get("BIGFLAX_API_KEY"),
             admin_key=FLAGS.admin_key or os.environ.get("BIGFLAX_ADMIN_KEY"),
@@ -403,18 +403,18 @@ def serve_command():
 
 
 def eval_command():
-  from bigflax import inference
+  from bigflax import trained
   source_dir()
-  inference.evaluate(FLAGS.workdir, FLAGS.split, FLAGS.harness, FLAGS.harness_limit)
+  trained.evaluate(FLAGS.workdir, FLAGS.split, FLAGS.harness, FLAGS.harness_limit)
 
 
 def export_command():
-  from bigflax import inference
+  from bigflax import trained
   source_dir()
   if FLAGS.format == "bundle":
-    inference.export(FLAGS.workdir, FLAGS.out)
+    trained.export(FLAGS.workdir, FLAGS.out)
   else:
-    inference.export_hf(FLAGS.workdir, FLAGS.out,
+    trained.export_hf(FLAGS.workdir, FLAGS.out,
                         "bfloat16" if FLAGS.format == "hf_bf16" else "float32")
 
 
@@ -433,12 +433,12 @@ DISTRIBUTED = {
 def import_libraries():
   """The modules the commands run, imported before the flags are parsed: as before, the
   libraries' own absl flags (orbax, grain, tfds) are accepted and --helpfull lists them."""
-  from bigflax import inference, plan, promote, run  # noqa: F401  pylint: disable=unused-import
+  from bigflax import promote, run, trained  # noqa: F401  pylint: disable=unused-import
 
 
 def main(argv) -> int:
   """absl's main: argv is [program, command, positional arguments...]."""
-  from bigflax import plan
+  from bigflax.plan import planner as plan
   from bigflax.train import loop
   command, positional = argv[1], argv[2:]
   if not FLAGS["verbosity"].present:
@@ -531,12 +531,13 @@ def run_launcher(args: list[str]) -> int:
   if command == "launch":
     from bigflax import launch  # pylint: disable=import-outside-toplevel
     return launch.main(options, overrides)
-  from bigflax import sweep  # pylint: disable=import-outside-toplevel
-  return sweep.main(options, overrides)
+  from bigflax.sweep import runner  # pylint: disable=import-outside-toplevel
+  return runner.main(options, overrides)
 
 
 def entry_point():
-  hugepages.reexec()  # a no-op in `python -m bigflax`, which did it first
+  startup.reexec()  # first: glibc reads GLIBC_TUNABLES only when a process starts
+  startup.skip_absent_tpu()  # before jax starts its backends
   args = sys.argv[1:]
   shown = help_text(args)
   if shown:

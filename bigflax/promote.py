@@ -7,7 +7,7 @@ import os
 
 import jax
 
-from bigflax import configs, inference, registry as registry_lib, tasks
+from bigflax import configs, registry as registry_lib, tasks, trained
 from bigflax.configs import UsageError
 
 
@@ -32,7 +32,7 @@ def promote(candidate: str, incumbent: str, split: str, metric: str | None = Non
   scores = {}
   for role, workdir, config, step in (("incumbent", incumbent, incumbent_config, served_step),
                                       ("candidate", candidate, candidate_config, None)):
-    result = inference.evaluation(workdir, split, config, step)
+    result = trained.evaluation(workdir, split, config, step)
     if metric not in result.metrics:
       raise UsageError(f"--metric={metric} is not among the task's metrics: "
                        f"{', '.join(sorted(result.metrics))}.")

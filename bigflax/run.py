@@ -93,15 +93,15 @@ def plan_model(config, platform):
   return build_model(config, types.SimpleNamespace(vocab_size=size), platform)
 
 
-def model_init(config, model):
+def model_init(config, task, model):
   """`init(rng) -> params` of the model alone (boxed with logical axis names)."""
-  inputs = tasks.get(config.task.name).init_inputs(config)
+  inputs = task.init_inputs(config)
   return lambda rng: model.init(rng, *inputs)["params"]
 
 
-def param_init(config, model):
+def param_init(config, task, model):
   """`init(rng) -> params` of what trains: the model's, and a distillation's projection."""
-  init_model = model_init(config, model)
+  init_model = model_init(config, task, model)
 
   def init(rng):
     params = init_model(rng)
@@ -121,10 +121,9 @@ def trainable(config, model) -> str:
   return "|".join(p for p in (models.lora.ADAPTERS, config.init_new) if p)
 
 
-def build_train_step(config, model, optimizer, schedule, loss_fn=None):
+def build_train_step(config, task, model, optimizer, schedule, loss_fn=None):
   """The trainer's step over the task's loss, or over `loss_fn` (a distillation's)."""
   if loss_fn is None:
-    task = tasks.get(config.task.name)
     loss_fn = tasks.trainer_loss(task, model, **task.loss_options(config))
   return step_lib.make_train_step(
       loss_fn, optimizer, schedule, config.train.microbatches,
@@ -132,24 +131,25 @@ def build_train_step(config, model, optimizer, schedule, loss_fn=None):
                                 train_only=trainable(config, model)))
 
 
-def step_layout(config, model, mesh) -> StepLayout:
+def step_layout(config, task, model, mesh) -> StepLayout:
   """The trainer's train step and its state on `mesh`, nothing allocated. `bigflax plan`
   compiles exactly this, through `loop.jit_train_step`, for a TPU slice it does not have."""
   optimizer, schedule = optim.make(config.optim, config.train.num_steps,
                                    train_only=trainable(config, model))
-  init = param_init(config, model)
+  init = param_init(config, task, model)
   abstract_state, shardings = state_lib.layout(init, optimizer, jax.random.key(config.seed),
                                                mesh, config.mesh.rules)
   batch_sharding = partitioning.batch_sharding(mesh, partitioning.rules_tuple(config.mesh.rules))
   return StepLayout(abstract_state, shardings, batch_sharding,
-                    build_train_step(config, model, optimizer, schedule), init, optimizer)
+                    build_train_step(config, task, model, optimizer, schedule), init,
+                    optimizer)
 
 
-def plan_step_layout(config, mesh) -> StepLayout:
-  return step_layout(config, plan_model(config, mesh.devices.flat[0].platform), mesh)
+def plan_step_layout(config, task, mesh) -> StepLayout:
+  return step_layout(config, task, plan_model(config, mesh.devices.flat[0].platform), mesh)
 
 
-def build_teacher(config, tokenizer, mesh) -> Teacher:
+def build_teacher(config, task, tokenizer, mesh) -> Teacher:
   """A distillation's frozen teacher: the model from the teacher run's config.json, its
   latest parameters laid out by this run's rules."""
   teacher_dir = config.distill.teacher
@@ -166,7 +166,7 @@ def build_teacher(config, tokenizer, mesh) -> Teacher:
       raise UsageError(f"distill.teacher={teacher_dir} uses another tokenizer than this "
                        f"run; set tokenizer.* as in {teacher_dir}/config.json.")
   teacher = build_model(teacher_config, teacher_tokenizer)
-  target, shardings = state_lib.param_layout(model_init(teacher_config, teacher), mesh,
+  target, shardings = state_lib.param_layout(model_init(teacher_config, task, teacher), mesh,
                                              partitioning.rules_tuple(config.mesh.rules))
   params = checkpoint.restore_params(workdir_lib.checkpoints(teacher_dir), target)
   return Teacher(teacher, params, shardings)
@@ -245,7 +245,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
 
   optimizer, schedule = optim.make(config.optim, config.train.num_steps,
                                    train_only=trainable(config, model))
-  init, rng = param_init(config, model), jax.random.key(config.seed)
+  init, rng = param_init(config, task, model), jax.random.key(config.seed)
   abstract_state, shardings = state_lib.layout(init, optimizer, rng, mesh, config.mesh.rules)
   if models.lora_config(model) and not models.lora.adapters(abstract_state.params):
     raise UsageError(f"model.lora.targets={model.lora.targets!r} matches no projection "
@@ -287,7 +287,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
   loss_fn = None  # the task's own; a distillation's below
   teacher = Teacher(None, None, None)
   if config.distill.teacher:
-    teacher = build_teacher(config, tokenizer, mesh)
+    teacher = build_teacher(config, task, tokenizer, mesh)
     loss_fn = functools.partial(distill.loss_fn, task, model, teacher.model, config.distill)
     print(f"bigflax: distilling from {config.distill.teacher} "
           f"({state_lib.num_params(teacher.params):,} parameters)", flush=True)
@@ -295,7 +295,7 @@ def build_training(config, workdir, mesh=None, eval_split="validation") -> Train
   job = loop.Run(
       config=config.train, workdir=workdir, mesh=mesh, rules=rules, state=state,
       state_shardings=shardings, batch_sharding=partitioning.batch_sharding(mesh, rules),
-      train_step=build_train_step(config, model, optimizer, schedule, loss_fn),
+      train_step=build_train_step(config, task, model, optimizer, schedule, loss_fn),
       evaluators=evaluators(config, task, model, tokenizer, mesh, shardings.params,
                             eval_split, lambda: eval_data, workdir),
       train_batches=train_data.iterate, tokens_per_step=tokens_per_step,

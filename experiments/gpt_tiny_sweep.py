@@ -7,7 +7,7 @@ The table and plot (runs/gpt_sweep/results.png) show validation loss U-shaped in
 rate: too small a step size has not learned in 200 steps, too large a one is unstable.
 """
 
-from bigflax import sweep_space
+from bigflax import sweep
 from experiments import gpt_tiny
 
 
@@ -25,5 +25,5 @@ def get_config(arg=None):
 
 
 def get_sweep():
-  width = sweep_space.zip_(**{"model.embed_dim": [64, 128], "model.mlp_dim": [256, 512]})
-  return sweep_space.product(width, **{"optim.lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]})
+  width = sweep.zip_(**{"model.embed_dim": [64, 128], "model.mlp_dim": [256, 512]})
+  return sweep.product(width, **{"optim.lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]})

@@ -27,7 +27,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                 os.path.dirname(os.path.abspath(__file__))]
 # pylint: disable=wrong-import-position
 import bench_train  # noqa: E402
-from bigflax import plan  # noqa: E402
+from bigflax.plan import planner as plan  # noqa: E402
 from bigflax.data import prepare, tokenizers  # noqa: E402
 from bigflax.tasks import lm  # noqa: E402
 

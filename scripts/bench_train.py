@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import logical_axis_rules
 
-from bigflax import configs, models, run
+from bigflax import configs, models, run, tasks
 from bigflax.models import gpt
 from bigflax.train import loop, partitioning, state as state_lib
 
@@ -104,7 +104,7 @@ def bench_bigflax(args, tokens):
   model = models.build(config.model)
   mesh = partitioning.make_mesh(config.mesh.shape)
   rules = partitioning.rules_tuple(config.mesh.rules)
-  layout = run.step_layout(config, model, mesh)
+  layout = run.step_layout(config, tasks.get(config.task.name), model, mesh)
   state = state_lib.create(layout.init, layout.optimizer, jax.random.key(config.seed),
                            layout.shardings)
   batch = partitioning.global_batch(

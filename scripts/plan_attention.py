@@ -33,7 +33,7 @@ TABLES = {
 
 def measure(experiment, seq, remat, impl, topology):
   import importlib  # pylint: disable=import-outside-toplevel
-  from bigflax import plan  # pylint: disable=import-outside-toplevel
+  from bigflax.plan import planner as plan  # pylint: disable=import-outside-toplevel
   config = importlib.import_module(f"experiments.{experiment}").get_config()
   devices, chip, num_chips = plan.slice_devices(topology)
   config.model.update(max_len=seq, remat=remat, attention_impl=impl)

@@ -31,7 +31,7 @@ def tiny_lm(seed: int = 0, scale: float = 4.0, step_seconds: float = 0.0):
   config.data.seq_len = TINY_LM["max_len"]
   tokenizer = tokenizers.ByteTokenizer()
   model = run.build_model(config, tokenizer)
-  params = nn.unbox(run.model_init(config, model)(jax.random.key(seed)))
+  params = nn.unbox(run.model_init(config, tasks.get("lm"), model)(jax.random.key(seed)))
   params = jax.tree.map(lambda x: x * scale, params)
   functions, meta = tasks.get("lm").serving(config, model, params, tokenizer)
   jitted = {name: jax.jit(fn) for name, (fn, _) in functions.items()}

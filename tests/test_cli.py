@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from bigflax import cli, hugepages
-from bigflax.hugepages import TUNABLE
+from bigflax import cli, startup
+from bigflax.startup import TUNABLE
 from bigflax.train import writers
 from cli_utils import TINY, run
 from conftest import REPO
@@ -148,17 +148,17 @@ def test_command_line_mistakes_exit_2_with_a_suggestion(args, expected):
 
 
 def test_the_huge_page_tunable_is_set_where_the_user_set_none():
-  assert hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.check=3"}) is None
-  assert hugepages.environment({"BIGFLAX_NO_REEXEC": "1"}) is None
-  if not hugepages.glibc_has_tunable():
+  assert startup.environment({"GLIBC_TUNABLES": "glibc.malloc.check=3"}) is None
+  assert startup.environment({"BIGFLAX_NO_REEXEC": "1"}) is None
+  if not startup.glibc_has_tunable():
     pytest.skip(f"{os.confstr('CS_GNU_LIBC_VERSION')} has no glibc.malloc.hugetlb")
-  assert hugepages.environment({"A": "b"}) == {"A": "b", "GLIBC_TUNABLES": TUNABLE}
+  assert startup.environment({"A": "b"}) == {"A": "b", "GLIBC_TUNABLES": TUNABLE}
 
 
 def test_the_command_reexecutes_itself_once_in_the_same_process(tmp_path):
   """A sitecustomize reports every interpreter start: `python -m bigflax` starts twice in one
   pid, the second time with the tunable; not at all again where the user set GLIBC_TUNABLES."""
-  if not hugepages.glibc_has_tunable():
+  if not startup.glibc_has_tunable():
     pytest.skip(f"{os.confstr('CS_GNU_LIBC_VERSION')} has no glibc.malloc.hugetlb")
   (tmp_path / "sitecustomize.py").write_text(
       "import os, sys\n"

@@ -213,7 +213,7 @@ def write_tokenizer(directory):
 def test_sample_decodes_a_hf_directory_with_its_tokenizer(checkpoints, capsys, tmp_path):
   """`bigflax sample --workdir HF_DIR`: the checkpoint's own tokenizer.json frames the
   prompt (eos, then Llama's <s>) and the greedy tokens are transformers' own."""
-  from bigflax import inference  # pylint: disable=import-outside-toplevel
+  from bigflax import trained as trained_lib  # pylint: disable=import-outside-toplevel
   from bigflax.data import tokenizers  # pylint: disable=import-outside-toplevel
   directory, reference = checkpoints["llama"]
   tokenizer = tokenizers.build(ml_collections.ConfigDict(dict(kind="hf_lm", path=directory)),
@@ -223,7 +223,7 @@ def test_sample_decodes_a_hf_directory_with_its_tokenizer(checkpoints, capsys, t
   assert ids[0] == 1 and tokenizer.decode(ids) == "def parse"
   assert tokenizers.load(tmp_path).encode("class Parser") == tokenizer.encode("class Parser")
 
-  inference.sample(directory, ["def parse"], {"max_new_tokens": 6, "temperature": 0.0})
+  trained_lib.sample(directory, ["def parse"], {"max_new_tokens": 6, "temperature": 0.0})
   printed = capsys.readouterr().out
   tokens, theirs = [2] + ids, []  # greedy over the tokenizer's ids, as sample draws
   for _ in range(6):
@@ -239,7 +239,7 @@ def test_sample_decodes_a_hf_directory_with_its_tokenizer(checkpoints, capsys, t
 def test_fine_tune_a_hf_directory_and_export_it_back(checkpoints, tfds_dir, tmp_path):
   """train --config.init_from=HF_DIR --config.tokenizer.path=HF_DIR (scanned layers),
   then export --format hf: transformers loads the run to the run's own logits."""
-  from bigflax import inference  # pylint: disable=import-outside-toplevel
+  from bigflax import trained as trained_lib  # pylint: disable=import-outside-toplevel
   directory, _ = checkpoints["llama"]
   model_config, _ = llama.import_llama(directory)
   config = configs.base()
@@ -253,10 +253,10 @@ def test_fine_tune_a_hf_directory_and_export_it_back(checkpoints, tfds_dir, tmp_
   config.sample.max_new_tokens = 4
   workdir = str(tmp_path / "run")
   run.train(config, workdir)
-  inference.export_hf(workdir, str(tmp_path / "hf"))
+  trained_lib.export_hf(workdir, str(tmp_path / "hf"))
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path / "hf"), dtype=torch.float32).eval()
-  trained = inference.restore(workdir)
+  trained = trained_lib.restore(workdir)
   tokens, mask, positions = left_padded(3, [8, 5], 8)
   ours = jax.jit(trained.model.apply)({"params": trained.params}, tokens, positions, mask)
   valid = mask.astype(bool)

@@ -11,7 +11,10 @@ import flax.linen as nn
 import jax
 import pytest
 
-from bigflax import chips, configs, hlo, plan, run
+from bigflax import configs, run
+from bigflax.plan import hlo
+from bigflax.plan import planner as plan
+from bigflax.train import chips
 from bigflax.train import loop, optim
 from cli_utils import env
 from conftest import REPO

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from bigflax import inference
+from bigflax import trained
 from bigflax import run as run_lib
 from bigflax.data import feedback, pipeline, stdlib_qa, tokenizers
 from bigflax.tasks import sft
@@ -121,6 +121,6 @@ def test_fine_tuning_learns_answers_not_questions(tfds_dir, tmp_path):
   validation = writers.read(str(tmp_path / "sft"), "validation")[25]
   assert {"perplexity", "accuracy", "recall/macro", "f1/macro"} <= set(validation)
   # Served (and exported) as a language model whose prompts open with eos, as in training.
-  served = inference.load_served_model(str(tmp_path / "sft"))
+  served = trained.load_served_model(str(tmp_path / "sft"))
   assert served.task == "lm" and served.meta["prompt_prefix"] == [served.meta["eos_id"]]
   assert isinstance(served.complete(["Q: What does json.dumps do?\nA:"], 4)[0], str)

@@ -15,7 +15,10 @@ from etils import epath
 import numpy as np
 import pytest
 
-from bigflax import cli, sweep, sweep_space, sweep_trials
+from bigflax import cli, sweep
+from bigflax.sweep import runner as sweep_runner
+from bigflax.sweep import space as sweep_space
+from bigflax.sweep import trials as sweep_trials
 from bigflax.train import writers
 from cli_utils import TINY
 from conftest import REPO
@@ -69,7 +72,7 @@ def test_trial_names():
 
 
 EXPERIMENT = """
-from bigflax import sweep  # the older spelling of sweep_space, still served
+from bigflax import sweep  # the search-space helpers, importing nothing heavy
 from experiments import gpt_tiny
 
 get_config = gpt_tiny.get_config
@@ -270,7 +273,8 @@ def test_a_new_study_in_the_same_directory_gets_its_own_trial_directories(
 HANGING_SWEEP = """
 import subprocess, sys, types
 sys.modules["bigflax.train"] = types.SimpleNamespace(loop=None, writers=None)
-from bigflax import cli, sweep_trials
+from bigflax import cli
+from bigflax.sweep import trials as sweep_trials
 class Hanging(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
     return subprocess.Popen(["sleep", "120"])
@@ -302,8 +306,8 @@ def test_a_killed_sweeps_running_trial_is_failed_by_heartbeat_and_retried(
   study = optuna.load_study(study_name="tiny_sweep", storage=f"sqlite:///{directory}/study.db")
   [stale] = study.trials
   assert stale.state.name == "RUNNING"
-  monkeypatch.setattr(sweep, "HEARTBEAT_SECONDS", 1)
-  monkeypatch.setattr(sweep, "STALE_SECONDS", 1)
+  monkeypatch.setattr(sweep_runner, "HEARTBEAT_SECONDS", 1)
+  monkeypatch.setattr(sweep_runner, "STALE_SECONDS", 1)
   time.sleep(2)
   assert sweep_main(optuna_args(experiment, directory)) == 0
   assert ("tiny_sweep-trial-000 was RUNNING with no heartbeat for over 1 s (its sweep was "
@@ -338,7 +342,7 @@ def test_a_locked_study_database_is_waited_for(experiment, fake_training, tmp_pa
   assert time.monotonic() - started > 5  # it did wait for the lock
   holder.wait()
 
-  monkeypatch.setattr(sweep, "SQLITE_TIMEOUT_SECONDS", 0.5)
+  monkeypatch.setattr(sweep_runner, "SQLITE_TIMEOUT_SECONDS", 0.5)
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sqlite3, sys, time\n"
        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"

@@ -11,7 +11,7 @@ import numpy as np
 
 import optax
 
-from bigflax import configs, evals, inference, losses, tasks
+from bigflax import configs, evals, losses, tasks, trained
 from bigflax import run as run_lib
 from bigflax.data import batches
 from bigflax.infer import bundle as bundle_lib
@@ -93,14 +93,14 @@ def test_a_task_defined_in_a_test_trains_evaluates_exports_and_serves(tmp_path):
   assert toy[150]["eval_rows"] == 20 * 64  # train.eval_steps batches of 64
   assert sorted(writers.read(workdir, "validation")) == [150]  # train.eval_every
 
-  report = inference.evaluate(workdir, "validation")
+  report = trained.evaluate(workdir, "validation")
   assert report["step"] == 150
   assert report["metrics"]["accuracy"] > 0.9  # chance is 0.5; a linear model gets ~0.5
   assert report["toy"] == {"param_norm": toy[150]["param_norm"], "eval_rows": 20 * 64}
   written = json.loads((tmp_path / "run" / "eval_validation_150.json").read_text())
   assert written["metrics"] == report["metrics"] and written["toy"] == report["toy"]
 
-  inference.export(workdir, str(tmp_path / "bundle"))
+  trained.export(workdir, str(tmp_path / "bundle"))
   sys.path.insert(0, str(tmp_path / "bundle"))
   try:
     import load_bundle  # pylint: disable=import-outside-toplevel
@@ -110,7 +110,7 @@ def test_a_task_defined_in_a_test_trains_evaluates_exports_and_serves(tmp_path):
   probabilities = np.asarray(bundle.classify(np.array([[0.5, 0.5], [0.5, -0.5]], np.float32)))
   assert probabilities.argmax(-1).tolist() == [1, 0]
 
-  served = inference.load_served_model(workdir)  # what `serve --workdir` runs
+  served = trained.load_served_model(workdir)  # what `serve --workdir` runs
   assert isinstance(served, bundle_lib.Bundle) and served.task == "classify"
   np.testing.assert_allclose(
       np.asarray(served.classify(np.array([[0.5, 0.5], [0.5, -0.5]], np.float32))),

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigflax import models, plan, run, tasks
+from bigflax import models, run, tasks
+from bigflax.plan import planner as plan
 from bigflax.models import vit
 from bigflax.train import partitioning
 from bigflax.train import state as state_lib
@@ -49,7 +50,7 @@ def test_vit_b16_config_plans_on_imagenet_shaped_images():
   source's kind now says its inputs are images."""
   config = vit_b16.get_config()
   mesh = partitioning.make_mesh(config.mesh.shape)
-  layout = run.plan_step_layout(config, mesh)  # what `bigflax plan` compiles
+  layout = run.plan_step_layout(config, tasks.get("classify"), mesh)  # what `bigflax plan` compiles
   state = layout.abstract_state
   assert sum(x.size for x in jax.tree.leaves(state.params)) == 86_567_656
   batch = tasks.get("classify").batch_spec(config)
@@ -66,7 +67,7 @@ def test_a_reduced_vit_b16_compiles_as_planned_and_takes_a_step():
   config.data.global_batch_size = 8
   compiled, _, mesh, out_of_memory = plan.compile_step(config, jax.devices())
   assert out_of_memory is None
-  layout = run.plan_step_layout(config, mesh)
+  layout = run.plan_step_layout(config, tasks.get("classify"), mesh)
   state = state_lib.create(layout.init, layout.optimizer, jax.random.key(config.seed),
                            layout.shardings)
   batch_sharding = layout.batch_sharding

@@ -22,7 +22,7 @@ class Evaluator:
 
 @dataclasses.dataclass
 class Context:
-  """A run's pieces as `run.py` (training) and `inference.py` (`bigflax eval`) hold them:
+  """A run's pieces as `run.py` (training) and `trained.py` (`bigflax eval`) hold them:
   what a builder may read."""
   config: ml_collections.ConfigDict  # the whole config
   task: object  # tasks.Task

@@ -7,7 +7,7 @@ runs lm-eval tasks on one through the harness evaluator, evals/harness.py).
 
 from lm_eval.api.registry import register_model
 
-from bigflax import inference
+from bigflax import trained as trained_lib
 from bigflax.harness import lm as lm_lib
 from bigflax.train import partitioning
 
@@ -18,7 +18,7 @@ class DirectoryLM(lm_lib.BigflaxLM):
   `--device` is ignored: the run's mesh places the model."""
 
   def __init__(self, workdir=None, batch_size=8, max_gen_toks=256, seed=0,
-               trained: inference.Trained | None = None, device=None, max_batch_size=None):
+               trained: trained_lib.Trained | None = None, device=None, max_batch_size=None):
     del device, max_batch_size
     if not str(batch_size).isdigit():
       raise ValueError(f"--batch_size {batch_size}: bigflax needs a number of rows "
@@ -27,7 +27,7 @@ class DirectoryLM(lm_lib.BigflaxLM):
       if workdir is None:
         raise ValueError("--model_args needs workdir=DIR (a bigflax run or a Hugging Face "
                          "directory).")
-      trained = inference.restore_language_model(workdir)
+      trained = trained_lib.restore_language_model(workdir)
     self.step = trained.step
     super().__init__(trained.model, trained.params, trained.tokenizer, trained.mesh,
                      partitioning.rules_tuple(trained.config.mesh.rules), batch_size,

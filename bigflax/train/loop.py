@@ -13,8 +13,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from bigflax import chips
-from bigflax.train import checkpoint, partitioning
+from bigflax.train import checkpoint, chips, partitioning
 from bigflax.train import step as step_lib
 from bigflax.train.writers import MetricWriter
 

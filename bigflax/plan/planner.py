@@ -18,7 +18,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from bigflax import chips, hlo, models, run, tasks
+from bigflax import models, run, tasks
+from bigflax.plan import hlo
+from bigflax.train import chips
 from bigflax.train import loop, partitioning
 
 NO_TPU = ("libtpu is not installed, so TPU slices cannot be planned here: "
@@ -76,10 +78,11 @@ def compile_step(config, devices):
   None), or (None, abstract state, mesh, the compiler's message) when the TPU compiler
   finds that the step does not fit in HBM."""
   mesh = partitioning.make_mesh(config.mesh.shape, devices=devices)
-  layout = run.plan_step_layout(config, mesh)
+  task = tasks.get(config.task.name)
+  layout = run.plan_step_layout(config, task, mesh)
   batch = jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=layout.batch_sharding),
-      tasks.get(config.task.name).batch_spec(config))
+      task.batch_spec(config))
   jitted = loop.jit_train_step(layout.train_step, layout.shardings, layout.batch_sharding)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.rules_tuple(config.mesh.rules)):
     lowered = jitted.lower(layout.abstract_state, batch, None)
@@ -237,7 +240,7 @@ def state_per_device(config, devices) -> int:
   """Bytes of parameters and optimizer state one device holds: from abstract shapes and
   shardings, nothing compiled."""
   mesh = partitioning.make_mesh(config.mesh.shape, devices=devices)
-  state = run.plan_step_layout(config, mesh).abstract_state
+  state = run.plan_step_layout(config, tasks.get(config.task.name), mesh).abstract_state
   return per_device_bytes(state.params) + per_device_bytes(state.opt_state)
 
 

@@ -1,10 +1,10 @@
 """Hyperparameter sweeps: each trial is its own run directory, trained by its own process.
 
 An experiment file may define `get_sweep()` next to `get_config()`, returning trials (dicts
-of config field -> value) built with the helpers of `bigflax/sweep_space.py`:
+of config field -> value) built with the helpers of `bigflax/sweep/space.py`:
 
   def get_sweep():
-    return sweep_space.product(**{"optim.lr": [1e-3, 3e-3], "model.embed_dim": [64, 128]})
+    return sweep.product(**{"optim.lr": [1e-3, 3e-3], "model.embed_dim": [64, 128]})
 
   python -m bigflax sweep --config experiments/X.py --workdir DIR [--parallel N]
 
@@ -14,7 +14,7 @@ sweep is run again, a failed one is reported with its log and the sweep goes on,
 by SIGTERM (exit 75) is recorded as preempted and resumed by the next sweep, which then
 exits 75 itself. Then it writes DIR/results.csv, DIR/results.md (sorted by --metric, also
 printed; a non-finite result last) and DIR/results.png (the metric against each swept
-field). Running trials: bigflax/sweep_trials.py.
+field). Running trials: bigflax/sweep/trials.py.
 
 Adaptive search: `--optuna N` asks Optuna's TPE sampler for trials from a search space
 (`get_search_space()`, or `get_sweep()` returning a dict of distributions), prunes trials
@@ -39,11 +39,10 @@ import warnings
 
 from etils import epath
 
-from bigflax import configs, launch, sweep_results, sweep_trials
+from bigflax import configs, launch
+from bigflax.sweep import results as sweep_results
+from bigflax.sweep import trials as sweep_trials
 from bigflax.train import loop
-# The search-space helpers, for experiment files written against `sweep.product(...)`.
-from bigflax.sweep_space import (  # noqa: F401  pylint: disable=unused-import
-    Choice, IntUniform, LogUniform, Uniform, product, random, seeds, zip_)
 
 # Optuna's RDB storage: a trial's sweep records a heartbeat every HEARTBEAT_SECONDS; one
 # silent for STALE_SECONDS belongs to a killed sweep and is failed (then retried once).
@@ -62,7 +61,7 @@ def grid(args, runner, experiment, overrides) -> list[dict]:
   """Every trial of get_sweep(); returns the result rows."""
   if not hasattr(experiment, "get_sweep"):
     raise ValueError(f"{args.config} defines no get_sweep(): add one returning trials, e.g. "
-                     f"sweep_space.product(**{{'optim.lr': [1e-3, 3e-4]}}).")
+                     f"sweep.product(**{{'optim.lr': [1e-3, 3e-4]}}).")
   trials = experiment.get_sweep()
   if isinstance(trials, dict):
     raise ValueError(f"{args.config}: get_sweep() returns a search space (a dict); run it "

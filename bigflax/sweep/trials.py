@@ -12,7 +12,8 @@ import time
 
 from etils import epath
 
-from bigflax import launch, sweep_space
+from bigflax import launch
+from bigflax.sweep import space as sweep_space
 from bigflax.train import loop, writers
 
 STATUS_FILE = "sweep_trial.json"

@@ -45,12 +45,13 @@ class Servable:
   served_as: str
 
 
-def restore(workdir, mesh=None, config=None, step: int | None = None) -> Trained:
+def restore(workdir, mesh=None, config=None, step: int | None = None, task=None) -> Trained:
   """The parameters of the run in `workdir` at `step` (default: its newest intact
   checkpoint), laid out on `mesh` (default: the run's mesh config over the devices
   present). `config` replaces the run's own config.json (promote judges a candidate on
-  the incumbent's data)."""
+  the incumbent's data); `task` is the config's, when the caller has it."""
   config = config or configs.load(workdir)
+  task = task or tasks.get(config.task.name)
   directory = epath.Path(workdir_lib.checkpoints(workdir))
   if not (directory.is_dir() and checkpoint.latest_step(directory)):
     raise UsageError(f"No checkpoint in {directory}: train first "
@@ -58,11 +59,10 @@ def restore(workdir, mesh=None, config=None, step: int | None = None) -> Trained
   tokenizer = run.load_tokenizer(config, workdir)
   model = run.build_model(config, tokenizer)
   mesh = mesh or partitioning.make_mesh(config.mesh.shape)
-  target, shardings = state_lib.param_layout(run.model_init(config, model), mesh,
+  target, shardings = state_lib.param_layout(run.model_init(config, task, model), mesh,
                                              partitioning.rules_tuple(config.mesh.rules))
   step, params = checkpoint.restore_params_with_step(directory, target, step)
-  return Trained(config, tokenizer, model, tasks.get(config.task.name), step, params,
-                 shardings, mesh)
+  return Trained(config, tokenizer, model, task, step, params, shardings, mesh)
 
 
 @dataclasses.dataclass
@@ -185,8 +185,7 @@ def sample(workdir, prompts=None, options=None):
   options = dict({"num_samples": 1}, **(options or {}))
   trained = restore_language_model(workdir)
   config, tokenizer, model = trained.config, trained.tokenizer, trained.model
-  params, mesh = trained.params, trained.mesh
-  task = tasks.get(config.task.name)
+  params, mesh, task = trained.params, trained.mesh, trained.task
   if task.sample is None:
     raise UsageError(f"task.name={config.task.name!r} has nothing to sample; tasks that "
                      f"have: {sorted(n for n, t in tasks.TASKS.items() if t.sample)}.")
@@ -206,7 +205,7 @@ def servable(workdir, step: int | None = None) -> Servable:
                      f"or serve; tasks that have: "
                      f"{sorted(n for n, t in tasks.TASKS.items() if t.serving)}.")
   trained = restore(workdir, partitioning.make_mesh({"data": 1}, jax.devices()[:1]), config,
-                    step)
+                    step, task)
   model, params = trained.model, jax.tree.map(np.asarray, trained.params)
   if models.lora_config(model) is not None:  # fold the adapters in: a plain model
     params = models.lora.merge(params, model.lora)

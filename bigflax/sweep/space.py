@@ -2,12 +2,12 @@
 of an adaptive search. An experiment file builds them in `get_sweep()` (or
 `get_search_space()`) and imports only this module, which imports nothing heavy:
 
-  from bigflax import sweep_space
+  from bigflax import sweep
 
   def get_sweep():
-    return sweep_space.product(**{"optim.lr": [1e-3, 3e-3], "model.embed_dim": [64, 128]})
+    return sweep.product(**{"optim.lr": [1e-3, 3e-3], "model.embed_dim": [64, 128]})
 
-`bigflax/sweep.py` runs them.
+`bigflax/sweep/runner.py` runs them.
 """
 
 import dataclasses

@@ -4,20 +4,20 @@ import os
 
 import pytest
 
-from bigflax import platforms
+from bigflax import startup
 
 
 @pytest.fixture
 def machine(monkeypatch):
   """This process's JAX_PLATFORMS decision on a machine described by the test."""
   def decide(tpu=False, plugins=(), user_platforms=None):
-    monkeypatch.setattr(platforms, "tpu_present", lambda: tpu)
-    monkeypatch.setattr(platforms, "pjrt_plugins", lambda: set(plugins))
+    monkeypatch.setattr(startup, "tpu_present", lambda: tpu)
+    monkeypatch.setattr(startup, "pjrt_plugins", lambda: set(plugins))
     monkeypatch.setenv("JAX_PLATFORMS", "")  # so that the test's value is undone after it
     monkeypatch.delenv("JAX_PLATFORMS")
     if user_platforms is not None:
       monkeypatch.setenv("JAX_PLATFORMS", user_platforms)
-    platforms.skip_absent_tpu()
+    startup.skip_absent_tpu()
     return os.environ.get("JAX_PLATFORMS")
   return decide
 
@@ -36,4 +36,4 @@ def test_a_tpu_machine_other_plugins_and_the_users_choice_are_left_alone(machine
 
 def test_a_tpu_environment_counts_as_a_tpu(monkeypatch):
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")
-  assert platforms.tpu_present()
+  assert startup.tpu_present()

@@ -6,7 +6,7 @@ import math
 
 from etils import epath
 
-from bigflax import sweep_space
+from bigflax.sweep import space as sweep_space
 
 
 def write(directory: epath.Path, rows: list[dict], fields: list[str], metric: str,
