@@ -21,7 +21,8 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from bigflax import configs  # noqa: E402
 from bigflax.data import tokenizers  # noqa: E402
-from bigflax.harness import registered, tasks  # noqa: E402
+from bigflax.evals import lm_eval_tasks as tasks  # noqa: E402
+from bigflax.harness import registered  # noqa: E402
 import test_llama  # noqa: E402
 
 CODE = "def parse(line):\n    return line.split()  # the quick brown fox, é 😀\n" * 6

@@ -21,7 +21,7 @@ def harness(context: Context, every: int | None = None, **settings) -> Evaluator
                      f"lm-eval scores language models; task.name={config.task.name!r} is "
                      f"not one (set harness.every=0).")
   try:
-    from bigflax.harness import tasks as harness_tasks  # pylint: disable=import-outside-toplevel
+    from bigflax.evals import lm_eval_tasks  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise UsageError(f"the harness evaluator needs lm-evaluation-harness ({e.name} is "
                      f"missing): pip install -e '.[harness]'") from e
@@ -30,6 +30,6 @@ def harness(context: Context, every: int | None = None, **settings) -> Evaluator
     tasks = settings["tasks"]
     settings["tasks"] = (tasks,) if isinstance(tasks, str) else tuple(tasks)
   harness_config.update(settings)
-  run = harness_tasks.scorer(harness_config, context.model, context.tokenizer, context.mesh,
+  run = lm_eval_tasks.scorer(harness_config, context.model, context.tokenizer, context.mesh,
                              context.rules, table=context.offline)
   return Evaluator("harness", config.harness.every if every is None else every, run)

@@ -8,7 +8,7 @@ runs lm-eval tasks on one through the harness evaluator, evals/harness.py).
 from lm_eval.api.registry import register_model
 
 from bigflax import trained as trained_lib
-from bigflax.harness import lm as lm_lib
+from bigflax.evals import lm_eval_model as lm_lib
 from bigflax.train import partitioning
 
 

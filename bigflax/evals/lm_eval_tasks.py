@@ -11,7 +11,7 @@ from lm_eval.tasks import TaskManager
 from lm_eval.utils import make_table
 
 from bigflax.configs import UsageError
-from bigflax.harness import lm as lm_lib
+from bigflax.evals import lm_eval_model as lm_lib
 
 
 def task_manager(harness_config, names: list[str]) -> TaskManager:
