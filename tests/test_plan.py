@@ -14,6 +14,7 @@ import pytest
 from bigflax import configs, run
 from bigflax.plan import hlo
 from bigflax.plan import planner as plan
+from bigflax.plan import report as plan_report
 from bigflax.train import chips
 from bigflax.train import loop, optim
 from cli_utils import env
@@ -229,7 +230,7 @@ def test_a_multi_billion_parameter_model_does_not_fit_a_2x2_slice_and_gets_layou
   assert report["suggestions"], "no layout that fits was found"
   for suggestion in report["suggestions"]:
     assert suggestion["memory_per_device"] <= 16 * 2**30
-  assert "layouts that fit" in plan.format_report(report)
+  assert "layouts that fit" in plan_report.format_report(report)
 
 
 def test_missing_libtpu_is_one_plain_line():
