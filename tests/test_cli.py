@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bigflax.train import writers
-from cli_utils import TINY, run
+from helpers import TINY, run
 
 
 @pytest.mark.parametrize("override,expected", [

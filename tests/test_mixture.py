@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bigflax.data import mixture, pipeline, prepare, tokenizers
-from test_prepare import data_config, make_text_corpus, read_all, text_corpus
+from helpers import data_config, make_text_corpus, read_all, text_corpus
 
 WEIGHTS = {"big": 0.7, "mid": 0.2, "small": 0.1}
 

@@ -13,7 +13,7 @@ import pytest
 
 from bigflax import chips, configs, hlo, plan, run
 from bigflax.train import loop, optim
-from cli_utils import env
+from helpers import env
 from conftest import REPO
 from experiments import gpt2_medium, gpt2_small, gpt_tiny, llama2_7b
 

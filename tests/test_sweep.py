@@ -17,7 +17,7 @@ import pytest
 
 from bigflax import sweep, sweep_space, sweep_trials
 from bigflax.train import writers
-from cli_utils import TINY
+from helpers import TINY
 from conftest import REPO
 
 
