@@ -26,8 +26,9 @@ from bigflax.train import checkpoint, writers
 from conftest import REPO
 from experiments import gpt_tiny
 
-# The tiny GPT every test that needs "some small language model" trains: gpt_tiny at
-# 2 x 64 wide, 64 bytes long, 8 rows a batch.
+# The tiny transformer every test that needs "some small model" trains (gpt_tiny's GPT,
+# bert_mlm_tiny's BERT): 2 layers 64 wide, 64 tokens long; TINY and tiny_config: the GPT with
+# 8 rows a batch.
 TINY_MODEL = dict(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64)
 TINY = ["--config", "experiments/gpt_tiny.py",
         *[f"--config.model.{key}={value}" for key, value in TINY_MODEL.items()],
