@@ -11,9 +11,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # the slow tier reuses the fast tier's compiles and a rerun starts warm; keys hold the jax
 # version, the flags and the devices, so a stale entry is never used. A size limit makes JAX
 # take a file lock around each read and write: two xdist workers share the directory safely.
+# Only compiles of 0.5 s or more (steps, decoders): each write lists the whole directory, and
+# the hundreds of eager ops (85 % of entries at 0 s) would make that the cost.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(pathlib.Path.home() / ".cache" / "bigflax-tests-jax"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
 # Transparent huge pages for malloc: ~13 % off a train step. Only a process started after
 # this line gets it (glibc reads it at exec): the subprocesses; CI exports it for pytest.
