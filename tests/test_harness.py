@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from cli_utils import TINY, run
+from helpers import TINY, run
 
 lm_eval = pytest.importorskip("lm_eval", reason="needs the harness extra")
 torch = pytest.importorskip("torch")
@@ -23,7 +23,7 @@ from bigflax import configs  # noqa: E402
 from bigflax.data import tokenizers  # noqa: E402
 from bigflax.evals import lm_eval_tasks as tasks  # noqa: E402
 from bigflax.harness import registered  # noqa: E402
-import test_llama  # noqa: E402
+from helpers import LLAMA_SHAPE, write_llama_tokenizer  # noqa: E402
 
 CODE = "def parse(line):\n    return line.split()  # the quick brown fox, é 😀\n" * 6
 
@@ -44,10 +44,10 @@ def models(request, tmp_path_factory):
         tokenizer_object=Tokenizer.from_str(tokenizers.GPT2Tokenizer()._json),
         eos_token=end, bos_token=end, unk_token=end)
   else:
-    test_llama.write_tokenizer(directory)
+    write_llama_tokenizer(directory)
     vocab = Tokenizer.from_file(f"{directory}/tokenizer.json").get_vocab_size()
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**dict(
-        test_llama.SHAPE, vocab_size=vocab, max_position_embeddings=128)))
+        LLAMA_SHAPE, vocab_size=vocab, max_position_embeddings=128)))
     with torch.no_grad():
       for p in model.parameters():
         p.add_(0.2 * torch.randn_like(p))

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bigflax import cli, launch
-from cli_utils import run
+from helpers import run
 
 
 @pytest.mark.parametrize("accelerator_type,hosts", [

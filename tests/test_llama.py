@@ -17,14 +17,11 @@ from bigflax import configs, interop, models, run
 from bigflax.infer import decode
 from bigflax.interop import hf, llama
 from bigflax.models import lora
+from helpers import LLAMA_SHAPE, LLAMA_VOCAB, write_llama_tokenizer
 
 torch = pytest.importorskip("torch", reason="HF parity needs torch")
 transformers = pytest.importorskip("transformers", reason="HF parity needs transformers")
 
-VOCAB = 97
-SHAPE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-             bos_token_id=1, eos_token_id=2, pad_token_id=None)
 # Each family with what sets it apart switched on, at sizes where it shows: the RoPE
 # scaling's three frequency regions occur at head_dim 8, the window (4) is shorter than
 # the sequences, Gemma's head_dim (16) differs from hidden / heads and it has one KV head.
@@ -48,7 +45,7 @@ def checkpoints(tmp_path_factory):
   for i, (family, (config_class, extra)) in enumerate(FAMILIES.items()):
     torch.manual_seed(i)
     model = transformers.AutoModelForCausalLM.from_config(
-        config_class(**dict(SHAPE, **extra)), dtype=torch.float32).eval()
+        config_class(**dict(LLAMA_SHAPE, **extra)), dtype=torch.float32).eval()
     with torch.no_grad():
       for p in model.parameters():
         p.add_(0.2 * torch.randn_like(p))
@@ -59,7 +56,7 @@ def checkpoints(tmp_path_factory):
           directory, dtype=torch.float32).eval()
     elif family == "llama":
       model.save_pretrained(directory, max_shard_size="30KB")
-      write_tokenizer(directory)
+      write_llama_tokenizer(directory)
     else:
       model.save_pretrained(directory)
     out[family] = (directory, model)
@@ -78,7 +75,8 @@ def build(config, **overrides):
 
 def left_padded(rng, lengths, total):
   """Tokens (B, total) with row i's lengths[i] tokens at the end, its mask and positions."""
-  tokens = np.asarray(jax.random.randint(jax.random.key(rng), (len(lengths), total), 3, VOCAB))
+  tokens = np.asarray(jax.random.randint(jax.random.key(rng), (len(lengths), total), 3,
+                                         LLAMA_VOCAB))
   mask = (np.arange(total)[None] >= total - np.asarray(lengths)[:, None]).astype(np.int64)
   positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
   return np.where(mask, tokens, 0), mask, positions
@@ -123,7 +121,7 @@ def test_greedy_kv_cache_continuations_match_hf(checkpoints, family):
   with torch.no_grad():
     theirs = reference.generate(torch.tensor(tokens), attention_mask=torch.tensor(mask),
                                 do_sample=False, max_new_tokens=14, pad_token_id=0,
-                                eos_token_id=VOCAB + 1)  # never sampled: no early stop
+                                eos_token_id=LLAMA_VOCAB + 1)  # never sampled: no early stop
   ours = np.stack(ours, 1)
   assert len(np.unique(ours)) > 4  # not one repeated token
   np.testing.assert_array_equal(ours, theirs[:, 6:].numpy())
@@ -191,22 +189,6 @@ def test_import_and_export_name_what_does_not_fit(checkpoints, tmp_path):
       llama.llama_config(dict(hf_config, **{key: value}))
   with pytest.raises(ValueError, match="no HF"):
     llama.export_llama(str(tmp_path), dict(config, position="learned"), {})
-
-
-def write_tokenizer(directory):
-  """A small BPE tokenizer.json framed as Llama's is (<s> first; ids 0-2 are <unk>, <s>,
-  </s> as the checkpoint's config.json says), with sentencepiece's word-boundary marks."""
-  tokenizers = pytest.importorskip("tokenizers")
-  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
-  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
-  tokenizer.decoder = tokenizers.decoders.Metaspace()
-  trainer = tokenizers.trainers.BpeTrainer(vocab_size=VOCAB,
-                                           special_tokens=["<unk>", "<s>", "</s>"])
-  tokenizer.train_from_iterator(["def parse(line):\n    return line.split()"] * 20 +
-                                ["import os\nclass Parser:\n    pass"] * 20, trainer)
-  tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
-      single="<s> $A", special_tokens=[("<s>", 1)])
-  tokenizer.save(f"{directory}/tokenizer.json")
 
 
 @pytest.mark.slow  # the whole sample command

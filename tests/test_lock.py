@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bigflax.train import checkpoint, lock, writers
-from cli_utils import TINY, run, start
+from helpers import TINY, run, start
 
 LONG = "--config.train.num_steps=100000"
 

@@ -8,7 +8,7 @@ import pytest
 
 from bigflax.data import mixture, prepare, tokenizers
 from bigflax.tasks import lm
-from test_prepare import data_config, make_text_corpus, read_all, text_corpus
+from helpers import data_config, make_text_corpus, read_all, text_corpus
 
 WEIGHTS = {"big": 0.7, "mid": 0.2, "small": 0.1}
 

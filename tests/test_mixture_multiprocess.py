@@ -9,10 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from cli_utils import env
 from conftest import REPO
-from test_multiprocess import free_port
-from test_prepare import data_config, make_text_corpus, text_corpus
+from helpers import data_config, env, free_port, make_text_corpus, text_corpus
 from bigflax.data import prepare
 
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ from bigflax import run as run_lib
 from bigflax.tasks import mlm
 from bigflax.train import loop, partitioning, writers
 from experiments import bert_mlm_tiny
+from helpers import TINY_MODEL
 
 
 def test_masking_statistics_follow_bert():
@@ -31,7 +32,7 @@ def test_masking_statistics_follow_bert():
 
 def test_mlm_loss_goes_down(tfds_dir, tmp_path):
   config = bert_mlm_tiny.get_config()
-  config.model.update(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64)
+  config.model.update(**TINY_MODEL)
   config.data.update(seq_len=64, global_batch_size=16, data_dir=tfds_dir)
   config.train.update(num_steps=40, eval_every=40, eval_steps=4, log_every=1)
   config.optim.update(lr=3e-3, warmup_steps=5)

@@ -3,22 +3,15 @@ one process with the same number of devices."""
 
 import re
 import signal
-import socket
 import time
 
 import numpy as np
 import pytest
 
-from cli_utils import TINY, losses, run, start
+from helpers import TINY, free_port, losses, run, start
 
 pytestmark = pytest.mark.slow
 STEPS = 120  # enough that a signal sent after step 3 lands mid-run
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def test_two_processes_match_one(tfds_dir, tmp_path):

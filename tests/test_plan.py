@@ -9,6 +9,7 @@ import sys
 
 import flax.linen as nn
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import pytest
 
 from bigflax import configs, run
@@ -17,12 +18,24 @@ from bigflax.plan import planner as plan
 from bigflax.plan import report as plan_report
 from bigflax.train import chips
 from bigflax.train import loop, optim
-from cli_utils import env
+from helpers import env
 from conftest import REPO
 from experiments import gpt2_medium, gpt2_small, gpt_tiny, llama2_7b
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu not installed (pip install bigflax[tpu])")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_persistent_compilation_cache():
+  """A step compiled for a TPU slice without a TPU is written to JAX's persistent cache but
+  cannot be read back ("PjRtCompiler must be constructed with a Client"): every later run
+  would warn and compile again. The cache (tests/conftest.py) is off for this file."""
+  compilation_cache.reset_cache()
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", True)
+  compilation_cache.reset_cache()
 
 
 def tiny_config():

@@ -2,72 +2,14 @@
 
 import hashlib
 import json
-import os
 
 import numpy as np
 import pytest
 
-from bigflax import configs
 from bigflax.data import prepare, shards, tokenizers
 from bigflax.tasks import lm
-
-WINDOW = 33  # seq_len 32
-
-
-def make_text_corpus(root, num_files=24, seed=0) -> dict[str, str]:
-  """Python-ish files of varied sizes in nested directories; {relative path: text}."""
-  rng = np.random.default_rng(seed)
-  texts = {}
-  for i in range(num_files):
-    relative = f"pkg{i % 3}/mod_{i:02d}.py"
-    words = rng.choice(["def", "return", "x", "+", "(", ")", "\n", "é", "class"],
-                       size=int(rng.integers(20, 400)))
-    texts[relative] = f"# file {i}\n" + " ".join(words)
-    (root / relative).parent.mkdir(parents=True, exist_ok=True)
-    (root / relative).write_text(texts[relative], encoding="utf-8")
-  (root / "pkg0" / "notes.bin").write_bytes(b"\x00\x01")  # not matched by the patterns
-  return texts
-
-
-def data_config(prepared_dir, corpora, mixture=None, seq_len=WINDOW - 1, batch=8):
-  config = configs.base()
-  config.tokenizer.kind = "byte"
-  config.data.seq_len = seq_len
-  config.data.global_batch_size = batch
-  config.data.prepared_dir = str(prepared_dir)
-  config.data.corpora = corpora
-  config.data.mixture = mixture or {}
-  config.data.shard_bytes = 2000
-  config.data.prepare_workers = 1
-  return config
-
-
-def text_corpus(path, fraction=0.2):
-  return dict(format="text", path=str(path), patterns=["*.py"], validation_fraction=fraction)
-
-
-def reference_windows(texts_in_order, fraction):
-  """The byte tokenizer's packing, written out independently: per shard, each split's
-  documents (3 + utf-8 bytes), each followed by eos (2), cut into windows, tail dropped."""
-  out = {"train": [], "validation": []}
-  for shard in texts_in_order:
-    streams = {"train": [], "validation": []}
-    for doc_id, text in shard:
-      digest = hashlib.sha256(doc_id.encode()).digest()
-      split = "validation" if int.from_bytes(digest[:8], "big") < fraction * 2**64 else "train"
-      streams[split] += [b + 3 for b in text.encode("utf-8")] + [2]
-    for split, stream in streams.items():
-      whole = len(stream) // WINDOW * WINDOW
-      out[split] += [stream[i:i + WINDOW] for i in range(0, whole, WINDOW)]
-  return {split: np.array(w, np.int32).reshape(-1, WINDOW) for split, w in out.items()}
-
-
-def read_all(prepared_dir, name, split, tokenizer=None):
-  made_with = {"tokenizer": tokenizers.fingerprint(tokenizer or tokenizers.ByteTokenizer()),
-               "window": WINDOW}
-  windows = shards.Windows(str(prepared_dir), name, split, made_with)
-  return windows.read(np.arange(len(windows)))
-
+from helpers import (WINDOW, data_config, make_text_corpus, read_all, reference_windows,
+                     text_corpus)
 
 def test_prepare_writes_the_windows_an_independent_packing_gives(tmp_path, monkeypatch):
   # Documents tokenized ~3 at a time: windows that straddle chunks are cut as from the

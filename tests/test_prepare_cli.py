@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from cli_utils import TINY, losses, run
-from test_prepare import make_text_corpus
+from helpers import TINY, losses, make_text_corpus, run
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bigflax.data import documents, packing, pipeline, prepare
-from test_prepare import data_config, read_all, reference_windows
+from helpers import data_config, read_all, reference_windows
 
 RNG = np.random.default_rng(0)
 

@@ -8,8 +8,7 @@ from bigflax import promote
 from bigflax import registry as registry_lib
 from bigflax import run as run_lib
 from bigflax.train import loop
-from cli_utils import run
-from test_distill import tiny
+from helpers import run, tiny_config
 
 
 def test_improvement_knows_which_way_each_metric_goes():
@@ -24,7 +23,7 @@ def test_improvement_knows_which_way_each_metric_goes():
 def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
   runs = {}
   for name, steps in (("good", 20), ("poor", 1)):
-    config = tiny(tfds_dir)
+    config = tiny_config(tfds_dir)
     config.train.update(num_steps=steps, checkpoint_every=steps)
     runs[name] = str(tmp_path / name)
     loop.train(run_lib.build_training(config, runs[name]).job)
@@ -44,7 +43,7 @@ def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
   assert [d["promoted"] for d in log] == [False, True]
 
   # The served run trains on: the next decision judges the step that is served.
-  config = tiny(tfds_dir)
+  config = tiny_config(tfds_dir)
   config.train.update(num_steps=24, checkpoint_every=24)
   loop.train(run_lib.build_training(config, runs["good"]).job)
   again = promote.promote(runs["poor"], runs["good"], "validation", None, 0.0, registry)

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bigflax.train import checkpoint
-from cli_utils import TINY, losses, run, start
+from helpers import TINY, losses, run, start
 
 pytestmark = pytest.mark.slow
 STEPS = 16

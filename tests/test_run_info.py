@@ -8,7 +8,7 @@ import jax
 
 from bigflax import configs, run_info
 from bigflax.train import partitioning
-from cli_utils import env
+from helpers import env
 from conftest import REPO
 from experiments import gpt_tiny
 

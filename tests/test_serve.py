@@ -2,11 +2,7 @@
 over HTTP by httpx."""
 
 import asyncio
-import contextlib
 import json
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -18,41 +14,11 @@ import pytest
 from bigflax import registry as registry_lib
 from bigflax.data import feedback
 from bigflax.infer import decode
-from cli_utils import env, run
-from conftest import REPO
-from test_export import framework_model
+from helpers import framework_model, free_port, run, server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(*args, **environ):
-  port = free_port()
-  process = subprocess.Popen(
-      [sys.executable, "-m", "bigflax", "serve", "--port", str(port), *args], cwd=REPO,
-      env={**env(1), **environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  url = f"http://127.0.0.1:{port}"
-  try:
-    deadline = time.monotonic() + 180
-    while True:
-      assert process.poll() is None, process.stdout.read()[-3000:]
-      assert time.monotonic() < deadline, "server did not start"
-      with contextlib.suppress(httpx.HTTPError):
-        if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-          break
-      time.sleep(0.5)
-    yield url
-  finally:
-    process.terminate()
-    process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

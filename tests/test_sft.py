@@ -11,7 +11,7 @@ from bigflax import run as run_lib
 from bigflax.data import feedback, pipeline, stdlib_qa, tokenizers
 from bigflax.tasks import sft
 from bigflax.train import loop, partitioning, writers
-from test_distill import tiny
+from helpers import tiny_config
 
 
 def test_only_answer_tokens_are_targets():
@@ -82,7 +82,7 @@ def test_feedback_is_mixed_with_replay(tfds_dir, tmp_path):
     records += [{"id": f"q{i}", "kind": "completion", "prompt": f"Q: {i}?\nA:",
                  "completion": f" {i}"}, {"id": f"q{i}", "kind": "feedback", "rating": 1}]
   write_feedback(tmp_path / "fb", records)
-  config = tiny(tfds_dir).data
+  config = tiny_config(tfds_dir).data
   config.update(name="feedback", source_dir=str(tmp_path / "fb"), replay_name="stdlib_qa",
                 replay_fraction=0.25, seq_len=256, global_batch_size=4)
   tokenizer = tokenizers.ByteTokenizer()
@@ -103,11 +103,11 @@ def test_feedback_is_mixed_with_replay(tfds_dir, tmp_path):
 
 def test_fine_tuning_learns_answers_not_questions(tfds_dir, tmp_path):
   mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  pretrain = tiny(tfds_dir)
+  pretrain = tiny_config(tfds_dir)
   pretrain.train.update(num_steps=5, checkpoint_every=5)
   loop.train(run_lib.build_training(pretrain, str(tmp_path / "pretrained"),
                                     mesh=mesh).job)
-  config = tiny(tfds_dir)
+  config = tiny_config(tfds_dir)
   config.task.name = "sft"
   config.init_from = str(tmp_path / "pretrained")
   config.data.update(name="stdlib_qa", seq_len=64)

@@ -15,12 +15,12 @@ from etils import epath
 import numpy as np
 import pytest
 
-from bigflax import cli, sweep
+from bigflax import cli
 from bigflax.sweep import runner as sweep_runner
 from bigflax.sweep import space as sweep_space
 from bigflax.sweep import trials as sweep_trials
 from bigflax.train import writers
-from cli_utils import TINY
+from helpers import TINY
 from conftest import REPO
 
 

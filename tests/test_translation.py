@@ -16,8 +16,8 @@ from bigflax import metrics
 from bigflax.data import multi30k, packing, pipeline, tokenizers
 from bigflax.models import seq2seq as seq2seq_model
 from bigflax.tasks import seq2seq
-from cli_utils import run
 from conftest import SHARED_DATA
+from helpers import export, framework_model, run, run_blocked, server
 
 MULTI30K = SHARED_DATA / "multi30k"
 needs_data = pytest.mark.skipif(not MULTI30K.is_dir(),
@@ -158,8 +158,6 @@ def test_train_eval_and_translate_from_the_command_line(tfds_dir, tmp_path):
 
   # The exported bundle (encoder + beam search over the decoder's KV cache, one program)
   # translates as the framework does, without bigflax; so does a server on it.
-  from test_export import export, framework_model, run_blocked
-  from test_serve import server
   bundle = tmp_path / "bundle"
   assert export(tmp_path, bundle)["task"] == "seq2seq"
   sentences = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", ""]

@@ -180,7 +180,7 @@ def test_flops_per_image_counts_every_matmul():
 
 @pytest.mark.slow
 def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, tmp_path):
-  from cli_utils import losses, run
+  from helpers import losses, run
   from conftest import SHARED_DATA
 
   tiny_flags = ["--config", "experiments/vit_fashion_mnist.py",
@@ -213,7 +213,7 @@ def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, t
   assert (tmp_path / "p7" / "eval_test_40_confusion.png").read_bytes().startswith(b"\x89PNG")
 
   # The exported bundle (forward pass over uint8 images) equals the framework's logits.
-  from test_export import export, framework_model, run_blocked
+  from helpers import export, framework_model, run_blocked, server
   card = export(tmp_path / "p7", tmp_path / "bundle")
   assert card["task"] == "classify" and card["trained_steps"] == 40
   images = np.random.RandomState(0).randint(0, 256, (3, 28, 28, 1)).astype(np.uint8)
@@ -223,7 +223,6 @@ def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, t
   np.testing.assert_allclose(out["logits"], logits, atol=1e-5)
   # Served: grayscale images may come without their channel axis.
   import httpx
-  from test_serve import server
   with server("--bundle", str(tmp_path / "bundle")) as url:
     answer = httpx.post(f"{url}/v1/classify", json={"input": images[..., 0].tolist()},
                         timeout=60).json()
