@@ -36,15 +36,26 @@ from bigflax import configs, startup
 from bigflax.configs import UsageError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/gpt_tiny.py"
-                                " (or file.py:arg); override fields with --config.a.b=value.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Experiment file, e.g. experiments/gpt_tiny.py"
+  " (or file.py:arg); override fields with --config.a.b=value.",
+  lock_config=True,
+)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
 flags.DEFINE_string("split", "validation", "eval: the split to evaluate.")
-flags.DEFINE_string("harness", None, "eval: lm-eval tasks to run instead (comma-separated; "
-                    "local ones in experiments/harness), e.g. stdlib_qa_choice.")
-flags.DEFINE_integer("harness_limit", None, "eval --harness: documents per task (default "
-                     "the run's harness.limit; 0 = all).")
+flags.DEFINE_string(
+  "harness",
+  None,
+  "eval: lm-eval tasks to run instead (comma-separated; "
+  "local ones in experiments/harness), e.g. stdlib_qa_choice.",
+)
+flags.DEFINE_integer(
+  "harness_limit",
+  None,
+  "eval --harness: documents per task (default the run's harness.limit; 0 = all).",
+)
 flags.DEFINE_string("prompt", None, "sample: the prompt (default: config.sample.prompts).")
 flags.DEFINE_integer("max_new_tokens", None, "sample: tokens to generate.")
 flags.DEFINE_float("temperature", None, "sample: 0 = greedy.")
@@ -52,52 +63,102 @@ flags.DEFINE_integer("top_k", None, "sample: keep the k most likely tokens (0 = 
 flags.DEFINE_float("top_p", None, "sample: nucleus sampling mass (1 = all).")
 flags.DEFINE_integer("num_samples", 1, "sample: continuations per prompt.")
 flags.DEFINE_integer("seed", None, "sample: rng seed; sweep --optuna: the sampler's seed.")
-flags.DEFINE_string("out", None, "export: the bundle directory to write (new or empty); "
-                    "plan: also write the report as JSON to this file.")
-flags.DEFINE_enum("format", "bundle", ["bundle", "hf", "hf_bf16"], "export: a bigflax "
-                  "bundle, or a HF checkpoint directory (GPT-2 and Llama-family models; "
-                  "float32 or bfloat16 safetensors).")
+flags.DEFINE_string(
+  "out",
+  None,
+  "export: the bundle directory to write (new or empty); "
+  "plan: also write the report as JSON to this file.",
+)
+flags.DEFINE_enum(
+  "format",
+  "bundle",
+  ["bundle", "hf", "hf_bf16"],
+  "export: a bigflax "
+  "bundle, or a HF checkpoint directory (GPT-2 and Llama-family models; "
+  "float32 or bfloat16 safetensors).",
+)
 flags.DEFINE_string("bundle", None, "serve: an exported bundle (instead of --workdir).")
-flags.DEFINE_string("host", "127.0.0.1", "serve: the address to bind; 0.0.0.0 exposes the "
-                    "server to the network.")
+flags.DEFINE_string(
+  "host", "127.0.0.1", "serve: the address to bind; 0.0.0.0 exposes the server to the network."
+)
 flags.DEFINE_integer("port", 8000, "serve: the port.")
-flags.DEFINE_string("api_key", None, "serve: if set (or env BIGFLAX_API_KEY, which ps "
-                    "does not show), requests need 'Authorization: Bearer KEY'.")
-flags.DEFINE_string("admin_key", None, "serve: the key of /admin/* (or env "
-                    "BIGFLAX_ADMIN_KEY); without one /admin/* is refused.")
-flags.DEFINE_list("reload_roots", [], "serve: directories /admin/reload may load runs or "
-                  "bundles from (besides --registry).")
+flags.DEFINE_string(
+  "api_key",
+  None,
+  "serve: if set (or env BIGFLAX_API_KEY, which ps "
+  "does not show), requests need 'Authorization: Bearer KEY'.",
+)
+flags.DEFINE_string(
+  "admin_key",
+  None,
+  "serve: the key of /admin/* (or env BIGFLAX_ADMIN_KEY); without one /admin/* is refused.",
+)
+flags.DEFINE_list(
+  "reload_roots",
+  [],
+  "serve: directories /admin/reload may load runs or bundles from (besides --registry).",
+)
 flags.DEFINE_bool("insecure", False, "serve: allow a non-loopback --host without a key.")
-flags.DEFINE_integer("max_batch", 8, "serve: rows (prompts x n, or inputs) per forward batch; "
-                     "LMs: decode slots.")
-flags.DEFINE_float("max_wait_ms", 10.0, "serve: how long a bucketed batch waits for more "
-                   "requests.")
-flags.DEFINE_enum("batching", "continuous", ["continuous", "bucketed"], "serve: LMs: rows "
-                  "join and leave decode slots at every step, or batches run to their end.")
+flags.DEFINE_integer(
+  "max_batch", 8, "serve: rows (prompts x n, or inputs) per forward batch; LMs: decode slots."
+)
+flags.DEFINE_float("max_wait_ms", 10.0, "serve: how long a bucketed batch waits for more requests.")
+flags.DEFINE_enum(
+  "batching",
+  "continuous",
+  ["continuous", "bucketed"],
+  "serve: LMs: rows join and leave decode slots at every step, or batches run to their end.",
+)
 flags.DEFINE_integer("max_queue", 256, "serve: requests waiting for the worker; 429 beyond.")
 flags.DEFINE_integer("max_body_bytes", 1 << 20, "serve: request body limit; 413 beyond.")
 flags.DEFINE_float("timeout_s", 60.0, "serve: per-request deadline, queueing included; 504.")
 flags.DEFINE_bool("warmup", False, "serve: compile every batch shape before serving.")
-flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
-                    "(jax.distributed). On Cloud TPU leave unset and pass --distributed.")
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-process: host:port of process 0 "
+  "(jax.distributed). On Cloud TPU leave unset and pass --distributed.",
+)
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with the "
-                  "platform's defaults (Cloud TPU pods, SLURM).")
+flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Call jax.distributed.initialize() with the platform's defaults (Cloud TPU pods, SLURM).",
+)
 flags.DEFINE_string("candidate", None, "promote: the run that may replace the incumbent.")
-flags.DEFINE_string("incumbent", None, "promote: the served run; its data's --split is the "
-                    "held-out set both runs are judged on.")
-flags.DEFINE_string("metric", None, "promote: the deciding metric (default: the task's, "
-                    "accuracy for classifiers, loss otherwise); sweep: split/name to rank "
-                    "trials by (default validation/loss).")
+flags.DEFINE_string(
+  "incumbent",
+  None,
+  "promote: the served run; its data's --split is the held-out set both runs are judged on.",
+)
+flags.DEFINE_string(
+  "metric",
+  None,
+  "promote: the deciding metric (default: the task's, "
+  "accuracy for classifiers, loss otherwise); sweep: split/name to rank "
+  "trials by (default validation/loss).",
+)
 flags.DEFINE_float("min_delta", 0.0, "promote: the improvement required (0 = not worse).")
-flags.DEFINE_string("registry", None, "promote: directory of served.json and "
-                    "promotions.jsonl (default: the incumbent's parent directory). serve: "
-                    "serve the run served.json names and swap in each newly promoted one.")
-flags.DEFINE_string("feedback_dir", None, "serve: log every answer as JSON lines here and "
-                    "take ratings on POST /v1/feedback (a dataset for data.name=feedback).")
-flags.DEFINE_string("topology", "local", "plan: a TPU slice (v5e:4x4, v5p:2x2x2, v4:2x2x1, "
-                    "v6e:8x8, ...) or 'local' (the devices present).")
+flags.DEFINE_string(
+  "registry",
+  None,
+  "promote: directory of served.json and "
+  "promotions.jsonl (default: the incumbent's parent directory). serve: "
+  "serve the run served.json names and swap in each newly promoted one.",
+)
+flags.DEFINE_string(
+  "feedback_dir",
+  None,
+  "serve: log every answer as JSON lines here and "
+  "take ratings on POST /v1/feedback (a dataset for data.name=feedback).",
+)
+flags.DEFINE_string(
+  "topology",
+  "local",
+  "plan: a TPU slice (v5e:4x4, v5p:2x2x2, v4:2x2x1, "
+  "v6e:8x8, ...) or 'local' (the devices present).",
+)
 flags.DEFINE_float("tokens", None, "plan: a token budget, for wall time and cost.")
 flags.DEFINE_float("price_per_chip_hour", None, "plan: price of one chip-hour, for the cost.")
 flags.DEFINE_bool("traceback", False, "Show full tracebacks for configuration errors.")
@@ -107,37 +168,65 @@ flags.DEFINE_string("tpu", None, "launch, sweep: the TPU VM (node) name.")
 flags.DEFINE_string("zone", None, "launch, sweep: the slice's zone, e.g. us-west4-a.")
 flags.DEFINE_string("accelerator_type", None, "launch, sweep: e.g. v5litepod-16, v4-32.")
 flags.DEFINE_string("project", None, "launch, sweep: the GCP project (default: gcloud's).")
-flags.DEFINE_string("runtime_version", None, "launch, sweep: the TPU software version "
-                    "(default: per generation).")
+flags.DEFINE_string(
+  "runtime_version", None, "launch, sweep: the TPU software version (default: per generation)."
+)
 flags.DEFINE_bool("create", False, "launch, sweep: create the slice first.")
 flags.DEFINE_bool("queued", False, "launch, sweep: --create as a queued resource.")
 flags.DEFINE_bool("spot", False, "launch, sweep: --create with Spot capacity.")
 flags.DEFINE_bool("delete", False, "launch, sweep: delete the slice at the end.")
-flags.DEFINE_string("python", "{}.{}".format(*sys.version_info[:2]), "launch, sweep: Python "
-                    "version of the workers' venv (default: this one's).")
+flags.DEFINE_string(
+  "python",
+  "{}.{}".format(*sys.version_info[:2]),
+  "launch, sweep: Python version of the workers' venv (default: this one's).",
+)
 flags.DEFINE_bool("dry_run", False, "launch, sweep: print the commands, run nothing.")
 flags.DEFINE_integer("parallel", 1, "sweep: trials trained at once.")
-flags.DEFINE_enum("mode", "min", ["min", "max"], "sweep: whether a lower or a higher --metric "
-                  "is better.")
-flags.DEFINE_integer("optuna", 0, "sweep: adaptive search: the study's number of finished "
-                     "trials (0 = the grid of get_sweep()).")
-flags.DEFINE_string("storage", None, "sweep --optuna: the study's storage URL (default "
-                    "sqlite in --workdir/study.db).")
-flags.DEFINE_string("study_name", None, "sweep --optuna: the study (default: the "
-                    "experiment's name).")
-flags.DEFINE_integer("prune_after", 5, "sweep --optuna: trials finished before the median "
-                     "pruner starts.")
-flags.DEFINE_enum("launcher", "local", ["local", "tpu"], "sweep: train the trials here, or "
-                  "on the Cloud TPU slice --tpu.")
+flags.DEFINE_enum(
+  "mode", "min", ["min", "max"], "sweep: whether a lower or a higher --metric is better."
+)
+flags.DEFINE_integer(
+  "optuna",
+  0,
+  "sweep: adaptive search: the study's number of finished trials (0 = the grid of get_sweep()).",
+)
+flags.DEFINE_string(
+  "storage", None, "sweep --optuna: the study's storage URL (default sqlite in --workdir/study.db)."
+)
+flags.DEFINE_string(
+  "study_name", None, "sweep --optuna: the study (default: the experiment's name)."
+)
+flags.DEFINE_integer(
+  "prune_after", 5, "sweep --optuna: trials finished before the median pruner starts."
+)
+flags.DEFINE_enum(
+  "launcher",
+  "local",
+  ["local", "tpu"],
+  "sweep: train the trials here, or on the Cloud TPU slice --tpu.",
+)
 # The spellings launch and sweep took before they read absl flags.
-ALIASES = {"dry-run": "dry_run", "accelerator-type": "accelerator_type",
-           "runtime-version": "runtime_version"}
+ALIASES = {
+  "dry-run": "dry_run",
+  "accelerator-type": "accelerator_type",
+  "runtime-version": "runtime_version",
+}
 for alias, name in ALIASES.items():
   flags.DEFINE_alias(alias, name)
 
 DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "distributed")
-SLICE_FLAGS = ("tpu", "zone", "accelerator_type", "project", "runtime_version", "create",
-               "queued", "spot", "delete", "python")
+SLICE_FLAGS = (
+  "tpu",
+  "zone",
+  "accelerator_type",
+  "project",
+  "runtime_version",
+  "create",
+  "queued",
+  "spot",
+  "delete",
+  "python",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,61 +238,128 @@ class Command:
 
 
 COMMANDS = {
-    "train": Command("train (or resume) the experiment in --workdir",
-                     ("config", "workdir", *DISTRIBUTED_FLAGS, "traceback"),
-                     "python -m bigflax train --config experiments/gpt_tiny.py --workdir "
-                     "runs/gpt_tiny --config.train.num_steps=100", ("config", "workdir")),
-    "eval": Command("the task's metrics for the latest checkpoint in --workdir, or "
-                    "lm-eval tasks (--harness)",
-                    ("workdir", "split", "harness", "harness_limit", *DISTRIBUTED_FLAGS,
-                     "traceback"),
-                    "python -m bigflax eval --workdir runs/gpt_tiny --split validation",
-                    ("workdir",)),
-    "sample": Command("decode from the latest checkpoint in --workdir (or a HF GPT-2 "
-                      "checkpoint directory)",
-                      ("workdir", "prompt", "max_new_tokens", "temperature", "top_k", "top_p",
-                       "num_samples", "seed", *DISTRIBUTED_FLAGS, "traceback"),
-                      "python -m bigflax sample --workdir runs/gpt_tiny --prompt 'def parse(' "
-                      "--max_new_tokens 50", ("workdir",)),
-    "promote": Command("serve --candidate in place of --incumbent only if it is not worse",
-                       ("candidate", "incumbent", "split", "metric", "min_delta", "registry",
-                        *DISTRIBUTED_FLAGS, "traceback"),
-                       "python -m bigflax promote --candidate runs/sft_fb --incumbent "
-                       "runs/sft_qa --metric loss", ("candidate", "incumbent")),
-    "launch": Command("train on a Cloud TPU slice through gcloud (bigflax/launch.py)",
-                      ("config", "workdir", "dry_run", *SLICE_FLAGS),
-                      "python -m bigflax launch --tpu my-tpu --zone us-west4-a "
-                      "--accelerator-type v5litepod-16 --config experiments/gpt_tiny.py "
-                      "--workdir gs://BUCKET/run --create --delete",
-                      ("config", "workdir", "tpu", "zone", "accelerator_type")),
-    "sweep": Command("a hyperparameter sweep, one run directory per trial (bigflax/sweep.py)",
-                     ("config", "workdir", "parallel", "metric", "mode", "optuna", "storage",
-                      "study_name", "seed", "prune_after", "launcher", "dry_run",
-                      *SLICE_FLAGS),
-                     "python -m bigflax sweep --config experiments/gpt_tiny_sweep.py "
-                     "--workdir runs/gpt_sweep --parallel 2", ("config", "workdir")),
-    "prepare": Command("tokenize data.corpora once into shards in data.prepared_dir",
-                       ("config", *DISTRIBUTED_FLAGS, "traceback"),
-                       "python -m bigflax prepare --config experiments/gpt_site_packages.py",
-                       ("config",)),
-    "plan": Command("will it fit, how fast, how costly on a TPU slice (no --workdir)",
-                    ("config", "topology", "tokens", "price_per_chip_hour", "out",
-                     "traceback"),
-                    "python -m bigflax plan --config experiments/llama2_7b.py --topology "
-                    "v5p:2x2x2", ("config",)),
-    "diff": Command("RUN_A RUN_B: what differs between two runs' configs and environments",
-                    ("traceback",), "python -m bigflax diff runs/a runs/b"),
-    "export": Command("write the latest checkpoint in --workdir as a bundle or a HF "
-                      "checkpoint (--out)",
-                      ("workdir", "out", "format", *DISTRIBUTED_FLAGS, "traceback"),
-                      "python -m bigflax export --workdir runs/gpt_tiny --out "
-                      "bundles/gpt_tiny", ("workdir", "out")),
-    "serve": Command("serve --workdir, --bundle or --registry's promoted run over HTTP",
-                     ("workdir", "bundle", "registry", "host", "port", "api_key",
-                      "admin_key", "reload_roots", "insecure", "max_batch", "max_wait_ms",
-                      "batching", "max_queue", "max_body_bytes", "timeout_s", "warmup",
-                      "feedback_dir", *DISTRIBUTED_FLAGS, "traceback"),
-                     "python -m bigflax serve --workdir runs/gpt_tiny --port 8000"),
+  "train": Command(
+    "train (or resume) the experiment in --workdir",
+    ("config", "workdir", *DISTRIBUTED_FLAGS, "traceback"),
+    "python -m bigflax train --config experiments/gpt_tiny.py --workdir "
+    "runs/gpt_tiny --config.train.num_steps=100",
+    ("config", "workdir"),
+  ),
+  "eval": Command(
+    "the task's metrics for the latest checkpoint in --workdir, or lm-eval tasks (--harness)",
+    ("workdir", "split", "harness", "harness_limit", *DISTRIBUTED_FLAGS, "traceback"),
+    "python -m bigflax eval --workdir runs/gpt_tiny --split validation",
+    ("workdir",),
+  ),
+  "sample": Command(
+    "decode from the latest checkpoint in --workdir (or a HF GPT-2 checkpoint directory)",
+    (
+      "workdir",
+      "prompt",
+      "max_new_tokens",
+      "temperature",
+      "top_k",
+      "top_p",
+      "num_samples",
+      "seed",
+      *DISTRIBUTED_FLAGS,
+      "traceback",
+    ),
+    "python -m bigflax sample --workdir runs/gpt_tiny --prompt 'def parse(' --max_new_tokens 50",
+    ("workdir",),
+  ),
+  "promote": Command(
+    "serve --candidate in place of --incumbent only if it is not worse",
+    (
+      "candidate",
+      "incumbent",
+      "split",
+      "metric",
+      "min_delta",
+      "registry",
+      *DISTRIBUTED_FLAGS,
+      "traceback",
+    ),
+    "python -m bigflax promote --candidate runs/sft_fb --incumbent runs/sft_qa --metric loss",
+    ("candidate", "incumbent"),
+  ),
+  "launch": Command(
+    "train on a Cloud TPU slice through gcloud (bigflax/launch.py)",
+    ("config", "workdir", "dry_run", *SLICE_FLAGS),
+    "python -m bigflax launch --tpu my-tpu --zone us-west4-a "
+    "--accelerator-type v5litepod-16 --config experiments/gpt_tiny.py "
+    "--workdir gs://BUCKET/run --create --delete",
+    ("config", "workdir", "tpu", "zone", "accelerator_type"),
+  ),
+  "sweep": Command(
+    "a hyperparameter sweep, one run directory per trial (bigflax/sweep.py)",
+    (
+      "config",
+      "workdir",
+      "parallel",
+      "metric",
+      "mode",
+      "optuna",
+      "storage",
+      "study_name",
+      "seed",
+      "prune_after",
+      "launcher",
+      "dry_run",
+      *SLICE_FLAGS,
+    ),
+    "python -m bigflax sweep --config experiments/gpt_tiny_sweep.py "
+    "--workdir runs/gpt_sweep --parallel 2",
+    ("config", "workdir"),
+  ),
+  "prepare": Command(
+    "tokenize data.corpora once into shards in data.prepared_dir",
+    ("config", *DISTRIBUTED_FLAGS, "traceback"),
+    "python -m bigflax prepare --config experiments/gpt_site_packages.py",
+    ("config",),
+  ),
+  "plan": Command(
+    "will it fit, how fast, how costly on a TPU slice (no --workdir)",
+    ("config", "topology", "tokens", "price_per_chip_hour", "out", "traceback"),
+    "python -m bigflax plan --config experiments/llama2_7b.py --topology v5p:2x2x2",
+    ("config",),
+  ),
+  "diff": Command(
+    "RUN_A RUN_B: what differs between two runs' configs and environments",
+    ("traceback",),
+    "python -m bigflax diff runs/a runs/b",
+  ),
+  "export": Command(
+    "write the latest checkpoint in --workdir as a bundle or a HF checkpoint (--out)",
+    ("workdir", "out", "format", *DISTRIBUTED_FLAGS, "traceback"),
+    "python -m bigflax export --workdir runs/gpt_tiny --out bundles/gpt_tiny",
+    ("workdir", "out"),
+  ),
+  "serve": Command(
+    "serve --workdir, --bundle or --registry's promoted run over HTTP",
+    (
+      "workdir",
+      "bundle",
+      "registry",
+      "host",
+      "port",
+      "api_key",
+      "admin_key",
+      "reload_roots",
+      "insecure",
+      "max_batch",
+      "max_wait_ms",
+      "batching",
+      "max_queue",
+      "max_body_bytes",
+      "timeout_s",
+      "warmup",
+      "feedback_dir",
+      *DISTRIBUTED_FLAGS,
+      "traceback",
+    ),
+    "python -m bigflax serve --workdir runs/gpt_tiny --port 8000",
+  ),
 }
 OWN_FLAGS = {name for c in COMMANDS.values() for name in c.flags}
 # Accepted by every command: scripts and tests pass --workdir to all of them.
@@ -211,10 +367,11 @@ ACCEPTED_BY_ALL = ("workdir",)
 LAUNCHERS = ("launch", "sweep")  # they read their flags in-process and start train commands
 HELP = ("-h", "--help", "-?", "--helpshort")
 ENVIRONMENT_NOTE = (
-    "Each command re-executes itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
-    "(glibc >= 2.35: malloc backs XLA's CPU buffers with huge pages, 13-20 % off a train "
-    "step); set GLIBC_TUNABLES yourself (to anything) or BIGFLAX_NO_REEXEC=1 to keep the "
-    "environment as it is.")
+  "Each command re-executes itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+  "(glibc >= 2.35: malloc backs XLA's CPU buffers with huge pages, 13-20 % off a train "
+  "step); set GLIBC_TUNABLES yourself (to anything) or BIGFLAX_NO_REEXEC=1 to keep the "
+  "environment as it is."
+)
 
 
 def overview() -> str:
@@ -223,26 +380,35 @@ def overview() -> str:
   lines += [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
   lines.append("")
   for paragraph in (
-      "python -m bigflax COMMAND --help: the command's flags and an example; --helpfull: "
-      "also the libraries' flags.",
-      "Exit status: 0 done; 2 a mistake in the command line, config or workdir, or a "
-      "diverged run; 75 train stopped by SIGTERM, its checkpoint saved (run it again to "
-      "resume).", ENVIRONMENT_NOTE):
+    "python -m bigflax COMMAND --help: the command's flags and an example; --helpfull: "
+    "also the libraries' flags.",
+    "Exit status: 0 done; 2 a mistake in the command line, config or workdir, or a "
+    "diverged run; 75 train stopped by SIGTERM, its checkpoint saved (run it again to "
+    "resume).",
+    ENVIRONMENT_NOTE,
+  ):
     lines += textwrap.wrap(paragraph, 92) + [""]
   return "\n".join(lines[:-1])
 
 
 def command_help(name: str) -> str:
   command = COMMANDS[name]
-  lines = [f"python -m bigflax {name}: {command.summary}", "", "Example:",
-           f"  {command.example}", "", "Flags (* required):"]
+  lines = [
+    f"python -m bigflax {name}: {command.summary}",
+    "",
+    "Example:",
+    f"  {command.example}",
+    "",
+    "Flags (* required):",
+  ]
   for flag in command.flags:
     spelled = f"--{flag}" + "".join(f", --{a}" for a, n in ALIASES.items() if n == flag)
     default = FLAGS[flag].default
     shown = "" if default in (None, False, [], "") else f" (default: {default})"
     lines.append(f"  {spelled}{'*' if flag in command.required else ''}")
-    lines += textwrap.wrap(FLAGS[flag].help + shown, 88, initial_indent="      ",
-                           subsequent_indent="      ")
+    lines += textwrap.wrap(
+      FLAGS[flag].help + shown, 88, initial_indent="      ", subsequent_indent="      "
+    )
   if "config" in command.flags:
     lines.append("  --config.a.b=value: override a field of the experiment's config")
   lines += ["", "The libraries' flags (absl logging, orbax, grain, tfds): --helpfull."]
@@ -262,8 +428,13 @@ def given_flags(args: list[str]) -> list[str]:
     name = ALIASES.get(name, name)
     if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS:
       name = name[2:]  # --nowarmup
-    elif "=" not in arg and (name in FLAGS and not FLAGS[name].boolean or name not in FLAGS
-                             and i < len(args) and not args[i].startswith("-")):
+    elif "=" not in arg and (
+      name in FLAGS
+      and not FLAGS[name].boolean
+      or name not in FLAGS
+      and i < len(args)
+      and not args[i].startswith("-")
+    ):
       i += 1  # its value is the next argument
     names.append(name)
   return names
@@ -281,15 +452,19 @@ def check_command_line(args: list[str]) -> str:
   if command is None:
     raise UsageError(f"give a command.\n\n{overview()}")
   if command not in COMMANDS:
-    raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)} The "
-                     f"command comes first: python -m bigflax COMMAND [flags]; "
-                     f"python -m bigflax --help lists them.")
+    raise UsageError(
+      f"unknown command {command!r}.{did_you_mean(command, COMMANDS)} The "
+      f"command comes first: python -m bigflax COMMAND [flags]; "
+      f"python -m bigflax --help lists them."
+    )
   names = given_flags(args[1:])
   reads = COMMANDS[command].flags
   for name in names:
     if name in OWN_FLAGS and name not in reads and name not in ACCEPTED_BY_ALL:
-      raise UsageError(f"{command} does not read --{name}.{did_you_mean(name, reads)} "
-                       f"Its flags: python -m bigflax {command} --help.")
+      raise UsageError(
+        f"{command} does not read --{name}.{did_you_mean(name, reads)} "
+        f"Its flags: python -m bigflax {command} --help."
+      )
   if "flagfile" not in names:
     for name in COMMANDS[command].required:
       if name not in names:
@@ -308,22 +483,30 @@ def help_text(args: list[str]) -> str | None:
 
 def initialize_distributed():
   import jax  # pylint: disable=import-outside-toplevel
+
   if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+    )
   elif FLAGS.distributed:
     jax.distributed.initialize()
 
 
 def check_usage(command, positional):
   if len(positional) != (2 if command == "diff" else 0):
-    raise UsageError(f"unexpected arguments {positional} (diff takes two run directories, "
-                     f"the other commands none); e.g.\n  {COMMANDS[command].example}")
-  if command == "serve" and (FLAGS.workdir and FLAGS.bundle
-                             or not (FLAGS.workdir or FLAGS.bundle or FLAGS.registry)):
-    raise UsageError("serve needs --workdir or --bundle (not both), or --registry (then "
-                     "it serves the run the registry's served.json names).")
+    raise UsageError(
+      f"unexpected arguments {positional} (diff takes two run directories, "
+      f"the other commands none); e.g.\n  {COMMANDS[command].example}"
+    )
+  if command == "serve" and (
+    FLAGS.workdir and FLAGS.bundle or not (FLAGS.workdir or FLAGS.bundle or FLAGS.registry)
+  ):
+    raise UsageError(
+      "serve needs --workdir or --bundle (not both), or --registry (then "
+      "it serves the run the registry's served.json names)."
+    )
 
 
 def source_dir() -> tuple[str, str]:
@@ -343,24 +526,29 @@ def experiment():
 # The commands import what they run when they run: `--help` and mistakes answer without jax.
 # pylint: disable=import-outside-toplevel
 
+
 def train_command():
   from bigflax import run
+
   run.train(experiment(), FLAGS.workdir)
 
 
 def prepare_command():
   from bigflax.data import prepare
+
   prepare.prepare(experiment())
 
 
 def diff_command(run_a, run_b):
   from bigflax import run_info
+
   print(run_info.format_diff(run_a, run_b, run_info.diff(run_a, run_b)))
 
 
 def plan_command():
   from bigflax.plan import planner as plan
   from bigflax.plan import report as plan_report
+
   configs.validate(experiment())
   report = plan.plan(experiment(), FLAGS.topology, FLAGS.tokens, FLAGS.price_per_chip_hour)
   print(plan_report.format_report(report))
@@ -372,66 +560,86 @@ def plan_command():
 
 def promote_command():
   from bigflax import promote
+
   for name in ("candidate", "incumbent"):
     if not FLAGS[name].value or not os.path.isdir(FLAGS[name].value):
       raise UsageError(f"--{name}={FLAGS[name].value} is not a run directory.")
-  promote.promote(FLAGS.candidate, FLAGS.incumbent, FLAGS.split, FLAGS.metric,
-                  FLAGS.min_delta, FLAGS.registry)
+  promote.promote(
+    FLAGS.candidate, FLAGS.incumbent, FLAGS.split, FLAGS.metric, FLAGS.min_delta, FLAGS.registry
+  )
 
 
 def sample_command():
   from bigflax import trained
+
   source_dir()
-  options = {name: FLAGS[name].value for name in
-             ("num_samples", "max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+  options = {
+    name: FLAGS[name].value
+    for name in ("num_samples", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
+  }
   trained.sample(FLAGS.workdir, None if FLAGS.prompt is None else [FLAGS.prompt], options)
 
 
 def serve_command():
   from bigflax import trained
+
   flag, source = source_dir()
   try:
     from bigflax.infer import serve
   except ImportError as e:
-    raise UsageError(f"serve needs the HTTP libraries ({e.name} is missing): "
-                     f"pip install -e '.[serve]'") from e
-  limits = serve.api.Limits(max_body_bytes=FLAGS.max_body_bytes, max_queue=FLAGS.max_queue,
-                            timeout_s=FLAGS.timeout_s)
-  serve.run(trained.load_served_model, None if flag == "registry" else source,
-            host=FLAGS.host, port=FLAGS.port, insecure=FLAGS.insecure,
-            api_key=FLAGS.api_key or os.environ.get("BIGFLAX_API_KEY"),
-            admin_key=FLAGS.admin_key or os.environ.get("BIGFLAX_ADMIN_KEY"),
-            reload_roots=tuple(FLAGS.reload_roots), max_batch=FLAGS.max_batch,
-            max_wait_ms=FLAGS.max_wait_ms, continuous=FLAGS.batching == "continuous",
-            limits=limits, warmup=FLAGS.warmup, feedback_dir=FLAGS.feedback_dir,
-            registry=FLAGS.registry)
+    raise UsageError(
+      f"serve needs the HTTP libraries ({e.name} is missing): pip install -e '.[serve]'"
+    ) from e
+  limits = serve.api.Limits(
+    max_body_bytes=FLAGS.max_body_bytes, max_queue=FLAGS.max_queue, timeout_s=FLAGS.timeout_s
+  )
+  serve.run(
+    trained.load_served_model,
+    None if flag == "registry" else source,
+    host=FLAGS.host,
+    port=FLAGS.port,
+    insecure=FLAGS.insecure,
+    api_key=FLAGS.api_key or os.environ.get("BIGFLAX_API_KEY"),
+    admin_key=FLAGS.admin_key or os.environ.get("BIGFLAX_ADMIN_KEY"),
+    reload_roots=tuple(FLAGS.reload_roots),
+    max_batch=FLAGS.max_batch,
+    max_wait_ms=FLAGS.max_wait_ms,
+    continuous=FLAGS.batching == "continuous",
+    limits=limits,
+    warmup=FLAGS.warmup,
+    feedback_dir=FLAGS.feedback_dir,
+    registry=FLAGS.registry,
+  )
 
 
 def eval_command():
   from bigflax import trained
+
   source_dir()
   trained.evaluate(FLAGS.workdir, FLAGS.split, FLAGS.harness, FLAGS.harness_limit)
 
 
 def export_command():
   from bigflax import trained
+
   source_dir()
   if FLAGS.format == "bundle":
     trained.export(FLAGS.workdir, FLAGS.out)
   else:
-    trained.export_hf(FLAGS.workdir, FLAGS.out,
-                        "bfloat16" if FLAGS.format == "hf_bf16" else "float32")
+    trained.export_hf(
+      FLAGS.workdir, FLAGS.out, "bfloat16" if FLAGS.format == "hf_bf16" else "float32"
+    )
 
 
 # What each command runs once the flags are checked (and jax.distributed is up).
 DISTRIBUTED = {
-    "train": train_command,
-    "eval": eval_command,
-    "sample": sample_command,
-    "promote": promote_command,
-    "export": export_command,
-    "serve": serve_command,
-    "prepare": prepare_command,
+  "train": train_command,
+  "eval": eval_command,
+  "sample": sample_command,
+  "promote": promote_command,
+  "export": export_command,
+  "serve": serve_command,
+  "prepare": prepare_command,
 }
 
 
@@ -445,6 +653,7 @@ def main(argv) -> int:
   """absl's main: argv is [program, command, positional arguments...]."""
   from bigflax.plan import planner as plan
   from bigflax.train import loop
+
   command, positional = argv[1], argv[2:]
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax's INFO logs would drown the progress bar
@@ -466,6 +675,8 @@ def main(argv) -> int:
     print(f"bigflax {command}: error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
 # pylint: enable=import-outside-toplevel
 
 
@@ -488,8 +699,9 @@ def unknown_flag(error: flags.UnrecognizedFlagError, command: str) -> str:
   """absl's message, with the closest of the command's own flags rather than absl's guess
   among every library's flags."""
   close = difflib.get_close_matches(error.flagname, COMMANDS[command].flags, n=1)
-  message = f"{str(error).split(' Did you mean')[0]} Did you mean --{close[0]}?" if close else (
-      str(error))
+  message = (
+    f"{str(error).split(' Did you mean')[0]} Did you mean --{close[0]}?" if close else (str(error))
+  )
   return f"{message} ({command}'s flags: python -m bigflax {command} --help)"
 
 
@@ -531,12 +743,16 @@ def run_launcher(args: list[str]) -> int:
     message = unknown_flag(e, command) if isinstance(e, flags.UnrecognizedFlagError) else e
     print(f"bigflax {args[0] if args else ''}: error: {message}", file=sys.stderr)
     return 2
-  options = types.SimpleNamespace(config=config, **{
-      name: FLAGS[name].value for name in COMMANDS[command].flags if name != "config"})
+  options = types.SimpleNamespace(
+    config=config,
+    **{name: FLAGS[name].value for name in COMMANDS[command].flags if name != "config"},
+  )
   if command == "launch":
     from bigflax import launch  # pylint: disable=import-outside-toplevel
+
     return launch.main(options, overrides)
   from bigflax.sweep import runner  # pylint: disable=import-outside-toplevel
+
   return runner.main(options, overrides)
 
 

@@ -44,6 +44,7 @@ def perplexity(mean_nll: float) -> float:
 # its defaults, 13a tokenisation for BLEU and chrF's n=6 characters, beta=2, are what
 # published numbers mean). One reference per hypothesis.
 
+
 def bleu(hypotheses: list[str], references: list[str]) -> float:
   """Corpus BLEU (0-100) of detokenised hypotheses against one reference each."""
   _check_pairs(hypotheses, references)
@@ -63,8 +64,10 @@ def _check_pairs(hypotheses, references):
 
 # --- Inside jit: sums over a (global) batch. ---
 
-def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
-                     weights: jax.Array | None = None) -> jax.Array:
+
+def confusion_matrix(
+  labels: jax.Array, predictions: jax.Array, num_classes: int, weights: jax.Array | None = None
+) -> jax.Array:
   """(num_classes, num_classes) float32 counts: rows are true classes, columns predictions.
 
   `weights` (bool or float, shaped like `labels`) zeroes padded examples; a label or
@@ -80,35 +83,43 @@ def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int
   return jnp.einsum("ni,nj->ij", true, predicted, precision=jax.lax.Precision.HIGHEST)
 
 
-def classification_sums(logits: jax.Array, labels: jax.Array,
-                        weights: jax.Array | None = None) -> dict:
+def classification_sums(
+  logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> dict:
   """Summed loss, example count and confusion matrix (argmax predictions) of a batch."""
   if weights is None:
     weights = jnp.ones(labels.shape, jnp.float32)
   weights = weights.astype(jnp.float32)
   nll = losses.cross_entropy(logits, labels)
-  return {"loss": (nll * weights).sum(), "count": weights.sum(),
-          "confusion": confusion_matrix(labels, logits.argmax(-1), logits.shape[-1], weights)}
+  return {
+    "loss": (nll * weights).sum(),
+    "count": weights.sum(),
+    "confusion": confusion_matrix(labels, logits.argmax(-1), logits.shape[-1], weights),
+  }
 
 
-def class_count_sums(labels: jax.Array, predictions: jax.Array, num_classes: int,
-                     weights: jax.Array) -> dict:
+def class_count_sums(
+  labels: jax.Array, predictions: jax.Array, num_classes: int, weights: jax.Array
+) -> dict:
   """Per-class true positives, support and predicted counts: P/R/F1 over many classes (a
   vocabulary) without a num_classes^2 confusion matrix."""
   labels, predictions = labels.reshape(-1), predictions.reshape(-1)
   weights = weights.reshape(-1).astype(jnp.float32)
   count = lambda w, classes: jax.ops.segment_sum(w, classes, num_segments=num_classes)
-  return {"true_positives": count(weights * (labels == predictions), labels),
-          "support": count(weights, labels), "predicted": count(weights, predictions)}
+  return {
+    "true_positives": count(weights * (labels == predictions), labels),
+    "support": count(weights, labels),
+    "predicted": count(weights, predictions),
+  }
 
 
 # --- On the host: metrics from the totals (numpy). ---
 
+
 def _divide(numerator, denominator):
   """numerator / denominator with 0/0 = 0, like scikit-learn's zero_division=0."""
   numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator)
-  return np.divide(numerator, denominator, out=np.zeros_like(numerator),
-                   where=denominator != 0)
+  return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
 
 
 def _f1(precision, recall):
@@ -122,8 +133,10 @@ def classification_metrics(confusion) -> dict[str, float]:
   nor predicted (as scikit-learn with `labels=range(num_classes)`).
   """
   confusion = np.asarray(confusion, np.float64)
-  result = {"accuracy": float(_divide(np.trace(confusion), confusion.sum())),
-            **averaged_metrics(np.diag(confusion), confusion.sum(1), confusion.sum(0))}
+  result = {
+    "accuracy": float(_divide(np.trace(confusion), confusion.sum())),
+    **averaged_metrics(np.diag(confusion), confusion.sum(1), confusion.sum(0)),
+  }
   precision = _divide(np.diag(confusion), confusion.sum(axis=0))
   recall = _divide(np.diag(confusion), confusion.sum(axis=1))
   f1, support = _f1(precision, recall), confusion.sum(axis=1)
@@ -141,12 +154,12 @@ def averaged_metrics(true_positives, support, predicted, present_only: bool = Fa
   `present_only`: average over the classes that occur as a label or a prediction (as
   scikit-learn's default), e.g. the tokens of a vocabulary that matter; otherwise over all.
   """
-  true_positives, support, predicted = (np.asarray(x, np.float64)
-                                        for x in (true_positives, support, predicted))
+  true_positives, support, predicted = (
+    np.asarray(x, np.float64) for x in (true_positives, support, predicted)
+  )
   if present_only:
     present = (support > 0) | (predicted > 0)
-    true_positives, support, predicted = (x[present]
-                                          for x in (true_positives, support, predicted))
+    true_positives, support, predicted = (x[present] for x in (true_positives, support, predicted))
   precision = _divide(true_positives, predicted)
   recall = _divide(true_positives, support)
   f1 = _f1(precision, recall)
@@ -155,17 +168,23 @@ def averaged_metrics(true_positives, support, predicted, present_only: bool = Fa
   micro_precision = _divide(true_positives.sum(), predicted.sum())
   micro_recall = _divide(true_positives.sum(), support.sum())
   averages = {
-      "macro": (precision.mean(), recall.mean(), f1.mean()),
-      "micro": (micro_precision, micro_recall, _f1(micro_precision, micro_recall)),
-      "weighted": (class_weights @ precision, class_weights @ recall, class_weights @ f1),
+    "macro": (precision.mean(), recall.mean(), f1.mean()),
+    "micro": (micro_precision, micro_recall, _f1(micro_precision, micro_recall)),
+    "weighted": (class_weights @ precision, class_weights @ recall, class_weights @ f1),
   }
-  return {f"{name}/{average}": float(value) for average, values in averages.items()
-          for name, value in zip(("precision", "recall", "f1"), values)}
+  return {
+    f"{name}/{average}": float(value)
+    for average, values in averages.items()
+    for name, value in zip(("precision", "recall", "f1"), values)
+  }
 
 
 def _class_names(confusion, class_names):
-  return [str(n) for n in class_names] if class_names is not None else [
-      str(i) for i in range(len(confusion))]
+  return (
+    [str(n) for n in class_names]
+    if class_names is not None
+    else [str(i) for i in range(len(confusion))]
+  )
 
 
 def _format_count(value) -> str:
@@ -176,8 +195,10 @@ def confusion_matrix_json(confusion, class_names=None) -> dict:
   """{"classes": [...], "matrix": rows of counts}: json.dump-able, rows are true classes."""
   confusion = np.asarray(confusion, np.float64)
   integral = np.all(confusion == np.round(confusion))
-  return {"classes": _class_names(confusion, class_names),
-          "matrix": (confusion.astype(np.int64) if integral else confusion).tolist()}
+  return {
+    "classes": _class_names(confusion, class_names),
+    "matrix": (confusion.astype(np.int64) if integral else confusion).tolist(),
+  }
 
 
 def format_confusion_matrix(confusion, class_names=None) -> str:
@@ -189,8 +210,9 @@ def format_confusion_matrix(confusion, class_names=None) -> str:
   label_width = max(len(s) for s in names + [corner])
   width = max(len(s) for s in names + [c for row in cells for c in row])
   rows = [[corner] + names] + [[name] + row for name, row in zip(names, cells)]
-  return "\n".join(" ".join([row[0].rjust(label_width)] + [c.rjust(width) for c in row[1:]])
-                   for row in rows)
+  return "\n".join(
+    " ".join([row[0].rjust(label_width)] + [c.rjust(width) for c in row[1:]]) for row in rows
+  )
 
 
 def save_confusion_matrix_png(confusion, path: str, class_names=None):
@@ -207,13 +229,25 @@ def save_confusion_matrix_png(confusion, path: str, class_names=None):
   ax = fig.add_subplot()
   image = ax.imshow(confusion, cmap="Blues", vmin=0)
   fig.colorbar(image, ax=ax, shrink=0.8)
-  ax.set(xticks=range(n), yticks=range(n), xlabel="Predicted class", ylabel="True class",
-         title="Confusion matrix")
+  ax.set(
+    xticks=range(n),
+    yticks=range(n),
+    xlabel="Predicted class",
+    ylabel="True class",
+    title="Confusion matrix",
+  )
   ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor")
   ax.set_yticklabels(names)
   if n <= 30:  # beyond that the digits no longer fit in the cells
     threshold = confusion.max() / 2
     for (i, j), value in np.ndenumerate(confusion):
-      ax.text(j, i, _format_count(value), ha="center", va="center", fontsize=9,
-              color="white" if value > threshold else "black")
+      ax.text(
+        j,
+        i,
+        _format_count(value),
+        ha="center",
+        va="center",
+        fontsize=9,
+        color="white" if value > threshold else "black",
+      )
   fig.savefig(path, dpi=100)

@@ -25,8 +25,12 @@ def improvement(metric: str, candidate: float, incumbent: float) -> float:
 def decide(metric: str, candidate: dict, incumbent: dict, min_delta: float = 0.0) -> dict:
   """Promote iff the candidate's improvement on `metric` is at least `min_delta`."""
   better = improvement(metric, candidate[metric], incumbent[metric])
-  return {"promoted": better >= min_delta, "metric": metric, "min_delta": min_delta,
-          "improvement": better}
+  return {
+    "promoted": better >= min_delta,
+    "metric": metric,
+    "min_delta": min_delta,
+    "improvement": better,
+  }
 
 
 def served(registry: str) -> dict | None:
@@ -41,12 +45,16 @@ def record(registry: str, decision: dict):
   """Appends the decision to the log and, if promoted, points `served.json` at the
   candidate (written to a temporary file and renamed: a reader never sees half of it)."""
   os.makedirs(registry, exist_ok=True)
-  decision = dict(decision, time=datetime.datetime.now(datetime.timezone.utc).isoformat())
+  decision = dict(decision, time=datetime.datetime.now(datetime.UTC).isoformat())
   with open(os.path.join(registry, LOG), "a") as f:
     f.write(json.dumps(decision) + "\n")
   if decision["promoted"]:
-    entry = {"workdir": decision["candidate"], "step": decision["candidate_step"],
-             "metrics": decision["candidate_metrics"], "time": decision["time"]}
+    entry = {
+      "workdir": decision["candidate"],
+      "step": decision["candidate_step"],
+      "metrics": decision["candidate_metrics"],
+      "time": decision["time"],
+    }
     tmp = os.path.join(registry, SERVED + ".tmp")
     with open(tmp, "w") as f:
       json.dump(entry, f, indent=2)

@@ -16,17 +16,31 @@ import sys
 from bigflax import configs
 
 FILE = "run_info.json"
-PACKAGES = ("bigflax", "jax", "jaxlib", "libtpu", "flax", "optax", "orbax-checkpoint",
-            "numpy", "ml-collections", "grain", "tensorflow-datasets")
+PACKAGES = (
+  "bigflax",
+  "jax",
+  "jaxlib",
+  "libtpu",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "numpy",
+  "ml-collections",
+  "grain",
+  "tensorflow-datasets",
+)
 # Differ between any two starts; not what `diff` is for.
 NOT_COMPARED = ("started_at", "start_step", "argv", "config_changes")
 
 
 def git_state(directory: str) -> dict | None:
   """{'commit', 'dirty'} of the git checkout holding `directory`, or None."""
+
   def git(*args):
-    return subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True,
-                          timeout=10)
+    return subprocess.run(
+      ["git", "-C", directory, *args], capture_output=True, text=True, timeout=10
+    )
+
   try:
     head = git("rev-parse", "HEAD")
     if head.returncode:
@@ -50,19 +64,24 @@ def versions(packages=PACKAGES) -> dict:
 
 def collect(mesh, start_step: int = 0, config_changes: dict | None = None) -> dict:
   import jax
+
   device = jax.devices()[0]
   return {
-      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "start_step": start_step,
-      "config_changes": config_changes or {},
-      "argv": sys.argv,
-      "git": git_state(os.path.dirname(os.path.abspath(__file__))),
-      "versions": versions(),
-      "mesh": {name: int(size) for name, size in mesh.shape.items()},
-      "devices": {"platform": device.platform, "kind": device.device_kind,
-                  "count": jax.device_count(), "local_count": jax.local_device_count(),
-                  "process_count": jax.process_count()},
-      "hostname": platform.node(),
+    "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "start_step": start_step,
+    "config_changes": config_changes or {},
+    "argv": sys.argv,
+    "git": git_state(os.path.dirname(os.path.abspath(__file__))),
+    "versions": versions(),
+    "mesh": {name: int(size) for name, size in mesh.shape.items()},
+    "devices": {
+      "platform": device.platform,
+      "kind": device.device_kind,
+      "count": jax.device_count(),
+      "local_count": jax.local_device_count(),
+      "process_count": jax.process_count(),
+    },
+    "hostname": platform.node(),
   }
 
 
@@ -75,8 +94,7 @@ def load(workdir: str) -> list[dict]:
     return json.load(f)["history"]
 
 
-def record(workdir: str, mesh, start_step: int = 0,
-           config_changes: dict | None = None) -> dict:
+def record(workdir: str, mesh, start_step: int = 0, config_changes: dict | None = None) -> dict:
   """Appends this start's record to `workdir/run_info.json` (process 0 only)."""
   entry = collect(mesh, start_step, config_changes)
   history = load(workdir) + [entry]
@@ -107,8 +125,11 @@ MISSING = object()
 def diff(run_a: str, run_b: str) -> list[tuple[str, object, object]]:
   """(key, value in A, value in B) for every key whose values differ (MISSING if absent)."""
   a, b = describe(run_a), describe(run_b)
-  return [(k, a.get(k, MISSING), b.get(k, MISSING)) for k in sorted(set(a) | set(b))
-          if a.get(k, MISSING) != b.get(k, MISSING)]
+  return [
+    (k, a.get(k, MISSING), b.get(k, MISSING))
+    for k in sorted(set(a) | set(b))
+    if a.get(k, MISSING) != b.get(k, MISSING)
+  ]
 
 
 def format_diff(run_a: str, run_b: str, rows) -> str:

@@ -61,8 +61,11 @@ TPU_ENVIRONMENT = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "JAX_FORCE_TP
 def tpu_present() -> bool:
   """A TPU on this machine: its device files (/dev/accel* up to v4, /dev/vfio/N from v5
   on) or a TPU environment."""
-  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
-              or any(os.environ.get(name) for name in TPU_ENVIRONMENT))
+  return bool(
+    glob.glob("/dev/accel*")
+    or glob.glob("/dev/vfio/[0-9]*")
+    or any(os.environ.get(name) for name in TPU_ENVIRONMENT)
+  )
 
 
 def pjrt_plugins() -> set[str]:
@@ -77,7 +80,7 @@ def pjrt_plugins() -> set[str]:
 
 
 def platforms_without_tpu() -> str | None:
-  """"cpu" where JAX has nothing but its CPU and the TPU to choose from; None where other
+  """ "cpu" where JAX has nothing but its CPU and the TPU to choose from; None where other
   plugins are installed (a GPU's): then JAX chooses, as before, since naming its platforms
   would turn a GPU that fails to start from a fall-back into an error."""
   return None if pjrt_plugins() else "cpu"

@@ -18,19 +18,41 @@ def get_config(arg=None):
   config = configs.base()
   config.task.name = "mlm"
   config.model = dict(
-      name="bert", vocab_size=30522, num_layers=12, num_heads=12, embed_dim=768,
-      mlp_dim=3072, max_len=512, num_segments=2, activation="gelu_exact", norm_eps=1e-12,
-      pre_norm=False, pooler=True, dropout_rate=0.1, attention_dropout_rate=0.1,
-      scan_layers=True, remat="dots_no_batch", dtype="bfloat16",
+    name="bert",
+    vocab_size=30522,
+    num_layers=12,
+    num_heads=12,
+    embed_dim=768,
+    mlp_dim=3072,
+    max_len=512,
+    num_segments=2,
+    activation="gelu_exact",
+    norm_eps=1e-12,
+    pre_norm=False,
+    pooler=True,
+    dropout_rate=0.1,
+    attention_dropout_rate=0.1,
+    scan_layers=True,
+    remat="dots_no_batch",
+    dtype="bfloat16",
   )
   # BERT's uncased WordPiece vocabulary; the offline MiniLM package ships the same one.
-  config.tokenizer = dict(kind="hf", path=os.path.join(sst2_minilm.minilm_dir(),
-                                                       "tokenizer.json"), vocab_size=0)
+  config.tokenizer = dict(
+    kind="hf", path=os.path.join(sst2_minilm.minilm_dir(), "tokenizer.json"), vocab_size=0
+  )
   config.data.seq_len = 512
   config.data.global_batch_size = 256
   config.mesh.shape = dict(data=1, fsdp=-1, tensor=1)
-  config.optim.update(lr=1e-4, warmup_steps=10_000, decay="linear", final_lr_fraction=0.0,
-                      b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01)
+  config.optim.update(
+    lr=1e-4,
+    warmup_steps=10_000,
+    decay="linear",
+    final_lr_fraction=0.0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-6,
+    weight_decay=0.01,
+  )
   config.train.num_steps = 1_000_000
   config.train.log_every = 100
   config.train.eval_every = 10_000

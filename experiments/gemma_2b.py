@@ -9,8 +9,21 @@ from experiments import llama2_7b
 
 def get_config(arg=None):
   del arg
-  return llama2_7b.paper_config(dict(
-      vocab_size=256000, num_layers=18, num_heads=8, num_kv_heads=1, head_dim=256,
-      embed_dim=2048, mlp_dim=16384, norm="rmsnorm_offset", norm_eps=1e-6,
-      activation="geglu", scale_embeddings=True, tie_embeddings=True),
-      seq_len=8192, global_batch_size=512)
+  return llama2_7b.paper_config(
+    dict(
+      vocab_size=256000,
+      num_layers=18,
+      num_heads=8,
+      num_kv_heads=1,
+      head_dim=256,
+      embed_dim=2048,
+      mlp_dim=16384,
+      norm="rmsnorm_offset",
+      norm_eps=1e-6,
+      activation="geglu",
+      scale_embeddings=True,
+      tie_embeddings=True,
+    ),
+    seq_len=8192,
+    global_batch_size=512,
+  )

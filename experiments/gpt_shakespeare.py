@@ -13,8 +13,17 @@ from bigflax import configs
 def get_config(arg=None):
   config = configs.base()
   config.model = dict(
-      name="gpt", vocab_size=0, num_layers=4, num_heads=4, embed_dim=256, mlp_dim=1024,
-      max_len=256, position="rope", dropout_rate=0.1, dtype="float32", attention_impl="auto",
+    name="gpt",
+    vocab_size=0,
+    num_layers=4,
+    num_heads=4,
+    embed_dim=256,
+    mlp_dim=1024,
+    max_len=256,
+    position="rope",
+    dropout_rate=0.1,
+    dtype="float32",
+    attention_impl="auto",
   )
   if arg == "char":
     config.tokenizer.kind = "byte"

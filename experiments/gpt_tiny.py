@@ -19,11 +19,20 @@ def get_config(arg=None):
   del arg
   config = configs.base()
   config.model = dict(
-      name="gpt", vocab_size=0,  # 0 = the tokenizer's vocabulary size
-      num_layers=4, num_heads=4, embed_dim=256, mlp_dim=1024, max_len=256,
-      position="rope", dropout_rate=0.0, scan_layers=False, remat="none",
-      attention_impl="auto",  # splash on TPU, cuDNN on GPU (16-bit), xla here
-      dtype="float32", lora=configs.lora(),  # --config.model.lora.rank=8: LoRA
+    name="gpt",
+    vocab_size=0,  # 0 = the tokenizer's vocabulary size
+    num_layers=4,
+    num_heads=4,
+    embed_dim=256,
+    mlp_dim=1024,
+    max_len=256,
+    position="rope",
+    dropout_rate=0.0,
+    scan_layers=False,
+    remat="none",
+    attention_impl="auto",  # splash on TPU, cuDNN on GPU (16-bit), xla here
+    dtype="float32",
+    lora=configs.lora(),  # --config.model.lora.rank=8: LoRA
   )
   config.data.name = "stdlib_corpus"
   config.data.seq_len = 256

@@ -16,9 +16,20 @@ from bigflax import configs
 
 # The GPT fields of Llama 2 (bigflax/models/gpt.py lists the family's other options).
 LLAMA = dict(
-    name="gpt", position="rope", norm="rmsnorm", norm_eps=1e-5, activation="swiglu",
-    use_bias=False, tie_embeddings=False, rope_max_wavelength=10_000.0, dropout_rate=0.0,
-    scan_layers=True, remat="dots_no_batch", dtype="bfloat16", attention_impl="auto")
+  name="gpt",
+  position="rope",
+  norm="rmsnorm",
+  norm_eps=1e-5,
+  activation="swiglu",
+  use_bias=False,
+  tie_embeddings=False,
+  rope_max_wavelength=10_000.0,
+  dropout_rate=0.0,
+  scan_layers=True,
+  remat="dots_no_batch",
+  dtype="bfloat16",
+  attention_impl="auto",
+)
 
 
 def paper_config(model: dict, seq_len: int, global_batch_size: int):
@@ -46,6 +57,10 @@ def paper_config(model: dict, seq_len: int, global_batch_size: int):
 
 def get_config(arg=None):
   del arg
-  return paper_config(dict(
-      vocab_size=32000, num_layers=32, num_heads=32, num_kv_heads=32, embed_dim=4096,
-      mlp_dim=11008), seq_len=4096, global_batch_size=1024)
+  return paper_config(
+    dict(
+      vocab_size=32000, num_layers=32, num_heads=32, num_kv_heads=32, embed_dim=4096, mlp_dim=11008
+    ),
+    seq_len=4096,
+    global_batch_size=1024,
+  )

@@ -9,8 +9,21 @@ from experiments import llama2_7b
 
 def get_config(arg=None):
   del arg
-  return llama2_7b.paper_config(dict(
-      vocab_size=128256, num_layers=16, num_heads=32, num_kv_heads=8, embed_dim=2048,
-      mlp_dim=8192, tie_embeddings=True, rope_max_wavelength=500_000.0,
-      rope_scaling_factor=32.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
-      rope_original_max_len=8192), seq_len=8192, global_batch_size=512)
+  return llama2_7b.paper_config(
+    dict(
+      vocab_size=128256,
+      num_layers=16,
+      num_heads=32,
+      num_kv_heads=8,
+      embed_dim=2048,
+      mlp_dim=8192,
+      tie_embeddings=True,
+      rope_max_wavelength=500_000.0,
+      rope_scaling_factor=32.0,
+      rope_low_freq_factor=1.0,
+      rope_high_freq_factor=4.0,
+      rope_original_max_len=8192,
+    ),
+    seq_len=8192,
+    global_batch_size=512,
+  )

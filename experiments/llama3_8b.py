@@ -11,6 +11,16 @@ from experiments import llama2_7b
 
 def get_config(arg=None):
   del arg
-  return llama2_7b.paper_config(dict(
-      vocab_size=128256, num_layers=32, num_heads=32, num_kv_heads=8, embed_dim=4096,
-      mlp_dim=14336, rope_max_wavelength=500_000.0), seq_len=8192, global_batch_size=512)
+  return llama2_7b.paper_config(
+    dict(
+      vocab_size=128256,
+      num_layers=32,
+      num_heads=32,
+      num_kv_heads=8,
+      embed_dim=4096,
+      mlp_dim=14336,
+      rope_max_wavelength=500_000.0,
+    ),
+    seq_len=8192,
+    global_batch_size=512,
+  )

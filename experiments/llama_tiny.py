@@ -18,9 +18,19 @@ def get_config(arg=None):
   config = gpt_tiny.get_config()
   # SwiGLU's three matrices of width 704 cost what GPT's two of 1024 do.
   config.model = dict(
-      llama2_7b.LLAMA, vocab_size=0, num_layers=4, num_heads=4, num_kv_heads=2,
-      embed_dim=256, mlp_dim=704, max_len=256, scan_layers=False, remat="none",
-      dtype="float32", lora=config.model.lora)
+    llama2_7b.LLAMA,
+    vocab_size=0,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    embed_dim=256,
+    mlp_dim=704,
+    max_len=256,
+    scan_layers=False,
+    remat="none",
+    dtype="float32",
+    lora=config.model.lora,
+  )
   config.optim.no_decay = r"(bias|scale)$"
   config.train.num_steps = 250  # its measured run (docs/models.md); gpt_tiny now stops at 225
   return config

@@ -8,6 +8,16 @@ from experiments import llama2_7b
 
 def get_config(arg=None):
   del arg
-  return llama2_7b.paper_config(dict(
-      vocab_size=32000, num_layers=32, num_heads=32, num_kv_heads=8, embed_dim=4096,
-      mlp_dim=14336, sliding_window=4096), seq_len=8192, global_batch_size=512)
+  return llama2_7b.paper_config(
+    dict(
+      vocab_size=32000,
+      num_layers=32,
+      num_heads=32,
+      num_kv_heads=8,
+      embed_dim=4096,
+      mlp_dim=14336,
+      sliding_window=4096,
+    ),
+    seq_len=8192,
+    global_batch_size=512,
+  )

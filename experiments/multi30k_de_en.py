@@ -27,21 +27,50 @@ from bigflax import configs
 def get_config(arg=None):
   del arg
   config = configs.base()
-  config.task = dict(name="seq2seq", label_smoothing=0.1, beam_size=4, length_penalty=0.6,
-                     max_decode_len=0)
+  config.task = dict(
+    name="seq2seq", label_smoothing=0.1, beam_size=4, length_penalty=0.6, max_decode_len=0
+  )
   config.model = dict(
-      name="seq2seq", vocab_size=0,  # 0 = the tokenizer's vocabulary size
-      num_encoder_layers=3, num_decoder_layers=3, num_heads=4, embed_dim=256, mlp_dim=1024,
-      max_len=64, position="sinusoidal", tie_embeddings=True, pre_norm=True,
-      activation="relu", dropout_rate=0.1, attention_dropout_rate=0.0,
+    name="seq2seq",
+    vocab_size=0,  # 0 = the tokenizer's vocabulary size
+    num_encoder_layers=3,
+    num_decoder_layers=3,
+    num_heads=4,
+    embed_dim=256,
+    mlp_dim=1024,
+    max_len=64,
+    position="sinusoidal",
+    tie_embeddings=True,
+    pre_norm=True,
+    activation="relu",
+    dropout_rate=0.1,
+    attention_dropout_rate=0.0,
   )
   config.tokenizer = dict(kind="sentencepiece", vocab_size=8000)
-  config.data.update(name="multi30k", source_dir="../shared/data/multi30k",
-                     source_lang="de", target_lang="en", seq_len=48, global_batch_size=64)
-  config.optim.update(lr=1.5e-3, warmup_steps=150, decay="cosine", final_lr_fraction=0.05,
-                      b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.01, clip_norm=1.0)
-  config.train.update(num_steps=900, log_every=25, eval_every=450, eval_steps=0,
-                      checkpoint_every=150)
-  config.sample.prompts = ("Ein Mann fährt mit dem Fahrrad eine Straße entlang.",
-                           "Zwei Kinder spielen im Sand am Strand.")
+  config.data.update(
+    name="multi30k",
+    source_dir="../shared/data/multi30k",
+    source_lang="de",
+    target_lang="en",
+    seq_len=48,
+    global_batch_size=64,
+  )
+  config.optim.update(
+    lr=1.5e-3,
+    warmup_steps=150,
+    decay="cosine",
+    final_lr_fraction=0.05,
+    b1=0.9,
+    b2=0.98,
+    eps=1e-9,
+    weight_decay=0.01,
+    clip_norm=1.0,
+  )
+  config.train.update(
+    num_steps=900, log_every=25, eval_every=450, eval_steps=0, checkpoint_every=150
+  )
+  config.sample.prompts = (
+    "Ein Mann fährt mit dem Fahrrad eine Straße entlang.",
+    "Zwei Kinder spielen im Sand am Strand.",
+  )
   return config

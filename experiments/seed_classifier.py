@@ -18,6 +18,7 @@ def get_config(arg=None):
   config.tokenizer.kind = "none"
   config.data.update(name="two_blobs", num_examples=1000, global_batch_size=50, seq_len=1)
   config.optim.update(lr=0.02, warmup_steps=0, weight_decay=0.0, clip_norm=0.0, b2=0.999)
-  config.train.update(num_steps=300, log_every=50, eval_every=100, eval_steps=20,
-                      checkpoint_every=300)
+  config.train.update(
+    num_steps=300, log_every=50, eval_every=100, eval_steps=20, checkpoint_every=300
+  )
   return config

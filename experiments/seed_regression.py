@@ -15,10 +15,11 @@ def get_config(arg=None):
   config.task.name = "regression"
   config.model = dict(name="mlp", num_outputs=1, hidden_dims=())  # a linear model
   config.tokenizer.kind = "none"
-  config.data.update(name="linear_regression", num_examples=1000, global_batch_size=50,
-                     seq_len=1)
-  config.optim.update(lr=0.05, warmup_steps=0, decay="cosine", weight_decay=0.0,
-                      clip_norm=0.0, b2=0.999)
-  config.train.update(num_steps=400, log_every=50, eval_every=100, eval_steps=20,
-                      checkpoint_every=400)
+  config.data.update(name="linear_regression", num_examples=1000, global_batch_size=50, seq_len=1)
+  config.optim.update(
+    lr=0.05, warmup_steps=0, decay="cosine", weight_decay=0.0, clip_norm=0.0, b2=0.999
+  )
+  config.train.update(
+    num_steps=400, log_every=50, eval_every=100, eval_steps=20, checkpoint_every=400
+  )
   return config

@@ -10,7 +10,14 @@ from experiments import multi30k_de_en
 def get_config(arg=None):
   del arg
   config = multi30k_de_en.get_config()
-  config.model.update(vocab_size=10_000, num_encoder_layers=6, num_decoder_layers=6,
-                      num_heads=8, embed_dim=768, mlp_dim=3072, max_len=512)
+  config.model.update(
+    vocab_size=10_000,
+    num_encoder_layers=6,
+    num_decoder_layers=6,
+    num_heads=8,
+    embed_dim=768,
+    mlp_dim=3072,
+    max_len=512,
+  )
   config.tokenizer.vocab_size = 10_000
   return config

@@ -34,22 +34,29 @@ def get_config(arg=None):
   config = gpt_tiny.get_config()
   config.task.name = "sft"
   config.init_from = "runs/gpt_tiny"
-  config.data.update(name="stdlib_qa", seq_len=256, global_batch_size=16,
-                     replay_name="", replay_fraction=0.0)
+  config.data.update(
+    name="stdlib_qa", seq_len=256, global_batch_size=16, replay_name="", replay_fraction=0.0
+  )
   config.optim.update(lr=5e-4, warmup_steps=20)
   config.train.update(num_steps=300, eval_every=100, eval_steps=0, checkpoint_every=100)
-  config.sample.update(prompts=(
+  config.sample.update(
+    prompts=(
       "Q: What does the function json.dumps(obj) do?\nA:",
-      "Q: What does the function os.path.join(a, *p) do?\nA:"),
-      max_new_tokens=100, temperature=0.0)
+      "Q: What does the function os.path.join(a, *p) do?\nA:",
+    ),
+    max_new_tokens=100,
+    temperature=0.0,
+  )
   if arg == "lora":
-    config.model.lora.update(rank=8, alpha=16.0,
-                             targets=r"(attention/(query|key|value|out)|mlp/(up|down))/kernel")
+    config.model.lora.update(
+      rank=8, alpha=16.0, targets=r"(attention/(query|key|value|out)|mlp/(up|down))/kernel"
+    )
     config.optim.update(lr=2e-3)
   if arg == "feedback":
     config.init_from = "runs/sft_qa"
-    config.data.update(name="feedback", source_dir="runs/feedback", replay_name="stdlib_qa",
-                       replay_fraction=0.5)
+    config.data.update(
+      name="feedback", source_dir="runs/feedback", replay_name="stdlib_qa", replay_fraction=0.5
+    )
     config.optim.update(warmup_steps=10)
     config.train.update(num_steps=60, eval_every=0, checkpoint_every=60)
   return config

@@ -37,19 +37,45 @@ def get_config(arg=None):
   config.init_from = checkpoint
   config.init_new = r"^classifier/"  # everything else comes from the checkpoint
   config.model = dict(
-      name="bert", vocab_size=30522, num_layers=6, num_heads=12, embed_dim=384,
-      mlp_dim=1536, max_len=512, num_segments=2, activation="gelu_exact", norm_eps=1e-12,
-      pre_norm=False, pooler=True, num_classes=2, dropout_rate=0.1,
-      attention_dropout_rate=0.1, lora=configs.lora(),  # rank > 0: adapters + classifier
+    name="bert",
+    vocab_size=30522,
+    num_layers=6,
+    num_heads=12,
+    embed_dim=384,
+    mlp_dim=1536,
+    max_len=512,
+    num_segments=2,
+    activation="gelu_exact",
+    norm_eps=1e-12,
+    pre_norm=False,
+    pooler=True,
+    num_classes=2,
+    dropout_rate=0.1,
+    attention_dropout_rate=0.1,
+    lora=configs.lora(),  # rank > 0: adapters + classifier
   )
-  config.tokenizer = dict(kind="hf", path=os.path.join(checkpoint, "tokenizer.json"),
-                          vocab_size=0)
+  config.tokenizer = dict(kind="hf", path=os.path.join(checkpoint, "tokenizer.json"), vocab_size=0)
   # Batches of similar-length sentences cut to the smallest bucket that holds them: the
   # median sentence is ~12 tokens, so most steps run at width 16 or 32, not 64.
-  config.data.update(name="sst2", source_dir="../shared/data/sst2", seq_len=64,
-                     global_batch_size=32, length_buckets=(16, 24, 32, 48, 64))
-  config.optim.update(lr=1e-4, warmup_steps=200, decay="linear", final_lr_fraction=0.0,
-                      b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0)
-  config.train.update(num_steps=3000, log_every=50, eval_every=1000, eval_steps=0,
-                      checkpoint_every=500)
+  config.data.update(
+    name="sst2",
+    source_dir="../shared/data/sst2",
+    seq_len=64,
+    global_batch_size=32,
+    length_buckets=(16, 24, 32, 48, 64),
+  )
+  config.optim.update(
+    lr=1e-4,
+    warmup_steps=200,
+    decay="linear",
+    final_lr_fraction=0.0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-6,
+    weight_decay=0.01,
+    clip_norm=1.0,
+  )
+  config.train.update(
+    num_steps=3000, log_every=50, eval_every=1000, eval_steps=0, checkpoint_every=500
+  )
   return config

@@ -16,15 +16,33 @@ def get_config(arg=None):
   del arg
   config = multi30k_de_en.get_config()
   config.model = dict(
-      name="seq2seq", vocab_size=37_000, num_encoder_layers=6, num_decoder_layers=6,
-      num_heads=8, embed_dim=512, mlp_dim=2048, max_len=256, position="sinusoidal",
-      tie_embeddings=True, pre_norm=False, activation="relu", dropout_rate=0.1,
-      attention_dropout_rate=0.0,
+    name="seq2seq",
+    vocab_size=37_000,
+    num_encoder_layers=6,
+    num_decoder_layers=6,
+    num_heads=8,
+    embed_dim=512,
+    mlp_dim=2048,
+    max_len=256,
+    position="sinusoidal",
+    tie_embeddings=True,
+    pre_norm=False,
+    activation="relu",
+    dropout_rate=0.1,
+    attention_dropout_rate=0.0,
   )
   config.tokenizer.vocab_size = 37_000
   config.data.update(seq_len=64, global_batch_size=384)  # ~25k source + target tokens
   # The paper's inverse-sqrt decay is not among optim's schedules; cosine over 100k steps.
-  config.optim.update(lr=7e-4, warmup_steps=4000, decay="cosine", final_lr_fraction=0.0,
-                      b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0)
+  config.optim.update(
+    lr=7e-4,
+    warmup_steps=4000,
+    decay="cosine",
+    final_lr_fraction=0.0,
+    b1=0.9,
+    b2=0.98,
+    eps=1e-9,
+    weight_decay=0.0,
+  )
   config.train.update(num_steps=100_000, eval_every=5000, checkpoint_every=5000)
   return config

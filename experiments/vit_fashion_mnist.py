@@ -31,19 +31,46 @@ def get_config(arg=None):
   config = configs.base()
   config.task.name = "classify"
   config.model = dict(
-      name="vit", num_classes=10, num_layers=6, num_heads=4, embed_dim=64, mlp_dim=256,
-      image_size=28, patch_size=7, num_channels=1, pool="mean", activation="gelu_exact",
-      norm_eps=1e-6, dropout_rate=0.0, attention_dropout_rate=0.0, dtype="float32",
-      # ~1/sqrt(embed_dim). GPT's 0.02 leaves a d=64 model's attention near uniform for
-      # hundreds of steps (training accuracy at step 250: 33 % at 0.02, 59 % at 0.1).
-      init_std=0.1,
+    name="vit",
+    num_classes=10,
+    num_layers=6,
+    num_heads=4,
+    embed_dim=64,
+    mlp_dim=256,
+    image_size=28,
+    patch_size=7,
+    num_channels=1,
+    pool="mean",
+    activation="gelu_exact",
+    norm_eps=1e-6,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    dtype="float32",
+    # ~1/sqrt(embed_dim). GPT's 0.02 leaves a d=64 model's attention near uniform for
+    # hundreds of steps (training accuracy at step 250: 33 % at 0.02, 59 % at 0.1).
+    init_std=0.1,
   )
   config.tokenizer.kind = "none"
-  config.data.update(name="fashion_mnist", source_dir="../shared/data/fashion_mnist",
-                     seq_len=1, global_batch_size=128, crop_padding=0, flip=True)
-  config.optim.update(lr=2e-3, warmup_steps=200, decay="cosine", final_lr_fraction=0.01,
-                      b1=0.9, b2=0.999, weight_decay=0.05, clip_norm=1.0,
-                      no_decay=r"(bias|scale|position_embed/embedding|cls_token)$")
-  config.train.update(num_steps=6000, log_every=100, eval_every=1000, eval_steps=0,
-                      checkpoint_every=1000)
+  config.data.update(
+    name="fashion_mnist",
+    source_dir="../shared/data/fashion_mnist",
+    seq_len=1,
+    global_batch_size=128,
+    crop_padding=0,
+    flip=True,
+  )
+  config.optim.update(
+    lr=2e-3,
+    warmup_steps=200,
+    decay="cosine",
+    final_lr_fraction=0.01,
+    b1=0.9,
+    b2=0.999,
+    weight_decay=0.05,
+    clip_norm=1.0,
+    no_decay=r"(bias|scale|position_embed/embedding|cls_token)$",
+  )
+  config.train.update(
+    num_steps=6000, log_every=100, eval_every=1000, eval_steps=0, checkpoint_every=1000
+  )
   return config

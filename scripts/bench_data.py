@@ -23,12 +23,15 @@ import time
 import numpy as np
 
 # The checkout (for experiments/ and its bigflax) and this folder (bench_train).
-sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                os.path.dirname(os.path.abspath(__file__))]
+sys.path[:0] = [
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  os.path.dirname(os.path.abspath(__file__)),
+]
 # pylint: disable=wrong-import-position
 import bench_train  # noqa: E402
-from bigflax.plan import planner as plan  # noqa: E402
+
 from bigflax.data import prepare, tokenizers  # noqa: E402
+from bigflax.plan import planner as plan  # noqa: E402
 from bigflax.tasks import lm  # noqa: E402
 
 # docs/planning.md's plan of gpt2_medium.py on v5e:4x4: 512 x 1024 tokens a step, roofline
@@ -66,8 +69,9 @@ def prepared(spec, work, seq_len):
 def pipeline_tokens_per_second(config, global_batch, hosts, steps) -> float:
   """Tokens/s host 0 of `hosts` gets from iterate(): its rows of each global batch."""
   config.data.global_batch_size = global_batch
-  batches = lm.make_lm_batches(config.data, tokenizers.ByteTokenizer(), "train",
-                               process_index=0, process_count=hosts)
+  batches = lm.make_lm_batches(
+    config.data, tokenizers.ByteTokenizer(), "train", process_index=0, process_count=hosts
+  )
   iterator = batches.iterate(start_step=1000)
   next(iterator)  # threads started, files opened
   start = time.perf_counter()
@@ -79,11 +83,20 @@ def gpt_tiny_tokens_per_second() -> float:
   """gpt_tiny's train step on this CPU (bench_train's timing of the trainer's own step)."""
   config = load_config("experiments/gpt_tiny.py")
   m = config.model
-  args = argparse.Namespace(layers=m.num_layers, embed_dim=m.embed_dim, heads=m.num_heads,
-                            seq_len=config.data.seq_len, batch=config.data.global_batch_size,
-                            vocab=384, dtype="float32", warmup=2, steps=5)  # 259 bytes -> 384
-  tokens = np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.seq_len + 1),
-                                             dtype=np.int32)
+  args = argparse.Namespace(
+    layers=m.num_layers,
+    embed_dim=m.embed_dim,
+    heads=m.num_heads,
+    seq_len=config.data.seq_len,
+    batch=config.data.global_batch_size,
+    vocab=384,
+    dtype="float32",
+    warmup=2,
+    steps=5,
+  )  # 259 bytes -> 384
+  tokens = np.random.default_rng(0).integers(
+    0, args.vocab, (args.batch, args.seq_len + 1), dtype=np.int32
+  )
   result = bench_train.bench_bigflax(args, tokens)
   return args.batch * args.seq_len / min(result["times"])
 
@@ -103,20 +116,35 @@ def main():
   rows = []
   train_tiny = gpt_tiny_tokens_per_second()
   pipe_tiny = pipeline_tokens_per_second(tiny, 16, 1, args.steps)
-  rows.append(("gpt_tiny, this CPU, 1 host, batch 16 x 256", pipe_tiny, train_tiny,
-               "measured train step"))
+  rows.append(
+    ("gpt_tiny, this CPU, 1 host, batch 16 x 256", pipe_tiny, train_tiny, "measured train step")
+  )
   v5e, source = v5e_tokens_per_second(args.plan)
   pipe_medium = pipeline_tokens_per_second(medium, 512, V5E_HOSTS, max(args.steps // 4, 20))
-  rows.append(("gpt2_medium, v5e 4x4, host 0 of 4, 128 of 512 x 1024", pipe_medium,
-               v5e / V5E_HOSTS, source))
-  print(f"| case | pipeline tokens/s per host | training tokens/s per host | ratio | "
-        f"training figure |\n|---|---|---|---|---|")
+  rows.append(
+    ("gpt2_medium, v5e 4x4, host 0 of 4, 128 of 512 x 1024", pipe_medium, v5e / V5E_HOSTS, source)
+  )
+  print(
+    "| case | pipeline tokens/s per host | training tokens/s per host | ratio | "
+    "training figure |\n|---|---|---|---|---|"
+  )
   for name, pipe, train, where in rows:
     print(f"| {name} | {pipe:,.0f} | {train:,.0f} | {pipe / train:.1f}x | {where} |")
   with open(args.out, "w") as f:
-    json.dump([{"case": name, "pipeline_tokens_per_second": pipe,
-                "training_tokens_per_second": train, "ratio": pipe / train, "source": where}
-               for name, pipe, train, where in rows], f, indent=1)
+    json.dump(
+      [
+        {
+          "case": name,
+          "pipeline_tokens_per_second": pipe,
+          "training_tokens_per_second": train,
+          "ratio": pipe / train,
+          "source": where,
+        }
+        for name, pipe, train, where in rows
+      ],
+      f,
+      indent=1,
+    )
   failing = [name for name, pipe, train, _ in rows if pipe < 10 * train]
   if failing:
     sys.exit(f"the pipeline is less than 10x the training rate for {failing}")

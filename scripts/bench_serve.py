@@ -29,8 +29,16 @@ import httpx
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROMPTS = ["def ", "import os\n", "class Parser(", "for i in range(", "# Copyright",
-           "return self.", "if __name__ == '__main__':\n", "x = "]
+PROMPTS = [
+  "def ",
+  "import os\n",
+  "class Parser(",
+  "for i in range(",
+  "# Copyright",
+  "return self.",
+  "if __name__ == '__main__':\n",
+  "x = ",
+]
 
 
 def free_port() -> int:
@@ -43,10 +51,31 @@ def free_port() -> int:
 def server(source_flag, source, batching, max_batch, max_wait_ms):
   port = free_port()
   process = subprocess.Popen(
-      [sys.executable, "-m", "bigflax", "serve", source_flag, source, "--port", str(port),
-       "--batching", batching, "--max_batch", str(max_batch), "--max_wait_ms",
-       str(max_wait_ms), "--max_queue", "4096", "--timeout_s", "600", "--warmup"],
-      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [
+      sys.executable,
+      "-m",
+      "bigflax",
+      "serve",
+      source_flag,
+      source,
+      "--port",
+      str(port),
+      "--batching",
+      batching,
+      "--max_batch",
+      str(max_batch),
+      "--max_wait_ms",
+      str(max_wait_ms),
+      "--max_queue",
+      "4096",
+      "--timeout_s",
+      "600",
+      "--warmup",
+    ],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   url = f"http://127.0.0.1:{port}"
   try:
     for _ in range(1200):
@@ -72,8 +101,11 @@ def peak_rss_mb(pid: int) -> float:
 
 def generated_tokens(url) -> float:
   text = httpx.get(f"{url}/metrics").text
-  return sum(float(line.split()[-1]) for line in text.splitlines()
-             if line.startswith("bigflax_generated_tokens_total"))
+  return sum(
+    float(line.split()[-1])
+    for line in text.splitlines()
+    if line.startswith("bigflax_generated_tokens_total")
+  )
 
 
 async def one_request(http, url, body, record):
@@ -95,8 +127,13 @@ async def one_request(http, url, body, record):
 
 
 def body_of(rng, max_tokens):
-  return {"prompt": rng.choice(PROMPTS), "max_tokens": rng.randint(1, max_tokens),
-          "temperature": 0.8, "seed": rng.randrange(2**31), "stream": True}
+  return {
+    "prompt": rng.choice(PROMPTS),
+    "max_tokens": rng.randint(1, max_tokens),
+    "temperature": 0.8,
+    "seed": rng.randrange(2**31),
+    "stream": True,
+  }
 
 
 async def run_load(url, workload: tuple, seconds: float, max_tokens: int, seed: int) -> dict:
@@ -108,24 +145,31 @@ async def run_load(url, workload: tuple, seconds: float, max_tokens: int, seed: 
   async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=None)) as http:
     kind, value = workload
     if kind == "clients":
+
       async def client():
         while time.monotonic() < deadline:
           await one_request(http, url, body_of(rng, max_tokens), record)
+
       await asyncio.gather(*(client() for _ in range(value)))
     else:
       tasks = []
       while time.monotonic() < deadline:
-        tasks.append(asyncio.create_task(one_request(http, url, body_of(rng, max_tokens),
-                                                     record)))
+        tasks.append(asyncio.create_task(one_request(http, url, body_of(rng, max_tokens), record)))
         await asyncio.sleep(rng.expovariate(value))
       await asyncio.gather(*tasks)
   elapsed = time.monotonic() - started
   pct = lambda xs, q: 1000 * float(np.percentile(xs, q)) if xs else None
-  return {"requests": len(record["latency"]), "errors": record["errors"],
-          "seconds": round(elapsed, 2), "requests_per_s": len(record["latency"]) / elapsed,
-          "tokens_per_s": (generated_tokens(url) - tokens_before) / elapsed,
-          "p50_ms": pct(record["latency"], 50), "p99_ms": pct(record["latency"], 99),
-          "ttft_p50_ms": pct(record["ttft"], 50), "ttft_p99_ms": pct(record["ttft"], 99)}
+  return {
+    "requests": len(record["latency"]),
+    "errors": record["errors"],
+    "seconds": round(elapsed, 2),
+    "requests_per_s": len(record["latency"]) / elapsed,
+    "tokens_per_s": (generated_tokens(url) - tokens_before) / elapsed,
+    "p50_ms": pct(record["latency"], 50),
+    "p99_ms": pct(record["latency"], 99),
+    "ttft_p50_ms": pct(record["ttft"], 50),
+    "ttft_p99_ms": pct(record["ttft"], 99),
+  }
 
 
 def main():
@@ -142,61 +186,92 @@ def main():
   parser.add_argument("--max_wait_ms", type=float, default=10.0)
   parser.add_argument("--out", default="bench_serve.json")
   args = parser.parse_args()
-  source_flag, source_dir = ("--workdir", args.workdir) if args.workdir else ("--bundle",
-                                                                              args.bundle)
-  workloads = ([("clients", int(c)) for c in args.clients.split(",") if c]
-               + [("rate", float(r)) for r in args.rates.split(",") if r])
+  source_flag, source_dir = (
+    ("--workdir", args.workdir) if args.workdir else ("--bundle", args.bundle)
+  )
+  workloads = [("clients", int(c)) for c in args.clients.split(",") if c] + [
+    ("rate", float(r)) for r in args.rates.split(",") if r
+  ]
   results = []
   with contextlib.ExitStack() as stack:
     # Both servers up at once, each workload run on one then the other: the machine's
     # load drifts less between the two than between two halves of the run.
-    servers = {batching: stack.enter_context(server(source_flag, source_dir, batching,
-                                                    args.max_batch, args.max_wait_ms))
-               for batching in ("continuous", "bucketed")}
-    for batching, (url, _) in servers.items():
+    servers = {
+      batching: stack.enter_context(
+        server(source_flag, source_dir, batching, args.max_batch, args.max_wait_ms)
+      )
+      for batching in ("continuous", "bucketed")
+    }
+    for url, _ in servers.values():
       task = httpx.get(f"{url}/health").json()["task"]
       if task != "lm":
-        raise SystemExit(f"{source_dir} serves a {task!r} model; this benchmark is for "
-                         "language models")
+        raise SystemExit(
+          f"{source_dir} serves a {task!r} model; this benchmark is for language models"
+        )
       asyncio.run(run_load(url, ("clients", 8), args.warmup, args.max_tokens, seed=-1))
     for i, workload in enumerate(workloads):
       for batching, (url, _) in servers.items():
         result = asyncio.run(run_load(url, workload, args.duration, args.max_tokens, i))
-        results.append({"batching": batching, "workload": f"{workload[0]}={workload[1]:g}",
-                        **result})
+        results.append(
+          {"batching": batching, "workload": f"{workload[0]}={workload[1]:g}", **result}
+        )
         print(json.dumps(results[-1]), flush=True)
     for r in results:
       r["peak_rss_mb"] = peak_rss_mb(servers[r["batching"]][1])
   results.sort(key=lambda r: r["batching"] != "continuous")
-  print(f"\n{source_dir}, max_batch={args.max_batch}, max_tokens 1..{args.max_tokens}, "
-        f"{args.duration:g} s per workload")
-  header = (f"| {'batching':<10} | {'workload':<10} | {'req/s':>6} | {'tok/s':>6} | "
-            f"{'p50 ms':>6} | {'p99 ms':>6} | {'TTFT p50':>8} | {'TTFT p99':>8} | "
-            f"{'errors':>6} | {'peak RSS MB':>11} |")
+  print(
+    f"\n{source_dir}, max_batch={args.max_batch}, max_tokens 1..{args.max_tokens}, "
+    f"{args.duration:g} s per workload"
+  )
+  header = (
+    f"| {'batching':<10} | {'workload':<10} | {'req/s':>6} | {'tok/s':>6} | "
+    f"{'p50 ms':>6} | {'p99 ms':>6} | {'TTFT p50':>8} | {'TTFT p99':>8} | "
+    f"{'errors':>6} | {'peak RSS MB':>11} |"
+  )
   print(header + "\n|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|")
   fmt = lambda x: f"{x:.0f}" if x is not None else "-"
   for r in results:
-    print(f"| {r['batching']:<10} | {r['workload']:<10} | {r['requests_per_s']:>6.2f} | "
-          f"{r['tokens_per_s']:>6.0f} | {fmt(r['p50_ms']):>6} | {fmt(r['p99_ms']):>6} | "
-          f"{fmt(r['ttft_p50_ms']):>8} | {fmt(r['ttft_p99_ms']):>8} | {r['errors']:>6} | "
-          f"{r['peak_rss_mb']:>11.0f} |")
+    print(
+      f"| {r['batching']:<10} | {r['workload']:<10} | {r['requests_per_s']:>6.2f} | "
+      f"{r['tokens_per_s']:>6.0f} | {fmt(r['p50_ms']):>6} | {fmt(r['p99_ms']):>6} | "
+      f"{fmt(r['ttft_p50_ms']):>8} | {fmt(r['ttft_p99_ms']):>8} | {r['errors']:>6} | "
+      f"{r['peak_rss_mb']:>11.0f} |"
+    )
   ratios = {}
   for w in dict.fromkeys(r["workload"] for r in results):
-    c, b = (next(r for r in results if r["workload"] == w and r["batching"] == name)
-            for name in ("continuous", "bucketed"))
-    ratio = lambda k: (b[k] / c[k]) if c[k] and b[k] else None
-    ratios[w] = {"tokens_per_s": c["tokens_per_s"] / max(b["tokens_per_s"], 1e-9),
-                 "p50_latency": ratio("p50_ms"), "p99_latency": ratio("p99_ms"),
-                 "ttft_p50": ratio("ttft_p50_ms")}
-  print("\ncontinuous / bucketed: tok/s ratio, and bucketed / continuous latencies "
-        "(> 1: continuous is better)")
+    c, b = (
+      next(r for r in results if r["workload"] == w and r["batching"] == name)
+      for name in ("continuous", "bucketed")
+    )
+    ratio = lambda k: (b[k] / c[k]) if c[k] and b[k] else None  # noqa: B023  (used in this iteration)
+    ratios[w] = {
+      "tokens_per_s": c["tokens_per_s"] / max(b["tokens_per_s"], 1e-9),
+      "p50_latency": ratio("p50_ms"),
+      "p99_latency": ratio("p99_ms"),
+      "ttft_p50": ratio("ttft_p50_ms"),
+    }
+  print(
+    "\ncontinuous / bucketed: tok/s ratio, and bucketed / continuous latencies "
+    "(> 1: continuous is better)"
+  )
   for w, r in ratios.items():
-    print(f"  {w:<10} tok/s {r['tokens_per_s']:.2f}x, p50 {fmt_ratio(r['p50_latency'])}, "
-          f"p99 {fmt_ratio(r['p99_latency'])}, TTFT p50 {fmt_ratio(r['ttft_p50'])}")
+    print(
+      f"  {w:<10} tok/s {r['tokens_per_s']:.2f}x, p50 {fmt_ratio(r['p50_latency'])}, "
+      f"p99 {fmt_ratio(r['p99_latency'])}, TTFT p50 {fmt_ratio(r['ttft_p50'])}"
+    )
   with open(args.out, "w") as f:
-    json.dump({"source": source_dir, "max_batch": args.max_batch,
-               "max_tokens": args.max_tokens, "duration": args.duration,
-               "results": results, "ratios": ratios}, f, indent=2)
+    json.dump(
+      {
+        "source": source_dir,
+        "max_batch": args.max_batch,
+        "max_tokens": args.max_tokens,
+        "duration": args.duration,
+        "results": results,
+        "ratios": ratios,
+      },
+      f,
+      indent=2,
+    )
 
 
 def fmt_ratio(x):

@@ -74,8 +74,10 @@ def ask_and_rate(client: httpx.Client, prompt: str, reference: str, context: int
   max_tokens = min(120, context - len(prompt.encode()) - 1)  # byte tokens + the opening eos
   if max_tokens < 1:
     return "too long to ask"
-  response = client.post("/v1/completions", json={
-      "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": ["\n"]})
+  response = client.post(
+    "/v1/completions",
+    json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": ["\n"]},
+  )
   response.raise_for_status()
   body = response.json()
   if word_f1(body["choices"][0]["text"], reference) >= 0.5:
@@ -87,8 +89,9 @@ def ask_and_rate(client: httpx.Client, prompt: str, reference: str, context: int
   return said
 
 
-def simulate_users(client: httpx.Client, questions: list[tuple[str, str]], context: int,
-                   users: int) -> dict:
+def simulate_users(
+  client: httpx.Client, questions: list[tuple[str, str]], context: int, users: int
+) -> dict:
   """`users` at a time: the server batches their requests."""
   with futures.ThreadPoolExecutor(users) as pool:
     said = pool.map(lambda qa: ask_and_rate(client, *qa, context), questions)
@@ -108,23 +111,46 @@ def main():
   if not trained(pretrained, 250):
     bigflax("train", "--config", "experiments/gpt_tiny.py", "--workdir", pretrained)
   for workdir, variant in ((sft, ""), (sft_lora, ":lora")):
-    bigflax("train", "--config", f"experiments/sft_stdlib_qa.py{variant}", "--workdir",
-            workdir, f"--config.init_from={pretrained}")
+    bigflax(
+      "train",
+      "--config",
+      f"experiments/sft_stdlib_qa.py{variant}",
+      "--workdir",
+      workdir,
+      f"--config.init_from={pretrained}",
+    )
     bigflax("eval", "--workdir", workdir)
 
   port = free_port()
-  server = bigflax("serve", "--workdir", sft, "--port", port, "--feedback_dir", feedback,
-                   "--registry", runs, background=True)
+  server = bigflax(
+    "serve",
+    "--workdir",
+    sft,
+    "--port",
+    port,
+    "--feedback_dir",
+    feedback,
+    "--registry",
+    runs,
+    background=True,
+  )
   try:
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
       context = wait_healthy(client, server)["context"]
       asked = pipeline.load_prompt_answers("stdlib_qa", "train")
-      questions = asked[::max(len(asked) // args.questions, 1)][:args.questions]
+      questions = asked[:: max(len(asked) // args.questions, 1)][: args.questions]
       said = simulate_users(client, questions, context, args.users)
       print(f"\nsimulated users: {said}", flush=True)
 
-      bigflax("train", "--config", "experiments/sft_stdlib_qa.py:feedback", "--workdir",
-              continued, f"--config.init_from={sft}", f"--config.data.source_dir={feedback}")
+      bigflax(
+        "train",
+        "--config",
+        "experiments/sft_stdlib_qa.py:feedback",
+        "--workdir",
+        continued,
+        f"--config.init_from={sft}",
+        f"--config.data.source_dir={feedback}",
+      )
       bigflax("promote", "--candidate", continued, "--incumbent", sft, "--registry", runs)
       decision = json.loads((runs / "promotions.jsonl").read_text().splitlines()[-1])
       print(f"\npromotion: {decision}", flush=True)

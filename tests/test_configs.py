@@ -15,8 +15,11 @@ from bigflax import configs, models
 from bigflax.train import optim
 from experiments import gpt2_medium, gpt2_small, gpt_tiny
 
-EXPERIMENTS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "experiments")
-                     .glob("*.py") if p.stem != "__init__")
+EXPERIMENTS = sorted(
+  p.stem
+  for p in (pathlib.Path(__file__).parents[1] / "experiments").glob("*.py")
+  if p.stem != "__init__"
+)
 
 
 def count_params(config):
@@ -25,10 +28,13 @@ def count_params(config):
   return sum(x.size for x in jax.tree.leaves(shapes["params"]))
 
 
-@pytest.mark.parametrize("get_config,published", [
+@pytest.mark.parametrize(
+  "get_config,published",
+  [
     (gpt2_small.get_config, 124_439_808),
     (gpt2_medium.get_config, 354_823_168),
-])
+  ],
+)
 def test_gpt2_parameter_counts(get_config, published):
   assert count_params(get_config()) == published
 

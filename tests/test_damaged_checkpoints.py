@@ -19,8 +19,12 @@ pytestmark = pytest.mark.slow
 
 
 def args(tfds_dir):
-  return [*TINY, f"--config.data.data_dir={tfds_dir}", "--config.train.num_steps=8",
-          "--config.train.checkpoint_every=4"]
+  return [
+    *TINY,
+    f"--config.data.data_dir={tfds_dir}",
+    "--config.train.num_steps=8",
+    "--config.train.checkpoint_every=4",
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +83,7 @@ def flip_adam_moment(step_dir):
   return path
 
 
-@pytest.mark.parametrize("damage", [truncate_array_file, truncate_metadata,
-                                    flip_adam_moment])
+@pytest.mark.parametrize("damage", [truncate_array_file, truncate_metadata, flip_adam_moment])
 def test_train_and_eval_use_the_previous_intact_step(trained, tfds_dir, tmp_path, damage):
   workdir, evaluated_dir = copy(trained, tmp_path / "train"), copy(trained, tmp_path / "eval")
   named = str(damage(workdir / "checkpoints" / "8").relative_to(workdir / "checkpoints" / "8"))
@@ -110,7 +113,7 @@ def test_nothing_intact_names_the_steps_tried(trained, tfds_dir, tmp_path):
   for result in (run("train", workdir, *args(tfds_dir)), finish(evaluating)):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    error = result.stderr[result.stderr.index("No intact checkpoint"):]
+    error = result.stderr[result.stderr.index("No intact checkpoint") :]
     assert "step 8: state/" in error and "step 4: state/_METADATA" in error
     assert "move them out of" in error and "new --workdir" in error
 

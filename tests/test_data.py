@@ -8,11 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bigflax.data import pipeline
-from bigflax.data import sources
-from bigflax.data import stdlib_corpus
-from bigflax.data import tiny_shakespeare
-from bigflax.data import tokenizers
+from bigflax.data import pipeline, sources, stdlib_corpus, tiny_shakespeare, tokenizers
 from bigflax.tasks import lm
 
 SHAKESPEARE_DIR = pathlib.Path(__file__).parents[2] / "shared/data/tiny_shakespeare"
@@ -128,8 +124,10 @@ def test_sources_say_their_kind_and_classes(tmp_path):
   assert sources.kind("two_blobs") == "features"
   assert sources.class_names("sst2") == ("negative", "positive")
   assert sources.class_names("imagenet2012") is None  # classes by index
-  with pytest.raises(ValueError, match="data.name='sst2' holds labelled_text examples, "
-                                       "not image: choose one of .*fashion_mnist"):
+  with pytest.raises(
+    ValueError,
+    match="data.name='sst2' holds labelled_text examples, not image: choose one of .*fashion_mnist",
+  ):
     pipeline.load_labelled_images("sst2", "train", tmp_path)
   with pytest.raises(ValueError, match="'imagenet2012' has no loader here"):
     pipeline.load_labelled_images("imagenet2012", "validation", tmp_path)
@@ -182,8 +180,8 @@ def test_lm_batches_processes_split_the_global_batch():
   windows = _windows()
   whole = lm.lm_batches(windows, 4, seed=3, shuffle=True)
   parts = [
-      lm.lm_batches(windows, 4, seed=3, shuffle=True, process_index=p, process_count=2)
-      for p in range(2)
+    lm.lm_batches(windows, 4, seed=3, shuffle=True, process_index=p, process_count=2)
+    for p in range(2)
   ]
   for step in (0, 3, 10):
     for k in ("inputs", "targets"):
@@ -219,18 +217,18 @@ def test_lm_batches_errors_name_the_config_field():
 
 
 def test_make_lm_batches_on_tiny_shakespeare(tfds_dir):
-  config = ml_collections.ConfigDict({
+  config = ml_collections.ConfigDict(
+    {
       "name": "tiny_shakespeare",
       "data_dir": str(tfds_dir),
       "source_dir": str(SHAKESPEARE_DIR),
       "seq_len": 64,
       "global_batch_size": 8,
       "seed": 0,
-  })
-  tok = tokenizers.ByteTokenizer()
-  validation = lm.make_lm_batches(
-      config, tok, "validation", process_index=0, process_count=1
+    }
   )
+  tok = tokenizers.ByteTokenizer()
+  validation = lm.make_lm_batches(config, tok, "validation", process_index=0, process_count=1)
   text = (SHAKESPEARE_DIR / "input.txt").read_text()[1_003_854:]
   assert tok.decode(validation.batch(0)["inputs"][0]) == text[:64]
   assert validation.batch(0)["inputs"][0].tolist() == tok.encode(text[:64])

@@ -21,9 +21,8 @@ def test_distillation_kl_matches_numpy():
     return e / e.sum(-1, keepdims=True)
 
   p, q = softmax(teacher / t), softmax(student / t)
-  expected = t ** 2 * np.sum(p * np.log(p / q), axis=-1)
-  np.testing.assert_allclose(losses.distillation_kl(student, teacher, t), expected,
-                             rtol=1e-5)
+  expected = t**2 * np.sum(p * np.log(p / q), axis=-1)
+  np.testing.assert_allclose(losses.distillation_kl(student, teacher, t), expected, rtol=1e-5)
   assert np.allclose(losses.distillation_kl(teacher, teacher, t), 0, atol=1e-6)
   # The teacher is a target: no gradient reaches it.
   grad = jax.grad(lambda x: losses.distillation_kl(student, x, t).sum())(teacher)
@@ -71,15 +70,17 @@ def moments(opt_state):
 
 
 def test_continued_training_on_new_data_keeps_or_resets_the_optimizer(
-    tfds_dir, tmp_path, mesh, teacher):
+  tfds_dir, tmp_path, mesh, teacher
+):
   config = tiny_config(tfds_dir)
   config.data.update(name="tiny_shakespeare", source_dir=str(SHARED_DATA / "tiny_shakespeare"))
   config.init_from = teacher
   source = checkpoint.restore_params(f"{teacher}/checkpoints")
 
   fresh = run_lib.build_training(config, str(tmp_path / "reset"), mesh=mesh).job
-  np.testing.assert_array_equal(fresh.state.params["final_norm"]["scale"],
-                                source["final_norm"]["scale"])
+  np.testing.assert_array_equal(
+    fresh.state.params["final_norm"]["scale"], source["final_norm"]["scale"]
+  )
   assert not any(np.any(x) for x in moments(fresh.state.opt_state))
 
   config.init_keep_optimizer = True

@@ -20,17 +20,23 @@ from helpers import TINY, run
 def test_a_nan_loss_leaves_the_state_unchanged_and_advances_the_step():
   params = {"w": jnp.ones(3)}
   optimizer = optax.adam(0.1)
-  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state=optimizer.init(params), rng=jax.random.key(0))
+  state = state_lib.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    rng=jax.random.key(0),
+  )
 
   def loss_fn(params, batch, rng, frozen):
     loss = jnp.sum(params["w"] * batch["x"])
     return loss, {"loss": loss}
+
   train_step = jax.jit(step_lib.make_train_step(loss_fn, optimizer, lambda step: 0.1))
   new, metrics = train_step(state, {"x": jnp.array([1.0, jnp.nan, 1.0])})
   assert int(new.step) == 1 and int(metrics["skipped"]) == 1
-  for a, b in zip(jax.tree.leaves((new.params, new.opt_state)),
-                  jax.tree.leaves((state.params, state.opt_state))):
+  for a, b in zip(
+    jax.tree.leaves((new.params, new.opt_state)), jax.tree.leaves((state.params, state.opt_state))
+  ):
     np.testing.assert_array_equal(a, b)
   new, metrics = train_step(new, {"x": jnp.ones(3)})
   assert int(metrics["skipped"]) == 0 and float(new.params["w"][0]) < 1.0
@@ -39,10 +45,17 @@ def test_a_nan_loss_leaves_the_state_unchanged_and_advances_the_step():
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_an_error_and_keeps_finite_checkpoints(tfds_dir, tmp_path):
   workdir = tmp_path / "run"
-  args = [*TINY, f"--config.data.data_dir={tfds_dir}", "--config.train.num_steps=40",
-          "--config.train.checkpoint_every=3", "--config.train.log_every=100",
-          "--config.train.keep_checkpoints=2", "--config.optim.lr=1e30",
-          "--config.optim.clip_norm=0", "--config.train.max_skipped_steps=4"]
+  args = [
+    *TINY,
+    f"--config.data.data_dir={tfds_dir}",
+    "--config.train.num_steps=40",
+    "--config.train.checkpoint_every=3",
+    "--config.train.log_every=100",
+    "--config.train.keep_checkpoints=2",
+    "--config.optim.lr=1e30",
+    "--config.optim.clip_norm=0",
+    "--config.train.max_skipped_steps=4",
+  ]
   result = run("train", workdir, *args)
   assert result.returncode == 2, result.stdout + result.stderr
   assert "the run diverged" in result.stderr and "train.max_skipped_steps=4" in result.stderr
@@ -68,8 +81,10 @@ def test_a_diverging_run_stops_with_an_error_and_keeps_finite_checkpoints(tfds_d
   assert result.returncode == 2, result.stdout + result.stderr
   records_then, records = records, read(workdir)
   assert max(records) == newest + 4 - in_a_row_then
-  assert (records[max(records)]["skipped_steps"]
-          == records_then[newest]["skipped_steps"] + 4 - in_a_row_then)
+  assert (
+    records[max(records)]["skipped_steps"]
+    == records_then[newest]["skipped_steps"] + 4 - in_a_row_then
+  )
 
 
 def skipped(records) -> set:

@@ -34,8 +34,11 @@ def test_an_old_run_directory_without_evals_resumes(tmp_path):
 
 
 def test_a_bad_entry_names_the_field_and_the_fix():
-  with pytest.raises(UsageError, match=r"evals\[1\].*kind='sum' is not an evaluator kind.*"
-                                       r"'predictions'.*evals.register"):
+  with pytest.raises(
+    UsageError,
+    match=r"evals\[1\].*kind='sum' is not an evaluator kind.*"
+    r"'predictions'.*evals.register",
+  ):
     evals.build([dict(kind="sums"), dict(kind="sum")], context=None)
   with pytest.raises(UsageError, match=r"evals\[0\].*'evry'; kind 'sums' takes every\."):
     evals.build([dict(kind="sums", evry=5)], context=None)

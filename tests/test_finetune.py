@@ -20,17 +20,26 @@ def test_merge_params_reports_restored_new_and_unused():
   params, report = state.merge_params(target, source, new=r"^classifier/")
   np.testing.assert_array_equal(params["encoder"]["kernel"], np.full((2, 3), 7.0))
   np.testing.assert_array_equal(params["classifier"]["kernel"], np.ones((3, 2)))
-  assert report == {"restored": ["encoder/kernel"], "new": ["classifier/kernel"],
-                    "unused": ["mlm_head/kernel"]}
+  assert report == {
+    "restored": ["encoder/kernel"],
+    "new": ["classifier/kernel"],
+    "unused": ["mlm_head/kernel"],
+  }
 
 
 def test_merge_params_errors_name_what_is_unmatched():
   target = tree(encoder=(2, 3), classifier=(3, 2))
-  with pytest.raises(ValueError, match=r"classifier/kernel: not in the source and not "
-                                       r"matched by init.new=''"):
+  with pytest.raises(
+    ValueError,
+    match=r"classifier/kernel: not in the source and not "
+    r"matched by init.new=''",
+  ):
     state.merge_params(target, {"encoder": {"kernel": np.zeros((2, 3))}})
-  with pytest.raises(ValueError, match=r"encoder/kernel: source shape \(3, 3\) != model "
-                                       r"\(2, 3\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"encoder/kernel: source shape \(3, 3\) != model "
+    r"\(2, 3\)",
+  ):
     state.merge_params(target, {"encoder": {"kernel": np.zeros((3, 3))}}, new="classifier")
 
 
@@ -54,8 +63,8 @@ def test_classifier_starts_from_a_bigflax_mlm_checkpoint(tfds_dir, tmp_path):
   from bigflax import run as run_lib
   from bigflax.train import loop, partitioning, writers
   from conftest import SHARED_DATA
-  from helpers import TINY_MODEL
   from experiments import bert_mlm_tiny
+  from helpers import TINY_MODEL
 
   mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   pretrain = bert_mlm_tiny.get_config()
@@ -68,17 +77,25 @@ def test_classifier_starts_from_a_bigflax_mlm_checkpoint(tfds_dir, tmp_path):
   finetune = bert_mlm_tiny.get_config()
   finetune.model.update(**TINY_MODEL, num_classes=2)
   finetune.task.name = "classify"
-  finetune.data.update(name="sst2", source_dir=str(SHARED_DATA / "sst2"), seq_len=64,
-                       global_batch_size=8, data_dir=tfds_dir)
+  finetune.data.update(
+    name="sst2",
+    source_dir=str(SHARED_DATA / "sst2"),
+    seq_len=64,
+    global_batch_size=8,
+    data_dir=tfds_dir,
+  )
   finetune.update(init_from=str(tmp_path / "mlm"), init_new=r"^classifier/")
   finetune.optim.freeze = r"^layer_0/"
   finetune.train.update(num_steps=3, eval_every=3, eval_steps=2, checkpoint_every=3)
   run = run_lib.build_training(finetune, str(tmp_path / "cls"), mesh=mesh).job
-  np.testing.assert_array_equal(run.state.params["token_embed"]["embedding"],
-                                pretrained["token_embed"]["embedding"])
+  np.testing.assert_array_equal(
+    run.state.params["token_embed"]["embedding"], pretrained["token_embed"]["embedding"]
+  )
   state = loop.train(run)
-  np.testing.assert_array_equal(state.params["layer_0"]["mlp"]["up"]["kernel"],
-                                pretrained["layer_0"]["mlp"]["up"]["kernel"])  # frozen
-  assert not np.array_equal(state.params["layer_1"]["mlp"]["up"]["kernel"],
-                            pretrained["layer_1"]["mlp"]["up"]["kernel"])
+  np.testing.assert_array_equal(
+    state.params["layer_0"]["mlp"]["up"]["kernel"], pretrained["layer_0"]["mlp"]["up"]["kernel"]
+  )  # frozen
+  assert not np.array_equal(
+    state.params["layer_1"]["mlp"]["up"]["kernel"], pretrained["layer_1"]["mlp"]["up"]["kernel"]
+  )
   assert "f1/macro" in writers.read(str(tmp_path / "cls"), "validation")[3]

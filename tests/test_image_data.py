@@ -20,7 +20,8 @@ SOURCE = SHARED_DATA / "fashion_mnist"
 def fashion_mnist_dir(tfds_dir):
   """The session's TFDS data_dir with fashion_mnist prepared (about 10 s)."""
   fashion_mnist.FashionMnist(data_dir=tfds_dir, source_dir=SOURCE).download_and_prepare(
-      file_format="array_record")
+    file_format="array_record"
+  )
   return tfds_dir
 
 
@@ -35,18 +36,20 @@ def test_builder_reads_every_image_and_label(fashion_mnist_dir):
   assert builder.info.splits["test"].num_examples == 10_000
   assert builder.info.features["label"].names[0] == "T-shirt/top"
 
-  train = [pipeline.load_labelled_images("fashion_mnist", split, fashion_mnist_dir)
-           for split in ("train", "validation")]
+  train = [
+    pipeline.load_labelled_images("fashion_mnist", split, fashion_mnist_dir)
+    for split in ("train", "validation")
+  ]
   images = np.concatenate([train[0][0], train[1][0]])
   labels = np.concatenate([train[0][1], train[1][1]])
   assert len(train[0][0]) == 55_000 and len(train[1][0]) == 5_000
-  np.testing.assert_array_equal(images.reshape(-1),
-                                raw_idx("train-images-idx3-ubyte.gz", 16))
+  np.testing.assert_array_equal(images.reshape(-1), raw_idx("train-images-idx3-ubyte.gz", 16))
   np.testing.assert_array_equal(labels, raw_idx("train-labels-idx1-ubyte.gz", 8))
   assert collections.Counter(labels.tolist()) == {c: 6_000 for c in range(10)}
 
-  test_images, test_labels = pipeline.load_labelled_images("fashion_mnist", "test",
-                                                           fashion_mnist_dir)
+  test_images, test_labels = pipeline.load_labelled_images(
+    "fashion_mnist", "test", fashion_mnist_dir
+  )
   assert test_images.shape == (10_000, 28, 28, 1) and test_images.dtype == np.uint8
   np.testing.assert_array_equal(test_labels, raw_idx("t10k-labels-idx1-ubyte.gz", 8))
   assert collections.Counter(test_labels.tolist()) == {c: 1_000 for c in range(10)}
@@ -65,11 +68,18 @@ def test_builder_rejects_a_corrupt_file(tmp_path):
 
 
 def test_evaluation_batches_cover_the_split_once(fashion_mnist_dir):
-  config = ml_collections.ConfigDict(dict(
-      name="fashion_mnist", data_dir=fashion_mnist_dir, source_dir=None,
-      global_batch_size=768, seed=0))
-  batches = classify.make_image_classification_batches(config, "test", process_index=1,
-                                                       process_count=2)
+  config = ml_collections.ConfigDict(
+    dict(
+      name="fashion_mnist",
+      data_dir=fashion_mnist_dir,
+      source_dir=None,
+      global_batch_size=768,
+      seed=0,
+    )
+  )
+  batches = classify.make_image_classification_batches(
+    config, "test", process_index=1, process_count=2
+  )
   assert batches.steps_per_epoch == 14  # ceil(10000 / 768)
   last = batches.batch(13)
   # Process 1's half of the last global batch: rows 10368-10751, all padding.
@@ -82,11 +92,15 @@ def brute_force_crop_and_flip(image, out, padding):
   """Every (top, left, flip) that turns `image` into `out`."""
   padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
   h, w, _ = image.shape
-  return [(top, left, flip)
-          for top in range(2 * padding + 1) for left in range(2 * padding + 1)
-          for flip in (False, True)
-          if np.array_equal((lambda c: c[:, ::-1] if flip else c)(
-              padded[top:top + h, left:left + w]), out)]
+  return [
+    (top, left, flip)
+    for top in range(2 * padding + 1)
+    for left in range(2 * padding + 1)
+    for flip in (False, True)
+    if np.array_equal(
+      (lambda c: c[:, ::-1] if flip else c)(padded[top : top + h, left : left + w]), out
+    )
+  ]
 
 
 def test_crop_and_flip_is_a_random_shift_and_mirror_seeded_by_step():

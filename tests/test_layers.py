@@ -31,8 +31,9 @@ def test_attention_matches_numpy(heads, kv_heads):
   v = rng.normal(size=(2, 7, kv_heads, 8)).astype(np.float32)
   mask = rng.random((2, 1, 5, 7)) > 0.3
   mask[..., 0] = True
-  got = attention.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                                        jnp.asarray(mask))
+  got = attention.dot_product_attention(
+    jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask)
+  )
   np.testing.assert_allclose(got, numpy_attention(q, k, v, mask), atol=1e-5)
 
 
@@ -72,12 +73,14 @@ def test_every_block_option_a_model_has_reaches_its_blocks(name):
   default, `block_config()` passes it on."""
   block_fields = {f.name: f for f in dataclasses.fields(blocks.BlockConfig)}
   shared = models.fields(name) & set(block_fields)
-  kwargs = {f.name: 4 for f in dataclasses.fields(models.MODELS[name])
-            if f.default is dataclasses.MISSING}  # the sizes every model needs
+  kwargs = {
+    f.name: 4 for f in dataclasses.fields(models.MODELS[name]) if f.default is dataclasses.MISSING
+  }  # the sizes every model needs
   kwargs.update({field: unlike(block_fields[field]) for field in shared})
   config = models.MODELS[name](**kwargs).block_config()
   assert {field: getattr(config, field) for field in shared} == {
-      field: kwargs[field] for field in shared}
+    field: kwargs[field] for field in shared
+  }
 
 
 def test_gpt_derives_its_block_options():
@@ -119,16 +122,19 @@ def test_rope_depends_only_on_relative_position():
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+
   def score(i, j):
     qi = attention.rope(q, jnp.array([[i]]))
     kj = attention.rope(k, jnp.array([[j]]))
     return float(jnp.sum(qi * kj))
+
   assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
   assert score(0, 0) == pytest.approx(float(jnp.sum(q * k)), abs=1e-5)
   assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
   # rotation preserves norms
-  np.testing.assert_allclose(jnp.linalg.norm(attention.rope(q, jnp.array([[5]]))),
-                             jnp.linalg.norm(q), rtol=1e-6)
+  np.testing.assert_allclose(
+    jnp.linalg.norm(attention.rope(q, jnp.array([[5]]))), jnp.linalg.norm(q), rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize("position,scan", [("learned", False), ("rope", True)])
@@ -139,19 +145,20 @@ def test_kv_cache_decoding_equals_full_forward(position, scan):
   full = model.apply({"params": params}, tokens)
   decoder = model.clone(decode=True)
   cache = jax.tree.map(jnp.zeros_like, decoder.init(jax.random.key(0), tokens[:, :1])["cache"])
-  logits, variables = decoder.apply({"params": params, "cache": cache}, tokens[:, :5],
-                                    mutable=["cache"])
+  logits, variables = decoder.apply(
+    {"params": params, "cache": cache}, tokens[:, :5], mutable=["cache"]
+  )
   outputs = [logits]
   for t in range(5, 12):
-    logits, variables = decoder.apply({"params": params, "cache": variables["cache"]},
-                                      tokens[:, t:t + 1], mutable=["cache"])
+    logits, variables = decoder.apply(
+      {"params": params, "cache": variables["cache"]}, tokens[:, t : t + 1], mutable=["cache"]
+    )
     outputs.append(logits)
   np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), full, atol=1e-5)
 
 
 def test_swiglu_mlp_matches_numpy():
-  mlp = blocks.MLP(blocks.BlockConfig(num_heads=1, mlp_dim=6, activation="swiglu",
-                                       use_bias=False))
+  mlp = blocks.MLP(blocks.BlockConfig(num_heads=1, mlp_dim=6, activation="swiglu", use_bias=False))
   x = jax.random.normal(jax.random.key(0), (3, 4))
   p = nn.unbox(mlp.init(jax.random.key(1), x)["params"])
   silu = lambda z: z / (1 + np.exp(-z))
@@ -168,7 +175,7 @@ def test_norms_match_numpy(kind):
   if kind == "layernorm":
     want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
   else:
-    want = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6)
+    want = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)
   np.testing.assert_allclose(norm.apply(params, x), want, rtol=1e-5, atol=1e-5)
 
 
@@ -180,5 +187,6 @@ def test_scan_and_loop_give_the_same_function():
   layers_ = [p_loop[f"layer_{i}"] for i in range(2)]
   p_scan = {k: v for k, v in p_loop.items() if not k.startswith("layer_")}
   p_scan["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers_)
-  np.testing.assert_allclose(looped.apply({"params": p_loop}, tokens),
-                             scanned.apply({"params": p_scan}, tokens), atol=1e-5)
+  np.testing.assert_allclose(
+    looped.apply({"params": p_loop}, tokens), scanned.apply({"params": p_scan}, tokens), atol=1e-5
+  )

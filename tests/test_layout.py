@@ -30,8 +30,9 @@ def imports(path: pathlib.Path, name: str, known) -> set[str]:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
-                        + ([base] if base else []))
+        base = ".".join(
+          package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+        )
       found.add(base)
       found |= {f"{base}.{a.name}" for a in node.names}
     elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
@@ -61,8 +62,11 @@ def test_no_import_cycles():
 
 
 def test_only_the_command_line_reads_flags():
-  readers = {str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
-             if re.search(r"\bFLAGS\b", p.read_text())}
+  readers = {
+    str(p.relative_to(REPO))
+    for p in PACKAGE.rglob("*.py")
+    if re.search(r"\bFLAGS\b", p.read_text())
+  }
   assert readers == {"bigflax/cli.py"}
 
 

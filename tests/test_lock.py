@@ -29,8 +29,11 @@ def logged_steps(workdir) -> list[int]:
   """The step of every complete line of metrics.jsonl, in file order (strict JSON)."""
   text = (workdir / "metrics.jsonl").read_text() if (workdir / "metrics.jsonl").exists() else ""
   reject = lambda constant: pytest.fail(f"bare {constant} in metrics.jsonl")
-  return [json.loads(line, parse_constant=reject)["step"]
-          for line in text.splitlines(keepends=True) if line.endswith("\n")]
+  return [
+    json.loads(line, parse_constant=reject)["step"]
+    for line in text.splitlines(keepends=True)
+    if line.endswith("\n")
+  ]
 
 
 @pytest.mark.slow
@@ -38,8 +41,9 @@ def test_a_second_writer_refuses_and_a_killed_writers_lock_is_taken_over(tfds_di
   workdir = tmp_path / "run"
   args = [*TINY, f"--config.data.data_dir={tfds_dir}", "--config.train.checkpoint_every=4"]
   first = start("train", workdir, *args, LONG)
-  wait_for(lambda: (workdir / "checkpoints" / "4").is_dir() and len(logged_steps(workdir)) > 5,
-           first)
+  wait_for(
+    lambda: (workdir / "checkpoints" / "4").is_dir() and len(logged_steps(workdir)) > 5, first
+  )
   config = (workdir / "config.json").read_text()
 
   second = run("train", workdir, *args, LONG, timeout=120)
@@ -59,8 +63,13 @@ def test_a_second_writer_refuses_and_a_killed_writers_lock_is_taken_over(tfds_di
   latest = checkpoint.latest_step(workdir / "checkpoints")
   resumed = start("train", workdir, *args, LONG)
   # Past the partial line (dropped when the resume truncates the file) and a step further.
-  wait_for(lambda: "100001" not in (workdir / "metrics.jsonl").read_text()
-           and max(logged_steps(workdir)) > latest + 1, resumed)
+  wait_for(
+    lambda: (
+      "100001" not in (workdir / "metrics.jsonl").read_text()
+      and max(logged_steps(workdir)) > latest + 1
+    ),
+    resumed,
+  )
   resumed.send_signal(signal.SIGTERM)  # save and stop: the lock goes too
   output = resumed.communicate(timeout=120)[0]
   assert f"taking over {workdir / 'train.lock'}, left by PID {first.pid}" in output
@@ -79,7 +88,8 @@ def dead_pid() -> int:
 
 
 def test_a_live_holder_is_refused_a_dead_one_taken_over_and_the_lock_goes_on_error(
-    tmp_path, capsys):
+  tmp_path, capsys
+):
   path = tmp_path / "train.lock"
   alive = {"host": platform.node(), "pid": os.getppid(), "since": "2026-01-01T00:00:00+00:00"}
   path.write_text(json.dumps(alive))
@@ -91,9 +101,8 @@ def test_a_live_holder_is_refused_a_dead_one_taken_over_and_the_lock_goes_on_err
     lock.acquire(str(tmp_path))
 
   path.write_text(json.dumps(dict(alive, pid=dead_pid())))
-  with pytest.raises(RuntimeError, match="the block failed"):
-    with lock.held(str(tmp_path)):
-      assert json.loads(path.read_text())["pid"] == os.getpid()
-      raise RuntimeError("the block failed")
+  with pytest.raises(RuntimeError, match="the block failed"), lock.held(str(tmp_path)):
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    raise RuntimeError("the block failed")
   assert "taking over" in capsys.readouterr().err
   assert not path.exists()

@@ -15,7 +15,8 @@ import pytest
 from bigflax import configs, models, tasks, workdir
 from bigflax.models import gpt, layers, lora
 from bigflax.tasks import lm
-from bigflax.train import optim, step as step_lib
+from bigflax.train import optim
+from bigflax.train import step as step_lib
 from bigflax.train.state import TrainState
 
 L, D, H, MLP, R = 2, 16, 2, 48, 4
@@ -59,16 +60,18 @@ def test_adapted_model_starts_as_the_base_model(scan):
   # B = 0: merging changes no weight, and the base model gives the same outputs.
   base_params = lora.merge(params, model.lora)
   jax.tree.map(np.testing.assert_array_equal, base_params, without_adapters(params))
-  np.testing.assert_array_equal(apply(model, params, tokens()),
-                                apply(base, base_params, tokens()))
+  np.testing.assert_array_equal(apply(model, params, tokens()), apply(base, base_params, tokens()))
 
 
-@pytest.mark.parametrize("targets,per_layer", [
+@pytest.mark.parametrize(
+  "targets,per_layer",
+  [
     # Hu et al.'s choice, W_q and W_v: (d + d) r each.
     (r"attention/(query|value)/kernel", 2 * (D + D) * R),
     # every projection: q, k, v, out are d x d; up is d x mlp, down mlp x d.
     (ALL, 4 * (D + D) * R + 2 * (D + MLP) * R),
-])
+  ],
+)
 def test_only_the_adapters_train(targets, per_layer):
   model = adapted(targets=targets)
   params = init(model)
@@ -84,11 +87,12 @@ def test_only_the_adapters_train(targets, per_layer):
   assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == 2 * L * per_layer
 
   def train(trained_mask):
-    train_step = jax.jit(step_lib.make_train_step(
-        tasks.trainer_loss(lm, model), tx, optax.constant_schedule(0.05),
-        trained=trained_mask))
-    state = TrainState(step=jnp.array(0), params=params, opt_state=opt_state,
-                       rng=jax.random.key(2))
+    train_step = jax.jit(
+      step_lib.make_train_step(
+        tasks.trainer_loss(lm, model), tx, optax.constant_schedule(0.05), trained=trained_mask
+      )
+    )
+    state = TrainState(step=jnp.array(0), params=params, opt_state=opt_state, rng=jax.random.key(2))
     batch = {"inputs": tokens()[:, :-1], "targets": tokens()[:, 1:]}
     losses = []
     for _ in range(5):
@@ -100,13 +104,16 @@ def test_only_the_adapters_train(targets, per_layer):
   trained = train(None)
   # Skipping the frozen weights' gradients changes nothing but the cost (and the float
   # rounding: Adam's steps are 0.05, a wrong gradient would show at 1e-2).
-  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-4), trained, train(
-      functools.partial(optim.trained_mask, config, train_only=lora.ADAPTERS)))
-  changed = {k for k, x in lora.adapters(trained).items()
-             if not np.array_equal(x, lora.adapters(params)[k])}
+  jax.tree.map(
+    functools.partial(np.testing.assert_allclose, atol=1e-4),
+    trained,
+    train(functools.partial(optim.trained_mask, config, train_only=lora.ADAPTERS)),
+  )
+  changed = {
+    k for k, x in lora.adapters(trained).items() if not np.array_equal(x, lora.adapters(params)[k])
+  }
   assert changed == set(lora.adapters(params))
-  jax.tree.map(np.testing.assert_array_equal, without_adapters(trained),
-               without_adapters(params))
+  jax.tree.map(np.testing.assert_array_equal, without_adapters(trained), without_adapters(params))
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -115,17 +122,20 @@ def test_merged_weights_give_the_adapted_outputs(scan):
   params = init(model)
   # Trained-looking adapters: both factors nonzero.
   params = jax.tree_util.tree_map_with_path(
-      lambda path, x: x + 0.3 * jax.random.normal(jax.random.key(len(str(path))), x.shape)
-      if "lora_" in jax.tree_util.keystr(path) else x, params)
+    lambda path, x: (
+      x + 0.3 * jax.random.normal(jax.random.key(len(str(path))), x.shape)
+      if "lora_" in jax.tree_util.keystr(path)
+      else x
+    ),
+    params,
+  )
   merged = lora.merge(params, model.lora)
   assert not lora.adapters(merged)
   plain = gpt.GPT(**TINY, scan_layers=scan)
   assert jax.tree.structure(merged) == jax.tree.structure(init(plain))
   adapted_out = apply(model, params, tokens())
-  assert not np.allclose(adapted_out, apply(plain, init(plain), tokens()),
-                         atol=1e-3)
-  np.testing.assert_allclose(apply(plain, merged, tokens()), adapted_out,
-                             atol=2e-5)
+  assert not np.allclose(adapted_out, apply(plain, init(plain), tokens()), atol=1e-3)
+  np.testing.assert_allclose(apply(plain, merged, tokens()), adapted_out, atol=2e-5)
 
 
 def test_adapters_save_and_load_alone(tmp_path):
@@ -137,10 +147,14 @@ def test_adapters_save_and_load_alone(tmp_path):
   loaded = lora.load(path, fresh)
   jax.tree.map(np.testing.assert_array_equal, lora.adapters(loaded), lora.adapters(params))
   # Everything else is the target's own.
-  np.testing.assert_array_equal(loaded["token_embed"]["embedding"],
-                                fresh["token_embed"]["embedding"])
-  with pytest.raises(ValueError, match=r"mis-shaped: layer_0/attention/query/lora_a: "
-                                       r"file \(16, 4\) != model \(16, 2\)"):
+  np.testing.assert_array_equal(
+    loaded["token_embed"]["embedding"], fresh["token_embed"]["embedding"]
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"mis-shaped: layer_0/attention/query/lora_a: "
+    r"file \(16, 4\) != model \(16, 2\)",
+  ):
     lora.load(path, init(adapted(rank=2)))
   with pytest.raises(ValueError, match=r"missing: layer_0/mlp/up/lora_a"):
     lora.load(path, init(adapted(targets=r"(query|value|up)/kernel")))
@@ -155,12 +169,12 @@ def test_lora_config_errors_name_the_field():
     lora.from_config(dict(rank=2))
   assert lora.from_config(configs.lora()) is None  # rank 0 = off
   config = ml_collections.ConfigDict(dict(name="gpt", **TINY, lora=configs.lora(rank=4)))
-  assert models.lora_config(models.build(config)) == layers.LoRA(4, 16.0, 0.0,
-                                                                 config.lora.targets)
+  assert models.lora_config(models.build(config)) == layers.LoRA(4, 16.0, 0.0, config.lora.targets)
   config.lora.rank = 0
   assert models.lora_config(models.build(config)) is None
-  vit = ml_collections.ConfigDict(dict(name="vit", num_classes=2, num_layers=1, num_heads=1,
-                                       embed_dim=8, mlp_dim=8))
+  vit = ml_collections.ConfigDict(
+    dict(name="vit", num_classes=2, num_layers=1, num_heads=1, embed_dim=8, mlp_dim=8)
+  )
   assert models.lora_config(models.build(vit)) is None  # a model that offers no LoRA
 
 
@@ -190,13 +204,15 @@ def test_lora_run_from_a_base_run(tfds_dir, tmp_path):
   params = checkpoint.restore_params(str(tmp_path / "lora" / "checkpoints"))
 
   adapters = lora.adapters(params)
-  assert sorted(adapters) == [f"layer_{i}/attention/{p}/lora_{ab}" for i in range(2)
-                              for p in ("query", "value") for ab in "ab"]
+  assert sorted(adapters) == [
+    f"layer_{i}/attention/{p}/lora_{ab}"
+    for i in range(2)
+    for p in ("query", "value")
+    for ab in "ab"
+  ]
   assert all(np.abs(x).max() > 0 for x in adapters.values())  # B left zero
-  jax.tree.map(np.testing.assert_array_equal, without_adapters(params),
-               without_adapters(base))
-  saved = lora.load(str(tmp_path / "lora" / workdir.ADAPTERS),
-                    jax.tree.map(np.zeros_like, params))
+  jax.tree.map(np.testing.assert_array_equal, without_adapters(params), without_adapters(base))
+  saved = lora.load(str(tmp_path / "lora" / workdir.ADAPTERS), jax.tree.map(np.zeros_like, params))
   jax.tree.map(np.testing.assert_array_equal, lora.adapters(saved), adapters)
 
 
@@ -205,14 +221,23 @@ def test_lora_fine_tune_of_a_classifier_trains_the_new_head_too():
   pretrained BERT does not."""
   from bigflax import run as run_lib
   from experiments import sst2_minilm
+
   config = sst2_minilm.get_config()
   config.model.update(num_layers=2, lora=configs.lora(rank=4))
   model = models.build(config.model)
-  shapes = jax.eval_shape(lambda: nn.unbox(model.init(
-      jax.random.key(0), jnp.zeros((1, 8), jnp.int32), head="classify")["params"]))
+  shapes = jax.eval_shape(
+    lambda: nn.unbox(
+      model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32), head="classify")["params"]
+    )
+  )
   mask = optim.trained_mask(config.optim, shapes, run_lib.trainable(config, model))
-  trained = sorted(optim.param_path(p) for p, t in jax.tree_util.tree_leaves_with_path(mask)
-                   if t)
-  assert trained == sorted(["classifier/bias", "classifier/kernel"] + [
-      f"layer_{i}/attention/{p}/lora_{ab}" for i in range(2) for p in ("query", "value")
-      for ab in "ab"])
+  trained = sorted(optim.param_path(p) for p, t in jax.tree_util.tree_leaves_with_path(mask) if t)
+  assert trained == sorted(
+    ["classifier/bias", "classifier/kernel"]
+    + [
+      f"layer_{i}/attention/{p}/lora_{ab}"
+      for i in range(2)
+      for p in ("query", "value")
+      for ab in "ab"
+    ]
+  )

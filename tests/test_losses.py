@@ -21,5 +21,6 @@ def test_cross_entropy_matches_numpy(smoothing):
 
 def test_correct_is_argmax_agreement():
   logits = jnp.array([[0.1, 2.0, -1.0], [3.0, 3.0, 0.0], [0.0, 0.0, 5.0]])
-  np.testing.assert_array_equal(losses.correct(logits, jnp.array([1, 1, 0])),
-                                [True, True, False])  # a tie counts as correct
+  np.testing.assert_array_equal(
+    losses.correct(logits, jnp.array([1, 1, 0])), [True, True, False]
+  )  # a tie counts as correct

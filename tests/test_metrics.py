@@ -5,9 +5,10 @@ import json
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigflax import losses, metrics
 from bigflax.train import partitioning
@@ -17,7 +18,8 @@ try:
 except ImportError:
   skm = None
 needs_sklearn = pytest.mark.skipif(
-    skm is None, reason="scikit-learn is not installed (pip install scikit-learn)")
+  skm is None, reason="scikit-learn is not installed (pip install scikit-learn)"
+)
 
 jit_confusion = jax.jit(metrics.confusion_matrix, static_argnums=2)
 
@@ -38,13 +40,15 @@ def test_matches_sklearn(num_classes, missing_classes):
   labels, predictions = sample(num_classes, 200, num_classes, missing_classes)
   classes = list(range(num_classes))
   confusion = jit_confusion(jnp.asarray(labels), jnp.asarray(predictions), num_classes)
-  np.testing.assert_array_equal(confusion, skm.confusion_matrix(labels, predictions,
-                                                                labels=classes))
+  np.testing.assert_array_equal(
+    confusion, skm.confusion_matrix(labels, predictions, labels=classes)
+  )
 
   got = metrics.classification_metrics(confusion)
   assert got["accuracy"] == pytest.approx(skm.accuracy_score(labels, predictions))
-  prfs = functools.partial(skm.precision_recall_fscore_support, labels, predictions,
-                           labels=classes, zero_division=0)
+  prfs = functools.partial(
+    skm.precision_recall_fscore_support, labels, predictions, labels=classes, zero_division=0
+  )
   precision, recall, f1, support = prfs(average=None)
   for i in classes:
     assert got[f"precision/class_{i}"] == pytest.approx(precision[i])
@@ -70,8 +74,9 @@ def test_weights_mask_padded_rows(dtype):
   padded = lambda x, fill: jnp.asarray(np.concatenate([x, np.full(3, fill)]))
   weights = padded(np.ones(13, dtype), 0).astype(dtype)
   got = jit_confusion(padded(labels, 4), padded(predictions, 1), 5, weights)
-  np.testing.assert_array_equal(got, jit_confusion(jnp.asarray(labels),
-                                                   jnp.asarray(predictions), 5))
+  np.testing.assert_array_equal(
+    got, jit_confusion(jnp.asarray(labels), jnp.asarray(predictions), 5)
+  )
   assert got.dtype == jnp.float32 and got.sum() == 13
 
 
@@ -86,13 +91,15 @@ def test_classification_sums_masks_loss_count_and_confusion():
   assert float(sums["loss"]) == pytest.approx(float(nll[keep].sum()), rel=1e-6)
   assert float(sums["count"]) == 5
   np.testing.assert_array_equal(
-      sums["confusion"],
-      metrics.confusion_matrix(labels[keep], logits.argmax(-1)[keep], 3))
+    sums["confusion"], metrics.confusion_matrix(labels[keep], logits.argmax(-1)[keep], 3)
+  )
 
 
 def test_accumulate_adds_sums_across_batches():
-  batches = [{"loss": jnp.float32(1.5), "confusion": jnp.eye(2)},
-             {"loss": jnp.float32(2.0), "confusion": jnp.ones((2, 2))}]
+  batches = [
+    {"loss": jnp.float32(1.5), "confusion": jnp.eye(2)},
+    {"loss": jnp.float32(2.0), "confusion": jnp.ones((2, 2))},
+  ]
   totals = None
   for sums in batches:
     totals = metrics.accumulate(totals, sums)
@@ -110,7 +117,8 @@ def test_means_divide_by_the_count_in_a_step_and_on_the_host():
   assert metrics.means(totals, "count")["loss"] == np.float64(np.float32(0.1)) / 4
   assert metrics.means(totals, "count")["loss"].dtype == np.float64
   empty = jax.jit(functools.partial(metrics.means, count="count"))(
-      {"loss": jnp.float32(0.0), "count": jnp.float32(0.0)})
+    {"loss": jnp.float32(0.0), "count": jnp.float32(0.0)}
+  )
   assert float(empty["loss"]) == 0.0
 
 
@@ -138,26 +146,27 @@ def test_confusion_of_a_sharded_global_batch():
   with jax.set_mesh(mesh):
     got = jit_confusion(sharded(labels), sharded(predictions), 3, sharded(weights))
   np.testing.assert_array_equal(
-      got, metrics.confusion_matrix(labels[weights], predictions[weights], 3))
+    got, metrics.confusion_matrix(labels[weights], predictions[weights], 3)
+  )
 
 
 def test_confusion_json_and_text():
   confusion = np.array([[5.0, 1.0], [2.0, 30.0]])
   record = metrics.confusion_matrix_json(confusion, ["cat", "dog"])
-  assert json.loads(json.dumps(record)) == {"classes": ["cat", "dog"],
-                                            "matrix": [[5, 1], [2, 30]]}
+  assert json.loads(json.dumps(record)) == {"classes": ["cat", "dog"], "matrix": [[5, 1], [2, 30]]}
   text = metrics.format_confusion_matrix(confusion, ["cat", "dog"])
-  assert text.splitlines() == ["true\\pred cat dog",
-                               "      cat   5   1",
-                               "      dog   2  30"]
+  assert text.splitlines() == ["true\\pred cat dog", "      cat   5   1", "      dog   2  30"]
 
 
 def test_confusion_png_is_a_real_image(tmp_path):
   pytest.importorskip("matplotlib", reason="matplotlib is not installed")
   path = tmp_path / "confusion.png"
   labels, predictions = sample(10, 300, 4, missing_classes=True)
-  metrics.save_confusion_matrix_png(metrics.confusion_matrix(labels, predictions, 10), path,
-                                    class_names=[f"class {i}" for i in range(10)])
+  metrics.save_confusion_matrix_png(
+    metrics.confusion_matrix(labels, predictions, 10),
+    path,
+    class_names=[f"class {i}" for i in range(10)],
+  )
   data = path.read_bytes()
   assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
@@ -173,14 +182,15 @@ def test_token_metrics_from_class_counts_match_scikit_learn():
   labels = rng.integers(0, 40, size=(4, 50))
   predictions = np.where(rng.random((4, 50)) < 0.4, labels, rng.integers(0, 60, (4, 50)))
   weights = (rng.random((4, 50)) < 0.8).astype(np.float32)
-  sums = metrics.class_count_sums(jnp.asarray(labels), jnp.asarray(predictions), 300,
-                                  jnp.asarray(weights))
-  result = metrics.averaged_metrics(sums["true_positives"], sums["support"],
-                                    sums["predicted"], present_only=True)
+  sums = metrics.class_count_sums(
+    jnp.asarray(labels), jnp.asarray(predictions), 300, jnp.asarray(weights)
+  )
+  result = metrics.averaged_metrics(
+    sums["true_positives"], sums["support"], sums["predicted"], present_only=True
+  )
   keep = weights.reshape(-1) > 0
   y, p = labels.reshape(-1)[keep], predictions.reshape(-1)[keep]
   for average in ("macro", "micro", "weighted"):
-    expected = skm.precision_recall_fscore_support(y, p, average=average,
-                                                               zero_division=0)[:3]
+    expected = skm.precision_recall_fscore_support(y, p, average=average, zero_division=0)[:3]
     got = [result[f"{name}/{average}"] for name in ("precision", "recall", "f1")]
     np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=average)

@@ -11,6 +11,7 @@ from bigflax.train import writers
 def strict(line: str) -> dict:
   def bare(constant):
     raise ValueError(f"bare {constant} is not JSON")
+
   return json.loads(line, parse_constant=bare)
 
 
@@ -20,8 +21,7 @@ def test_non_finite_values_are_valid_json_and_a_cut_line_is_dropped(tmp_path, ca
     writer.write(step, "train", {"loss": loss})
   writer.close()
   path = tmp_path / "metrics.jsonl"
-  assert [strict(line)["loss"] for line in path.read_text().splitlines()] == [2.5, None,
-                                                                              None, 1.5]
+  assert [strict(line)["loss"] for line in path.read_text().splitlines()] == [2.5, None, None, 1.5]
   read = writers.read(str(tmp_path))
   assert read[1]["loss"] == 2.5 and math.isnan(read[2]["loss"]) and math.isnan(read[3]["loss"])
 

@@ -28,8 +28,13 @@ def prepared(tmp_path_factory):
 def batches(config, split="train", process_index=0, process_count=1, **changes):
   data = config.data.copy_and_resolve_references()
   data.update(changes)
-  return lm.make_lm_batches(data, tokenizers.ByteTokenizer(), split,
-                            process_index=process_index, process_count=process_count)
+  return lm.make_lm_batches(
+    data,
+    tokenizers.ByteTokenizer(),
+    split,
+    process_index=process_index,
+    process_count=process_count,
+  )
 
 
 def test_realised_proportions_over_1000_steps_are_the_weights(prepared):
@@ -69,21 +74,21 @@ def test_the_batch_of_a_step_is_a_function_of_seed_and_step(prepared):
 @pytest.mark.parametrize("process_count", [2, 4])
 def test_processes_read_their_rows_of_the_one_process_batch(prepared, process_count):
   whole = batches(prepared)
-  parts = [batches(prepared, process_index=p, process_count=process_count)
-           for p in range(process_count)]
+  parts = [
+    batches(prepared, process_index=p, process_count=process_count) for p in range(process_count)
+  ]
   for step in (0, 13, 250):
-    np.testing.assert_array_equal(np.concatenate([p.rows(step) for p in parts]),
-                                  whole.rows(step))
+    np.testing.assert_array_equal(np.concatenate([p.rows(step) for p in parts]), whole.rows(step))
     np.testing.assert_array_equal(
-        np.concatenate([p.batch(step)["inputs"] for p in parts]), whole.batch(step)["inputs"])
+      np.concatenate([p.batch(step)["inputs"] for p in parts]), whole.batch(step)["inputs"]
+    )
 
 
 def test_a_corpus_that_runs_out_wraps_with_a_new_permutation(prepared):
   train = batches(prepared)
   small = train.names.index("small")
   n = len(read_all(prepared.data.prepared_dir, "small", "train"))
-  epochs = [[train.position_window(small, p) for p in range(e * n, (e + 1) * n)]
-            for e in range(3)]
+  epochs = [[train.position_window(small, p) for p in range(e * n, (e + 1) * n)] for e in range(3)]
   for epoch in epochs:
     assert sorted(epoch) == list(range(n))
   assert epochs[0] != epochs[1] != epochs[2]
@@ -92,7 +97,8 @@ def test_a_corpus_that_runs_out_wraps_with_a_new_permutation(prepared):
   drawn = [p for s in range(400) for c, p in zip(*train.positions(s)) if c == small]
   assert sorted(drawn) == list(range(len(drawn))) and len(drawn) > 3 * n
   assert [w for c, w in train.rows(0) if c == small] == [
-      epochs[0][p] for c, p in zip(*train.positions(0)) if c == small]
+    epochs[0][p] for c, p in zip(*train.positions(0)) if c == small
+  ]
 
 
 def test_validation_reads_each_corpus_in_order(prepared):
@@ -104,8 +110,7 @@ def test_validation_reads_each_corpus_in_order(prepared):
   for name, windows in seen.items():
     n = len(read_all(prepared.data.prepared_dir, name, "validation"))
     # Positions 0, 1, 2, ... of an unshuffled stream: windows in order, wrapping at n.
-    assert collections.Counter(windows) == collections.Counter(
-        p % n for p in range(len(windows)))
+    assert collections.Counter(windows) == collections.Counter(p % n for p in range(len(windows)))
 
 
 def test_weights_the_batch_cannot_hold_are_refused(prepared):

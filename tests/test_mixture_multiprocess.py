@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from bigflax.data import prepare
 from conftest import REPO
 from helpers import data_config, env, free_port, make_text_corpus, text_corpus
-from bigflax.data import prepare
 
 pytestmark = pytest.mark.slow
 STEPS, RESUME_AT = 6, 3
@@ -23,15 +23,37 @@ def reader_env(devices):
 
 def readers(config_json, start, stop, out, processes):
   """Popen of the processes that read steps [start, stop) together."""
-  command = [sys.executable, str(REPO / "tests" / "mixture_reader.py"), str(config_json),
-             str(start), str(stop), str(out)]
+  command = [
+    sys.executable,
+    str(REPO / "tests" / "mixture_reader.py"),
+    str(config_json),
+    str(start),
+    str(stop),
+    str(out),
+  ]
   if processes == 1:
-    return [subprocess.Popen(command, cwd=REPO, env=reader_env(8), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)]
+    return [
+      subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=reader_env(8),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+    ]
   address = f"127.0.0.1:{free_port()}"
-  return [subprocess.Popen([*command, address, str(processes), str(i)], cwd=REPO,
-                           env=reader_env(8 // processes), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+  return [
+    subprocess.Popen(
+      [*command, address, str(processes), str(i)],
+      cwd=REPO,
+      env=reader_env(8 // processes),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(processes)
+  ]
 
 
 def test_resume_on_another_process_count_sees_the_same_batches(tmp_path):
@@ -45,12 +67,16 @@ def test_resume_on_another_process_count_sees_the_same_batches(tmp_path):
   config_json.write_text(json.dumps(config.data.to_dict()))
 
   runs = {  # name: (start, stop, processes)
-      "uninterrupted": (0, STEPS, 1),
-      "two_first": (0, RESUME_AT, 2), "one_after": (RESUME_AT, STEPS, 1),
-      "one_first": (0, RESUME_AT, 1), "two_after": (RESUME_AT, STEPS, 2),
+    "uninterrupted": (0, STEPS, 1),
+    "two_first": (0, RESUME_AT, 2),
+    "one_after": (RESUME_AT, STEPS, 1),
+    "one_first": (0, RESUME_AT, 1),
+    "two_after": (RESUME_AT, STEPS, 2),
   }
-  procs = {name: readers(config_json, start, stop, tmp_path / f"{name}.npy", processes)
-           for name, (start, stop, processes) in runs.items()}
+  procs = {
+    name: readers(config_json, start, stop, tmp_path / f"{name}.npy", processes)
+    for name, (start, stop, processes) in runs.items()
+  }
   for name, group in procs.items():
     for p in group:
       out = p.communicate(timeout=240)[0]
@@ -61,5 +87,4 @@ def test_resume_on_another_process_count_sees_the_same_batches(tmp_path):
   assert got["uninterrupted"].shape == (STEPS, 16, 32)
   assert len({got["uninterrupted"][s].tobytes() for s in range(STEPS)}) == STEPS
   for first, after in (("two_first", "one_after"), ("one_first", "two_after")):
-    np.testing.assert_array_equal(np.concatenate([got[first], got[after]]),
-                                  got["uninterrupted"])
+    np.testing.assert_array_equal(np.concatenate([got[first], got[after]]), got["uninterrupted"])

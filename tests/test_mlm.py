@@ -12,8 +12,7 @@ from helpers import TINY_MODEL
 
 def test_masking_statistics_follow_bert():
   tokens = np.random.default_rng(0).integers(10, 200, size=(256, 128)).astype(np.int32)
-  out = mlm.mask_tokens(7, {"tokens": tokens}, seed=0, rate=0.15, mask_id=300,
-                        vocab_size=259)
+  out = mlm.mask_tokens(7, {"tokens": tokens}, seed=0, rate=0.15, mask_id=300, vocab_size=259)
   chosen = out["weights"] > 0
   assert abs(chosen.mean() - 0.15) < 0.005
   masked = out["inputs"] == 300
@@ -22,11 +21,9 @@ def test_masking_statistics_follow_bert():
   assert abs(masked[chosen].mean() - 0.8) < 0.01
   assert abs((unchanged & chosen).sum() / chosen.sum() - 0.1 - 1 / 259 * 0.1) < 0.01
   np.testing.assert_array_equal(out["targets"], tokens)
-  again = mlm.mask_tokens(7, {"tokens": tokens}, seed=0, rate=0.15, mask_id=300,
-                          vocab_size=259)
+  again = mlm.mask_tokens(7, {"tokens": tokens}, seed=0, rate=0.15, mask_id=300, vocab_size=259)
   np.testing.assert_array_equal(again["inputs"], out["inputs"])  # a function of the step
-  other = mlm.mask_tokens(8, {"tokens": tokens}, seed=0, rate=0.15, mask_id=300,
-                          vocab_size=259)
+  other = mlm.mask_tokens(8, {"tokens": tokens}, seed=0, rate=0.15, mask_id=300, vocab_size=259)
   assert not np.array_equal(other["weights"], out["weights"])
 
 

@@ -16,14 +16,15 @@ from bigflax import configs, run
 from bigflax.plan import hlo
 from bigflax.plan import planner as plan
 from bigflax.plan import report as plan_report
-from bigflax.train import chips
-from bigflax.train import loop, optim
-from helpers import env
+from bigflax.train import chips, loop, optim
 from conftest import REPO
 from experiments import gpt2_medium, gpt2_small, gpt_tiny, llama2_7b
+from helpers import env
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu not installed (pip install bigflax[tpu])")
+needs_libtpu = pytest.mark.skipif(
+  importlib.util.find_spec("libtpu") is None,
+  reason="libtpu not installed (pip install bigflax[tpu])",
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,8 +41,9 @@ def no_persistent_compilation_cache():
 
 def tiny_config():
   config = gpt_tiny.get_config()
-  config.model.update(vocab_size=384, num_layers=2, embed_dim=128, num_heads=4, mlp_dim=256,
-                      max_len=64)
+  config.model.update(
+    vocab_size=384, num_layers=2, embed_dim=128, num_heads=4, mlp_dim=256, max_len=64
+  )
   config.data.update(seq_len=64, global_batch_size=8)
   config.mesh.shape = dict(data=1, fsdp=-1, tensor=1)
   return config
@@ -51,8 +53,9 @@ def expected_bytes_per_device(config, mesh_sizes):
   """Parameter bytes one device holds, from the logical axis names and the rules table:
   a dimension whose logical name maps to mesh axes is divided by their sizes."""
   model = run.plan_model(config, "cpu")
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                            jax.numpy.zeros((1, 64), jax.numpy.int32)))
+  boxed = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 64), jax.numpy.int32))
+  )
   rules = dict(configs.DEFAULT_RULES)
   total = 0
   for leaf in jax.tree.leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned)):
@@ -78,10 +81,22 @@ def test_tiny_gpt_memory_per_device_matches_the_sharding_rules():
   assert memory["parameters"] == params
   # AdamW keeps two float32 moments per parameter, laid out like it, plus int32 counters.
   optimizer, _ = optim.make(config.optim, config.train.num_steps)
-  counters = [x for x in jax.tree.leaves(jax.eval_shape(optimizer.init, jax.eval_shape(
-      lambda: nn.unbox(run.plan_model(config, "cpu").init(
-          jax.random.key(0), jax.numpy.zeros((1, 64), jax.numpy.int32)))["params"])))
-      if x.ndim == 0]
+  counters = [
+    x
+    for x in jax.tree.leaves(
+      jax.eval_shape(
+        optimizer.init,
+        jax.eval_shape(
+          lambda: nn.unbox(
+            run.plan_model(config, "cpu").init(
+              jax.random.key(0), jax.numpy.zeros((1, 64), jax.numpy.int32)
+            )
+          )["params"]
+        ),
+      )
+    )
+    if x.ndim == 0
+  ]
   assert memory["optimizer_state"] == 2 * params + 4 * len(counters)
   # The compiler's own count of argument bytes holds them (plus batch, step, rng and
   # TPU tile padding); the donated state comes back in place.
@@ -148,7 +163,7 @@ def test_scanned_layers_collectives_grow_with_depth_in_a_real_compile():
     config.model.update(num_layers=layers, scan_layers=True)
     gathered[layers] = plan.measure(config, devices, chip, chips)["collectives"]["all-gather"]
   m = tiny_config().model
-  layer_params = 4 * m.embed_dim ** 2 + 2 * m.embed_dim * m.mlp_dim
+  layer_params = 4 * m.embed_dim**2 + 2 * m.embed_dim * m.mlp_dim
   assert gathered[6]["count"] > gathered[2]["count"]
   assert gathered[6]["bytes"] - gathered[2]["bytes"] >= 4 * layer_params * 2  # >= bf16
 
@@ -164,7 +179,8 @@ def test_step_flops_state_the_conventions_and_count_remat():
   assert plan.step_flops(config, 10**6, tokens)["executed"] == 4 / 3 * flops["model"]
   config.model.remat = "dots_no_batch"  # projections saved, attention's forward redone
   assert plan.step_flops(config, 10**6, tokens)["executed"] == (
-      flops["model"] + attention / 3 * tokens)
+    flops["model"] + attention / 3 * tokens
+  )
 
 
 def fake_suggest(monkeypatch, fits, state_bytes=0, limit=3):
@@ -173,10 +189,13 @@ def fake_suggest(monkeypatch, fits, state_bytes=0, limit=3):
   compiled = []
 
   def measure(config, *_):
-    compiled.append((config.model.remat, config.train.microbatches,
-                     config.data.global_batch_size))
-    return {"fits": fits(config), "roofline": {"step_time": 1.0},
-            "memory_per_device": {"total": 1, "temporaries": None}}
+    compiled.append((config.model.remat, config.train.microbatches, config.data.global_batch_size))
+    return {
+      "fits": fits(config),
+      "roofline": {"step_time": 1.0},
+      "memory_per_device": {"total": 1, "temporaries": None},
+    }
+
   monkeypatch.setattr(plan, "measure", measure)
   monkeypatch.setattr(plan, "state_per_device", lambda *_: state_bytes)
   config = tiny_config()
@@ -186,24 +205,27 @@ def fake_suggest(monkeypatch, fits, state_bytes=0, limit=3):
   return [" ".join(s["overrides"]) for s in found], compiled
 
 
-def test_suggest_compiles_the_strongest_layout_first_and_lists_least_change_first(
-    monkeypatch):
+def test_suggest_compiles_the_strongest_layout_first_and_lists_least_change_first(monkeypatch):
   full_2_or_more = lambda c: c.model.remat == "full" and c.train.microbatches >= 2
   found, compiled = fake_suggest(monkeypatch, full_2_or_more, limit=1)
   assert compiled == [("full", 16, 64)]
   assert found == ["--config.model.remat=full --config.train.microbatches=16"]
   found, compiled = fake_suggest(monkeypatch, full_2_or_more)
-  assert compiled == ([("full", 16, 64)] + [("dots_no_batch", n, 64) for n in (2, 4, 8, 16)]
-                      + [("full", n, 64) for n in (1, 2, 4)])
-  assert found == [f"--config.model.remat=full --config.train.microbatches={n}"
-                   for n in (2, 4, 16)]
+  assert compiled == (
+    [("full", 16, 64)]
+    + [("dots_no_batch", n, 64) for n in (2, 4, 8, 16)]
+    + [("full", n, 64) for n in (1, 2, 4)]
+  )
+  assert found == [f"--config.model.remat=full --config.train.microbatches={n}" for n in (2, 4, 16)]
 
 
 def test_suggest_skips_microbatches_when_the_strongest_does_not_fit(monkeypatch):
   found, compiled = fake_suggest(monkeypatch, lambda c: c.data.global_batch_size <= 16)
   assert compiled == [("full", 16, 64), ("full", 1, 32), ("full", 1, 16), ("full", 1, 8)]
-  assert found == ["--config.model.remat=full --config.data.global_batch_size=16",
-                   "--config.model.remat=full --config.data.global_batch_size=8"]
+  assert found == [
+    "--config.model.remat=full --config.data.global_batch_size=16",
+    "--config.model.remat=full --config.data.global_batch_size=8",
+  ]
   # Parameters and optimizer state alone overflowing HBM: nothing is compiled.
   found, compiled = fake_suggest(monkeypatch, lambda c: True, state_bytes=17 * 2**30)
   assert found == [] and compiled == []
@@ -227,8 +249,7 @@ def test_gpt2_medium_fits_a_v5e_4x4_slice():
   assert report["parameters"]["total"] == 354_823_168  # GPT-2 medium as published
   assert report["devices"] == 16 and report["fits"], report["memory_per_device"]
   # FSDP over 16 devices: a sixteenth of the float32 parameters each.
-  assert report["memory_per_device"]["parameters"] == pytest.approx(354_823_168 * 4 / 16,
-                                                                    rel=0.01)
+  assert report["memory_per_device"]["parameters"] == pytest.approx(354_823_168 * 4 / 16, rel=0.01)
 
 
 @pytest.mark.slow
@@ -248,13 +269,20 @@ def test_a_multi_billion_parameter_model_does_not_fit_a_2x2_slice_and_gets_layou
 
 def test_missing_libtpu_is_one_plain_line():
   hide_libtpu = (
-      "import importlib.util as u; find = u.find_spec; "
-      "u.find_spec = lambda name, *a: None if name == 'libtpu' else find(name, *a); "
-      "import sys, runpy; sys.argv = ['bigflax', 'plan', '--config', "
-      "'experiments/gpt_tiny.py', '--topology', 'v5e:2x2']; "
-      "runpy.run_module('bigflax', run_name='__main__')")
-  result = subprocess.run([sys.executable, "-c", hide_libtpu], cwd=REPO, env=env(1),
-                          capture_output=True, text=True, timeout=120)
+    "import importlib.util as u; find = u.find_spec; "
+    "u.find_spec = lambda name, *a: None if name == 'libtpu' else find(name, *a); "
+    "import sys, runpy; sys.argv = ['bigflax', 'plan', '--config', "
+    "'experiments/gpt_tiny.py', '--topology', 'v5e:2x2']; "
+    "runpy.run_module('bigflax', run_name='__main__')"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", hide_libtpu],
+    cwd=REPO,
+    env=env(1),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2
   assert "libtpu is not installed" in result.stderr and "bigflax[tpu]" in result.stderr
   assert "Traceback" not in result.stderr
@@ -263,18 +291,38 @@ def test_missing_libtpu_is_one_plain_line():
 def test_plan_for_the_local_devices_needs_no_workdir(tmp_path):
   out = tmp_path / "plan.json"
   result = subprocess.run(
-      [sys.executable, "-m", "bigflax", "plan", "--config", "experiments/gpt_tiny.py",
-       "--topology", "local", "--config.model.num_layers=1", "--config.model.embed_dim=64",
-       "--config.model.mlp_dim=128", "--tokens", "1e6", "--price_per_chip_hour", "2",
-       "--out", str(out)], cwd=REPO, env=env(2), capture_output=True, text=True,
-      timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "bigflax",
+      "plan",
+      "--config",
+      "experiments/gpt_tiny.py",
+      "--topology",
+      "local",
+      "--config.model.num_layers=1",
+      "--config.model.embed_dim=64",
+      "--config.model.mlp_dim=128",
+      "--tokens",
+      "1e6",
+      "--price_per_chip_hour",
+      "2",
+      "--out",
+      str(out),
+    ],
+    cwd=REPO,
+    env=env(2),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   import json
+
   report = json.loads(out.read_text())
   assert report["devices"] == 2 and report["mesh"]["data"] == 2
   assert report["budget"]["steps"] == math.ceil(1e6 / (16 * 256))
-  assert report["budget"]["cost"] == pytest.approx(
-      report["budget"]["hours"] * 2 * 2.0)
+  assert report["budget"]["cost"] == pytest.approx(report["budget"]["hours"] * 2 * 2.0)
   assert "parameters" in result.stdout and "FITS" in result.stdout
   # libtpu is installed but no TPU is present: JAX does not probe for one.
   for line in ("TPU accelerator type", "TPU_WORKER_HOSTNAMES", "libtpu"):
@@ -292,8 +340,15 @@ def test_splash_compiles_for_tpu_and_its_temporaries_grow_linearly_with_length()
   for impl in ("xla", "splash"):
     for seq in (8192, 16384):
       config = tiny_config()
-      config.model.update(vocab_size=256, embed_dim=256, num_heads=2, mlp_dim=512,
-                          max_len=seq, scan_layers=True, attention_impl=impl)
+      config.model.update(
+        vocab_size=256,
+        embed_dim=256,
+        num_heads=2,
+        mlp_dim=512,
+        max_len=seq,
+        scan_layers=True,
+        attention_impl=impl,
+      )
       config.data.update(seq_len=seq, global_batch_size=4)
       compiled, *_ = plan.compile_step(config, devices)
       assert ("tpu_custom_call" in compiled.as_text()) == (impl == "splash")
@@ -310,9 +365,16 @@ def test_each_layer_casts_its_own_parameters_for_a_tpu_slice(monkeypatch):
   # are cast whole before the layer loops and the copy is held through both
   # (loop.TRAIN_STEP_COMPILER_OPTIONS); the trainer's step casts each layer's slice.
   config = llama2_7b.get_config()
-  config.model.update(num_layers=4, embed_dim=512, mlp_dim=1408, num_heads=4,
-                      num_kv_heads=4, max_len=256, remat="dots_no_batch",
-                      attention_impl="xla")
+  config.model.update(
+    num_layers=4,
+    embed_dim=512,
+    mlp_dim=1408,
+    num_heads=4,
+    num_kv_heads=4,
+    max_len=256,
+    remat="dots_no_batch",
+    attention_impl="xla",
+  )
   config.data.update(seq_len=256, global_batch_size=4)
   config.mesh.shape = dict(data=1, fsdp=-1, tensor=1)
   devices, _, _ = plan.slice_devices("v5p:2x2x1")

@@ -8,8 +8,8 @@ import pytest
 
 from bigflax.data import prepare, shards, tokenizers
 from bigflax.tasks import lm
-from helpers import (WINDOW, data_config, make_text_corpus, read_all, reference_windows,
-                     text_corpus)
+from helpers import WINDOW, data_config, make_text_corpus, read_all, reference_windows, text_corpus
+
 
 def test_prepare_writes_the_windows_an_independent_packing_gives(tmp_path, monkeypatch):
   # Documents tokenized ~3 at a time: windows that straddle chunks are cut as from the
@@ -37,13 +37,21 @@ def test_prepare_writes_the_windows_an_independent_packing_gives(tmp_path, monke
 
   on_disk = json.loads((tmp_path / "prepared" / "code" / "manifest.json").read_text())
   assert on_disk == manifest
-  files = [json.loads(line) for line in
-           (tmp_path / "prepared" / "code" / "sources.jsonl").read_text().splitlines()]
+  files = [
+    json.loads(line)
+    for line in (tmp_path / "prepared" / "code" / "sources.jsonl").read_text().splitlines()
+  ]
   assert [f["path"] for f in files] == paths
-  assert all(f["sha256"] == hashlib.sha256((tmp_path / "src" / f["path"]).read_bytes())
-             .hexdigest() and f["bytes"] == len(texts[f["path"]].encode()) for f in files)
-  assert manifest["sources"] == {"file": "sources.jsonl", "files": len(paths),
-                                 "bytes": sum(f["bytes"] for f in files)}
+  assert all(
+    f["sha256"] == hashlib.sha256((tmp_path / "src" / f["path"]).read_bytes()).hexdigest()
+    and f["bytes"] == len(texts[f["path"]].encode())
+    for f in files
+  )
+  assert manifest["sources"] == {
+    "file": "sources.jsonl",
+    "files": len(paths),
+    "bytes": sum(f["bytes"] for f in files),
+  }
   assert manifest["tokenizer"] == tokenizers.fingerprint(tokenizers.ByteTokenizer())
   assert manifest["window"] == WINDOW and manifest["dtype"] == "uint16"
   assert manifest["documents"] == len(texts)
@@ -67,10 +75,11 @@ def test_rerun_skips_finished_shards_and_redoes_a_changed_one(tmp_path, capsys):
   again = prepare.prepare(config)["code"]
   assert f"{len(manifest['shards']) - 1} already done, 1 to tokenize" in capsys.readouterr().out
   last_shard = len(manifest["shards"]) - 1
-  changed = {name for name, stamp in stamps.items()
-             if (out / name).stat().st_mtime_ns != stamp}
-  assert changed == {f"train-{last_shard:05d}.array_record",
-                     f"validation-{last_shard:05d}.array_record"}
+  changed = {name for name, stamp in stamps.items() if (out / name).stat().st_mtime_ns != stamp}
+  assert changed == {
+    f"train-{last_shard:05d}.array_record",
+    f"validation-{last_shard:05d}.array_record",
+  }
   assert again["tokens"] == manifest["tokens"] + len(" # changed")
 
 
@@ -82,8 +91,9 @@ def test_worker_processes_write_what_one_process_writes(tmp_path):
   two.data.prepare_workers = 2
   assert prepare.prepare(one) == prepare.prepare(two)
   for split in ("train", "validation"):
-    np.testing.assert_array_equal(read_all(tmp_path / "one", "code", split),
-                                  read_all(tmp_path / "two", "code", split))
+    np.testing.assert_array_equal(
+      read_all(tmp_path / "one", "code", split), read_all(tmp_path / "two", "code", split)
+    )
 
 
 def test_training_refuses_shards_of_another_tokenizer_or_window(tmp_path):
@@ -91,21 +101,25 @@ def test_training_refuses_shards_of_another_tokenizer_or_window(tmp_path):
   config = data_config(tmp_path / "prepared", {"code": text_corpus(tmp_path / "src")})
   prepare.prepare(config)
   byte = tokenizers.ByteTokenizer()
-  batches = lm.make_lm_batches(config.data, byte, "train", process_index=0,
-                               process_count=1)
+  batches = lm.make_lm_batches(config.data, byte, "train", process_index=0, process_count=1)
   assert batches.batch(0)["inputs"].shape == (8, WINDOW - 1)
 
-  longer = data_config(tmp_path / "prepared", {"code": text_corpus(tmp_path / "src")},
-                       seq_len=64)
-  with pytest.raises(ValueError, match=r"window length \(seq_len \+ 1\) 33, but this config "
-                                       r"gives 65"):
+  longer = data_config(tmp_path / "prepared", {"code": text_corpus(tmp_path / "src")}, seq_len=64)
+  with pytest.raises(
+    ValueError,
+    match=r"window length \(seq_len \+ 1\) 33, but this config "
+    r"gives 65",
+  ):
     lm.make_lm_batches(longer.data, byte, "train", process_index=0, process_count=1)
   with pytest.raises(ValueError, match=r"window length .* 33, but this config gives 65"):
     prepare.prepare(longer)  # nor is a prepared_dir overwritten with another make
 
   gpt2 = tokenizers.GPT2Tokenizer()
-  with pytest.raises(ValueError, match=f"tokenizer {tokenizers.fingerprint(byte)}, but this "
-                                       f"config gives {tokenizers.fingerprint(gpt2)}"):
+  with pytest.raises(
+    ValueError,
+    match=f"tokenizer {tokenizers.fingerprint(byte)}, but this "
+    f"config gives {tokenizers.fingerprint(gpt2)}",
+  ):
     lm.make_lm_batches(config.data, gpt2, "train", process_index=0, process_count=1)
 
   manifest_path = tmp_path / "prepared" / "code" / shards.MANIFEST
@@ -120,11 +134,11 @@ def test_config_mistakes_are_named(tmp_path):
   make_text_corpus(tmp_path / "src")
   corpus = text_corpus(tmp_path / "src")
   cases = [
-      (dict(corpus, format="csv"), {}, r"data.corpora.code.format='csv'"),
-      (dict(corpus, path=str(tmp_path / "nope")), {}, r"data.corpora.code.path=.* is not a"),
-      (dict(format="jsonl", path=str(tmp_path / "src")), {}, r"code.text_column is needed"),
-      (corpus, {"web": 1.0}, r"data.mixture names \['web'\]"),
-      (dict(corpus, patterns=["*.md"]), {}, r"no files matching \('\*.md',\)"),
+    (dict(corpus, format="csv"), {}, r"data.corpora.code.format='csv'"),
+    (dict(corpus, path=str(tmp_path / "nope")), {}, r"data.corpora.code.path=.* is not a"),
+    (dict(format="jsonl", path=str(tmp_path / "src")), {}, r"code.text_column is needed"),
+    (corpus, {"web": 1.0}, r"data.mixture names \['web'\]"),
+    (dict(corpus, patterns=["*.md"]), {}, r"no files matching \('\*.md',\)"),
   ]
   for bad, mixture, message in cases:
     with pytest.raises(ValueError, match=message):
@@ -135,5 +149,6 @@ def test_config_mistakes_are_named(tmp_path):
     prepare.prepare(config)
   config = data_config(tmp_path / "never_prepared", {"code": corpus})
   with pytest.raises(ValueError, match="run `python -m bigflax prepare"):
-    lm.make_lm_batches(config.data, tokenizers.ByteTokenizer(), "train",
-                       process_index=0, process_count=1)
+    lm.make_lm_batches(
+      config.data, tokenizers.ByteTokenizer(), "train", process_index=0, process_count=1
+    )

@@ -1,6 +1,7 @@
 """Eval-gated promotion: better is promoted, worse is kept out, every decision is logged."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -39,7 +40,10 @@ def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
   assert registry_lib.served(registry)["workdir"] == runs["good"]
   # Scores are the evaluation's, not remembered ones: the same run scores the same.
   assert promoted["candidate_metrics"] == kept_out["incumbent_metrics"]
-  log = [json.loads(line) for line in open(f"{registry}/{registry_lib.LOG}")]
+  log = [
+    json.loads(line)
+    for line in pathlib.Path(f"{registry}/{registry_lib.LOG}").read_text().splitlines()
+  ]
   assert [d["promoted"] for d in log] == [False, True]
 
   # The served run trains on: the next decision judges the step that is served.
@@ -52,7 +56,8 @@ def test_better_is_promoted_and_worse_is_kept_out(tfds_dir, tmp_path):
 
 
 def test_promote_names_a_missing_run(tmp_path):
-  result = run("promote", tmp_path, "--candidate", str(tmp_path / "nope"),
-               "--incumbent", str(tmp_path))
+  result = run(
+    "promote", tmp_path, "--candidate", str(tmp_path / "nope"), "--incumbent", str(tmp_path)
+  )
   assert result.returncode == 2
   assert "--candidate=" in result.stderr and "is not a run directory" in result.stderr

@@ -22,13 +22,19 @@ STEPS = 16
 
 
 def args(tfds_dir, *extra):
-  return [*TINY, f"--config.data.data_dir={tfds_dir}", f"--config.train.num_steps={STEPS}",
-          "--config.train.checkpoint_every=4", *extra]
+  return [
+    *TINY,
+    f"--config.data.data_dir={tfds_dir}",
+    f"--config.train.num_steps={STEPS}",
+    "--config.train.checkpoint_every=4",
+    *extra,
+  ]
 
 
 def final_params(workdir):
-  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(STEPS),
-                                                          "state"))
+  state = ocp.StandardCheckpointer().restore(
+    os.path.join(workdir, "checkpoints", str(STEPS), "state")
+  )
   return state["params"]
 
 
@@ -50,8 +56,10 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tfds_dir, tmp_path):
   checkpoints = workdir / "checkpoints"
   # Kill as soon as the step-8 save is under way (its temporary directory exists), so the
   # kill usually lands mid-save; the resume must fall back to a committed checkpoint.
-  wait_for(lambda: checkpoints.exists() and any(
-      p.name.startswith("8") for p in checkpoints.iterdir()), proc)
+  wait_for(
+    lambda: checkpoints.exists() and any(p.name.startswith("8") for p in checkpoints.iterdir()),
+    proc,
+  )
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
@@ -81,16 +89,22 @@ def _leaves(tree):
 def test_sigterm_saves_first_and_exits_75(tfds_dir, tmp_path):
   workdir = tmp_path / "run"
   # eval_every: the stop would be an evaluation step; SIGTERM saves and evaluates nothing.
-  proc = start("train", workdir, *args(tfds_dir, "--config.train.num_steps=100000",
-                                       "--config.train.checkpoint_every=100000",
-                                       "--config.train.eval_every=100000",
-                                       "--config.train.eval_steps=0"))
+  proc = start(
+    "train",
+    workdir,
+    *args(
+      tfds_dir,
+      "--config.train.num_steps=100000",
+      "--config.train.checkpoint_every=100000",
+      "--config.train.eval_every=100000",
+      "--config.train.eval_steps=0",
+    ),
+  )
   wait_for(lambda: (workdir / "metrics.jsonl").exists() and len(losses(workdir)) >= 3, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 75, out
-  assert re.search(r"SIGTERM: checkpoint of step \d+ committed [\d.]+ s after the signal",
-                   out), out
+  assert re.search(r"SIGTERM: checkpoint of step \d+ committed [\d.]+ s after the signal", out), out
   assert "rerun the same command to resume (exit status 75)" in out
   last = max(losses(workdir))
   assert ocp.CheckpointManager(workdir / "checkpoints").latest_step() == last
@@ -110,25 +124,35 @@ def test_parameters_saved_on_8_devices_initialise_a_run_on_one(tmp_path):
   """`init_from` / a distillation teacher read a pod's checkpoint on a laptop."""
   mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("fsdp", "tensor"))
   kernel = np.arange(64, dtype=np.float32).reshape(8, 8)
-  state = {"params": {"layer": {"kernel": jax.device_put(
-      kernel, NamedSharding(mesh, PartitionSpec("fsdp", "tensor")))}},
-           "opt_state": {"mu": jax.device_put(kernel, NamedSharding(mesh, PartitionSpec()))}}
+  state = {
+    "params": {
+      "layer": {
+        "kernel": jax.device_put(kernel, NamedSharding(mesh, PartitionSpec("fsdp", "tensor")))
+      }
+    },
+    "opt_state": {"mu": jax.device_put(kernel, NamedSharding(mesh, PartitionSpec()))},
+  }
   mgr = checkpoint.manager(tmp_path / "checkpoints", keep=1, async_save=False)
   checkpoint.save(mgr, 3, state, {"next_step": 3})
   mgr.close()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", RESTORE_ON_ONE_DEVICE,
-                           str(tmp_path / "checkpoints")],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+    [sys.executable, "-c", RESTORE_ON_ONE_DEVICE, str(tmp_path / "checkpoints")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split()[-2:] == ["1", str(float(kernel.sum()))]
 
 
 def test_keep_checkpoints_0_keeps_every_checkpoint_and_resumes(tfds_dir, tmp_path):
   workdir = tmp_path / "run"
-  keep_all = args(tfds_dir, "--config.train.keep_checkpoints=0",
-                  "--config.train.checkpoint_every=2")
+  keep_all = args(
+    tfds_dir, "--config.train.keep_checkpoints=0", "--config.train.checkpoint_every=2"
+  )
   result = run("train", workdir, *keep_all, "--config.train.num_steps=6")
   assert result.returncode == 0, result.stdout + result.stderr
   assert ocp.CheckpointManager(workdir / "checkpoints").all_steps() == [2, 4, 6]

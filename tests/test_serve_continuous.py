@@ -23,6 +23,7 @@ PROMPTS = ["def ", "for ", "if x", "import os", "class Foo", "x"]  # 3 lengths: 
 LONGEST = 40  # the most tokens most requests here ask for
 room = lambda prompt: 63 - len(prompt)  # the most tokens a prompt can have: the context
 
+
 @pytest.fixture(scope="module")
 def lm():
   """The tiny LM, each decode step >= 10 ms (so that joins and departures are visible),
@@ -38,8 +39,11 @@ def serve(bundle, **kwargs):
 
 def metric(url, name) -> float:
   text = httpx.get(f"{url}/metrics").text
-  return sum(float(line.split()[-1]) for line in text.splitlines()
-             if line.startswith(name + " ") or line.startswith(name + "{"))
+  return sum(
+    float(line.split()[-1])
+    for line in text.splitlines()
+    if line.startswith(name + " ") or line.startswith(name + "{")
+  )
 
 
 def check(choices, prompt, max_tokens, greedy, tokenizer):
@@ -59,8 +63,10 @@ def test_rows_join_at_the_next_step_and_equal_the_framework_whatever_runs_beside
   bundle, tokenizer, greedy = lm
   rng = random.Random(0)
   # Up to the whole context: rows that need every column of the cache.
-  bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "temperature": 0.0, "n": 1 + (i % 3 == 0)}
-            for i in range(14)]
+  bodies = [
+    {"prompt": PROMPTS[i % len(PROMPTS)], "temperature": 0.0, "n": 1 + (i % 3 == 0)}
+    for i in range(14)
+  ]
   for body in bodies:
     body["max_tokens"] = rng.randint(1, room(body["prompt"]))
   bodies[0]["max_tokens"] = room(bodies[0]["prompt"])  # long, while others come and go
@@ -70,8 +76,10 @@ def test_rows_join_at_the_next_step_and_equal_the_framework_whatever_runs_beside
 
     async def go():
       async with httpx.AsyncClient(timeout=120) as client:
-        return await asyncio.gather(*(timed(client, url, body, 0.0 if i == 0 else 0.05 * i)
-                                      for i, body in enumerate(bodies)))
+        return await asyncio.gather(
+          *(timed(client, url, body, 0.0 if i == 0 else 0.05 * i) for i, body in enumerate(bodies))
+        )
+
     results = asyncio.run(go())
     steps = metric(url, "bigflax_batches_total") - before
     assert httpx.get(url + "/health").json()["busy_rows"] == 0
@@ -91,13 +99,19 @@ def test_a_newcomer_joins_exactly_when_the_cache_has_room_for_every_row(lm):
   answers = {}
 
   def job(prompt, max_tokens):
-    return batcher_lib.Job(rows=[bundle.prompt_ids(prompt)], events=None,
-                           emit=lambda event: answers.setdefault(prompt, event),
-                           deadline=float("inf"), max_tokens=max_tokens)
+    return batcher_lib.Job(
+      rows=[bundle.prompt_ids(prompt)],
+      events=None,
+      emit=lambda event: answers.setdefault(prompt, event),
+      deadline=float("inf"),
+      max_tokens=max_tokens,
+    )
+
   slots, metrics = slots_lib.Slots(bundle, 4), api.Metrics()
   slots.join([job("x", room("x"))], metrics)  # 2 prompt tokens, then every cache column
   newcomer = job("import os", 3)  # 10 prompt tokens: it moves the write column to 10
-  for generated in range(1, 10):  # the long row needs room("x") - generated more columns
+  # The long row needs room("x") - generated more columns.
+  for generated in range(1, 10):  # noqa: B007  (read after the loop)
     if slots.where_to_join([newcomer]) is not None:
       break
     slots.step(metrics)
@@ -107,14 +121,12 @@ def test_a_newcomer_joins_exactly_when_the_cache_has_room_for_every_row(lm):
     slots.step(metrics)
     slots.report(metrics)
   for prompt, max_tokens in (("x", room("x")), ("import os", 3)):
-    assert answers[prompt]["done"] == [expected_choice(greedy[prompt], max_tokens,
-                                                       tokenizer)]
+    assert answers[prompt]["done"] == [expected_choice(greedy[prompt], max_tokens, tokenizer)]
 
 
 def test_sampled_answers_do_not_depend_on_the_batch_and_streams_match(lm):
   bundle, _, _ = lm
-  body = {"prompt": "def ", "max_tokens": 12, "temperature": 1.0, "top_k": 20, "seed": 5,
-          "n": 2}
+  body = {"prompt": "def ", "max_tokens": 12, "temperature": 1.0, "top_k": 20, "seed": 5, "n": 2}
   answers = []
   for batching in (True, False):  # continuous, then bucketed
     with serve(bundle, max_batch=4, continuous=batching) as url:
@@ -122,14 +134,22 @@ def test_sampled_answers_do_not_depend_on_the_batch_and_streams_match(lm):
 
       async def crowded():
         async with httpx.AsyncClient(timeout=60) as client:
-          others = [client.post(url + "/v1/completions", json={
-              "prompt": p, "max_tokens": 20, "temperature": 0.7, "seed": 1}) for p in PROMPTS]
-          return (await asyncio.gather(client.post(url + "/v1/completions", json=body),
-                                       *others))[0].json()["choices"]
+          others = [
+            client.post(
+              url + "/v1/completions",
+              json={"prompt": p, "max_tokens": 20, "temperature": 0.7, "seed": 1},
+            )
+            for p in PROMPTS
+          ]
+          return (await asyncio.gather(client.post(url + "/v1/completions", json=body), *others))[
+            0
+          ].json()["choices"]
+
       assert asyncio.run(crowded()) == alone
       texts = {0: "", 1: ""}
-      with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True},
-                        timeout=60) as response:
+      with httpx.stream(
+        "POST", url + "/v1/completions", json={**body, "stream": True}, timeout=60
+      ) as response:
         for line in response.iter_lines():
           if line.startswith("data: {"):
             for choice in json.loads(line[6:])["choices"]:
@@ -143,8 +163,7 @@ def test_sampled_answers_do_not_depend_on_the_batch_and_streams_match(lm):
 def test_a_client_that_leaves_stops_its_rows_at_the_next_step(lm, stream):
   bundle, _, _ = lm
   with serve(bundle, max_batch=4) as url:
-    body = {"prompt": "def ", "max_tokens": LONGEST, "temperature": 0.0, "n": 2,
-            "stream": stream}
+    body = {"prompt": "def ", "max_tokens": LONGEST, "temperature": 0.0, "n": 2, "stream": stream}
     httpx.post(url + "/v1/completions", json={**body, "stream": False}, timeout=60)  # jit
     tokens_before = metric(url, "bigflax_generated_tokens_total")
     if stream:  # reads a few tokens, then hangs up
@@ -155,8 +174,9 @@ def test_a_client_that_leaves_stops_its_rows_at_the_next_step(lm, stream):
     else:
       with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/completions", json=body, timeout=0.15)
-    wait_until(lambda: httpx.get(url + "/health").json()["busy_rows"] == 0, 5,
-               "the rows being freed")
+    wait_until(
+      lambda: httpx.get(url + "/health").json()["busy_rows"] == 0, 5, "the rows being freed"
+    )
     generated = metric(url, "bigflax_generated_tokens_total") - tokens_before
     assert generated < LONGEST, generated  # of 2 x 40: stopped soon after the client left
     wait_until(lambda: metric(url, "bigflax_cancelled_rows_total") == 2, 5, "counting")
@@ -175,12 +195,19 @@ def test_64_clients_a_third_leaving_early_leave_an_empty_queue_and_free_slots(lm
       nonlocal left
       while time.monotonic() < deadline:
         prompt = rng.choice(PROMPTS)
-        body = {"prompt": prompt, "max_tokens": rng.randint(1, room(prompt)),
-                "temperature": 0.0, "n": rng.choice([1, 1, 2])}
+        body = {
+          "prompt": prompt,
+          "max_tokens": rng.randint(1, room(prompt)),
+          "temperature": 0.0,
+          "n": rng.choice([1, 1, 2]),
+        }
         if c % 3 == 0:  # hangs up after a moment (unless answered by then)
           try:
-            await http.post(url + "/v1/completions", json={**body, "max_tokens": LONGEST},
-                            timeout=0.05 + rng.random() / 5)
+            await http.post(
+              url + "/v1/completions",
+              json={**body, "max_tokens": LONGEST},
+              timeout=0.05 + rng.random() / 5,
+            )
           except httpx.TimeoutException:
             left += 1
           continue
@@ -196,6 +223,7 @@ def test_64_clients_a_third_leaving_early_leave_an_empty_queue_and_free_slots(lm
       deadline = time.monotonic() + 8
       async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as http:
         await asyncio.gather(*(client(c, http, deadline) for c in range(64)))
+
     asyncio.run(go())
     wait_until(lambda: httpx.get(url + "/health").json()["busy_rows"] == 0, 10, "idle")
     health = httpx.get(url + "/health").json()

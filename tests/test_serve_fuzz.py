@@ -21,21 +21,51 @@ def fuzz(url, tmp_path, examples: int):
   """schemathesis's own command line against `url`: its exit status and its report."""
   # The admin key: admin endpoints are reachable too (inference needs no key here).
   result = subprocess.run(
-      [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
-       "--checks", "not_a_server_error", "--max-examples", str(examples),
-       "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
-       "--header", f"Authorization: Bearer {ADMIN}", "--seed", "0", "--workers", "1",
-       "--suppress-health-check", "all", "--generation-database", "none",
-       "--report-dir", str(tmp_path)],
-      capture_output=True, text=True, timeout=600, cwd=tmp_path,
-      env={**os.environ, "NO_COLOR": "1"})
+    [
+      sys.executable,
+      "-m",
+      "schemathesis.cli",
+      "run",
+      f"{url}/openapi.json",
+      "--checks",
+      "not_a_server_error",
+      "--max-examples",
+      str(examples),
+      "--phases",
+      "examples,coverage,fuzzing",
+      "--request-timeout",
+      "30",
+      "--header",
+      f"Authorization: Bearer {ADMIN}",
+      "--seed",
+      "0",
+      "--workers",
+      "1",
+      "--suppress-health-check",
+      "all",
+      "--generation-database",
+      "none",
+      "--report-dir",
+      str(tmp_path),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=tmp_path,
+    env={**os.environ, "NO_COLOR": "1"},
+  )
   return result.returncode, result.stdout[-6000:] + result.stderr[-3000:]
 
 
 def test_no_5xx_and_no_hang_under_schemathesis(tmp_path):
   bundle, *_ = serve_utils.tiny_lm()
-  app = app_lib.make_app(lambda source, step: bundle, str(tmp_path / "tiny"),
-                         admin_key=ADMIN, max_batch=4, feedback_dir=str(tmp_path / "fb"))
+  app = app_lib.make_app(
+    lambda source, step: bundle,
+    str(tmp_path / "tiny"),
+    admin_key=ADMIN,
+    max_batch=4,
+    feedback_dir=str(tmp_path / "fb"),
+  )
   with serving(app) as url:
     code, report = fuzz(url, tmp_path, examples=20)
   assert code == 0, report

@@ -38,12 +38,14 @@ class Gate:
 
 def classifier(gate, name="runs/cls"):
   meta = {"input": "features", "input_shape": [2], "labels": ["0", "1"]}
-  return bundle_lib.Bundle("classify", meta, None, {"forward": gate}, None,
-                           info={"source": name, "trained_steps": 7})
+  return bundle_lib.Bundle(
+    "classify", meta, None, {"forward": gate}, None, info={"source": name, "trained_steps": 7}
+  )
 
 
 class CountingTokenizer:
   """Bytes as ids, counting the characters it was asked to tokenize."""
+
   pad_id, eos_id, vocab_size = 0, 2, 259
 
   def __init__(self):
@@ -82,30 +84,50 @@ def test_admin_needs_its_own_key_json_and_an_allowed_root(gate, tmp_path):
     assert post(url, "/admin/reload", {}).status_code == 403
     assert post(url, "/admin/reload", {}, headers={}).status_code == 403
   source = str(allowed / "a")
-  models = {source: classifier(gate), str(allowed / "b"): classifier(gate, "b"),
-            str(elsewhere / "nan"): classifier(gate, "nan")}
-  app = app_lib.make_app(lambda s, step: models[s], source, api_key=KEY, admin_key=ADMIN,
-                         reload_roots=(str(allowed),))
+  models = {
+    source: classifier(gate),
+    str(allowed / "b"): classifier(gate, "b"),
+    str(elsewhere / "nan"): classifier(gate, "nan"),
+  }
+  app = app_lib.make_app(
+    lambda s, step: models[s], source, api_key=KEY, admin_key=ADMIN, reload_roots=(str(allowed),)
+  )
   with serving(app) as url:
     assert post(url, "/admin/reload", {}).status_code == 401  # the inference key: no
     # A cross-site form post: text/plain, any origin. Refused before anything runs.
-    forged = post(url, "/admin/reload", content=b'{"source": "%s"}' % str(elsewhere / "nan")
-                  .encode(), headers={**ADMIN_AUTH, "Content-Type": "text/plain",
-                                      "Origin": "http://evil.example"})
+    forged = post(
+      url,
+      "/admin/reload",
+      content=b'{"source": "%s"}' % str(elsewhere / "nan").encode(),
+      headers={**ADMIN_AUTH, "Content-Type": "text/plain", "Origin": "http://evil.example"},
+    )
     assert forged.status_code == 415 and forged.json()["error"]["param"] == "content-type"
-    outside = post(url, "/admin/reload", {"source": str(elsewhere / "nan")},
-                   headers=ADMIN_AUTH)
+    outside = post(url, "/admin/reload", {"source": str(elsewhere / "nan")}, headers=ADMIN_AUTH)
     assert outside.status_code == 403 and outside.json()["error"]["param"] == "source"
-    sneaky = post(url, "/admin/reload", {"source": str(allowed / ".." / "elsewhere" / "nan")},
-                  headers=ADMIN_AUTH)
+    sneaky = post(
+      url,
+      "/admin/reload",
+      {"source": str(allowed / ".." / "elsewhere" / "nan")},
+      headers=ADMIN_AUTH,
+    )
     assert sneaky.status_code == 403
-    assert post(url, "/admin/reload", {"source": str(allowed / "b")},
-                headers=ADMIN_AUTH).status_code == 200
-    assert post(url, "/v1/classify", {"input": [[0.5, 0.5]]}, headers=ADMIN_AUTH
-                ).status_code == 401  # and the admin key is not an inference key
+    assert (
+      post(url, "/admin/reload", {"source": str(allowed / "b")}, headers=ADMIN_AUTH).status_code
+      == 200
+    )
+    assert (
+      post(url, "/v1/classify", {"input": [[0.5, 0.5]]}, headers=ADMIN_AUTH).status_code == 401
+    )  # and the admin key is not an inference key
     # Every POST is JSON-only, not just admin's.
-    assert post(url, "/v1/classify", content=b'{"input": [[0.5, 0.5]]}',
-                headers={**AUTH, "Content-Type": "text/plain"}).status_code == 415
+    assert (
+      post(
+        url,
+        "/v1/classify",
+        content=b'{"input": [[0.5, 0.5]]}',
+        headers={**AUTH, "Content-Type": "text/plain"},
+      ).status_code
+      == 415
+    )
 
 
 def test_bodies_and_prompts_are_bounded_before_any_work(gate):
@@ -117,9 +139,12 @@ def test_bodies_and_prompts_are_bounded_before_any_work(gate):
       async def body():
         for _ in range(100):
           yield b" " * 1000
+
       async with httpx.AsyncClient() as client:
-        return await client.post(url + "/v1/classify", content=body(),
-                                 headers={"Content-Type": "application/json"})
+        return await client.post(
+          url + "/v1/classify", content=body(), headers={"Content-Type": "application/json"}
+        )
+
     assert asyncio.run(chunked()).status_code == 413
     too_many = post(url, "/v1/classify", {"input": [[0.5, 0.5]] * 300})
     assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "input"
@@ -130,10 +155,12 @@ def test_bodies_and_prompts_are_bounded_before_any_work(gate):
     long = post(url, "/v1/completions", {"prompt": "x" * 100_000})
     assert long.status_code == 400 and long.json()["error"]["param"] == "prompt"
     assert tokenizer.chars == 0  # refused by its length in characters, not tokenized
-    for body, param in [({"prompt": "a", "n": 10_000}, "n"),
-                        ({"prompt": "a", "max_tokens": 10**9}, "max_tokens"),
-                        ({"prompt": "a", "stop": ["x" * 1000]}, "stop"),
-                        ({"prompt": "a", "user": "u" * 10_000}, "user")]:
+    for body, param in [
+      ({"prompt": "a", "n": 10_000}, "n"),
+      ({"prompt": "a", "max_tokens": 10**9}, "max_tokens"),
+      ({"prompt": "a", "stop": ["x" * 1000]}, "stop"),
+      ({"prompt": "a", "user": "u" * 10_000}, "user"),
+    ]:
       response = post(url, "/v1/completions", body)
       assert response.status_code == 400 and response.json()["error"]["param"] == param
 
@@ -146,9 +173,10 @@ def test_a_full_queue_answers_429_a_late_one_504_and_a_dead_worker_503(gate):
 
     async def flood():
       async with httpx.AsyncClient(timeout=30) as client:
-        return await asyncio.gather(*(client.post(url + "/v1/classify",
-                                                  json={"input": [[0.5, 0.5]]})
-                                      for _ in range(8)))
+        return await asyncio.gather(
+          *(client.post(url + "/v1/classify", json={"input": [[0.5, 0.5]]}) for _ in range(8))
+        )
+
     responses = asyncio.run(flood())
     codes = sorted(r.status_code for r in responses)
     busy = [r for r in responses if r.status_code == 429]
@@ -166,6 +194,7 @@ def test_a_full_queue_answers_429_a_late_one_504_and_a_dead_worker_503(gate):
 
   def die(params, features):
     raise Died()
+
   with serve(classifier(die), limits=limits) as url:
     assert post(url, "/v1/classify", {"input": [[0.5, 0.5]]}).status_code == 504
     health = httpx.get(url + "/health")
@@ -192,11 +221,15 @@ def test_feedback_takes_one_rating_per_answer_and_bounded_corrections(gate, tmp_
     assert post(url, "/v1/feedback", {"id": answer["id"], "rating": 1}).status_code == 200
     again = post(url, "/v1/feedback", {"id": answer["id"], "rating": -1, "correction": "x"})
     assert again.status_code == 409 and again.json()["error"]["param"] == "index"
-    huge = post(url, "/v1/feedback", {"id": answer["id"], "index": 1, "rating": 1,
-                                      "correction": "x" * 100_000})
+    huge = post(
+      url,
+      "/v1/feedback",
+      {"id": answer["id"], "index": 1, "rating": 1, "correction": "x" * 100_000},
+    )
     assert huge.status_code == 400 and huge.json()["error"]["param"] == "correction"
-    assert post(url, "/v1/feedback", {"id": answer["id"], "index": 1, "rating": -1}
-                ).status_code == 200
+    assert (
+      post(url, "/v1/feedback", {"id": answer["id"], "index": 1, "rating": -1}).status_code == 200
+    )
   with serve(classifier(gate), feedback_dir=str(tmp_path)) as url:  # after a restart
     assert post(url, "/v1/feedback", {"id": answer["id"], "rating": 1}).status_code == 409
 

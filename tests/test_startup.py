@@ -10,6 +10,7 @@ from bigflax import startup
 @pytest.fixture
 def machine(monkeypatch):
   """This process's JAX_PLATFORMS decision on a machine described by the test."""
+
   def decide(tpu=False, plugins=(), user_platforms=None):
     monkeypatch.setattr(startup, "tpu_present", lambda: tpu)
     monkeypatch.setattr(startup, "pjrt_plugins", lambda: set(plugins))
@@ -19,6 +20,7 @@ def machine(monkeypatch):
       monkeypatch.setenv("JAX_PLATFORMS", user_platforms)
     startup.skip_absent_tpu()
     return os.environ.get("JAX_PLATFORMS")
+
   return decide
 
 

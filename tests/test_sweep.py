@@ -20,8 +20,8 @@ from bigflax.sweep import runner as sweep_runner
 from bigflax.sweep import space as sweep_space
 from bigflax.sweep import trials as sweep_trials
 from bigflax.train import writers
-from helpers import TINY
 from conftest import REPO
+from helpers import TINY
 
 
 def sweep_main(args) -> int:
@@ -31,17 +31,20 @@ def sweep_main(args) -> int:
 
 def test_product_zip_seeds():
   grid = sweep_space.product(**{"optim.lr": [1e-3, 3e-4], "model.num_layers": [2, 4]})
-  assert grid == [{"optim.lr": 1e-3, "model.num_layers": 2},
-                  {"optim.lr": 1e-3, "model.num_layers": 4},
-                  {"optim.lr": 3e-4, "model.num_layers": 2},
-                  {"optim.lr": 3e-4, "model.num_layers": 4}]
+  assert grid == [
+    {"optim.lr": 1e-3, "model.num_layers": 2},
+    {"optim.lr": 1e-3, "model.num_layers": 4},
+    {"optim.lr": 3e-4, "model.num_layers": 2},
+    {"optim.lr": 3e-4, "model.num_layers": 4},
+  ]
   width = sweep_space.zip_(**{"model.embed_dim": [64, 128], "model.mlp_dim": [256, 512]})
-  assert width == [{"model.embed_dim": 64, "model.mlp_dim": 256},
-                   {"model.embed_dim": 128, "model.mlp_dim": 512}]
+  assert width == [
+    {"model.embed_dim": 64, "model.mlp_dim": 256},
+    {"model.embed_dim": 128, "model.mlp_dim": 512},
+  ]
   combined = sweep_space.product(width, sweep_space.seeds(3), **{"optim.lr": [1e-3]})
   assert len(combined) == 6
-  assert combined[-1] == {"model.embed_dim": 128, "model.mlp_dim": 512, "seed": 2,
-                          "optim.lr": 1e-3}
+  assert combined[-1] == {"model.embed_dim": 128, "model.mlp_dim": 512, "seed": 2, "optim.lr": 1e-3}
   with pytest.raises(ValueError, match="one length; got lengths \\[2, 3\\]"):
     sweep_space.zip_(**{"optim.lr": [1, 2], "seed": [1, 2, 3]})
   with pytest.raises(ValueError, match="'seed' is set by two"):
@@ -49,9 +52,11 @@ def test_product_zip_seeds():
 
 
 def test_random_draws_are_seeded_and_follow_their_distributions():
-  space = {"optim.lr": sweep_space.LogUniform(1e-4, 1e-2),
-           "model.num_layers": sweep_space.IntUniform(1, 3),
-           "tokenizer.kind": sweep_space.Choice(("byte", "sentencepiece"))}
+  space = {
+    "optim.lr": sweep_space.LogUniform(1e-4, 1e-2),
+    "model.num_layers": sweep_space.IntUniform(1, 3),
+    "tokenizer.kind": sweep_space.Choice(("byte", "sentencepiece")),
+  }
   draws = sweep_space.random(2000, seed=1, **space)
   assert draws == sweep_space.random(2000, seed=1, **space)
   assert draws != sweep_space.random(2000, seed=2, **space)
@@ -65,7 +70,8 @@ def test_random_draws_are_seeded_and_follow_their_distributions():
 
 def test_trial_names():
   assert sweep_trials.trial_name({"optim.lr": 0.001, "model.embed_dim": 64}) == (
-      "lr=0.001,embed_dim=64")
+    "lr=0.001,embed_dim=64"
+  )
   assert sweep_trials.trial_name({"a.rate": 1, "b.rate": 2}) == "a.rate=1,b.rate=2"
   assert sweep_trials.trial_name({"optim.lr": 0.00012345678}) == "lr=0.0001235"
   assert sweep_space.format_value(0.00012345678) == "0.00012345678"
@@ -98,9 +104,14 @@ def experiment(tmp_path, monkeypatch):
 
 
 def tiny(tfds_dir, steps=4):
-  return [*TINY[2:], f"--config.data.data_dir={tfds_dir}", f"--config.train.num_steps={steps}",
-          "--config.train.eval_every=2", "--config.train.eval_steps=1",
-          f"--config.train.checkpoint_every={steps}"]
+  return [
+    *TINY[2:],
+    f"--config.data.data_dir={tfds_dir}",
+    f"--config.train.num_steps={steps}",
+    "--config.train.eval_every=2",
+    "--config.train.eval_steps=1",
+    f"--config.train.checkpoint_every={steps}",
+  ]
 
 
 def read_csv(path):
@@ -133,8 +144,9 @@ def fake_loss(lr, step=5):
 
 class FakeRunner(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
-    return subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, *train_args], stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+      [sys.executable, "-c", FAKE_TRAINER, *train_args], stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 @pytest.fixture
@@ -145,15 +157,19 @@ def fake_training(monkeypatch):
 
 def test_grid_sweep_orchestration(experiment, fake_training, tmp_path, capsys):
   fake = tmp_path / "fake.py"
-  fake.write_text(EXPERIMENT.replace("+ [{\"optim.lr\": 1e-3", "+ [{\"optim.lr\": 1e-1"))
+  fake.write_text(EXPERIMENT.replace('+ [{"optim.lr": 1e-3', '+ [{"optim.lr": 1e-1'))
   directory = tmp_path / "sweep"
   args = ["--config", str(fake), "--workdir", str(directory), "--parallel", "3"]
   assert sweep_main(args) == 0
   out = capsys.readouterr().out
   rows = read_csv(directory / "results.csv")
-  assert [r["trial"] for r in rows] == ["lr=0.001,num_layers=1", "lr=0.001,num_layers=2",
-                                        "lr=0.01,num_layers=1", "lr=0.01,num_layers=2",
-                                        "lr=0.1,num_layers=1,seq_len=1000"]
+  assert [r["trial"] for r in rows] == [
+    "lr=0.001,num_layers=1",
+    "lr=0.001,num_layers=2",
+    "lr=0.01,num_layers=1",
+    "lr=0.01,num_layers=2",
+    "lr=0.1,num_layers=1,seq_len=1000",
+  ]
   assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"]
   for r in rows[:4]:
     assert float(r["validation/loss"]) == pytest.approx(fake_loss(float(r["optim.lr"])))
@@ -180,12 +196,12 @@ if not (workdir / "started").exists():
 
 class PreemptedOnceRunner(sweep_trials.LocalRunner):
   def start(self, train_args, workdir, log):
-    return subprocess.Popen([sys.executable, "-c", PREEMPTED_ONCE, *train_args], stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+      [sys.executable, "-c", PREEMPTED_ONCE, *train_args], stdout=log, stderr=subprocess.STDOUT
+    )
 
 
-def test_a_preempted_trial_is_resumed_by_the_next_sweep(experiment, tmp_path, capsys,
-                                                        monkeypatch):
+def test_a_preempted_trial_is_resumed_by_the_next_sweep(experiment, tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(sweep_trials, "LocalRunner", PreemptedOnceRunner)
   monkeypatch.setattr(sweep_trials, "POLL_SECONDS", 0.05)
   one = tmp_path / "one.py"
@@ -204,8 +220,18 @@ def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
   space = tmp_path / "space.py"
   space.write_text(EXPERIMENT.replace("LogUniform(1e-3, 1e-2)", "LogUniform(1e-5, 1e-2)"))
   directory = tmp_path / "study"
-  args = ["--config", str(space), "--workdir", str(directory), "--optuna", "8", "--seed", "0",
-          "--prune_after", "2"]
+  args = [
+    "--config",
+    str(space),
+    "--workdir",
+    str(directory),
+    "--optuna",
+    "8",
+    "--seed",
+    "0",
+    "--prune_after",
+    "2",
+  ]
   assert sweep_main(args) == 0
   study = optuna.load_study(study_name="space", storage=f"sqlite:///{directory}/study.db")
   states = [t.state.name for t in study.trials]
@@ -218,42 +244,66 @@ def test_optuna_prunes_and_resumes(experiment, fake_training, tmp_path, capsys):
     else:  # stopped once its loss at some step was above the median of earlier trials'
       assert len(logged) < 5
       step = max(t.intermediate_values)
-      earlier = [u.intermediate_values[step] for u in study.trials[:t.number]
-                 if step in u.intermediate_values]
+      earlier = [
+        u.intermediate_values[step]
+        for u in study.trials[: t.number]
+        if step in u.intermediate_values
+      ]
       assert t.intermediate_values[step] > np.median(earlier)
   rows = read_csv(directory / "results.csv")
   assert sorted(r["status"] for r in rows) == sorted(
-      {"COMPLETE": "done", "PRUNED": "pruned"}[s] for s in states)
+    {"COMPLETE": "done", "PRUNED": "pruned"}[s] for s in states
+  )
   assert sweep_main(args) == 0  # the study is complete: no new trial
-  assert len(optuna.load_study(study_name="space",
-                               storage=f"sqlite:///{directory}/study.db").trials) == 8
+  assert (
+    len(optuna.load_study(study_name="space", storage=f"sqlite:///{directory}/study.db").trials)
+    == 8
+  )
 
 
-def test_a_non_finite_result_is_ranked_last_and_named(experiment, fake_training, tmp_path,
-                                                      capsys):
+def test_a_non_finite_result_is_ranked_last_and_named(experiment, fake_training, tmp_path, capsys):
   space = tmp_path / "nan.py"
-  space.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return "
-                                      "sweep.product(**{'optim.lr': [0.02, 1e-3, 3e-3]})"))
-  for mode, order in [("min", ["lr=0.003", "lr=0.001", "lr=0.02"]),
-                      ("max", ["lr=0.001", "lr=0.003", "lr=0.02"])]:
+  space.write_text(
+    EXPERIMENT.replace(
+      "def get_sweep():",
+      "def get_sweep():\n  return sweep.product(**{'optim.lr': [0.02, 1e-3, 3e-3]})",
+    )
+  )
+  for mode, order in [
+    ("min", ["lr=0.003", "lr=0.001", "lr=0.02"]),
+    ("max", ["lr=0.001", "lr=0.003", "lr=0.02"]),
+  ]:
     directory = tmp_path / mode
-    assert sweep_main(["--config", str(space), "--workdir", str(directory), "--mode", mode,
-                       "--parallel", "3"]) == 0
+    assert (
+      sweep_main(
+        ["--config", str(space), "--workdir", str(directory), "--mode", mode, "--parallel", "3"]
+      )
+      == 0
+    )
     out = capsys.readouterr().out
     assert [r["trial"] for r in read_csv(directory / "results.csv")] == order
     table = (directory / "results.md").read_text().splitlines()
     assert table[-1].startswith("| lr=0.02 | 0.02 | done | nan (not finite) |")
-    assert ("1 trial(s) ended with a non-finite validation/loss, ranked last: ['lr=0.02']"
-            in out)
+    assert "1 trial(s) ended with a non-finite validation/loss, ranked last: ['lr=0.02']" in out
 
 
 def optuna_args(config, directory, *more):
-  return ["--config", str(config), "--workdir", str(directory), "--optuna", "1", "--seed", "0",
-          *more]
+  return [
+    "--config",
+    str(config),
+    "--workdir",
+    str(directory),
+    "--optuna",
+    "1",
+    "--seed",
+    "0",
+    *more,
+  ]
 
 
 def test_a_new_study_in_the_same_directory_gets_its_own_trial_directories(
-    experiment, fake_training, tmp_path):
+  experiment, fake_training, tmp_path
+):
   """Trial 0 of study b never resumes study a's trial 0 (other hyperparameters)."""
   optuna = pytest.importorskip("optuna")
   directory = tmp_path / "sweeps"
@@ -284,15 +334,18 @@ sys.exit(cli.run_launcher(["sweep", *sys.argv[1:]]))
 
 
 def test_a_killed_sweeps_running_trial_is_failed_by_heartbeat_and_retried(
-    experiment, fake_training, tmp_path, monkeypatch, capsys):
+  experiment, fake_training, tmp_path, monkeypatch, capsys
+):
   """SIGKILL to a sweep (and its trainer) mid-trial: its trial stays RUNNING in study.db; the
   next sweep sees its heartbeat is stale, fails it, and retries it in the same directory
   (same hyperparameters, so it resumes), and the study ends complete."""
   optuna = pytest.importorskip("optuna")
   directory = tmp_path / "study"
-  killed = subprocess.Popen([sys.executable, "-c", HANGING_SWEEP,
-                             *optuna_args(experiment, directory)],
-                            start_new_session=True, stdout=subprocess.DEVNULL)
+  killed = subprocess.Popen(
+    [sys.executable, "-c", HANGING_SWEEP, *optuna_args(experiment, directory)],
+    start_new_session=True,
+    stdout=subprocess.DEVNULL,
+  )
   try:
     for _ in range(600):  # until its first trial trains and has beaten once
       time.sleep(0.1)
@@ -310,9 +363,10 @@ def test_a_killed_sweeps_running_trial_is_failed_by_heartbeat_and_retried(
   monkeypatch.setattr(sweep_runner, "STALE_SECONDS", 1)
   time.sleep(2)
   assert sweep_main(optuna_args(experiment, directory)) == 0
-  assert ("tiny_sweep-trial-000 was RUNNING with no heartbeat for over 1 s (its sweep was "
-          "killed): marked failed, tried again, resuming from its checkpoint"
-          ) in capsys.readouterr().out
+  assert (
+    "tiny_sweep-trial-000 was RUNNING with no heartbeat for over 1 s (its sweep was "
+    "killed): marked failed, tried again, resuming from its checkpoint"
+  ) in capsys.readouterr().out
   states = [(t.state.name, t.user_attrs.get("name")) for t in study.trials]
   assert states[0][0] == "FAIL"
   retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 0)
@@ -324,18 +378,26 @@ def test_a_killed_sweeps_running_trial_is_failed_by_heartbeat_and_retried(
 
 
 @pytest.mark.slow
-def test_a_locked_study_database_is_waited_for(experiment, fake_training, tmp_path,
-                                               monkeypatch, capsys):
+def test_a_locked_study_database_is_waited_for(
+  experiment, fake_training, tmp_path, monkeypatch, capsys
+):
   """Another writer holds study.db longer than sqlite's 5 s default: the sweep waits for it;
   with a wait shorter than the lock it stops with a message, not a traceback."""
   pytest.importorskip("optuna")
   directory = tmp_path / "study"
   directory.mkdir()
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sqlite3, sys, time\n"
-       "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-       "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(6)",
-       str(directory / "study.db")], stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      "import sqlite3, sys, time\n"
+      "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+      "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(6)",
+      str(directory / "study.db"),
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline() == "locked\n"
   started = time.monotonic()
   assert sweep_main(optuna_args(experiment, directory)) == 0
@@ -344,10 +406,17 @@ def test_a_locked_study_database_is_waited_for(experiment, fake_training, tmp_pa
 
   monkeypatch.setattr(sweep_runner, "SQLITE_TIMEOUT_SECONDS", 0.5)
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sqlite3, sys, time\n"
-       "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-       "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(2)",
-       str(directory / "study.db")], stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      "import sqlite3, sys, time\n"
+      "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+      "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(2)",
+      str(directory / "study.db"),
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline() == "locked\n"
   assert sweep_main(optuna_args(experiment, directory, "--optuna", "2")) == 2
   err = capsys.readouterr().err
@@ -359,8 +428,7 @@ def test_a_locked_study_database_is_waited_for(experiment, fake_training, tmp_pa
 @pytest.mark.slow
 def test_sweep_end_to_end(experiment, tfds_dir, tmp_path, capsys):
   directory = tmp_path / "sweep"
-  args = ["--config", experiment, "--workdir", str(directory), "--parallel", "2",
-          *tiny(tfds_dir)]
+  args = ["--config", experiment, "--workdir", str(directory), "--parallel", "2", *tiny(tfds_dir)]
   assert sweep_main(args) == 0
   out = capsys.readouterr().out
   failed = "lr=0.001,num_layers=1,seq_len=1000"
@@ -376,8 +444,9 @@ def test_sweep_end_to_end(experiment, tfds_dir, tmp_path, capsys):
     assert float(r["validation/loss"]) == logged[4]["loss"] and r["step"] == "4"
     assert r["trial"] == f"lr={float(r['optim.lr']):g},num_layers={r['model.num_layers']}"
   table = (directory / "results.md").read_text()
-  assert table.splitlines()[0].startswith("| trial | optim.lr | model.num_layers | data.seq_len"
-                                          " | status | validation/loss |")
+  assert table.splitlines()[0].startswith(
+    "| trial | optim.lr | model.num_layers | data.seq_len | status | validation/loss |"
+  )
   assert table.strip() in out
   assert (directory / "results.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -395,12 +464,18 @@ def test_sweep_end_to_end(experiment, tfds_dir, tmp_path, capsys):
 def test_a_pruned_trial_is_stopped(tfds_dir, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   workdir = epath.Path(tmp_path / "trial")
-  train_args = ["--config", "experiments/gpt_tiny.py", "--workdir", str(workdir),
-                *tiny(tfds_dir, steps=3000)]
+  train_args = [
+    "--config",
+    "experiments/gpt_tiny.py",
+    "--workdir",
+    str(workdir),
+    *tiny(tfds_dir, steps=3000),
+  ]
   reported = []
   prune = lambda step, value: reported.append((step, value)) or True
-  record = sweep_trials.run_trial(sweep_trials.LocalRunner(), train_args, workdir,
-                                  "validation/loss", prune)
+  record = sweep_trials.run_trial(
+    sweep_trials.LocalRunner(), train_args, workdir, "validation/loss", prune
+  )
   assert record["status"] == "pruned" and record["returncode"] == 75  # saved, then stopped
   assert reported[0][0] == 2
   assert reported[0][1] == writers.read(str(workdir), "validation")[2]["loss"]
@@ -409,10 +484,26 @@ def test_a_pruned_trial_is_stopped(tfds_dir, tmp_path, monkeypatch):
 
 def test_sweep_on_a_tpu_slice_dry_run(capsys, monkeypatch):
   monkeypatch.chdir(REPO)  # the experiment must be in the checkout copied to the workers
-  code = sweep_main(["--config", "experiments/gpt_tiny_sweep.py", "--workdir",
-                     "gs://bucket/sweep", "--launcher", "tpu", "--tpu", "t", "--zone", "z",
-                     "--accelerator-type", "v5litepod-16", "--create", "--delete", "--dry-run",
-                     "--config.train.num_steps=10"])
+  code = sweep_main(
+    [
+      "--config",
+      "experiments/gpt_tiny_sweep.py",
+      "--workdir",
+      "gs://bucket/sweep",
+      "--launcher",
+      "tpu",
+      "--tpu",
+      "t",
+      "--zone",
+      "z",
+      "--accelerator-type",
+      "v5litepod-16",
+      "--create",
+      "--delete",
+      "--dry-run",
+      "--config.train.num_steps=10",
+    ]
+  )
   out, err = capsys.readouterr()
   assert code == 0, err
   commands = [shlex.split(line) for line in out.splitlines() if line.startswith("gcloud")]
@@ -420,8 +511,11 @@ def test_sweep_on_a_tpu_slice_dry_run(capsys, monkeypatch):
   starts = [c[-2] for c in commands if "--worker=all" in c and "bigflax train" in c[-2]]
   assert len(starts) == 10
   for trial in ["embed_dim=64,mlp_dim=256,lr=0.0003", "embed_dim=128,mlp_dim=512,lr=0.03"]:
-    assert any(f"--workdir gs://bucket/sweep/{trial} --config.train.num_steps=10" in s
-               and "--distributed" in s for s in starts)
+    assert any(
+      f"--workdir gs://bucket/sweep/{trial} --config.train.num_steps=10" in s
+      and "--distributed" in s
+      for s in starts
+    )
   assert commands[-1][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "delete"]
 
 
@@ -437,8 +531,10 @@ def test_bad_sweep_fields_are_named(experiment, tmp_path, capsys):
 def test_a_tpu_trial_outlives_a_dropped_stream(tmp_path, monkeypatch, capsys):
   """A sweep on a (fake) TPU slice: the trial's log stream is cut mid-run; the sweep
   re-attaches, records the trainer's own status and log, and deletes the slice at the end."""
-  from bigflax import launch
   from test_launch import fake_cloud
+
+  from bigflax import launch
+
   trainer = 'echo "trainer: $*"; for i in 1 2 3 4; do echo "step $i"; sleep 0.5; done\n'
   for k, v in fake_cloud(tmp_path, trainer, DROP_STREAMS=1).items():
     monkeypatch.setenv(k, v)
@@ -450,12 +546,30 @@ def test_a_tpu_trial_outlives_a_dropped_stream(tmp_path, monkeypatch, capsys):
   one.write_text(EXPERIMENT.replace("def get_sweep():", "def get_sweep():\n  return [{}]"))
   subprocess.run(["git", "init", "-q", str(checkout)], check=True)
   monkeypatch.setattr(launch, "ROOT", checkout)
-  assert sweep_main(["--config", str(one), "--workdir", str(tmp_path / "sweep"), "--launcher",
-                     "tpu", "--tpu", "t", "--zone", "z", "--accelerator-type", "v4-8",
-                     "--delete"]) == 0
+  assert (
+    sweep_main(
+      [
+        "--config",
+        str(one),
+        "--workdir",
+        str(tmp_path / "sweep"),
+        "--launcher",
+        "tpu",
+        "--tpu",
+        "t",
+        "--zone",
+        "z",
+        "--accelerator-type",
+        "v4-8",
+        "--delete",
+      ]
+    )
+    == 0
+  )
   assert "training is still running: re-attaching" in capsys.readouterr().err
   log = (tmp_path / "sweep" / "default" / "train.log").read_text()
   assert [line for line in log.splitlines() if line.startswith("step")] == [
-      f"step {i}" for i in range(1, 5)]
+    f"step {i}" for i in range(1, 5)
+  ]
   assert [r["status"] for r in read_csv(tmp_path / "sweep" / "results.csv")] == ["done"]
   assert (tmp_path / "gcloud.log").read_text().splitlines()[-1] == "delete t ended"

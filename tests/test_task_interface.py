@@ -8,7 +8,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import optax
 
 from bigflax import configs, evals, losses, tasks, trained
@@ -24,10 +23,14 @@ def quadrant_data(config, tokenizer, split, *, process_index, process_count):
   rng = np.random.default_rng([config.data.seed, ("train", "validation").index(split)])
   features = rng.uniform(-1, 1, (512, 2)).astype(np.float32)
   labels = (features[:, 0] * features[:, 1] > 0).astype(np.int32)
-  return batches.Batches({"features": features, "label": labels},
-                          config.data.global_batch_size, seed=config.data.seed,
-                          shuffle=split == "train", process_index=process_index,
-                          process_count=process_count)
+  return batches.Batches(
+    {"features": features, "label": labels},
+    config.data.global_batch_size,
+    seed=config.data.seed,
+    shuffle=split == "train",
+    process_index=process_index,
+    process_count=process_count,
+  )
 
 
 def logits(model, params, batch, rngs=None):
@@ -41,33 +44,46 @@ def loss_fn(model, params, batch, rng):
 
 def eval_fn(model, params, batch):
   out = logits(model, params, batch)
-  return {"nll": losses.cross_entropy(out, batch["label"]).sum(),
-          "correct": (out.argmax(-1) == batch["label"]).sum(),
-          "count": jnp.asarray(batch["label"].size, jnp.float32)}
+  return {
+    "nll": losses.cross_entropy(out, batch["label"]).sum(),
+    "correct": (out.argmax(-1) == batch["label"]).sum(),
+    "count": jnp.asarray(batch["label"].size, jnp.float32),
+  }
 
 
 def serving(config, model, params, tokenizer):
   del config, tokenizer
-  b, = jax.export.symbolic_shape("b")
+  (b,) = jax.export.symbolic_shape("b")
   forward = lambda params, features: logits(model, params, {"features": features})
   meta = {"input": "features", "input_shape": [2], "labels": ["apart", "together"]}
   return {"forward": (forward, (params, jax.ShapeDtypeStruct((b, 2), jnp.float32)))}, meta
 
 
 QUADRANT = tasks.Task(
-    name="quadrant", make_data=quadrant_data,
-    init_inputs=lambda config: (jnp.zeros((1, 2), jnp.float32),),
-    tokens_per_example=lambda config: 1, loss_fn=loss_fn, eval_fn=eval_fn,
-    finalize=lambda t: {"loss": float(t["nll"] / t["count"]),
-                        "accuracy": float(t["correct"] / t["count"])},
-    serving=serving, served_as="classify", default_metric="accuracy")
+  name="quadrant",
+  make_data=quadrant_data,
+  init_inputs=lambda config: (jnp.zeros((1, 2), jnp.float32),),
+  tokens_per_example=lambda config: 1,
+  loss_fn=loss_fn,
+  eval_fn=eval_fn,
+  finalize=lambda t: {
+    "loss": float(t["nll"] / t["count"]),
+    "accuracy": float(t["correct"] / t["count"]),
+  },
+  serving=serving,
+  served_as="classify",
+  default_metric="accuracy",
+)
 
 
 def parameter_norm(context, every=0):
   """A toy evaluator kind: the parameters' norm and how many eval rows the context holds."""
   rows = sum(len(batch["label"]) for batch in context.eval_batches())
-  return evals.Evaluator("toy", every, lambda params, step: {
-      "param_norm": float(optax.tree.norm(params)), "eval_rows": rows})
+  return evals.Evaluator(
+    "toy",
+    every,
+    lambda params, step: {"param_norm": float(optax.tree.norm(params)), "eval_rows": rows},
+  )
 
 
 def quadrant_config():
@@ -104,6 +120,7 @@ def test_a_task_defined_in_a_test_trains_evaluates_exports_and_serves(tmp_path):
   sys.path.insert(0, str(tmp_path / "bundle"))
   try:
     import load_bundle  # pylint: disable=import-outside-toplevel
+
     bundle = load_bundle.load(str(tmp_path / "bundle"))
   finally:
     sys.path.pop(0)
@@ -113,5 +130,7 @@ def test_a_task_defined_in_a_test_trains_evaluates_exports_and_serves(tmp_path):
   served = trained.load_served_model(workdir)  # what `serve --workdir` runs
   assert isinstance(served, bundle_lib.Bundle) and served.task == "classify"
   np.testing.assert_allclose(
-      np.asarray(served.classify(np.array([[0.5, 0.5], [0.5, -0.5]], np.float32))),
-      probabilities, atol=1e-5)
+    np.asarray(served.classify(np.array([[0.5, 0.5], [0.5, -0.5]], np.float32))),
+    probabilities,
+    atol=1e-5,
+  )

@@ -10,9 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bigflax.data import batches, packing, pipeline
-from bigflax.data import sst2
-from bigflax.data import tokenizers
+from bigflax.data import batches, packing, pipeline, sst2, tokenizers
 from bigflax.tasks import classify
 from conftest import SHARED_DATA
 
@@ -22,8 +20,7 @@ SST2_DIR = SHARED_DATA / "sst2"
 @pytest.fixture(scope="module")
 def sst2_dir(tfds_dir):
   """The session's TFDS data_dir with sst2 prepared (about 3 s)."""
-  sst2.Sst2(data_dir=tfds_dir, source_dir=SST2_DIR).download_and_prepare(
-      file_format="array_record")
+  sst2.Sst2(data_dir=tfds_dir, source_dir=SST2_DIR).download_and_prepare(file_format="array_record")
   return tfds_dir
 
 
@@ -38,12 +35,14 @@ def minilm_tokenizer_file() -> pathlib.Path:
 
 def _tsv_rows(name):
   lines = (SST2_DIR / name).read_text().splitlines()[1:]
-  return [(sentence[:-1], int(label)) for sentence, label in (l.split("\t") for l in lines)]
+  return [(sentence[:-1], int(label)) for sentence, label in (line.split("\t") for line in lines)]
 
 
 def test_parse_tsv_strips_glue_trailing_space():
   assert sst2.parse_tsv("sentence\tlabel\nit 's fine . \t1\nbad \t0\n") == [
-      ("it 's fine .", 1), ("bad", 0)]
+    ("it 's fine .", 1),
+    ("bad", 0),
+  ]
   with pytest.raises(ValueError, match="header 'label"):
     sst2.parse_tsv("label\tsentence\n1\tgood\n")
 
@@ -101,8 +100,10 @@ def test_hf_tokenizer_build_copies_the_file_and_reloads(minilm_tokenizer_file, t
   text = "A gorgeous, witty, seductive movie."
   built = tokenizers.build(config, None, workdir_tokenizer)
   shutil.rmtree(checkpoint)  # A sampler or a resumed run needs only the workdir.
-  for tok in (tokenizers.load(workdir_tokenizer),
-              tokenizers.build(config, None, workdir_tokenizer)):
+  for tok in (
+    tokenizers.load(workdir_tokenizer),
+    tokenizers.build(config, None, workdir_tokenizer),
+  ):
     assert isinstance(tok, tokenizers.HFTokenizer)
     assert tok.encode(text) == built.encode(text)
     assert (tok.vocab_size, tok.cls_id) == (30522, 101)
@@ -120,19 +121,27 @@ def test_hf_tokenizer_without_path_names_the_field(tmp_path):
 
 def test_frame_sentences_hand_computed():
   tokens, mask = packing.frame_sentences(
-      [[5, 6], [], [7, 8, 9, 10], [11, 12, 13, 14, 15]], 6, bos_id=1, eos_id=2, pad_id=0)
-  np.testing.assert_array_equal(tokens, [[1, 5, 6, 2, 0, 0],
-                                         [1, 2, 0, 0, 0, 0],
-                                         [1, 7, 8, 9, 10, 2],
-                                         [1, 11, 12, 13, 14, 2]])  # Cut to seq_len - 2.
+    [[5, 6], [], [7, 8, 9, 10], [11, 12, 13, 14, 15]], 6, bos_id=1, eos_id=2, pad_id=0
+  )
+  np.testing.assert_array_equal(
+    tokens, [[1, 5, 6, 2, 0, 0], [1, 2, 0, 0, 0, 0], [1, 7, 8, 9, 10, 2], [1, 11, 12, 13, 14, 2]]
+  )  # Cut to seq_len - 2.
   np.testing.assert_array_equal(mask, tokens != 0)
   assert tokens.dtype == mask.dtype == np.int32
 
 
 def _config(data_dir, **overrides):
-  return ml_collections.ConfigDict(dict(
-      name="sst2", data_dir=str(data_dir), source_dir=str(SST2_DIR), seq_len=32,
-      global_batch_size=100, seed=0, **overrides))
+  return ml_collections.ConfigDict(
+    dict(
+      name="sst2",
+      data_dir=str(data_dir),
+      source_dir=str(SST2_DIR),
+      seq_len=32,
+      global_batch_size=100,
+      seed=0,
+      **overrides,
+    )
+  )
 
 
 def _check_framing(batch, tok):
@@ -148,15 +157,22 @@ def _check_framing(batch, tok):
 def test_validation_batches_cover_every_example_once(sst2_dir, minilm_tokenizer_file):
   tok = tokenizers.HFTokenizer(minilm_tokenizer_file)
   config = _config(sst2_dir)
-  parts = [classify.make_text_classification_batches(
-      config, tok, "validation", process_index=p, process_count=2) for p in range(2)]
+  parts = [
+    classify.make_text_classification_batches(
+      config, tok, "validation", process_index=p, process_count=2
+    )
+    for p in range(2)
+  ]
   assert parts[0].steps_per_epoch == 9  # ceil(872 / 100)
   batches = [parts[p].batch(s) for s in range(9) for p in range(2)]
   for batch in batches:
     assert batch["tokens"].shape == batch["mask"].shape == (50, 32)
     assert batch["label"].shape == batch["weight"].shape == (50,)
     assert (batch["tokens"].dtype, batch["label"].dtype, batch["weight"].dtype) == (
-        np.int32, np.int32, np.float32)
+      np.int32,
+      np.int32,
+      np.float32,
+    )
     _check_framing(batch, tok)
   joined = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   np.testing.assert_array_equal(joined["weight"], [1] * 872 + [0] * 28)
@@ -172,7 +188,8 @@ def test_validation_batches_cover_every_example_once(sst2_dir, minilm_tokenizer_
 def test_train_batches_shuffled_and_truncated_with_byte_tokenizer(sst2_dir):
   tok = tokenizers.ByteTokenizer()
   train = classify.make_text_classification_batches(
-      _config(sst2_dir), tok, "train", process_index=0, process_count=1)
+    _config(sst2_dir), tok, "train", process_index=0, process_count=1
+  )
   assert train.steps_per_epoch == 673
   batch = train.batch(0)
   _check_framing(batch, tok)
@@ -197,12 +214,21 @@ def test_length_grouped_batches_are_random_but_short():
 
 
 def test_bucketed_batches_drop_only_padding(sst2_dir):
-  config = ml_collections.ConfigDict(dict(
-      name="sst2", data_dir=sst2_dir, source_dir=str(SHARED_DATA / "sst2"), seq_len=64,
-      global_batch_size=32, seed=0, length_buckets=(16, 32, 64)))
+  config = ml_collections.ConfigDict(
+    dict(
+      name="sst2",
+      data_dir=sst2_dir,
+      source_dir=str(SHARED_DATA / "sst2"),
+      seq_len=64,
+      global_batch_size=32,
+      seed=0,
+      length_buckets=(16, 32, 64),
+    )
+  )
   tokenizer = tokenizers.ByteTokenizer()
-  batches = classify.make_text_classification_batches(config, tokenizer, "train",
-                                                      process_index=0, process_count=1)
+  batches = classify.make_text_classification_batches(
+    config, tokenizer, "train", process_index=0, process_count=1
+  )
   widths = collections.Counter()
   for step in range(40):
     batch = batches.batch(step)

@@ -2,15 +2,14 @@
 accumulation equals the full batch, loss goes down on Tiny Shakespeare."""
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from bigflax import run as run_lib
 from bigflax.train import loop, partitioning, writers
-from experiments import gpt_tiny
-
 from conftest import SHARED_DATA
+from experiments import gpt_tiny
 
 
 def tiny_config(tfds_dir, **train):
@@ -31,17 +30,18 @@ def train_losses(config, workdir, mesh_shape, num_devices):
 
 
 LAYOUTS = {
-    "data": dict(data=8, fsdp=1, tensor=1),
-    "fsdp": dict(data=1, fsdp=8, tensor=1),
-    "tensor": dict(data=1, fsdp=1, tensor=8),
-    "2x2x2": dict(data=2, fsdp=2, tensor=2),
+  "data": dict(data=8, fsdp=1, tensor=1),
+  "fsdp": dict(data=1, fsdp=8, tensor=1),
+  "tensor": dict(data=1, fsdp=1, tensor=8),
+  "2x2x2": dict(data=2, fsdp=2, tensor=2),
 }
 
 
 @pytest.fixture(scope="module")
 def one_device_losses(tfds_dir, tmp_path_factory):
-  losses, _ = train_losses(tiny_config(tfds_dir), tmp_path_factory.mktemp("one"),
-                           dict(data=1, fsdp=1, tensor=1), 1)
+  losses, _ = train_losses(
+    tiny_config(tfds_dir), tmp_path_factory.mktemp("one"), dict(data=1, fsdp=1, tensor=1), 1
+  )
   return losses
 
 
@@ -56,22 +56,23 @@ def test_sharded_layouts_match_one_device(layout, one_device_losses, tfds_dir, t
   kernel = state.params["layer_0"]["mlp"]["up"]["kernel"]  # (embed=64, mlp=128)
   assert kernel.sharding.spec == P("fsdp", "tensor")
   shape = LAYOUTS[layout]
-  assert kernel.addressable_shards[0].data.shape == (64 // shape["fsdp"],
-                                                      128 // shape["tensor"])
+  assert kernel.addressable_shards[0].data.shape == (64 // shape["fsdp"], 128 // shape["tensor"])
   mu = state.opt_state[1][0].mu["layer_0"]["mlp"]["up"]["kernel"]
   assert mu.sharding.spec == P("fsdp", "tensor")
 
 
 def test_gradient_accumulation_equals_full_batch(one_device_losses, tfds_dir, tmp_path):
-  losses, _ = train_losses(tiny_config(tfds_dir, microbatches=4), tmp_path,
-                           dict(data=1, fsdp=1, tensor=1), 1)
+  losses, _ = train_losses(
+    tiny_config(tfds_dir, microbatches=4), tmp_path, dict(data=1, fsdp=1, tensor=1), 1
+  )
   np.testing.assert_allclose(losses, one_device_losses, atol=1e-5, rtol=0)
 
 
 def test_loss_goes_down_on_tiny_shakespeare(tfds_dir, tmp_path):
   config = tiny_config(tfds_dir, num_steps=40, eval_every=40, eval_steps=4)
-  config.data.update(name="tiny_shakespeare",
-                     source_dir=str(SHARED_DATA / "tiny_shakespeare"), global_batch_size=16)
+  config.data.update(
+    name="tiny_shakespeare", source_dir=str(SHARED_DATA / "tiny_shakespeare"), global_batch_size=16
+  )
   config.optim.lr = 3e-3
   losses, _ = train_losses(config, tmp_path, dict(data=-1, fsdp=1, tensor=1), 2)
   validation = writers.read(str(tmp_path), "validation")[40]["loss"]

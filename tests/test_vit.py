@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from bigflax import models, run, tasks
-from bigflax.plan import planner as plan
 from bigflax.models import vit
+from bigflax.plan import planner as plan
 from bigflax.train import partitioning
 from bigflax.train import state as state_lib
 from experiments import vit_b16, vit_fashion_mnist
@@ -27,9 +27,22 @@ def init_params(model_config, batch=1):
 
 def tiny(**overrides):
   config = vit_fashion_mnist.get_config().model
-  config.update(dict(dict(num_layers=1, embed_dim=16, num_heads=2, mlp_dim=32, image_size=8,
-                          patch_size=2, num_channels=3, num_classes=5, pool="cls"),
-                     **overrides))
+  config.update(
+    dict(
+      dict(
+        num_layers=1,
+        embed_dim=16,
+        num_heads=2,
+        mlp_dim=32,
+        image_size=8,
+        patch_size=2,
+        num_channels=3,
+        num_classes=5,
+        pool="cls",
+      ),
+      **overrides,
+    )
+  )
   return config
 
 
@@ -41,7 +54,6 @@ def test_vit_b16_has_the_published_parameter_count():
   assert sum(x.size for x in jax.tree.leaves(params)) == 86_567_656
   assert params["position_embed"]["embedding"].value.shape == (197, 768)
   assert params["head"]["kernel"].value.shape == (768, 1000)
-
 
 
 def test_vit_b16_config_plans_on_imagenet_shaped_images():
@@ -68,8 +80,9 @@ def test_a_reduced_vit_b16_compiles_as_planned_and_takes_a_step():
   compiled, _, mesh, out_of_memory = plan.compile_step(config, jax.devices())
   assert out_of_memory is None
   layout = run.plan_step_layout(config, tasks.get("classify"), mesh)
-  state = state_lib.create(layout.init, layout.optimizer, jax.random.key(config.seed),
-                           layout.shardings)
+  state = state_lib.create(
+    layout.init, layout.optimizer, jax.random.key(config.seed), layout.shardings
+  )
   batch_sharding = layout.batch_sharding
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
   batch = {"image": images, "label": np.arange(8, dtype=np.int32)}
@@ -86,8 +99,13 @@ def test_patch_embedding_is_a_strided_convolution():
 
   kernel = params["patch_embed"]["kernel"]  # (P, P, C, D): a conv's HWIO kernel
   conv = jax.lax.conv_general_dilated(
-      images.astype(jnp.float32) / 127.5 - 1, jnp.asarray(kernel), (2, 2), "VALID",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+    images.astype(jnp.float32) / 127.5 - 1,
+    jnp.asarray(kernel),
+    (2, 2),
+    "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision="highest",
+  )
   embedded = conv.reshape(2, 16, 16) + params["patch_embed"]["bias"]
   # Rebuild the first block's input by hand and compare with a model of zero layers.
   zero_layers = tiny(num_layers=0)
@@ -98,8 +116,9 @@ def test_patch_embedding_is_a_strided_convolution():
   expected = (x - mean) / np.sqrt(var + 1e-6) * norm["scale"] + norm["bias"]
   shallow = models.build(zero_layers)
   params0 = {k: v for k, v in params.items() if not k.startswith("layer_")}
-  np.testing.assert_allclose(jax.jit(shallow.apply, static_argnums=2)(
-      {"params": params0}, images, None), expected, atol=1e-4)
+  np.testing.assert_allclose(
+    jax.jit(shallow.apply, static_argnums=2)({"params": params0}, images, None), expected, atol=1e-4
+  )
   assert tokens.shape == (2, 17, 16)
   logits = model.apply({"params": params}, images)
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
@@ -128,8 +147,9 @@ def test_resize_matches_torch_bilinear(old, new):
   embedding = rng.normal(size=(1 + old * old, 8)).astype(np.float32)
   resized = vit.resize_position_embedding(embedding, 1 + new * new, num_extra=1)
   grid = torch.from_numpy(embedding[1:].reshape(old, old, 8)).permute(2, 0, 1)[None]
-  reference = torch.nn.functional.interpolate(grid, size=(new, new), mode="bilinear",
-                                              align_corners=False)
+  reference = torch.nn.functional.interpolate(
+    grid, size=(new, new), mode="bilinear", align_corners=False
+  )
   reference = reference[0].permute(1, 2, 0).reshape(new * new, 8).numpy()
   np.testing.assert_array_equal(resized[0], embedding[0])  # the class row is kept
   np.testing.assert_allclose(resized[1:], reference, atol=1e-5)
@@ -160,11 +180,13 @@ def test_a_checkpoint_of_another_resolution_initialises_the_model():
     state_lib.merge_params(high, low)
   params, report = state_lib.merge_params(high, models.adapt_checkpoint(high_config, low, high))
   assert "position_embed/embedding" in report["restored"] and not report["new"]
-  np.testing.assert_array_equal(params["position_embed"]["embedding"],
-                                vit.resize_position_embedding(
-                                    low["position_embed"]["embedding"], 37, num_extra=1))
-  np.testing.assert_array_equal(params["layer_0"]["mlp"]["up"]["kernel"],
-                                low["layer_0"]["mlp"]["up"]["kernel"])
+  np.testing.assert_array_equal(
+    params["position_embed"]["embedding"],
+    vit.resize_position_embedding(low["position_embed"]["embedding"], 37, num_extra=1),
+  )
+  np.testing.assert_array_equal(
+    params["layer_0"]["mlp"]["up"]["kernel"], low["layer_0"]["mlp"]["up"]["kernel"]
+  )
 
 
 def test_flops_per_image_counts_every_matmul():
@@ -180,20 +202,33 @@ def test_flops_per_image_counts_every_matmul():
 
 @pytest.mark.slow
 def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, tmp_path):
-  from helpers import losses, run
   from conftest import SHARED_DATA
+  from helpers import losses, run
 
-  tiny_flags = ["--config", "experiments/vit_fashion_mnist.py",
-                "--config.model.num_layers=1", "--config.model.embed_dim=32",
-                "--config.model.num_heads=2", "--config.model.mlp_dim=64",
-                f"--config.data.data_dir={tfds_dir}",
-                f"--config.data.source_dir={SHARED_DATA / 'fashion_mnist'}",
-                "--config.data.global_batch_size=64", "--config.optim.lr=1e-2",
-                "--config.optim.warmup_steps=3", "--config.optim.decay=constant",
-                "--config.train.log_every=1",
-                "--config.train.eval_every=0"]
-  trained = run("train", tmp_path / "p7", *tiny_flags, "--config.model.patch_size=7",
-                "--config.train.num_steps=40", "--config.train.checkpoint_every=40")
+  tiny_flags = [
+    "--config",
+    "experiments/vit_fashion_mnist.py",
+    "--config.model.num_layers=1",
+    "--config.model.embed_dim=32",
+    "--config.model.num_heads=2",
+    "--config.model.mlp_dim=64",
+    f"--config.data.data_dir={tfds_dir}",
+    f"--config.data.source_dir={SHARED_DATA / 'fashion_mnist'}",
+    "--config.data.global_batch_size=64",
+    "--config.optim.lr=1e-2",
+    "--config.optim.warmup_steps=3",
+    "--config.optim.decay=constant",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=0",
+  ]
+  trained = run(
+    "train",
+    tmp_path / "p7",
+    *tiny_flags,
+    "--config.model.patch_size=7",
+    "--config.train.num_steps=40",
+    "--config.train.checkpoint_every=40",
+  )
   assert trained.returncode == 0, trained.stderr
   loss = losses(tmp_path / "p7")
   assert loss[1] == pytest.approx(np.log(10), abs=1e-4)  # the head starts at zero
@@ -214,6 +249,7 @@ def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, t
 
   # The exported bundle (forward pass over uint8 images) equals the framework's logits.
   from helpers import export, framework_model, run_blocked, server
+
   card = export(tmp_path / "p7", tmp_path / "bundle")
   assert card["task"] == "classify" and card["trained_steps"] == 40
   images = np.random.RandomState(0).randint(0, 256, (3, 28, 28, 1)).astype(np.uint8)
@@ -223,19 +259,29 @@ def test_train_eval_and_init_from_another_resolution_through_the_cli(tfds_dir, t
   np.testing.assert_allclose(out["logits"], logits, atol=1e-5)
   # Served: grayscale images may come without their channel axis.
   import httpx
+
   with server("--bundle", str(tmp_path / "bundle")) as url:
-    answer = httpx.post(f"{url}/v1/classify", json={"input": images[..., 0].tolist()},
-                        timeout=60).json()
+    answer = httpx.post(
+      f"{url}/v1/classify", json={"input": images[..., 0].tolist()}, timeout=60
+    ).json()
     assert [d["label"] for d in answer["data"]] == [
-        report["confusion_matrix"]["classes"][i] for i in np.argmax(logits, -1)]
+      report["confusion_matrix"]["classes"][i] for i in np.argmax(logits, -1)
+    ]
     bad = httpx.post(f"{url}/v1/classify", json={"input": [[[300] * 28] * 28]}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
 
   # Patch 4 instead of 7: a 7x7 grid of positions initialised from the 4x4 one.
-  finetuned = run("train", tmp_path / "p4", *tiny_flags, "--config.model.patch_size=4",
-                  f"--config.init_from={tmp_path / 'p7'}", "--config.init_new=^patch_embed/",
-                  "--config.train.num_steps=1")
+  finetuned = run(
+    "train",
+    tmp_path / "p4",
+    *tiny_flags,
+    "--config.model.patch_size=4",
+    f"--config.init_from={tmp_path / 'p7'}",
+    "--config.init_new=^patch_embed/",
+    "--config.train.num_steps=1",
+  )
   assert finetuned.returncode == 0, finetuned.stderr
   # Everything else, the resized position embedding included, comes from the checkpoint.
   assert "restored 21 parameters, 2 new ['patch_embed/bias', 'patch_embed/kernel']" in (
-      finetuned.stdout)
+    finetuned.stdout
+  )

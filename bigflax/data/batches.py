@@ -6,9 +6,9 @@ Also: batches of similar lengths (length buckets), padding a split to whole batc
 `split_batches`, the ending every task's batch builder shares.
 """
 
+from collections.abc import Callable, Iterator, Sequence
 import functools
 import sys
-from typing import Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -23,16 +23,16 @@ class Batches:
   """
 
   def __init__(
-      self,
-      arrays: dict[str, np.ndarray],
-      global_batch_size: int,
-      *,
-      seed: int,
-      shuffle: bool,
-      process_index: int = 0,
-      process_count: int = 1,
-      transform: Callable[[int, dict], dict] | None = None,
-      lengths: np.ndarray | None = None,
+    self,
+    arrays: dict[str, np.ndarray],
+    global_batch_size: int,
+    *,
+    seed: int,
+    shuffle: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+    transform: Callable[[int, dict], dict] | None = None,
+    lengths: np.ndarray | None = None,
   ):
     """`transform(step, global_batch)`, if given, changes each global batch on the host
     (e.g. MLM masking) before this process takes its rows; seed it from `step` to keep
@@ -41,13 +41,13 @@ class Batches:
     num_examples = len(next(iter(arrays.values())))
     if global_batch_size % process_count:
       raise ValueError(
-          f"data.global_batch_size={global_batch_size} is not divisible by the "
-          f"process count {process_count}"
+        f"data.global_batch_size={global_batch_size} is not divisible by the "
+        f"process count {process_count}"
       )
     if num_examples < global_batch_size:
       raise ValueError(
-          f"The split has {num_examples} examples, fewer than one batch "
-          f"(data.global_batch_size={global_batch_size}); lower it or data.seq_len."
+        f"The split has {num_examples} examples, fewer than one batch "
+        f"(data.global_batch_size={global_batch_size}); lower it or data.seq_len."
       )
     self.arrays = arrays
     self.steps_per_epoch = num_examples // global_batch_size
@@ -58,11 +58,13 @@ class Batches:
       return {k: v[start : start + local_batch_size] for k, v in batch.items()}
 
     if lengths is not None and shuffle:
-      order = functools.lru_cache(maxsize=2)(lambda epoch: length_grouped_order(
-          lengths, global_batch_size, seed, epoch))
+      order = functools.lru_cache(maxsize=2)(
+        lambda epoch: length_grouped_order(lengths, global_batch_size, seed, epoch)
+      )
       steps = self.steps_per_epoch
       batch_indices = grain.MapDataset.range(sys.maxsize).map(
-          lambda step: order(step // steps)[step % steps])
+        lambda step: order(step // steps)[step % steps]
+      )
     else:
       dataset = grain.MapDataset.range(num_examples)
       if shuffle:
@@ -86,15 +88,15 @@ class Batches:
 
 
 def split_batches(
-    arrays: dict[str, np.ndarray],
-    data_config,
-    split: str,
-    *,
-    process_index: int,
-    process_count: int,
-    padding: dict | None = None,
-    transform: Callable[[int, dict], dict] | None = None,
-    lengths: np.ndarray | None = None,
+  arrays: dict[str, np.ndarray],
+  data_config,
+  split: str,
+  *,
+  process_index: int,
+  process_count: int,
+  padding: dict | None = None,
+  transform: Callable[[int, dict], dict] | None = None,
+  lengths: np.ndarray | None = None,
 ) -> Batches:
   """Batches of one split's arrays: 'train' is shuffled and endless; other splits keep
   their order and, given `padding` (each key's blank row, default 0; the caller's weight
@@ -104,9 +106,16 @@ def split_batches(
   shuffle = split == "train"
   if not shuffle and padding is not None:
     arrays = pad_to_whole_batches(arrays, data_config.global_batch_size, padding)
-  return Batches(arrays, data_config.global_batch_size, seed=data_config.seed,
-                 shuffle=shuffle, process_index=process_index, process_count=process_count,
-                 transform=transform, lengths=lengths)
+  return Batches(
+    arrays,
+    data_config.global_batch_size,
+    seed=data_config.seed,
+    shuffle=shuffle,
+    process_index=process_index,
+    process_count=process_count,
+    transform=transform,
+    lengths=lengths,
+  )
 
 
 def prefetched(batches: grain.MapDataset) -> Iterator[dict[str, np.ndarray]]:
@@ -115,8 +124,9 @@ def prefetched(batches: grain.MapDataset) -> Iterator[dict[str, np.ndarray]]:
   return iter(batches.to_iter_dataset(read_options))
 
 
-def length_grouped_order(lengths: np.ndarray, global_batch_size: int, seed: int,
-                         epoch: int, pool: int = 50) -> np.ndarray:
+def length_grouped_order(
+  lengths: np.ndarray, global_batch_size: int, seed: int, epoch: int, pool: int = 50
+) -> np.ndarray:
   """One epoch's batches [steps_per_epoch, B] of example indices, grouped by length.
 
   A random permutation is cut into pools of `pool` batches; each pool is sorted by
@@ -126,9 +136,9 @@ def length_grouped_order(lengths: np.ndarray, global_batch_size: int, seed: int,
   """
   rng = np.random.default_rng([seed, epoch])
   steps = len(lengths) // global_batch_size
-  indices = rng.permutation(len(lengths))[:steps * global_batch_size]
+  indices = rng.permutation(len(lengths))[: steps * global_batch_size]
   size = pool * global_batch_size
-  pools = [indices[i:i + size] for i in range(0, len(indices), size)]
+  pools = [indices[i : i + size] for i in range(0, len(indices), size)]
   grouped = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in pools])
   return grouped.reshape(steps, global_batch_size)[rng.permutation(steps)]
 
@@ -146,13 +156,17 @@ def trim_to_bucket(batch: dict, buckets: Sequence[int], keys: Sequence[str]) -> 
   return {k: v[:, :width] if k in keys else v for k, v in batch.items()}
 
 
-def pad_to_whole_batches(arrays: dict[str, np.ndarray], global_batch_size: int,
-                         blank: dict | None = None) -> dict[str, np.ndarray]:
+def pad_to_whole_batches(
+  arrays: dict[str, np.ndarray], global_batch_size: int, blank: dict | None = None
+) -> dict[str, np.ndarray]:
   """The arrays with rows appended up to a whole number of global batches, each key's row
   `blank[key]` (default 0): an evaluation of `steps_per_epoch` (= ceil(N / B)) steps sees
   every example once. The caller gives the padding weight 0."""
   padding = -len(next(iter(arrays.values()))) % global_batch_size
   blank = blank or {}
-  return {k: np.concatenate([v, np.broadcast_to(np.asarray(blank.get(k, 0), v.dtype),
-                                                (padding, *v.shape[1:]))])
-          for k, v in arrays.items()}
+  return {
+    k: np.concatenate(
+      [v, np.broadcast_to(np.asarray(blank.get(k, 0), v.dtype), (padding, *v.shape[1:]))]
+    )
+    for k, v in arrays.items()
+  }

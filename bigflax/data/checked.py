@@ -13,6 +13,8 @@ def read_bytes(path, sha256: str, dataset: str, expected: str = "") -> bytes:
   data = epath.Path(path).read_bytes()
   digest = hashlib.sha256(data).hexdigest()
   if digest != sha256:
-    raise ValueError(f"{path}: sha256 {digest} is not {dataset}'s {sha256}; the file is "
-                     f"corrupt or a different file{expected}.")
+    raise ValueError(
+      f"{path}: sha256 {digest} is not {dataset}'s {sha256}; the file is "
+      f"corrupt or a different file{expected}."
+    )
   return data

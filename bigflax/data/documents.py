@@ -10,23 +10,26 @@ Text and JSON-lines files whose names end in .gz are read through gzip (man page
 changelogs, dumps shipped as .jsonl.gz).
 
 Each document has an id (its path, `id_column`'s value, or file:row) and goes to the
-validation split when a hash of that id falls under `validation_fraction` (packing.py): the same split
-on every machine, and a new document does not move the others.
+validation split when a hash of that id falls under `validation_fraction` (packing.py): the
+same split on every machine, and a new document does not move the others.
 """
 
+from collections.abc import Iterator
 import fnmatch
 import gzip
 import hashlib
 import json
 import os
 import zlib
-from typing import Iterator
 
 from bigflax.data import sources
 
 FORMATS = ("text", "jsonl", "parquet", "hf_disk", "tfds")
-DEFAULT_PATTERNS = {"jsonl": ("*.jsonl", "*.jsonl.gz"), "parquet": ("*.parquet",),
-                    "hf_disk": ("*.arrow",)}
+DEFAULT_PATTERNS = {
+  "jsonl": ("*.jsonl", "*.jsonl.gz"),
+  "parquet": ("*.parquet",),
+  "hf_disk": ("*.arrow",),
+}
 
 
 def check(name: str, corpus) -> None:
@@ -41,8 +44,10 @@ def check(name: str, corpus) -> None:
   elif not corpus.get("path") or not os.path.isdir(corpus.path):
     raise ValueError(f"{where}.path={corpus.get('path')!r} is not a directory.")
   if kind in ("jsonl", "parquet", "hf_disk") and not corpus.get("text_column"):
-    raise ValueError(f"{where}.text_column is needed with format={kind!r}: the field "
-                     f"that holds each document's text.")
+    raise ValueError(
+      f"{where}.text_column is needed with format={kind!r}: the field "
+      f"that holds each document's text."
+    )
   if not 0 <= corpus.get("validation_fraction", 0.0) < 1:
     raise ValueError(f"{where}.validation_fraction must lie in [0, 1).")
 
@@ -61,11 +66,17 @@ def files(corpus) -> list[dict]:
       if any(fnmatch.fnmatch(file_name, p) for p in patterns):
         stat = os.stat(os.path.join(directory, file_name))
         relative = os.path.relpath(os.path.join(directory, file_name), corpus.path)
-        units.append({"path": relative.replace(os.sep, "/"), "bytes": stat.st_size,
-                      "mtime_ns": stat.st_mtime_ns})
+        units.append(
+          {
+            "path": relative.replace(os.sep, "/"),
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+          }
+        )
   if not units:
-    raise ValueError(f"no files matching {patterns} under {corpus.path} "
-                     f"(data.corpora.*.path / .patterns).")
+    raise ValueError(
+      f"no files matching {patterns} under {corpus.path} (data.corpora.*.path / .patterns)."
+    )
   return sorted(units, key=lambda unit: unit["path"])
 
 
@@ -86,8 +97,10 @@ def read(corpus, relative_path: str) -> Iterator[tuple[str, str]]:
   try:
     yield from _read(corpus, path, relative_path)
   except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-    raise ValueError(f"{path}: a damaged or truncated gzip file ({error}); replace it, or "
-                     f"leave it out through data.corpora.*.patterns.") from error
+    raise ValueError(
+      f"{path}: a damaged or truncated gzip file ({error}); replace it, or "
+      f"leave it out through data.corpora.*.patterns."
+    ) from error
 
 
 def _read(corpus, path: str, relative_path: str) -> Iterator[tuple[str, str]]:
@@ -120,8 +133,10 @@ def _id(corpus, record, relative_path: str, row: int) -> str:
 def _text(corpus, record, path) -> str:
   text = record.get(corpus.text_column)
   if not isinstance(text, str):
-    raise ValueError(f"{path}: a record's {corpus.text_column!r} is {type(text).__name__}, "
-                     f"not text (data.corpora.*.text_column).")
+    raise ValueError(
+      f"{path}: a record's {corpus.text_column!r} is {type(text).__name__}, "
+      f"not text (data.corpora.*.text_column)."
+    )
   return text
 
 
@@ -129,18 +144,20 @@ def _read_arrow(corpus, path: str, relative_path: str):
   # pyarrow is the `data` extra (and seconds to import): only Parquet and Arrow need it.
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
   columns = [c for c in (corpus.text_column, corpus.get("id_column")) if c]
   if corpus.format == "parquet":
     reader = pq.ParquetFile(path)
-    schema, batches = reader.schema_arrow, reader.iter_batches(batch_size=1024,
-                                                                columns=columns)
+    schema, batches = reader.schema_arrow, reader.iter_batches(batch_size=1024, columns=columns)
   else:  # datasets' save_to_disk writes Arrow IPC streams
     reader = pa.ipc.open_stream(pa.memory_map(path))
     schema, batches = reader.schema, reader
   for column in columns:
     if column not in schema.names:
-      raise ValueError(f"{path} has no column {column!r} (data.corpora.*.text_column / "
-                       f".id_column); it has {schema.names}.")
+      raise ValueError(
+        f"{path} has no column {column!r} (data.corpora.*.text_column / "
+        f".id_column); it has {schema.names}."
+      )
   row = 0
   for batch in batches:
     for record in batch.select(columns).to_pylist():
@@ -151,8 +168,10 @@ def _read_arrow(corpus, path: str, relative_path: str):
 def _tfds_source(corpus):
   source = sources.check_kind(corpus.tfds_name, "text")
   if source.one_text:
-    raise ValueError(f"data.corpora.*.tfds_name={corpus.tfds_name!r} is one text in chunks, "
-                     f"not documents: use format='text' on its source files.")
+    raise ValueError(
+      f"data.corpora.*.tfds_name={corpus.tfds_name!r} is one text in chunks, "
+      f"not documents: use format='text' on its source files."
+    )
   return source
 
 
@@ -163,6 +182,7 @@ def _tfds_builder(corpus):
 def _read_tfds(corpus):
   _tfds_source(corpus)
   for split in ("train", "validation"):
-    for example in sources.load_examples(corpus.tfds_name, split, corpus.get("data_dir"),
-                                         corpus.get("source_dir")):
+    for example in sources.load_examples(
+      corpus.tfds_name, split, corpus.get("data_dir"), corpus.get("source_dir")
+    ):
       yield example["path"].decode("utf-8"), example["text"].decode("utf-8")

@@ -41,10 +41,14 @@ def examples(records) -> dict[str, dict]:
     if id_ not in completions:
       continue
     answer = said.get("correction") or (
-        completions[id_]["completion"] if said.get("rating", 0) > 0 else None)
+      completions[id_]["completion"] if said.get("rating", 0) > 0 else None
+    )
     if answer:
-      result[id_] = {"prompt": completions[id_]["prompt"], "answer": answer,
-                     "rating": float(said.get("rating", 0))}
+      result[id_] = {
+        "prompt": completions[id_]["prompt"],
+        "answer": answer,
+        "rating": float(said.get("rating", 0)),
+      }
   return result
 
 
@@ -81,25 +85,27 @@ class Feedback(local_builder.LocalBuilder):
   RELEASE_NOTES = {"1.0.0": "Completions with a positive rating or a correction."}
 
   FEATURES = {
-      "id": tfds.features.Text(),
-      "prompt": tfds.features.Text(),
-      "answer": tfds.features.Text(),
-      "rating": tfds.features.Scalar(dtype=np.float32),
+    "id": tfds.features.Text(),
+    "prompt": tfds.features.Text(),
+    "answer": tfds.features.Text(),
+    "rating": tfds.features.Scalar(dtype=np.float32),
   }
   INFO = dict(description=__doc__)
 
   def __init__(self, *, source_dir, **kwargs):
     if not source_dir or not epath.Path(source_dir).is_dir():
-      raise ValueError(f"data.source_dir={source_dir!r} must be the feedback directory "
-                       f"(the server's --feedback_dir).")
+      raise ValueError(
+        f"data.source_dir={source_dir!r} must be the feedback directory "
+        f"(the server's --feedback_dir)."
+      )
     super().__init__(source_dir=source_dir, **kwargs)
 
   def _split_generators(self, dl_manager):
     del dl_manager
     found = examples(read_records(self._source_dir))
     return {
-        "train": self._generate_examples(found, lambda i: not is_validation(i)),
-        "validation": self._generate_examples(found, is_validation),
+      "train": self._generate_examples(found, lambda i: not is_validation(i)),
+      "validation": self._generate_examples(found, is_validation),
     }
 
   def _generate_examples(self, found, keep):

@@ -32,5 +32,6 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     # Built in place: dataset_info_from_configs wants metadata files next to
     # the module, which only packaged TFDS datasets have.
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-        self.FEATURES), **self.INFO)
+    return tfds.core.DatasetInfo(
+      builder=self, features=tfds.features.FeaturesDict(self.FEATURES), **self.INFO
+    )

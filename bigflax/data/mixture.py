@@ -35,50 +35,71 @@ def check_batch_holds_mixture(weights: np.ndarray, global_batch_size: int) -> No
   """The largest corpus fills what the others leave: that is never negative when
   B * max(w) >= K - 1."""
   if global_batch_size * weights.max() < len(weights) - 1:
-    raise ValueError(f"data.global_batch_size={global_batch_size} is too small for a "
-                     f"mixture of {len(weights)} corpora whose largest weight is "
-                     f"{weights.max():.3f}: raise it to at least "
-                     f"{int(np.ceil((len(weights) - 1) / weights.max()))}.")
+    raise ValueError(
+      f"data.global_batch_size={global_batch_size} is too small for a "
+      f"mixture of {len(weights)} corpora whose largest weight is "
+      f"{weights.max():.3f}: raise it to at least "
+      f"{int(np.ceil((len(weights) - 1) / weights.max()))}."
+    )
 
 
 class MixtureBatches:
   """{'inputs', 'targets'} batches [B / process_count, seq_len] of a mixture of corpora."""
 
-  def __init__(self, windows: dict[str, shards.Windows], weights: dict[str, float],
-               global_batch_size: int, *, seed: int, shuffle: bool, process_index: int = 0,
-               process_count: int = 1, transform=None):
+  def __init__(
+    self,
+    windows: dict[str, shards.Windows],
+    weights: dict[str, float],
+    global_batch_size: int,
+    *,
+    seed: int,
+    shuffle: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+    transform=None,
+  ):
     """`transform(step, batch)`, if given, changes this process's rows of each batch; it
     must work row by row (the lm task's document_fields does)."""
     if global_batch_size % process_count:
-      raise ValueError(f"data.global_batch_size={global_batch_size} is not divisible by "
-                       f"the process count {process_count}")
+      raise ValueError(
+        f"data.global_batch_size={global_batch_size} is not divisible by "
+        f"the process count {process_count}"
+      )
     self.names = [name for name in windows if weights.get(name, 0) > 0]
     for name in self.names:
       if not len(windows[name]):
-        raise ValueError(f"data.mixture draws from {name!r}, but it has no windows in "
-                         f"this split: give it more text or a larger validation_fraction.")
+        raise ValueError(
+          f"data.mixture draws from {name!r}, but it has no windows in "
+          f"this split: give it more text or a larger validation_fraction."
+        )
     self.weights = np.array([weights[name] for name in self.names], np.float64)
     self.weights /= self.weights.sum()
     check_batch_holds_mixture(self.weights, global_batch_size)
     self._windows = [windows[name] for name in self.names]
     self._global_batch_size = global_batch_size
     self._seed = seed
-    self._local = slice(process_index * global_batch_size // process_count,
-                        (process_index + 1) * global_batch_size // process_count)
+    self._local = slice(
+      process_index * global_batch_size // process_count,
+      (process_index + 1) * global_batch_size // process_count,
+    )
     self._shuffle = shuffle
     self._transform = transform
     # A seed of its own per corpus, far from the others': epoch e of a corpus is shuffled
     # with its seed + e, so neighbouring seeds would repeat each other's permutations.
-    self._seeds = [int(s) for s in
-                   np.random.SeedSequence([seed, 1]).generate_state(len(self.names))]
+    self._seeds = [
+      int(s) for s in np.random.SeedSequence([seed, 1]).generate_state(len(self.names))
+    ]
     self.steps_per_epoch = sum(map(len, self._windows)) // global_batch_size
     if not self.steps_per_epoch:
-      raise ValueError(f"The split has fewer windows than one batch "
-                       f"(data.global_batch_size={global_batch_size}); lower it or "
-                       f"data.seq_len.")
+      raise ValueError(
+        f"The split has fewer windows than one batch "
+        f"(data.global_batch_size={global_batch_size}); lower it or "
+        f"data.seq_len."
+      )
     self.summary = "mixture of prepared corpora: " + ", ".join(
-        f"{name} {w:.1%} ({len(ws)} windows)"
-        for name, w, ws in zip(self.names, self.weights, self._windows))
+      f"{name} {w:.1%} ({len(ws)} windows)"
+      for name, w, ws in zip(self.names, self.weights, self._windows)
+    )
 
   def positions(self, step: int) -> tuple[np.ndarray, np.ndarray]:
     """(corpus index, position in that corpus's stream) of this process's rows of step
@@ -93,8 +114,9 @@ class MixtureBatches:
   def rows(self, step: int) -> np.ndarray:
     """int64[B / process_count, 2]: (corpus index, window index) of this process's rows."""
     corpus, position = self.positions(step)
-    window = np.array([self.position_window(c, p) for c, p in zip(corpus, position)],
-                      np.int64).reshape(-1)
+    window = np.array(
+      [self.position_window(c, p) for c, p in zip(corpus, position)], np.int64
+    ).reshape(-1)
     return np.stack([corpus, window], axis=1)
 
   def position_window(self, corpus: int, position: int) -> int:
@@ -103,8 +125,12 @@ class MixtureBatches:
     epoch, index = divmod(int(position), len(self._windows[corpus]))
     if not self._shuffle:
       return index
-    return index_shuffle(index, max_index=len(self._windows[corpus]) - 1,
-                         seed=(self._seeds[corpus] + epoch) % 2**32, rounds=4)
+    return index_shuffle(
+      index,
+      max_index=len(self._windows[corpus]) - 1,
+      seed=(self._seeds[corpus] + epoch) % 2**32,
+      rounds=4,
+    )
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch `step`."""
@@ -118,5 +144,4 @@ class MixtureBatches:
 
   def iterate(self, start_step: int = 0):
     """batch(start_step), batch(start_step + 1), ..., prepared in background threads."""
-    return batches_lib.prefetched(
-        grain.MapDataset.range(start_step, sys.maxsize).map(self.batch))
+    return batches_lib.prefetched(grain.MapDataset.range(start_step, sys.maxsize).map(self.batch))

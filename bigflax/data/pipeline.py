@@ -24,23 +24,27 @@ def load_text_split(name: str, split: str, data_dir=None, source_dir=None) -> li
   kind = sources.check_kind(name, "text", "labelled_text", "translation").kind
   examples = sources.load_examples(name, split, data_dir, source_dir)
   if kind == "translation":
-    return [_text(example, lang) for lang in sorted(set(examples[0]) - {"index"})
-            for example in examples]
+    return [
+      _text(example, lang) for lang in sorted(set(examples[0]) - {"index"}) for example in examples
+    ]
   return [_text(example, "text" if kind == "text" else "sentence") for example in examples]
 
 
 def load_labelled_sentences(
-    name: str, split: str, data_dir=None, source_dir=None
+  name: str, split: str, data_dir=None, source_dir=None
 ) -> tuple[list[str], np.ndarray]:
   """(sentences, int32 labels) of one split of a sentence-classification dataset, in file order."""
   sources.check_kind(name, "labelled_text")
   examples = sources.load_examples(name, split, data_dir, source_dir)
-  return ([_text(example, "sentence") for example in examples],
-          np.array([example["label"] for example in examples], np.int32))
+  return (
+    [_text(example, "sentence") for example in examples],
+    np.array([example["label"] for example in examples], np.int32),
+  )
 
 
-def load_prompt_answers(name: str, split: str, data_dir=None,
-                        source_dir=None) -> list[tuple[str, str]]:
+def load_prompt_answers(
+  name: str, split: str, data_dir=None, source_dir=None
+) -> list[tuple[str, str]]:
   """(prompt, answer) pairs of one split of a fine-tuning dataset, in id order."""
   sources.check_kind(name, "prompt_answer")
   examples = sources.load_examples(name, split, data_dir, source_dir)
@@ -48,7 +52,7 @@ def load_prompt_answers(name: str, split: str, data_dir=None,
 
 
 def load_labelled_images(
-    name: str, split: str, data_dir=None, source_dir=None
+  name: str, split: str, data_dir=None, source_dir=None
 ) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 images (N, H, W, C), int32 labels) of one split, in file order.
 
@@ -57,29 +61,39 @@ def load_labelled_images(
   """
   sources.check_kind(name, "image")
   examples = sources.load_examples(name, split, data_dir, source_dir)
-  return (np.stack([example["image"] for example in examples]),
-          np.array([example["label"] for example in examples], np.int32))
+  return (
+    np.stack([example["image"] for example in examples]),
+    np.array([example["label"] for example in examples], np.int32),
+  )
 
 
 def load_translation_pairs(
-    name: str, split: str, source_lang: str, target_lang: str, data_dir=None,
-    source_dir=None,
+  name: str,
+  split: str,
+  source_lang: str,
+  target_lang: str,
+  data_dir=None,
+  source_dir=None,
 ) -> tuple[list[str], list[str]]:
   """(sources, targets) of one split of a translation dataset, in file order."""
   sources.check_kind(name, "translation")
   examples = sources.load_examples(name, split, data_dir, source_dir)
   for lang in (source_lang, target_lang):
     if lang not in examples[0]:
-      raise ValueError(f"{name} has no language {lang!r} (data.source_lang / "
-                       f"data.target_lang); it has {sorted(set(examples[0]) - {'index'})}.")
-  return ([_text(example, source_lang) for example in examples],
-          [_text(example, target_lang) for example in examples])
+      raise ValueError(
+        f"{name} has no language {lang!r} (data.source_lang / "
+        f"data.target_lang); it has {sorted(set(examples[0]) - {'index'})}."
+      )
+  return (
+    [_text(example, source_lang) for example in examples],
+    [_text(example, target_lang) for example in examples],
+  )
 
 
 def packed_windows(data_config, tokenizer, split: str, length: int) -> np.ndarray:
   """The split's documents tokenized, each followed by eos, cut into int32[n, length]."""
   texts = load_text_split(
-      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+    data_config.name, split, data_config.data_dir, data_config.get("source_dir")
   )
   if sources.get(data_config.name).one_text:
     texts = ["".join(texts)]

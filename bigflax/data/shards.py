@@ -21,18 +21,22 @@ def check_config(data) -> None:
   """`config.data`'s prepared_dir, corpora and mixture, checked before any file is read
   (the corpora's sources are `prepare`'s to check: training needs only the shards)."""
   if not data.get("prepared_dir"):
-    raise ValueError("data.prepared_dir is needed with data.corpora: the directory that "
-                     "`bigflax prepare` writes the shards to and training reads them from.")
+    raise ValueError(
+      "data.prepared_dir is needed with data.corpora: the directory that "
+      "`bigflax prepare` writes the shards to and training reads them from."
+    )
   if not data.corpora:
     raise ValueError("data.corpora is empty: name at least one corpus.")
   weights = mixture_weights(data)
   if set(weights) - set(data.corpora):
-    raise ValueError(f"data.mixture names {sorted(set(weights) - set(data.corpora))}, "
-                     f"which are not in data.corpora ({sorted(data.corpora)}).")
+    raise ValueError(
+      f"data.mixture names {sorted(set(weights) - set(data.corpora))}, "
+      f"which are not in data.corpora ({sorted(data.corpora)})."
+    )
   if any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or not any(
-      weights.values()):
-    raise ValueError(f"data.mixture={weights}: weights must be non-negative numbers, not "
-                     f"all zero.")
+    weights.values()
+  ):
+    raise ValueError(f"data.mixture={weights}: weights must be non-negative numbers, not all zero.")
 
 
 def mixture_weights(data) -> dict[str, float]:
@@ -41,8 +45,10 @@ def mixture_weights(data) -> dict[str, float]:
   if mixture:
     return dict(mixture)
   if len(data.corpora) > 1:
-    raise ValueError(f"data.corpora has {len(data.corpora)} corpora: set data.mixture = "
-                     f"{{name: weight}} to say how often each is drawn.")
+    raise ValueError(
+      f"data.corpora has {len(data.corpora)} corpora: set data.mixture = "
+      f"{{name: weight}} to say how often each is drawn."
+    )
   return {next(iter(data.corpora)): 1.0}
 
 
@@ -59,17 +65,21 @@ def check_made_with(manifest: dict, where: str, made_with: dict) -> None:
   """Refuses shards made with another tokenizer or window length, naming both."""
   for key, what in (("tokenizer", "tokenizer"), ("window", "window length (seq_len + 1)")):
     if manifest[key] != made_with[key]:
-      raise ValueError(f"{where} was prepared with {what} {manifest[key]}, but this config "
-                       f"gives {made_with[key]}: rerun `bigflax prepare` with this config "
-                       f"into another data.prepared_dir, or train with the config that "
-                       f"prepared it.")
+      raise ValueError(
+        f"{where} was prepared with {what} {manifest[key]}, but this config "
+        f"gives {made_with[key]}: rerun `bigflax prepare` with this config "
+        f"into another data.prepared_dir, or train with the config that "
+        f"prepared it."
+      )
 
 
 def load_manifest(prepared_dir: str, name: str) -> dict:
   path = os.path.join(prepared_dir, name, MANIFEST)
   if not os.path.exists(path):
-    raise ValueError(f"{path} does not exist: run `python -m bigflax prepare --config ...` "
-                     f"first (data.prepared_dir={prepared_dir!r}).")
+    raise ValueError(
+      f"{path} does not exist: run `python -m bigflax prepare --config ...` "
+      f"first (data.prepared_dir={prepared_dir!r})."
+    )
   with open(path) as f:
     return json.load(f)
 
@@ -86,9 +96,11 @@ class Windows:
     check_made_with(self.manifest, where, made_with)
     per_record = self.manifest.get("windows_per_record", 1)
     if per_record != WINDOWS_PER_RECORD:
-      raise ValueError(f"{where} holds {per_record} window(s) a record, the layout of an "
-                       f"older bigflax; this one reads {WINDOWS_PER_RECORD}: rerun `bigflax "
-                       f"prepare` with the same config (it redoes every shard).")
+      raise ValueError(
+        f"{where} holds {per_record} window(s) a record, the layout of an "
+        f"older bigflax; this one reads {WINDOWS_PER_RECORD}: rerun `bigflax "
+        f"prepare` with the same config (it redoes every shard)."
+      )
     kept = [s for s in self.manifest["shards"] if s[f"{split}_windows"]]
     counts = [s[f"{split}_windows"] for s in kept]
     paths = [os.path.join(prepared_dir, name, shard_file(split, s["index"])) for s in kept]
@@ -99,9 +111,11 @@ class Windows:
     self._first_record = np.cumsum(np.concatenate([[0], records]))
     self._source = grain.sources.ArrayRecordDataSource(paths) if paths else []
     if len(self._source) != self._first_record[-1]:
-      raise ValueError(f"{os.path.join(prepared_dir, name)} holds {len(self._source)} "
-                       f"{split} records, its manifest says {self._first_record[-1]}: rerun "
-                       f"`bigflax prepare`.")
+      raise ValueError(
+        f"{os.path.join(prepared_dir, name)} holds {len(self._source)} "
+        f"{split} records, its manifest says {self._first_record[-1]}: rerun "
+        f"`bigflax prepare`."
+      )
 
   def __len__(self) -> int:
     return int(self._first_window[-1])
@@ -115,7 +129,10 @@ class Windows:
     within = indices - self._first_window[shard]
     record = self._first_record[shard] + within // WINDOWS_PER_RECORD
     wanted, which = np.unique(record, return_inverse=True)
-    blocks = [np.frombuffer(r, self._dtype).reshape(-1, self.window)
-              for r in self._source.__getitems__([int(r) for r in wanted])]
-    return np.stack([blocks[w][i] for w, i in zip(which, within % WINDOWS_PER_RECORD)]
-                    ).astype(np.int32)
+    blocks = [
+      np.frombuffer(r, self._dtype).reshape(-1, self.window)
+      for r in self._source.__getitems__([int(r) for r in wanted])
+    ]
+    return np.stack([blocks[w][i] for w, i in zip(which, within % WINDOWS_PER_RECORD)]).astype(
+      np.int32
+    )

@@ -10,17 +10,30 @@ Kinds, and the fields of their examples:
   features        synthetic feature vectors made in memory (data/synthetic.py)
 """
 
+from collections.abc import Callable
 import dataclasses
 import os
-from typing import Callable
 
-from bigflax.data import (fashion_mnist, feedback, multi30k, sst2, stdlib_corpus,
-                          stdlib_qa, synthetic, tiny_shakespeare)
+from bigflax.data import (
+  fashion_mnist,
+  feedback,
+  multi30k,
+  sst2,
+  stdlib_corpus,
+  stdlib_qa,
+  synthetic,
+  tiny_shakespeare,
+)
 
 # The field that sorts each kind's examples into the source's order (TFDS writes them in
 # key-hash order).
-ORDER_KEY = {"text": "path", "labelled_text": "index", "prompt_answer": "id",
-             "translation": "index", "image": "index"}
+ORDER_KEY = {
+  "text": "path",
+  "labelled_text": "index",
+  "prompt_answer": "id",
+  "translation": "index",
+  "image": "index",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +53,10 @@ class Source:
 def _feedback(data_dir, source_dir):
   # Feedback keeps arriving: each state of the directory is its own prepared dataset.
   snapshot = feedback.snapshot_name(source_dir)
-  return feedback.Feedback(source_dir=source_dir, data_dir=os.path.join(
-      data_dir or os.path.join(source_dir, ".tfds"), snapshot))
+  return feedback.Feedback(
+    source_dir=source_dir,
+    data_dir=os.path.join(data_dir or os.path.join(source_dir, ".tfds"), snapshot),
+  )
 
 
 def _local(builder_class):
@@ -49,19 +64,22 @@ def _local(builder_class):
 
 
 SOURCES = {
-    "stdlib_corpus": Source("text", _local(stdlib_corpus.StdlibCorpus)),
-    "tiny_shakespeare": Source("text", _local(tiny_shakespeare.TinyShakespeare),
-                               one_text=True),
-    "sst2": Source("labelled_text", _local(sst2.Sst2), class_names=sst2.LABELS),
-    "stdlib_qa": Source("prompt_answer", _local(stdlib_qa.StdlibQa)),
-    "feedback": Source("prompt_answer", _feedback),
-    "multi30k": Source("translation", _local(multi30k.Multi30k)),
-    "fashion_mnist": Source("image", _local(fashion_mnist.FashionMnist),
-                            class_names=fashion_mnist.LABELS, splits=fashion_mnist.SPLITS),
-    # ViT-B/16's paper data (experiments/vit_b16.py): no loader ships, but a run on it
-    # plans and its inputs are images.
-    "imagenet2012": Source("image"),
-    **{name: Source("features") for name in synthetic.NAMES},
+  "stdlib_corpus": Source("text", _local(stdlib_corpus.StdlibCorpus)),
+  "tiny_shakespeare": Source("text", _local(tiny_shakespeare.TinyShakespeare), one_text=True),
+  "sst2": Source("labelled_text", _local(sst2.Sst2), class_names=sst2.LABELS),
+  "stdlib_qa": Source("prompt_answer", _local(stdlib_qa.StdlibQa)),
+  "feedback": Source("prompt_answer", _feedback),
+  "multi30k": Source("translation", _local(multi30k.Multi30k)),
+  "fashion_mnist": Source(
+    "image",
+    _local(fashion_mnist.FashionMnist),
+    class_names=fashion_mnist.LABELS,
+    splits=fashion_mnist.SPLITS,
+  ),
+  # ViT-B/16's paper data (experiments/vit_b16.py): no loader ships, but a run on it
+  # plans and its inputs are images.
+  "imagenet2012": Source("image"),
+  **{name: Source("features") for name in synthetic.NAMES},
 }
 
 
@@ -85,9 +103,11 @@ def check_kind(name: str, *kinds: str) -> Source:
   """The source, after checking that its kind is one of `kinds`."""
   source = get(name)
   if source.kind not in kinds:
-    raise ValueError(f"data.name={name!r} holds {source.kind} examples, not "
-                     f"{' or '.join(kinds)}: choose one of "
-                     f"{sorted(n for n, s in SOURCES.items() if s.kind in kinds)}.")
+    raise ValueError(
+      f"data.name={name!r} holds {source.kind} examples, not "
+      f"{' or '.join(kinds)}: choose one of "
+      f"{sorted(n for n, s in SOURCES.items() if s.kind in kinds)}."
+    )
   return source
 
 
@@ -99,13 +119,14 @@ def load_examples(name: str, split: str, data_dir=None, source_dir=None) -> list
   """
   source = get(name)
   if source.builder is None:
-    raise ValueError(f"data.name={name!r} has no loader here: it is declared so that a "
-                     f"run on it plans; point data.name at a dataset in {sorted(SOURCES)}.")
+    raise ValueError(
+      f"data.name={name!r} has no loader here: it is declared so that a "
+      f"run on it plans; point data.name at a dataset in {sorted(SOURCES)}."
+    )
   start, stop = 0, None
   if source.splits is not None:
     if split not in source.splits:
-      raise ValueError(f"{name} has no split {split!r}; choose one of "
-                       f"{sorted(source.splits)}.")
+      raise ValueError(f"{name} has no split {split!r}; choose one of {sorted(source.splits)}.")
     split, start, stop = source.splits[split]
   builder = source.builder(data_dir, source_dir)
   try:

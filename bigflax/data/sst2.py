@@ -8,8 +8,8 @@ from bigflax.data import checked, local_builder
 
 # split -> (GLUE file name, sha256 of the file as GLUE ships it).
 FILES = {
-    "train": ("train.tsv", "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1"),
-    "validation": ("dev.tsv", "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0"),
+  "train": ("train.tsv", "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1"),
+  "validation": ("dev.tsv", "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0"),
 }
 LABELS = ("negative", "positive")
 _HEADER = "sentence\tlabel"
@@ -41,23 +41,23 @@ class Sst2(local_builder.LocalBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
-      "1.0.0": "GLUE train/dev as train/validation; sentences stripped; 'index' = row number.",
+    "1.0.0": "GLUE train/dev as train/validation; sentences stripped; 'index' = row number.",
   }
 
   FEATURES = {
-      "sentence": tfds.features.Text(),
-      "label": tfds.features.ClassLabel(names=LABELS),
-      "index": tfds.features.Scalar(dtype=np.int32),
+    "sentence": tfds.features.Text(),
+    "label": tfds.features.ClassLabel(names=LABELS),
+    "index": tfds.features.Scalar(dtype=np.int32),
   }
   INFO = dict(
-      description=(
-          "The GLUE version of the Stanford Sentiment Treebank with binary labels. "
-          "Sentences are lower-cased and PTB-tokenised. `index` is the row in "
-          "GLUE's file: sort by it to undo TFDS's shuffle by key hash."
-      ),
-      supervised_keys=("sentence", "label"),
-      homepage="https://gluebenchmark.com/",
-      citation="Socher et al., EMNLP 2013; Wang et al., GLUE, ICLR 2019.",
+    description=(
+      "The GLUE version of the Stanford Sentiment Treebank with binary labels. "
+      "Sentences are lower-cased and PTB-tokenised. `index` is the row in "
+      "GLUE's file: sort by it to undo TFDS's shuffle by key hash."
+    ),
+    supervised_keys=("sentence", "label"),
+    homepage="https://gluebenchmark.com/",
+    citation="Socher et al., EMNLP 2013; Wang et al., GLUE, ICLR 2019.",
   )
 
   def _split_generators(self, dl_manager):
@@ -66,8 +66,8 @@ class Sst2(local_builder.LocalBuilder):
     else:
       directory = dl_manager.download_and_extract(_URL) / "SST-2"
     return {
-        split: self._generate_examples(read_checked(directory / name, sha256))
-        for split, (name, sha256) in FILES.items()
+      split: self._generate_examples(read_checked(directory / name, sha256))
+      for split, (name, sha256) in FILES.items()
     }
 
   def _generate_examples(self, text):

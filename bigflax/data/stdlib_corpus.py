@@ -36,25 +36,24 @@ def source_files(root: pathlib.Path) -> list[str]:
 class StdlibCorpus(local_builder.LocalBuilder):
   """Python source code of the standard library of the running interpreter."""
 
-
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
-      "1.0.0": "Stdlib .py files without tests; 5% of files (by path hash) held out.",
+    "1.0.0": "Stdlib .py files without tests; 5% of files (by path hash) held out.",
   }
 
   FEATURES = {
-      "path": tfds.features.Text(),
-      "text": tfds.features.Text(),
+    "path": tfds.features.Text(),
+    "text": tfds.features.Text(),
   }
   INFO = dict(
-      description=(
-          "The .py files of the CPython standard library (test directories "
-          "and site-packages skipped), split train/validation by file. The "
-          "content depends on the Python version that prepares it: "
-          f"{platform.python_version()} here."
-      ),
-      homepage="https://github.com/python/cpython/tree/main/Lib",
-      license="PSF-2.0",
+    description=(
+      "The .py files of the CPython standard library (test directories "
+      "and site-packages skipped), split train/validation by file. The "
+      "content depends on the Python version that prepares it: "
+      f"{platform.python_version()} here."
+    ),
+    homepage="https://github.com/python/cpython/tree/main/Lib",
+    license="PSF-2.0",
   )
 
   def _split_generators(self, dl_manager):
@@ -62,8 +61,8 @@ class StdlibCorpus(local_builder.LocalBuilder):
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     paths = source_files(root)
     return {
-        "train": self._generate_examples(root, [p for p in paths if not is_validation(p)]),
-        "validation": self._generate_examples(root, [p for p in paths if is_validation(p)]),
+      "train": self._generate_examples(root, [p for p in paths if not is_validation(p)]),
+      "validation": self._generate_examples(root, [p for p in paths if is_validation(p)]),
     }
 
   def _generate_examples(self, root, paths):

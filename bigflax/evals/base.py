@@ -1,8 +1,8 @@
 """The one shape of an evaluator, and what evaluators are built from."""
 
+from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Callable
 
 import jax
 import ml_collections
@@ -13,6 +13,7 @@ class Evaluator:
   """Metrics of a run's parameters. Training runs it every `every` steps and at the last
   one (0: only `bigflax eval` does); evaluators sharing a `name` write one record of that
   name ("validation": the task's sums and predictions; "harness": lm-eval)."""
+
   name: str
   every: int
   run: Callable[[object, int], dict]  # (params, step) -> metrics
@@ -24,6 +25,7 @@ class Evaluator:
 class Context:
   """A run's pieces as `run.py` (training) and `trained.py` (`bigflax eval`) hold them:
   what a builder may read."""
+
   config: ml_collections.ConfigDict  # the whole config
   task: object  # tasks.Task
   model: object

@@ -14,22 +14,34 @@ def harness(context: Context, every: int | None = None, **settings) -> Evaluator
   config = context.config
   unknown = sorted(set(settings) - set(SETTINGS))
   if unknown:
-    raise UsageError(f"evals: kind 'harness' has no setting {unknown[0]!r}; it takes "
-                     f"every and {', '.join(SETTINGS)} (config.harness's).")
+    raise UsageError(
+      f"evals: kind 'harness' has no setting {unknown[0]!r}; it takes "
+      f"every and {', '.join(SETTINGS)} (config.harness's)."
+    )
   if context.task.sample is None:
-    raise UsageError(f"evals: kind 'harness' (or harness.every={config.harness.every}): "
-                     f"lm-eval scores language models; task.name={config.task.name!r} is "
-                     f"not one (set harness.every=0).")
+    raise UsageError(
+      f"evals: kind 'harness' (or harness.every={config.harness.every}): "
+      f"lm-eval scores language models; task.name={config.task.name!r} is "
+      f"not one (set harness.every=0)."
+    )
   try:
     from bigflax.evals import lm_eval_tasks  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise UsageError(f"the harness evaluator needs lm-evaluation-harness ({e.name} is "
-                     f"missing): pip install -e '.[harness]'") from e
+    raise UsageError(
+      f"the harness evaluator needs lm-evaluation-harness ({e.name} is "
+      f"missing): pip install -e '.[harness]'"
+    ) from e
   harness_config = config.harness.copy_and_resolve_references()
   if "tasks" in settings:  # "a,b" or a list of such
     tasks = settings["tasks"]
     settings["tasks"] = (tasks,) if isinstance(tasks, str) else tuple(tasks)
   harness_config.update(settings)
-  run = lm_eval_tasks.scorer(harness_config, context.model, context.tokenizer, context.mesh,
-                             context.rules, table=context.offline)
+  run = lm_eval_tasks.scorer(
+    harness_config,
+    context.model,
+    context.tokenizer,
+    context.mesh,
+    context.rules,
+    table=context.offline,
+  )
   return Evaluator("harness", config.harness.every if every is None else every, run)

@@ -9,10 +9,10 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import Collator, handle_stop_sequences, postprocess_generated_text
+import numpy as np
 from tqdm import tqdm
 
 from bigflax.infer import decode
@@ -29,6 +29,7 @@ def bucket(length: int, limit: int) -> int:
 class Scorer:
   """The jitted functions of one model on one mesh; the parameters are an argument, so
   the training loop can score its live parameters."""
+
   model: nn.Module
   mesh: jax.sharding.Mesh
   rules: tuple
@@ -42,8 +43,7 @@ class Scorer:
     self._logprobs = jax.jit(self._token_logprobs, out_shardings=whole)
     self._prefill = jax.jit(lambda p, t, n: decode.prefill(decode_model, p, t, n))
     self._step = jax.jit(lambda p, s, t: decode.decode_step(decode_model, p, s, t))
-    self._sample = jax.jit(decode.sample_rows, static_argnames="vocab_size",
-                           out_shardings=whole)
+    self._sample = jax.jit(decode.sample_rows, static_argnames="vocab_size", out_shardings=whole)
 
   def _token_logprobs(self, params, inputs, targets):
     logits = self.model.apply({"params": params}, inputs).astype(jnp.float32)
@@ -74,16 +74,24 @@ class Scorer:
 
   def sample(self, logits, seeds, step, temperature, top_k, top_p, vocab_size):
     with jax.set_mesh(self.mesh):
-      return self._sample(logits, seeds, step, temperature, top_k, top_p,
-                          vocab_size=vocab_size)
+      return self._sample(logits, seeds, step, temperature, top_k, top_p, vocab_size=vocab_size)
 
 
 class BigflaxLM(TemplateLM):
   """lm-eval's model interface over `model` (a bigflax decoder) and its `params` (laid
   out on `mesh` under the logical axis `rules`); set `.params` to score others."""
 
-  def __init__(self, model: nn.Module, params, tokenizer, mesh: jax.sharding.Mesh,
-               rules: tuple, batch_size=8, max_gen_toks=256, seed=0):
+  def __init__(
+    self,
+    model: nn.Module,
+    params,
+    tokenizer,
+    mesh: jax.sharding.Mesh,
+    rules: tuple,
+    batch_size=8,
+    max_gen_toks=256,
+    seed=0,
+  ):
     super().__init__()
     self.model, self.params, self.tokenizer = model, params, tokenizer
     self._batch_size = int(batch_size)
@@ -91,8 +99,7 @@ class BigflaxLM(TemplateLM):
     self.seed = int(seed)
     batch_axes = partitioning.batch_sharding(mesh, rules).spec[0] or ()
     batch_axes = (batch_axes,) if isinstance(batch_axes, str) else batch_axes
-    self.scorer = Scorer(model, mesh, rules,
-                         int(np.prod([mesh.shape[a] for a in batch_axes])))
+    self.scorer = Scorer(model, mesh, rules, int(np.prod([mesh.shape[a] for a in batch_axes])))
     # What the tokenizer puts before any text (Llama's and Gemma's bos; GPT-2 nothing).
     self._frame = tokenizer.encode("")
 
@@ -111,8 +118,8 @@ class BigflaxLM(TemplateLM):
   def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
     del kwargs
     ids = self.tokenizer.encode(string)
-    if add_special_tokens is False and self._frame and ids[:len(self._frame)] == self._frame:
-      return ids[len(self._frame):]
+    if add_special_tokens is False and self._frame and ids[: len(self._frame)] == self._frame:
+      return ids[len(self._frame) :]
     return ids
 
   def tok_decode(self, tokens, **kwargs) -> str:
@@ -129,18 +136,19 @@ class BigflaxLM(TemplateLM):
     for chunk in ordered.get_batched(n=self._batch_size):
       # The model sees context + continuation minus its last token, cut from the left to
       # the context window; the continuation is scored at the last positions.
-      windows = [(c + x)[-(self.max_length + 1):] for _, c, x in chunk]
+      windows = [(c + x)[-(self.max_length + 1) :] for _, c, x in chunk]
       length = bucket(max(len(w) - 1 for w in windows), self.max_length)
       rows = self.scorer.rows(len(chunk))
       inputs = np.zeros((rows, length), np.int32)
       targets = np.zeros((rows, length), np.int32)
       for i, w in enumerate(windows):
-        inputs[i, :len(w) - 1], targets[i, :len(w) - 1] = w[:-1], w[1:]
+        inputs[i, : len(w) - 1], targets[i, : len(w) - 1] = w[:-1], w[1:]
       chosen, greedy = self.scorer.logprobs(self.params, inputs, targets)
       for i, ((_, _, continuation), w) in enumerate(zip(chunk, windows)):
         span = slice(len(w) - 1 - len(continuation), len(w) - 1)
-        results.append((float(chosen[i, span].astype(np.float64).sum()),
-                        bool(greedy[i, span].all())))
+        results.append(
+          (float(chosen[i, span].astype(np.float64).sum()), bool(greedy[i, span].all()))
+        )
       bar.update(len(chunk))
     bar.close()
     return ordered.get_original(results)
@@ -150,11 +158,15 @@ class BigflaxLM(TemplateLM):
     conditioned on the one token before it), as lm-eval's HF adapter does."""
     windows, owners = [], []
     for i, (text,) in enumerate(r.args for r in requests):
-      for context, continuation in map(lm_utils.make_disjoint_window,
-                                       lm_utils.get_rolling_token_windows(
-                                           token_list=self.tok_encode(text),
-                                           prefix_token=self.prefix_token_id,
-                                           max_seq_len=self.max_length, context_len=1)):
+      for context, continuation in map(
+        lm_utils.make_disjoint_window,
+        lm_utils.get_rolling_token_windows(
+          token_list=self.tok_encode(text),
+          prefix_token=self.prefix_token_id,
+          max_seq_len=self.max_length,
+          context_len=1,
+        ),
+      ):
         windows.append((None, context, continuation))
         owners.append(i)
     scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
@@ -166,9 +178,12 @@ class BigflaxLM(TemplateLM):
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
     """KV-cache decoding of left-padded batches, one jitted step per token, stopped when
     every row has produced a stop sequence or the end of text or max_gen_toks."""
-    ordered = Collator([r.args for r in requests],
-                       sort_fn=lambda r: (-len(self.tok_encode(r[0])), r[0]),
-                       group_by="gen_kwargs", group_fn=lambda r: r[1])
+    ordered = Collator(
+      [r.args for r in requests],
+      sort_fn=lambda r: (-len(self.tok_encode(r[0])), r[0]),
+      group_by="gen_kwargs",
+      group_fn=lambda r: r[1],
+    )
     results = []
     bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
     for chunk in ordered.get_batched(n=self._batch_size):
@@ -183,29 +198,34 @@ class BigflaxLM(TemplateLM):
     until = [s for s in handle_stop_sequences(options.pop("until", None), eos=None) if s]
     max_new = int(options.pop("max_gen_toks", self.max_gen_toks))
     if max_new >= self.max_length:
-      raise ValueError(f"max_gen_toks={max_new} leaves no room for a context in the "
-                       f"model's {self.max_length} positions.")
+      raise ValueError(
+        f"max_gen_toks={max_new} leaves no room for a context in the "
+        f"model's {self.max_length} positions."
+      )
     sampling = options.pop("do_sample", False) or options.get("temperature", 0) > 0
     temperature = float(options.get("temperature", 1.0) or 1.0) if sampling else 0.0
-    encoded = [self.tok_encode(c)[-(self.max_length - max_new):] or [self.eot_token_id]
-               for c in contexts]
+    encoded = [
+      self.tok_encode(c)[-(self.max_length - max_new) :] or [self.eot_token_id] for c in contexts
+    ]
     rows = self.scorer.rows(len(encoded))
     width = bucket(max(map(len, encoded)), self.max_length - max_new)
     tokens = np.zeros((rows, width), np.int32)
     lengths = np.ones(rows, np.int32)
     for i, ids in enumerate(encoded):
-      tokens[i, width - len(ids):], lengths[i] = ids, len(ids)
+      tokens[i, width - len(ids) :], lengths[i] = ids, len(ids)
     per_row = lambda v, dtype: jnp.full((rows,), v, dtype)
-    sampler = (per_row(self.seed, jnp.uint32), per_row(temperature, jnp.float32),
-               per_row(int(options.get("top_k", 0) or 0), jnp.int32),
-               per_row(float(options.get("top_p", 1.0) or 1.0), jnp.float32))
+    sampler = (
+      per_row(self.seed, jnp.uint32),
+      per_row(temperature, jnp.float32),
+      per_row(int(options.get("top_k", 0) or 0), jnp.int32),
+      per_row(float(options.get("top_p", 1.0) or 1.0), jnp.float32),
+    )
     logits, state = self.scorer.prefill(self.params, tokens, lengths)
     generated = [[] for _ in encoded]
     done = np.zeros(len(encoded), bool)
     for step in range(max_new):
       seeds, temp, top_k, top_p = sampler
-      nxt = self.scorer.sample(logits, seeds, step, temp, top_k, top_p,
-                               self.tokenizer.vocab_size)
+      nxt = self.scorer.sample(logits, seeds, step, temp, top_k, top_p, self.tokenizer.vocab_size)
       host = np.asarray(nxt)
       for i in np.flatnonzero(~done):
         if host[i] == self.eot_token_id:
@@ -217,5 +237,7 @@ class BigflaxLM(TemplateLM):
       if done.all():
         break
       logits, state = self.scorer.decode_step(self.params, state, nxt)
-    return [postprocess_generated_text(self.tok_decode(g), stop=until, think_end_token=None)
-            for g in generated]
+    return [
+      postprocess_generated_text(self.tok_decode(g), stop=until, think_end_token=None)
+      for g in generated
+    ]

@@ -34,20 +34,25 @@ def sums(context: Context, every: int | None = None) -> Evaluator:
   """The task's metrics (finalize of the eval sums), every train.eval_every steps unless
   `every`; the log line leaves out per-class values."""
   return Evaluator(
-      "validation", context.config.train.eval_every if every is None else every,
-      lambda params, step: context.task.finalize(totals(context, params, step)),
-      printed=lambda key: "/" not in key or "macro" in key)
+    "validation",
+    context.config.train.eval_every if every is None else every,
+    lambda params, step: context.task.finalize(totals(context, params, step)),
+    printed=lambda key: "/" not in key or "macro" in key,
+  )
 
 
 def predictions(context: Context, every: int | None = None) -> Evaluator:
   """The task's `prediction_metrics` of its outputs for every eval row, gathered from all
   hosts in batch order."""
   if context.task.prediction_metrics is None:
-    raise UsageError(f"evals: kind 'predictions' needs a task with prediction_metrics; "
-                     f"task.name={context.config.task.name!r} has none.")
+    raise UsageError(
+      f"evals: kind 'predictions' needs a task with prediction_metrics; "
+      f"task.name={context.config.task.name!r} has none."
+    )
   config = context.config
-  predict_step, finalize = context.task.prediction_metrics(config, context.model,
-                                                           context.tokenizer, context.split)
+  predict_step, finalize = context.task.prediction_metrics(
+    config, context.model, context.tokenizer, context.split
+  )
   predict_step = context.jit(predict_step)
 
   def run(params, step):
@@ -55,9 +60,9 @@ def predictions(context: Context, every: int | None = None) -> Evaluator:
     outputs = []
     for batch in context.eval_batches():
       batch = partitioning.global_batch(batch, context.batch_sharding)
-      outputs.append(multihost_utils.process_allgather(predict_step(params, batch),
-                                                       tiled=True))
+      outputs.append(multihost_utils.process_allgather(predict_step(params, batch), tiled=True))
     return finalize(np.concatenate(outputs))
+
   return Evaluator("validation", config.train.eval_every if every is None else every, run)
 
 
@@ -65,11 +70,15 @@ def report(context: Context, every: int = 0) -> Evaluator:
   """The task's `eval_report` of the eval sums: printed, drawn next to the eval report
   (eval_{split}_{step}_confusion.png) and returned as its fields (`confusion_matrix`)."""
   if context.task.eval_report is None:
-    raise UsageError(f"evals: kind 'report' needs a task with eval_report; "
-                     f"task.name={context.config.task.name!r} has none.")
+    raise UsageError(
+      f"evals: kind 'report' needs a task with eval_report; "
+      f"task.name={context.config.task.name!r} has none."
+    )
   if every:
-    raise UsageError(f"evals: kind 'report' has every={every}; its fields are no scalars "
-                     f"for metrics.jsonl: it runs in `bigflax eval` alone (every=0).")
+    raise UsageError(
+      f"evals: kind 'report' has every={every}; its fields are no scalars "
+      f"for metrics.jsonl: it runs in `bigflax eval` alone (every=0)."
+    )
 
   def run(params, step):
     sums = totals(context, params, step)  # on every host: the eval steps are collective
@@ -77,4 +86,5 @@ def report(context: Context, every: int = 0) -> Evaluator:
       return {}
     prefix = workdir_lib.eval_report(context.workdir, context.split, step)
     return context.task.eval_report(context.config, sums, prefix)
+
   return Evaluator("report", 0, run)

@@ -7,7 +7,7 @@ it was fed before. A hypothesis ends at `eos_id` or after `max_len` tokens. Sequ
 back without the start token, padded with `pad_id` after their EOS.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +27,11 @@ def cache_batch_axes(cache_shapes_fn: Callable[[int], object]) -> object:
   decoding model's init); the axis whose size follows the batch size is the batch axis,
   wherever a layer-scanned model puts it.
   """
+
   def axis(one, two):
     moved = [i for i, (a, b) in enumerate(zip(one.shape, two.shape)) if a != b]
     return moved[0] if moved else None
+
   return jax.tree.map(axis, cache_shapes_fn(1), cache_shapes_fn(2))
 
 
@@ -39,10 +41,19 @@ def _mask_vocab(logits, vocab_size):
   return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, NEG_INF)
 
 
-def greedy_search(logits_fn: Callable, cache, *, batch_size: int, max_len: int,
-                  bos_id: int, eos_id: int, pad_id: int = 0,
-                  vocab_size: int | None = None) -> jax.Array:
+def greedy_search(
+  logits_fn: Callable,
+  cache,
+  *,
+  batch_size: int,
+  max_len: int,
+  bos_id: int,
+  eos_id: int,
+  pad_id: int = 0,
+  vocab_size: int | None = None,
+) -> jax.Array:
   """(batch_size, max_len) int32: the most likely token at each step until EOS."""
+
   def step(state):
     i, tokens, done, cache = state
     logits, cache = logits_fn(tokens[:, i], cache)
@@ -53,14 +64,27 @@ def greedy_search(logits_fn: Callable, cache, *, batch_size: int, max_len: int,
   tokens = jnp.full((batch_size, max_len + 1), pad_id, jnp.int32).at[:, 0].set(bos_id)
   done = jnp.zeros((batch_size,), bool)
   _, tokens, _, _ = jax.lax.while_loop(
-      lambda state: (state[0] < max_len) & ~jnp.all(state[2]), step,
-      (jnp.array(0), tokens, done, cache))
+    lambda state: (state[0] < max_len) & ~jnp.all(state[2]),
+    step,
+    (jnp.array(0), tokens, done, cache),
+  )
   return tokens[:, 1:]
 
 
-def beam_search(logits_fn: Callable, cache, cache_axes, *, batch_size: int,
-                beam_size: int, max_len: int, bos_id: int, eos_id: int, pad_id: int = 0,
-                alpha: float = 0.6, vocab_size: int | None = None):
+def beam_search(
+  logits_fn: Callable,
+  cache,
+  cache_axes,
+  *,
+  batch_size: int,
+  beam_size: int,
+  max_len: int,
+  bos_id: int,
+  eos_id: int,
+  pad_id: int = 0,
+  alpha: float = 0.6,
+  vocab_size: int | None = None,
+):
   """Returns (sequences (batch, beam, max_len), scores (batch, beam)), best first.
 
   score = log p(sequence) / length_penalty(its length, alpha), length counting the EOS.
@@ -82,10 +106,9 @@ def beam_search(logits_fn: Callable, cache, cache_axes, *, batch_size: int,
   def step(state):
     i, seqs, log_probs, finished_seqs, finished_scores, cache = state
     logits, cache = logits_fn(seqs[:, :, i].reshape(-1), cache)
-    token_log_probs = jax.nn.log_softmax(_mask_vocab(logits.astype(jnp.float32),
-                                                     vocab_size))
+    token_log_probs = jax.nn.log_softmax(_mask_vocab(logits.astype(jnp.float32), vocab_size))
     vocab = token_log_probs.shape[-1]
-    candidates = (log_probs[:, :, None] + token_log_probs.reshape(b, k, vocab))
+    candidates = log_probs[:, :, None] + token_log_probs.reshape(b, k, vocab)
     top_log_probs, top_ids = jax.lax.top_k(candidates.reshape(b, k * vocab), 2 * k)
     beam_index, token = top_ids // vocab, (top_ids % vocab).astype(jnp.int32)
     top_seqs = jnp.take_along_axis(seqs, beam_index[:, :, None], axis=1)
@@ -96,17 +119,21 @@ def beam_search(logits_fn: Callable, cache, cache_axes, *, batch_size: int,
     alive_log_probs, alive = jax.lax.top_k(jnp.where(ends, NEG_INF, top_log_probs), k)
     seqs = jnp.take_along_axis(top_seqs, alive[:, :, None], axis=1)
     source_beam = jnp.take_along_axis(beam_index, alive, axis=1)
-    cache = jax.tree.map(lambda axis, x: x if axis is None else gather(x, source_beam, axis),
-                         cache_axes, cache, is_leaf=lambda axis: axis is None)
+    cache = jax.tree.map(
+      lambda axis, x: x if axis is None else gather(x, source_beam, axis),
+      cache_axes,
+      cache,
+      is_leaf=lambda axis: axis is None,
+    )
 
     # The best k finished so far, old and new.
     # (A candidate from a beam that was never live, log-prob ~NEG_INF, never finishes.)
     ends_live = ends & (top_log_probs > NEG_INF / 2)
     scores = jnp.where(ends_live, top_log_probs / length_penalty(i + 1, alpha), NEG_INF)
-    finished_scores, best = jax.lax.top_k(
-        jnp.concatenate([finished_scores, scores], axis=1), k)
+    finished_scores, best = jax.lax.top_k(jnp.concatenate([finished_scores, scores], axis=1), k)
     finished_seqs = jnp.take_along_axis(
-        jnp.concatenate([finished_seqs, top_seqs], axis=1), best[:, :, None], axis=1)
+      jnp.concatenate([finished_seqs, top_seqs], axis=1), best[:, :, None], axis=1
+    )
     return i + 1, seqs, alive_log_probs, finished_seqs, finished_scores, cache
 
   def searching(state):

@@ -27,12 +27,21 @@ import jax.numpy as jnp
 import numpy as np
 
 # How a bundle of each kind is called, for its README.
-USAGE = {"lm": 'model.complete(["def parse("], max_new_tokens=50, temperature=0.8)',
-         "classify": "model.classify([an_input])",
-         "seq2seq": 'model.translate(["a sentence"])'}
+USAGE = {
+  "lm": 'model.complete(["def parse("], max_new_tokens=50, temperature=0.8)',
+  "classify": "model.classify([an_input])",
+  "seq2seq": 'model.translate(["a sentence"])',
+}
 
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
-                       "I32": np.int32, "I64": np.int64, "U8": np.uint8, "BOOL": np.bool_}
+_SAFETENSORS_DTYPES = {
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": jnp.bfloat16,
+  "I32": np.int32,
+  "I64": np.int64,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+}
 
 
 def read_safetensors(path) -> dict:
@@ -41,13 +50,14 @@ def read_safetensors(path) -> dict:
   with open(path, "rb") as f:
     data = f.read()
   header_size = int(np.frombuffer(data[:8], np.uint64)[0])
-  header = json.loads(data[8:8 + header_size])
+  header = json.loads(data[8 : 8 + header_size])
   header.pop("__metadata__", None)
   arrays = {}
   for name, entry in header.items():
     begin, end = (8 + header_size + offset for offset in entry["data_offsets"])
-    arrays[name] = np.frombuffer(data[begin:end], _SAFETENSORS_DTYPES[entry["dtype"]]
-                                 ).reshape(entry["shape"])
+    arrays[name] = np.frombuffer(data[begin:end], _SAFETENSORS_DTYPES[entry["dtype"]]).reshape(
+      entry["shape"]
+    )
   return arrays
 
 
@@ -67,25 +77,32 @@ class Tokenizer:
   and out: UTF-8 bytes shifted by 3, a SentencePiece model, or an HF tokenizer.json."""
 
   def __init__(self, directory):
-    config = json.load(open(os.path.join(directory, "tokenizer.json")))
+    with open(os.path.join(directory, "tokenizer.json")) as f:
+      config = json.load(f)
     self.kind = config["kind"]
     if self.kind == "byte":
       self.pad_id, self.bos_id, self.eos_id, self.vocab_size = 0, 1, 2, 259
     elif self.kind == "sentencepiece":
       import sentencepiece
+
       self._sp = sentencepiece.SentencePieceProcessor(
-          model_file=os.path.join(directory, config["model_file"]))
-      self.pad_id, self.bos_id, self.eos_id = (self._sp.pad_id(), self._sp.bos_id(),
-                                               self._sp.eos_id())
+        model_file=os.path.join(directory, config["model_file"])
+      )
+      self.pad_id, self.bos_id, self.eos_id = (
+        self._sp.pad_id(),
+        self._sp.bos_id(),
+        self._sp.eos_id(),
+      )
       self.vocab_size = self._sp.get_piece_size()
     elif self.kind == "hf":
       import tokenizers
-      self._hf = tokenizers.Tokenizer.from_file(os.path.join(directory,
-                                                             config["tokenizer_file"]))
+
+      self._hf = tokenizers.Tokenizer.from_file(os.path.join(directory, config["tokenizer_file"]))
       self._hf.no_padding()
       self._hf.no_truncation()
-      self.pad_id, self.bos_id, self.eos_id = (self._hf.token_to_id(t)
-                                               for t in ("[PAD]", "[CLS]", "[SEP]"))
+      self.pad_id, self.bos_id, self.eos_id = (
+        self._hf.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")
+      )
       self.vocab_size = self._hf.get_vocab_size()
     else:
       raise ValueError(f"{directory}: unknown tokenizer kind {self.kind!r}")
@@ -124,15 +141,14 @@ class Bundle:
   def prompt_ids(self, text: str) -> list[int]:
     return list(self.meta["prompt_prefix"]) + self.tokenizer.encode(text)
 
-  def prefill(self, prompts: list[list[int]], length: int | None = None,
-              rows: int | None = None):
+  def prefill(self, prompts: list[list[int]], length: int | None = None, rows: int | None = None):
     """Left-pads `prompts` (token ids) to `length` and the batch to `rows` (so that a
     server sees a few shapes only): (logits after each prompt (rows, V), decoding state)."""
     length = length or max(map(len, prompts))
     tokens = np.full((rows or len(prompts), length), self.meta["pad_id"], np.int32)
     lengths = np.ones(len(tokens), np.int32)  # padding rows: one pad token
     for i, ids in enumerate(prompts):
-      tokens[i, length - len(ids):] = ids
+      tokens[i, length - len(ids) :] = ids
       lengths[i] = len(ids)
     return self.call("prefill", tokens, lengths)
 
@@ -143,15 +159,23 @@ class Bundle:
     """Next tokens (B,), each row with its own seed and sampling parameters."""
     as_array = lambda x, dtype: np.broadcast_to(np.asarray(x, dtype), (len(logits),))
     return self.functions["sample"](
-        logits, as_array(seeds, np.int32), np.int32(step), as_array(temperature, np.float32),
-        as_array(top_k, np.int32), as_array(top_p, np.float32))
+      logits,
+      as_array(seeds, np.int32),
+      np.int32(step),
+      as_array(temperature, np.float32),
+      as_array(top_k, np.int32),
+      as_array(top_p, np.float32),
+    )
 
-  def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature=0.0,
-               top_k=0, top_p=1.0, seed=0) -> np.ndarray:
+  def generate(
+    self, prompts: list[list[int]], max_new_tokens: int, temperature=0.0, top_k=0, top_p=1.0, seed=0
+  ) -> np.ndarray:
     """Token ids (B, max_new_tokens) continuing each prompt (token ids)."""
     if max(map(len, prompts)) + max_new_tokens > self.meta["max_len"]:
-      raise ValueError(f"prompt plus max_new_tokens={max_new_tokens} exceeds the context "
-                       f"of {self.meta['max_len']} tokens")
+      raise ValueError(
+        f"prompt plus max_new_tokens={max_new_tokens} exceeds the context "
+        f"of {self.meta['max_len']} tokens"
+      )
     seeds = seed + np.arange(len(prompts))
     logits, state = self.prefill(prompts)
     tokens = []
@@ -174,9 +198,10 @@ class Bundle:
     tokens = np.full((rows or len(texts), seq_len), self.meta["pad_id"], np.int32)
     mask = np.zeros(tokens.shape, np.int32)
     for i, text in enumerate(texts):
-      ids = [self.meta["bos_id"]] + self.tokenizer.encode(text)[:seq_len - 2] + [
-          self.meta["eos_id"]]
-      tokens[i, :len(ids)], mask[i, :len(ids)] = ids, 1
+      ids = (
+        [self.meta["bos_id"]] + self.tokenizer.encode(text)[: seq_len - 2] + [self.meta["eos_id"]]
+      )
+      tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
     return tokens, mask
 
   def classify_inputs(self, inputs, rows: int | None = None) -> tuple:
@@ -187,13 +212,13 @@ class Bundle:
       shape = self.meta["input_shape"]
       dtype = np.float32 if self.meta["input"] == "features" else np.uint8
       arrays = np.zeros((rows, *shape), dtype)
-      arrays[:len(inputs)] = np.asarray(inputs).reshape(len(inputs), *shape)
+      arrays[: len(inputs)] = np.asarray(inputs).reshape(len(inputs), *shape)
       return (arrays,)
     tokens, mask = self.frame(inputs, rows)
     return tokens, np.zeros_like(tokens), mask
 
   def logits(self, inputs, rows: int | None = None) -> np.ndarray:
-    return np.asarray(self.call("forward", *self.classify_inputs(inputs, rows)))[:len(inputs)]
+    return np.asarray(self.call("forward", *self.classify_inputs(inputs, rows)))[: len(inputs)]
 
   def classify(self, inputs) -> np.ndarray:
     """Class probabilities (N, len(meta['labels'])) for texts or feature vectors."""
@@ -203,7 +228,7 @@ class Bundle:
 
   def translate_ids(self, texts: list[str], rows: int | None = None) -> np.ndarray:
     """Target ids (rows, max_decode_len) of each text, by the run's beam search."""
-    return np.asarray(self.call("translate", *self.frame(texts, rows)))[:len(texts)]
+    return np.asarray(self.call("translate", *self.frame(texts, rows)))[: len(texts)]
 
   def translate(self, texts: list[str]) -> list[str]:
     return [self.detokenize(row) for row in self.translate_ids(texts)]
@@ -212,7 +237,7 @@ class Bundle:
     """Text of the ids up to the first eos."""
     ids = list(ids)
     if self.meta["eos_id"] in ids:
-      ids = ids[:ids.index(self.meta["eos_id"])]
+      ids = ids[: ids.index(self.meta["eos_id"])]
     return self.tokenizer.decode(ids)
 
 
@@ -229,16 +254,18 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
 def load(directory) -> Bundle:
   """The bundle in `directory`, its functions deserialised and jitted (one compile per
   batch shape)."""
-  spec = json.load(open(os.path.join(directory, "bundle.json")))
+  with open(os.path.join(directory, "bundle.json")) as f:
+    spec = json.load(f)
   functions = {}
   for name in spec["functions"]:
     with open(os.path.join(directory, "functions", f"{name}.jax"), "rb") as f:
       exported = jax.export.deserialize(bytearray(f.read()))
     functions[name] = jax.jit(exported.call)
-  params = jax.tree.map(jnp.asarray,
-                        unflatten(read_safetensors(os.path.join(directory,
-                                                                "params.safetensors"))))
-  card = json.load(open(os.path.join(directory, "model_card.json")))
+  params = jax.tree.map(
+    jnp.asarray, unflatten(read_safetensors(os.path.join(directory, "params.safetensors")))
+  )
+  with open(os.path.join(directory, "model_card.json")) as f:
+    card = json.load(f)
   tokenizer_dir = os.path.join(directory, "tokenizer")  # none for models of numbers
   tokenizer = Tokenizer(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
   return Bundle(spec["task"], spec["meta"], params, functions, tokenizer, info=card)

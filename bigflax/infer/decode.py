@@ -37,8 +37,15 @@ def sample_next(logits, rng, temperature: float, top_k: int, top_p: float):
   return jax.random.categorical(rng, filter_logits(logits / temperature, top_k, top_p))
 
 
-def sample_rows(logits: jax.Array, seeds: jax.Array, step: jax.Array, temperature: jax.Array,
-                top_k: jax.Array, top_p: jax.Array, vocab_size: int | None = None):
+def sample_rows(
+  logits: jax.Array,
+  seeds: jax.Array,
+  step: jax.Array,
+  temperature: jax.Array,
+  top_k: jax.Array,
+  top_p: jax.Array,
+  vocab_size: int | None = None,
+):
   """logits (B, V) -> tokens (B,), each row with its own seed and sampling parameters
   (arrays (B,); temperature 0 = greedy). Row i draws with key fold_in(key(seeds[i]), step).
   `vocab_size` (the tokenizer's) excludes the padding rows of a rounded-up embedding."""
@@ -61,11 +68,13 @@ def prefill(model: nn.Module, params, tokens: jax.Array, lengths: jax.Array):
   offset = tokens.shape[1] - lengths
   positions = jnp.maximum(jnp.arange(tokens.shape[1])[None] - offset[:, None], 0)
   mask = jnp.arange(model.max_len)[None] >= offset[:, None]
-  cache_shapes = jax.eval_shape(model.init, jax.random.key(0), tokens[:, :1],
-                                positions[:, :1], mask)["cache"]
+  cache_shapes = jax.eval_shape(
+    model.init, jax.random.key(0), tokens[:, :1], positions[:, :1], mask
+  )["cache"]
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
-  logits, variables = model.apply({"params": params, "cache": cache}, tokens, positions,
-                                  mask, mutable=["cache"])
+  logits, variables = model.apply(
+    {"params": params, "cache": cache}, tokens, positions, mask, mutable=["cache"]
+  )
   state = {"cache": variables["cache"], "offset": offset, "position": lengths}
   return logits[:, -1], state
 
@@ -73,24 +82,43 @@ def prefill(model: nn.Module, params, tokens: jax.Array, lengths: jax.Array):
 def decode_step(model: nn.Module, params, state: dict, tokens: jax.Array):
   """Appends tokens (B,) to the decoding state: (logits for the next token (B, V), state)."""
   mask = jnp.arange(model.max_len)[None] >= state["offset"][:, None]
-  logits, variables = model.apply({"params": params, "cache": state["cache"]},
-                                  tokens[:, None], state["position"][:, None], mask,
-                                  mutable=["cache"])
-  state = {"cache": variables["cache"], "offset": state["offset"],
-           "position": state["position"] + 1}
+  logits, variables = model.apply(
+    {"params": params, "cache": state["cache"]},
+    tokens[:, None],
+    state["position"][:, None],
+    mask,
+    mutable=["cache"],
+  )
+  state = {
+    "cache": variables["cache"],
+    "offset": state["offset"],
+    "position": state["position"] + 1,
+  }
   return logits[:, -1], state
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature",
-                                             "top_k", "top_p", "vocab_size"))
-def generate(model: nn.Module, params, prompt: jax.Array, rng: jax.Array, *,
-             max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, vocab_size: int | None = None) -> jax.Array:
+@functools.partial(
+  jax.jit,
+  static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "vocab_size"),
+)
+def generate(
+  model: nn.Module,
+  params,
+  prompt: jax.Array,
+  rng: jax.Array,
+  *,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  vocab_size: int | None = None,
+) -> jax.Array:
   """prompt (B, P) int -> (B, max_new_tokens) sampled continuations.
 
   `model` is built with decode=True; P + max_new_tokens must fit in its max_len.
   `vocab_size` (the tokenizer's) excludes the padding rows of a rounded-up embedding.
   """
+
   def sample_token(logits, rng):
     if vocab_size is not None:
       logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
@@ -98,14 +126,14 @@ def generate(model: nn.Module, params, prompt: jax.Array, rng: jax.Array, *,
 
   cache_shapes = jax.eval_shape(model.init, jax.random.key(0), prompt[:, :1])["cache"]
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
-  logits, variables = model.apply({"params": params, "cache": cache}, prompt,
-                                  mutable=["cache"])
+  logits, variables = model.apply({"params": params, "cache": cache}, prompt, mutable=["cache"])
   first = sample_token(logits[:, -1], jax.random.fold_in(rng, 0))
 
   def step(carry, i):
     token, cache = carry
-    logits, variables = model.apply({"params": params, "cache": cache}, token[:, None],
-                                    mutable=["cache"])
+    logits, variables = model.apply(
+      {"params": params, "cache": cache}, token[:, None], mutable=["cache"]
+    )
     nxt = sample_token(logits[:, -1], jax.random.fold_in(rng, i))
     return (nxt, variables["cache"]), nxt
 

@@ -43,39 +43,45 @@ def latest_eval(workdir: str) -> dict:
 def model_card(config, params, workdir: str, step: int, functions: dict) -> dict:
   evaluation = latest_eval(workdir)
   return {
-      "task": config.task.name,
-      "model": json.loads(config.model.to_json()),
-      "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
-      "trained_steps": step,
-      "data": config.data.name,
-      "tokenizer": config.tokenizer.kind,
-      "metrics": {k: v for k, v in evaluation.items() if k not in ("step", "split")},
-      "metrics_step": evaluation.get("step"), "metrics_split": evaluation.get("split"),
-      "functions": {name: [str(a) for a in exported.in_avals]
-                    for name, exported in functions.items()},
-      "platforms": list(next(iter(functions.values())).platforms),
-      "source": os.path.abspath(workdir),
-      "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "versions": run_info.versions(CARD_PACKAGES),
+    "task": config.task.name,
+    "model": json.loads(config.model.to_json()),
+    "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+    "trained_steps": step,
+    "data": config.data.name,
+    "tokenizer": config.tokenizer.kind,
+    "metrics": {k: v for k, v in evaluation.items() if k not in ("step", "split")},
+    "metrics_step": evaluation.get("step"),
+    "metrics_split": evaluation.get("split"),
+    "functions": {
+      name: [str(a) for a in exported.in_avals] for name, exported in functions.items()
+    },
+    "platforms": list(next(iter(functions.values())).platforms),
+    "source": os.path.abspath(workdir),
+    "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "versions": run_info.versions(CARD_PACKAGES),
   }
 
 
 def readme(card: dict, task: str) -> str:
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "none logged"
-  return (f"# bigflax bundle: {card['task']} model\n\n"
-          f"{card['parameters']:,} parameters ({card['model'].get('name')}), trained "
-          f"{card['trained_steps']} steps on {card['data']}.\n"
-          f"Metrics ({card['metrics_split']}, step {card['metrics_step']}): {metrics}.\n"
-          f"Exported {card['exported_at']} for {', '.join(card['platforms'])} with "
-          + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + ".\n\n"
-          "Runs with jax, numpy and the tokenizer library alone:\n\n```python\n"
-          "import sys; sys.path.insert(0, BUNDLE_DIR)\nimport load_bundle\n"
-          f"model = load_bundle.load(BUNDLE_DIR)\n{bundle.USAGE[task]}\n```\n\n"
-          "Or serve it: `python -m bigflax serve --bundle BUNDLE_DIR`.\n")
+  return (
+    f"# bigflax bundle: {card['task']} model\n\n"
+    f"{card['parameters']:,} parameters ({card['model'].get('name')}), trained "
+    f"{card['trained_steps']} steps on {card['data']}.\n"
+    f"Metrics ({card['metrics_split']}, step {card['metrics_step']}): {metrics}.\n"
+    f"Exported {card['exported_at']} for {', '.join(card['platforms'])} with "
+    + ", ".join(f"{k} {v}" for k, v in card["versions"].items())
+    + ".\n\n"
+    "Runs with jax, numpy and the tokenizer library alone:\n\n```python\n"
+    "import sys; sys.path.insert(0, BUNDLE_DIR)\nimport load_bundle\n"
+    f"model = load_bundle.load(BUNDLE_DIR)\n{bundle.USAGE[task]}\n```\n\n"
+    "Or serve it: `python -m bigflax serve --bundle BUNDLE_DIR`.\n"
+  )
 
 
-def write(out: str, *, config, workdir: str, step: int, params, functions: dict,
-          meta: dict, task: str) -> dict:
+def write(
+  out: str, *, config, workdir: str, step: int, params, functions: dict, meta: dict, task: str
+) -> dict:
   """Writes the bundle into the new directory `out`; returns its model card.
 
   `task` is what the bundle serves as ("lm" for a fine-tuned LM); `functions` and `meta`
@@ -84,23 +90,28 @@ def write(out: str, *, config, workdir: str, step: int, params, functions: dict,
   """
   if os.path.exists(out) and os.listdir(out):
     raise FileExistsError(f"--out={out} exists and is not empty; choose a new directory.")
-  exported = {name: jax.export.export(jax.jit(fn), platforms=PLATFORMS)(*args)
-              for name, (fn, args) in functions.items()}
+  exported = {
+    name: jax.export.export(jax.jit(fn), platforms=PLATFORMS)(*args)
+    for name, (fn, args) in functions.items()
+  }
   staging = f"{out.rstrip('/')}.tmp-{uuid.uuid4().hex}"
   os.makedirs(os.path.join(staging, "functions"))
   for name, e in exported.items():
     with open(os.path.join(staging, "functions", f"{name}.jax"), "wb") as f:
       f.write(e.serialize())
   safetensors.numpy.save_file(
-      {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
-      os.path.join(staging, "params.safetensors"))
+    {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
+    os.path.join(staging, "params.safetensors"),
+  )
   tokenizer_dir = workdir_lib.tokenizer(workdir)
   if os.path.isdir(tokenizer_dir):
     shutil.copytree(tokenizer_dir, os.path.join(staging, "tokenizer"))
   card = model_card(config, params, workdir, step, exported)
-  files = {"bundle.json": {"task": task, "functions": sorted(exported),
-                           "meta": meta},
-           "config.json": json.loads(config.to_json()), "model_card.json": card}
+  files = {
+    "bundle.json": {"task": task, "functions": sorted(exported), "meta": meta},
+    "config.json": json.loads(config.to_json()),
+    "model_card.json": card,
+  }
   for name, content in files.items():
     with open(os.path.join(staging, name), "w") as f:
       json.dump(content, f, indent=2)

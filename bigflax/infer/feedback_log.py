@@ -15,11 +15,11 @@ import time
 
 
 class FeedbackLog:
-
   def __init__(self, directory: str):
     os.makedirs(directory, exist_ok=True)
-    self.path = os.path.join(directory, f"{time.strftime('%Y%m%d-%H%M%S')}-"
-                                        f"{socket.gethostname()}-{os.getpid()}.jsonl")
+    self.path = os.path.join(
+      directory, f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}-{os.getpid()}.jsonl"
+    )
     self._lock = threading.Lock()
     # id -> how many answers (rows) it has; (id, index) of the rows rated already
     self.answers, self.rated = self._logged(directory)
@@ -40,8 +40,7 @@ class FeedbackLog:
             if record.get("kind") == "feedback":
               rated.add((record.get("id"), record.get("index", 0)))
             elif "id" in record:
-              answers[record["id"]] = max(answers.get(record["id"], 0),
-                                          record.get("index", 0) + 1)
+              answers[record["id"]] = max(answers.get(record["id"], 0), record.get("index", 0) + 1)
     return answers, rated
 
   def write(self, records: list[dict]):

@@ -6,16 +6,20 @@ import os
 
 from bigflax.interop import gpt2, hf, llama
 
-IMPORTERS = {"bert": hf.import_bert, "gpt2": gpt2.import_gpt2,  # by config.json's model_type
-             **dict.fromkeys(llama.FAMILIES, llama.import_llama)}
+IMPORTERS = {
+  "bert": hf.import_bert,
+  "gpt2": gpt2.import_gpt2,  # by config.json's model_type
+  **dict.fromkeys(llama.FAMILIES, llama.import_llama),
+}
 
 
 CAUSAL_LMS = ("gpt2", *llama.FAMILIES)  # model types `bigflax sample --workdir HF_DIR` decodes
 # The tokenizer config of each language model's checkpoint directory: GPT-2's BPE from its
 # package (checkpoints carry vocab.json/merges.txt), the others' own tokenizer.json.
-TOKENIZERS = {"gpt2": lambda directory: {"kind": "gpt2"},
-              **dict.fromkeys(llama.FAMILIES,
-                              lambda directory: {"kind": "hf_lm", "path": directory})}
+TOKENIZERS = {
+  "gpt2": lambda directory: {"kind": "gpt2"},
+  **dict.fromkeys(llama.FAMILIES, lambda directory: {"kind": "hf_lm", "path": directory}),
+}
 is_checkpoint = hf.is_checkpoint
 
 
@@ -23,8 +27,10 @@ def model_type(directory: str) -> str:
   """The model_type in a HF checkpoint directory's config.json."""
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: a Hugging Face checkpoint directory holds "
-                            f"config.json and model.safetensors (or its shards).")
+    raise FileNotFoundError(
+      f"{path} not found: a Hugging Face checkpoint directory holds "
+      f"config.json and model.safetensors (or its shards)."
+    )
   with open(path) as f:
     return json.load(f).get("model_type")
 
@@ -44,6 +50,8 @@ def import_checkpoint(directory: str, scan_layers: bool = False) -> tuple[dict, 
   the model_type in its config.json."""
   kind = model_type(directory)
   if kind not in IMPORTERS:
-    raise ValueError(f"{os.path.join(directory, 'config.json')}: model_type={kind!r}; "
-                     f"bigflax imports {sorted(IMPORTERS)}.")
+    raise ValueError(
+      f"{os.path.join(directory, 'config.json')}: model_type={kind!r}; "
+      f"bigflax imports {sorted(IMPORTERS)}."
+    )
   return IMPORTERS[kind](directory, scan_layers=scan_layers)

@@ -14,12 +14,12 @@ import json
 import os
 import re
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 import ml_dtypes
+import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -27,40 +27,49 @@ from bigflax.models import bert
 
 # HF config.json field -> bigflax BERT field.
 BERT_FIELDS = {
-    "vocab_size": "vocab_size",
-    "num_hidden_layers": "num_layers",
-    "num_attention_heads": "num_heads",
-    "hidden_size": "embed_dim",
-    "intermediate_size": "mlp_dim",
-    "max_position_embeddings": "max_len",
-    "type_vocab_size": "num_segments",
-    "layer_norm_eps": "norm_eps",
-    "hidden_dropout_prob": "dropout_rate",
-    "attention_probs_dropout_prob": "attention_dropout_rate",
-    "initializer_range": "init_std",
+  "vocab_size": "vocab_size",
+  "num_hidden_layers": "num_layers",
+  "num_attention_heads": "num_heads",
+  "hidden_size": "embed_dim",
+  "intermediate_size": "mlp_dim",
+  "max_position_embeddings": "max_len",
+  "type_vocab_size": "num_segments",
+  "layer_norm_eps": "norm_eps",
+  "hidden_dropout_prob": "dropout_rate",
+  "attention_probs_dropout_prob": "attention_dropout_rate",
+  "initializer_range": "init_std",
 }
-BERT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(bert.BERT)
-                 if f.default is not dataclasses.MISSING and f.name not in ("parent", "name")}
+BERT_DEFAULTS = {
+  f.name: f.default
+  for f in dataclasses.fields(bert.BERT)
+  if f.default is not dataclasses.MISSING and f.name not in ("parent", "name")
+}
 # HF hidden_act -> layers.ACTIVATIONS, and back. HF's "gelu" is the exact (erf) one.
-FROM_HF_ACTIVATION = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu",
-                      "relu": "relu", "silu": "silu", "swish": "silu"}
+FROM_HF_ACTIVATION = {
+  "gelu": "gelu_exact",
+  "gelu_new": "gelu",
+  "gelu_pytorch_tanh": "gelu",
+  "relu": "relu",
+  "silu": "silu",
+  "swish": "silu",
+}
 TO_HF_ACTIVATION = {"gelu_exact": "gelu", "gelu": "gelu_new", "relu": "relu", "silu": "silu"}
 
 # bigflax module path (a regex over the unstacked layout) -> HF module name.
 BERT_MODULES = (
-    (r"token_embed", r"embeddings.word_embeddings"),
-    (r"position_embed", r"embeddings.position_embeddings"),
-    (r"segment_embed", r"embeddings.token_type_embeddings"),
-    (r"embed_norm", r"embeddings.LayerNorm"),
-    (r"layer_(\d+)/attention/(query|key|value)", r"encoder.layer.\1.attention.self.\2"),
-    (r"layer_(\d+)/attention/out", r"encoder.layer.\1.attention.output.dense"),
-    (r"layer_(\d+)/attention_norm", r"encoder.layer.\1.attention.output.LayerNorm"),
-    (r"layer_(\d+)/mlp/up", r"encoder.layer.\1.intermediate.dense"),
-    (r"layer_(\d+)/mlp/down", r"encoder.layer.\1.output.dense"),
-    (r"layer_(\d+)/mlp_norm", r"encoder.layer.\1.output.LayerNorm"),
-    (r"pooler", r"pooler.dense"),
-    (r"mlm_dense", r"cls.predictions.transform.dense"),
-    (r"mlm_norm", r"cls.predictions.transform.LayerNorm"),
+  (r"token_embed", r"embeddings.word_embeddings"),
+  (r"position_embed", r"embeddings.position_embeddings"),
+  (r"segment_embed", r"embeddings.token_type_embeddings"),
+  (r"embed_norm", r"embeddings.LayerNorm"),
+  (r"layer_(\d+)/attention/(query|key|value)", r"encoder.layer.\1.attention.self.\2"),
+  (r"layer_(\d+)/attention/out", r"encoder.layer.\1.attention.output.dense"),
+  (r"layer_(\d+)/attention_norm", r"encoder.layer.\1.attention.output.LayerNorm"),
+  (r"layer_(\d+)/mlp/up", r"encoder.layer.\1.intermediate.dense"),
+  (r"layer_(\d+)/mlp/down", r"encoder.layer.\1.output.dense"),
+  (r"layer_(\d+)/mlp_norm", r"encoder.layer.\1.output.LayerNorm"),
+  (r"pooler", r"pooler.dense"),
+  (r"mlm_dense", r"cls.predictions.transform.dense"),
+  (r"mlm_norm", r"cls.predictions.transform.LayerNorm"),
 )
 LEAF_NAMES = {"embedding": "weight", "kernel": "weight", "scale": "weight", "bias": "bias"}
 MLM_BIAS = "cls.predictions.bias"
@@ -68,25 +77,34 @@ MLM_BIAS = "cls.predictions.bias"
 # the next-sentence head (bigflax has no NSP task). Dropped on import.
 IGNORED_PREFIXES = ("embeddings.position_ids", "cls.seq_relationship.")
 # The MLM decoder: HF ties it to the word embedding and to cls.predictions.bias.
-TIED = {"cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.bias": MLM_BIAS}
+TIED = {
+  "cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
+  "cls.predictions.decoder.bias": MLM_BIAS,
+}
 
 
 def bert_config(hf_config: dict) -> dict:
   """HF BertConfig (the parsed config.json) -> bigflax model config fields."""
   # Shapes must be stated; the rest falls back to BERT's defaults, which are HF's too.
-  missing = [k for k, ours in BERT_FIELDS.items() if k not in hf_config
-             and ours not in BERT_DEFAULTS]
+  missing = [
+    k for k, ours in BERT_FIELDS.items() if k not in hf_config and ours not in BERT_DEFAULTS
+  ]
   if missing:
     raise ValueError(f"config.json lacks {missing}; is this a BERT checkpoint?")
   if hf_config.get("position_embedding_type", "absolute") != "absolute":
-    raise ValueError(f"position_embedding_type={hf_config['position_embedding_type']!r}: "
-                     f"bigflax's BERT has absolute (learned) positions only.")
+    raise ValueError(
+      f"position_embedding_type={hf_config['position_embedding_type']!r}: "
+      f"bigflax's BERT has absolute (learned) positions only."
+    )
   act = hf_config.get("hidden_act", "gelu")
   if act not in FROM_HF_ACTIVATION:
     raise ValueError(f"hidden_act={act!r}; supported: {sorted(FROM_HF_ACTIVATION)}.")
-  config = {"name": "bert", **{ours: hf_config.get(theirs, BERT_DEFAULTS.get(ours))
-                               for theirs, ours in BERT_FIELDS.items()}}
+  config = {
+    "name": "bert",
+    **{
+      ours: hf_config.get(theirs, BERT_DEFAULTS.get(ours)) for theirs, ours in BERT_FIELDS.items()
+    },
+  }
   config["activation"] = FROM_HF_ACTIVATION[act]
   return config
 
@@ -119,15 +137,20 @@ def bert_params(tensors: dict[str, np.ndarray], config: dict) -> dict:
       if target not in tensors:
         tensors[target] = w
       elif not np.array_equal(w, tensors[target]):
-        raise ValueError(f"{name} differs from {target}: bigflax ties the MLM output to "
-                         f"the token embedding and has one output bias.")
+        raise ValueError(
+          f"{name} differs from {target}: bigflax ties the MLM output to "
+          f"the token embedding and has one output bias."
+        )
 
   config = dict(config, pooler=any(k.startswith("pooler.") for k in tensors))
   head = "mlm" if any(k.startswith("cls.predictions.") for k in tensors) else None
-  expected = {_hf_name(path): (path, shape, hf_shape(path, shape))
-              for path, shape in _bert_param_shapes(config, head).items()}
-  check_tensors(tensors, {name: theirs for name, (_, _, theirs) in expected.items()},
-                "BERT", config)
+  expected = {
+    _hf_name(path): (path, shape, hf_shape(path, shape))
+    for path, shape in _bert_param_shapes(config, head).items()
+  }
+  check_tensors(
+    tensors, {name: theirs for name, (_, _, theirs) in expected.items()}, "BERT", config
+  )
 
   flat = {}
   for name, (path, shape, _) in expected.items():
@@ -156,9 +179,12 @@ def export_bert(directory: str, config, params) -> None:
     tensors[name] = np.ascontiguousarray(to_hf(path, np.asarray(x, np.float32)))
 
   hf_config = {theirs: config[ours] for theirs, ours in BERT_FIELDS.items()}
-  hf_config.update(model_type="bert", hidden_act=TO_HF_ACTIVATION[config["activation"]],
-                   position_embedding_type="absolute",
-                   architectures=["BertForMaskedLM" if mlm else "BertModel"])
+  hf_config.update(
+    model_type="bert",
+    hidden_act=TO_HF_ACTIVATION[config["activation"]],
+    position_embedding_type="absolute",
+    architectures=["BertForMaskedLM" if mlm else "BertModel"],
+  )
   save_checkpoint(directory, hf_config, tensors)
 
 
@@ -169,8 +195,7 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 def is_checkpoint(directory: str) -> bool:
   """Whether `directory` holds HF safetensors weights (one file or an index of shards)."""
-  return any(os.path.exists(os.path.join(directory, name)) for name in (SINGLE_FILE,
-                                                                        INDEX_FILE))
+  return any(os.path.exists(os.path.join(directory, name)) for name in (SINGLE_FILE, INDEX_FILE))
 
 
 class LazyTensors(collections.abc.Mapping):
@@ -219,8 +244,10 @@ def open_checkpoint(directory: str) -> tuple[dict, LazyTensors]:
     with safe_open(path, framework="numpy") as f:
       files = dict.fromkeys(f.keys(), path)
   else:
-    raise FileNotFoundError(f"Neither {SINGLE_FILE} nor {INDEX_FILE} in {directory}; "
-                            f"bigflax reads safetensors only (never pickled .bin files).")
+    raise FileNotFoundError(
+      f"Neither {SINGLE_FILE} nor {INDEX_FILE} in {directory}; "
+      f"bigflax reads safetensors only (never pickled .bin files)."
+    )
   with open(os.path.join(directory, "config.json")) as f:
     return json.load(f), LazyTensors(files)
 
@@ -238,20 +265,30 @@ def check_tensors(tensors: dict, expected: dict, model: str, config: dict) -> No
   """
   missing = sorted(set(expected) - set(tensors))
   unexpected = sorted(set(tensors) - set(expected))
-  misshaped = [f"{name}: expected {tuple(expected[name])}, got {tuple(tensors[name].shape)}"
-               for name in sorted(set(expected) & set(tensors))
-               if tuple(tensors[name].shape) != tuple(expected[name])]
-  problems = [f"{label}: {', '.join(items)}" for label, items in
-              (("missing tensors", missing), ("unexpected tensors", unexpected),
-               ("mis-shaped tensors (HF shape)", misshaped)) if items]
+  misshaped = [
+    f"{name}: expected {tuple(expected[name])}, got {tuple(tensors[name].shape)}"
+    for name in sorted(set(expected) & set(tensors))
+    if tuple(tensors[name].shape) != tuple(expected[name])
+  ]
+  problems = [
+    f"{label}: {', '.join(items)}"
+    for label, items in (
+      ("missing tensors", missing),
+      ("unexpected tensors", unexpected),
+      ("mis-shaped tensors (HF shape)", misshaped),
+    )
+    if items
+  ]
   if problems:
     shape = ", ".join(f"{k}={config[k]}" for k in ("num_layers", "embed_dim", "vocab_size"))
-    raise ValueError(f"The checkpoint's tensors do not fit {model}({shape}, ...): "
-                     + "; ".join(problems) + ".")
+    raise ValueError(
+      f"The checkpoint's tensors do not fit {model}({shape}, ...): " + "; ".join(problems) + "."
+    )
 
 
-def save_checkpoint(directory: str, hf_config: dict, tensors: dict, dtype: str = "float32",
-                    max_shard_bytes: int = 0) -> None:
+def save_checkpoint(
+  directory: str, hf_config: dict, tensors: dict, dtype: str = "float32", max_shard_bytes: int = 0
+) -> None:
   """Writes `config.json` and `model.safetensors` (HF's layout) into `directory`, the
   tensors in `dtype` ('float32' or 'bfloat16'); with `max_shard_bytes` > 0 as shards of
   at most that size (a bigger tensor gets one to itself) and `model.safetensors.index.json`,
@@ -259,21 +296,31 @@ def save_checkpoint(directory: str, hf_config: dict, tensors: dict, dtype: str =
   if dtype not in DTYPES:
     raise ValueError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}.")
   os.makedirs(directory, exist_ok=True)
-  tensors = {k: np.ascontiguousarray(np.asarray(x, np.float32).astype(DTYPES[dtype]))
-             for k, x in tensors.items()}
+  tensors = {
+    k: np.ascontiguousarray(np.asarray(x, np.float32).astype(DTYPES[dtype]))
+    for k, x in tensors.items()
+  }
   shards = [{}]
   for name, x in tensors.items():
-    if max_shard_bytes and shards[-1] and (
-        sum(t.nbytes for t in shards[-1].values()) + x.nbytes > max_shard_bytes):
+    if (
+      max_shard_bytes
+      and shards[-1]
+      and (sum(t.nbytes for t in shards[-1].values()) + x.nbytes > max_shard_bytes)
+    ):
       shards.append({})
     shards[-1][name] = x
-  names = ([SINGLE_FILE] if len(shards) == 1 else
-           [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+  names = (
+    [SINGLE_FILE]
+    if len(shards) == 1
+    else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  )
   for name, shard in zip(names, shards):
     save_file(shard, os.path.join(directory, name), metadata={"format": "pt"})
   if len(shards) > 1:
-    index = {"metadata": {"total_size": sum(x.nbytes for x in tensors.values())},
-             "weight_map": {t: name for name, shard in zip(names, shards) for t in shard}}
+    index = {
+      "metadata": {"total_size": sum(x.nbytes for x in tensors.values())},
+      "weight_map": {t: name for name, shard in zip(names, shards) for t in shard},
+    }
     with open(os.path.join(directory, INDEX_FILE), "w") as f:
       json.dump(index, f, indent=2, sort_keys=True)
   hf_config = dict(hf_config, dtype=dtype)  # HF's name for the weights' dtype
@@ -283,8 +330,9 @@ def save_checkpoint(directory: str, hf_config: dict, tensors: dict, dtype: str =
 
 def _canonical(name: str) -> str:
   name = name.removeprefix("bert.")
-  return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight",
-                re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+  return re.sub(
+    r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+  )
 
 
 def _hf_name(path: str) -> str:

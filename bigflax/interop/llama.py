@@ -16,55 +16,62 @@ soft-capping, alternating local/global layers, extra norms).
 
 import dataclasses
 
+from flax import traverse_util
 import flax.linen as nn
 import numpy as np
-from flax import traverse_util
 
 from bigflax.interop import gpt2, hf
 from bigflax.models import gpt, lora
 
 # HF config field -> bigflax GPT field, and the default where config.json may omit it.
 FIELDS = {
-    "vocab_size": ("vocab_size", None),
-    "num_hidden_layers": ("num_layers", None),
-    "num_attention_heads": ("num_heads", None),
-    "hidden_size": ("embed_dim", None),
-    "intermediate_size": ("mlp_dim", None),
-    "max_position_embeddings": ("max_len", None),
-    "rms_norm_eps": ("norm_eps", 1e-6),
-    "initializer_range": ("init_std", 0.02),
-    "attention_dropout": ("attention_dropout_rate", 0.0),
+  "vocab_size": ("vocab_size", None),
+  "num_hidden_layers": ("num_layers", None),
+  "num_attention_heads": ("num_heads", None),
+  "hidden_size": ("embed_dim", None),
+  "intermediate_size": ("mlp_dim", None),
+  "max_position_embeddings": ("max_len", None),
+  "rms_norm_eps": ("norm_eps", 1e-6),
+  "initializer_range": ("init_std", 0.02),
+  "attention_dropout": ("attention_dropout_rate", 0.0),
 }
 # What every family shares: bigflax's GPT made a Llama.
-LAYOUT = dict(name="gpt", position="rope", norm="rmsnorm", activation="swiglu",
-              use_bias=False, dropout_rate=0.0)
+LAYOUT = dict(
+  name="gpt", position="rope", norm="rmsnorm", activation="swiglu", use_bias=False, dropout_rate=0.0
+)
 # model_type -> (the GPT fields that differ from LAYOUT, HF's tie_word_embeddings default).
 FAMILIES = {
-    "llama": ({}, False),
-    "mistral": ({}, False),  # + sliding_window from config.json
-    "qwen2": (dict(qkv_bias=True), False),
-    "gemma": (dict(norm="rmsnorm_offset", activation="geglu", scale_embeddings=True), True),
+  "llama": ({}, False),
+  "mistral": ({}, False),  # + sliding_window from config.json
+  "qwen2": (dict(qkv_bias=True), False),
+  "gemma": (dict(norm="rmsnorm_offset", activation="geglu", scale_embeddings=True), True),
 }
 # The HF activations each family's gated MLP may name (Gemma's legacy "gelu" means tanh).
-ACTIVATIONS = {"swiglu": ("silu", "swish"), "geglu": ("gelu_pytorch_tanh", "gelu",
-                                                       "gelu_new")}
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                 "qwen2": "Qwen2ForCausalLM", "gemma": "GemmaForCausalLM"}
-GPT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(gpt.GPT)
-                if f.default is not dataclasses.MISSING and f.name not in ("parent", "name")}
+ACTIVATIONS = {"swiglu": ("silu", "swish"), "geglu": ("gelu_pytorch_tanh", "gelu", "gelu_new")}
+ARCHITECTURES = {
+  "llama": "LlamaForCausalLM",
+  "mistral": "MistralForCausalLM",
+  "qwen2": "Qwen2ForCausalLM",
+  "gemma": "GemmaForCausalLM",
+}
+GPT_DEFAULTS = {
+  f.name: f.default
+  for f in dataclasses.fields(gpt.GPT)
+  if f.default is not dataclasses.MISSING and f.name not in ("parent", "name")
+}
 
 # bigflax module path (a regex over the unstacked layout) -> HF module name.
 MODULES = (
-    (r"token_embed", r"model.embed_tokens"),
-    (r"final_norm", r"model.norm"),
-    (r"lm_head", r"lm_head"),
-    (r"layer_(\d+)/attention_norm", r"model.layers.\1.input_layernorm"),
-    (r"layer_(\d+)/mlp_norm", r"model.layers.\1.post_attention_layernorm"),
-    (r"layer_(\d+)/attention/query", r"model.layers.\1.self_attn.q_proj"),
-    (r"layer_(\d+)/attention/key", r"model.layers.\1.self_attn.k_proj"),
-    (r"layer_(\d+)/attention/value", r"model.layers.\1.self_attn.v_proj"),
-    (r"layer_(\d+)/attention/out", r"model.layers.\1.self_attn.o_proj"),
-    (r"layer_(\d+)/mlp/(gate|up|down)", r"model.layers.\1.mlp.\2_proj"),
+  (r"token_embed", r"model.embed_tokens"),
+  (r"final_norm", r"model.norm"),
+  (r"lm_head", r"lm_head"),
+  (r"layer_(\d+)/attention_norm", r"model.layers.\1.input_layernorm"),
+  (r"layer_(\d+)/mlp_norm", r"model.layers.\1.post_attention_layernorm"),
+  (r"layer_(\d+)/attention/query", r"model.layers.\1.self_attn.q_proj"),
+  (r"layer_(\d+)/attention/key", r"model.layers.\1.self_attn.k_proj"),
+  (r"layer_(\d+)/attention/value", r"model.layers.\1.self_attn.v_proj"),
+  (r"layer_(\d+)/attention/out", r"model.layers.\1.self_attn.o_proj"),
+  (r"layer_(\d+)/mlp/(gate|up|down)", r"model.layers.\1.mlp.\2_proj"),
 )
 TIED_HEAD = "lm_head.weight"
 # Options only one family has.
@@ -80,22 +87,27 @@ def llama_config(hf_config: dict) -> dict:
   if missing:
     raise ValueError(f"config.json lacks {missing}; is this a {kind} checkpoint?")
   layout, tied = FAMILIES[kind]
-  config = {**LAYOUT, **layout, **{ours: hf_config.get(theirs, default)
-                                   for theirs, (ours, default) in FIELDS.items()}}
+  config = {
+    **LAYOUT,
+    **layout,
+    **{ours: hf_config.get(theirs, default) for theirs, (ours, default) in FIELDS.items()},
+  }
   config["num_kv_heads"] = hf_config.get("num_key_value_heads") or config["num_heads"]
-  config["head_dim"] = (hf_config.get("head_dim")
-                        or config["embed_dim"] // config["num_heads"])
+  config["head_dim"] = hf_config.get("head_dim") or config["embed_dim"] // config["num_heads"]
   config["tie_embeddings"] = hf_config.get("tie_word_embeddings", tied)
   config.update(_rope_fields(hf_config))
   act = hf_config.get("hidden_act") or hf_config.get("hidden_activation")
   if act not in ACTIVATIONS[config["activation"]]:
-    raise ValueError(f"config.json has hidden_act={act!r}; bigflax's {kind} takes "
-                     f"{ACTIVATIONS[config['activation']]}.")
+    raise ValueError(
+      f"config.json has hidden_act={act!r}; bigflax's {kind} takes "
+      f"{ACTIVATIONS[config['activation']]}."
+    )
   unsupported = {"attention_bias": False, "mlp_bias": False, "use_sliding_window": False}
   for key, value in unsupported.items():
     if hf_config.get(key, value) != value:
-      raise ValueError(f"config.json has {key}={hf_config[key]!r}; bigflax's {kind} import "
-                       f"needs {value!r}.")
+      raise ValueError(
+        f"config.json has {key}={hf_config[key]!r}; bigflax's {kind} import needs {value!r}."
+      )
   if kind == "mistral":
     config["sliding_window"] = hf_config.get("sliding_window") or 0
   return config
@@ -109,13 +121,17 @@ def _rope_fields(hf_config: dict) -> dict:
   kind = rope.get("rope_type", rope.get("type", "default"))
   fields = {"rope_max_wavelength": float(theta)}
   if kind == "llama3":
-    fields.update(rope_scaling_factor=float(rope["factor"]),
-                  rope_low_freq_factor=float(rope["low_freq_factor"]),
-                  rope_high_freq_factor=float(rope["high_freq_factor"]),
-                  rope_original_max_len=int(rope["original_max_position_embeddings"]))
+    fields.update(
+      rope_scaling_factor=float(rope["factor"]),
+      rope_low_freq_factor=float(rope["low_freq_factor"]),
+      rope_high_freq_factor=float(rope["high_freq_factor"]),
+      rope_original_max_len=int(rope["original_max_position_embeddings"]),
+    )
   elif kind != "default":
-    raise ValueError(f"config.json has rope_type={kind!r}; bigflax imports 'default' and "
-                     f"'llama3' (Llama 3.1's frequency scaling).")
+    raise ValueError(
+      f"config.json has rope_type={kind!r}; bigflax imports 'default' and "
+      f"'llama3' (Llama 3.1's frequency scaling)."
+    )
   return fields
 
 
@@ -133,14 +149,16 @@ def llama_params(tensors, config: dict) -> dict:
   Raises one ValueError naming every missing, unexpected and mis-shaped tensor.
   """
   shapes = param_shapes(config)
-  expected = {hf.hf_name(path, MODULES, "Llama"): (path, shape)
-              for path, shape in shapes.items()}
+  expected = {hf.hf_name(path, MODULES, "Llama"): (path, shape) for path, shape in shapes.items()}
   names = set(tensors)
   if config["tie_embeddings"]:
     names.discard(TIED_HEAD)  # some exports write the tied head out; it is the embedding
-  hf.check_tensors({name: _Shape(tensors, name) for name in names},
-                   {name: hf.hf_shape(path, shape) for name, (path, shape) in expected.items()},
-                   "the Llama family's GPT", config)
+  hf.check_tensors(
+    {name: _Shape(tensors, name) for name in names},
+    {name: hf.hf_shape(path, shape) for name, (path, shape) in expected.items()},
+    "the Llama family's GPT",
+    config,
+  )
   flat = {}
   order = tensors.by_file(expected) if isinstance(tensors, hf.LazyTensors) else expected
   for name in order:
@@ -167,8 +185,7 @@ def _stack(params: dict, num_layers: int) -> dict:
   """layer_0.. -> 'layers' (scan_layers=True), one stacked leaf at a time, each layer's
   copy dropped as it is stacked."""
   params = dict(params)
-  flat = [traverse_util.flatten_dict(params.pop(f"layer_{i}"), sep="/")
-          for i in range(num_layers)]
+  flat = [traverse_util.flatten_dict(params.pop(f"layer_{i}"), sep="/") for i in range(num_layers)]
   stacked = {}
   for path in list(flat[0]):
     stacked[path] = np.stack([f.pop(path) for f in flat])
@@ -176,8 +193,9 @@ def _stack(params: dict, num_layers: int) -> dict:
   return params
 
 
-def export_llama(directory: str, config, params, dtype: str = "float32",
-                 max_shard_bytes: int = 0) -> None:
+def export_llama(
+  directory: str, config, params, dtype: str = "float32", max_shard_bytes: int = 0
+) -> None:
   """Writes a bigflax GPT of the Llama family as a HF checkpoint that transformers loads
   (`config.json`, safetensors in `dtype`, sharded beyond `max_shard_bytes` if > 0); LoRA
   adapters are merged in first, scanned layers written per layer. `import_llama` of the
@@ -192,17 +210,22 @@ def export_llama(directory: str, config, params, dtype: str = "float32",
   vocab_size, embed_dim = params["token_embed"]["embedding"].shape  # 0 in a run's config
   hf_config = {theirs: config[ours] for theirs, (ours, _) in FIELDS.items()}
   hf_config.update(
-      model_type=kind, architectures=[ARCHITECTURES[kind]], vocab_size=int(vocab_size),
-      num_key_value_heads=config["num_kv_heads"] or config["num_heads"],
-      head_dim=config["head_dim"] or embed_dim // config["num_heads"],
-      hidden_act="gelu_pytorch_tanh" if config["activation"] == "geglu" else "silu",
-      tie_word_embeddings=config["tie_embeddings"], rope_parameters=_hf_rope(config),
-      rope_theta=config["rope_max_wavelength"])
+    model_type=kind,
+    architectures=[ARCHITECTURES[kind]],
+    vocab_size=int(vocab_size),
+    num_key_value_heads=config["num_kv_heads"] or config["num_heads"],
+    head_dim=config["head_dim"] or embed_dim // config["num_heads"],
+    hidden_act="gelu_pytorch_tanh" if config["activation"] == "geglu" else "silu",
+    tie_word_embeddings=config["tie_embeddings"],
+    rope_parameters=_hf_rope(config),
+    rope_theta=config["rope_max_wavelength"],
+  )
   if kind == "mistral":
     hf_config["sliding_window"] = config["sliding_window"]
   flat = traverse_util.flatten_dict(params, sep="/")
-  tensors = {hf.hf_name(path, MODULES, "Llama"): hf.to_hf(path, np.asarray(x))
-             for path, x in flat.items()}
+  tensors = {
+    hf.hf_name(path, MODULES, "Llama"): hf.to_hf(path, np.asarray(x)) for path, x in flat.items()
+  }
   hf.save_checkpoint(directory, hf_config, tensors, dtype, max_shard_bytes)
 
 
@@ -210,26 +233,37 @@ def model_type(config: dict) -> str:
   """The HF model_type of a bigflax GPT config of the Llama family; an error naming what
   has no HF equivalent otherwise."""
   c = {**GPT_DEFAULTS, **config}
-  kind = ("gemma" if c["norm"] == "rmsnorm_offset" else "qwen2" if c["qkv_bias"]
-          else "mistral" if c["sliding_window"] else "llama")
+  kind = (
+    "gemma"
+    if c["norm"] == "rmsnorm_offset"
+    else "qwen2"
+    if c["qkv_bias"]
+    else "mistral"
+    if c["sliding_window"]
+    else "llama"
+  )
   layout = dict(LAYOUT, **FAMILIES[kind][0])
   layout.pop("name")
   layout.pop("dropout_rate")  # training-only
   differs = {k: c[k] for k, v in layout.items() if c[k] != v}
   differs.update({k: c[k] for k, family in ONE_FAMILY.items() if c[k] and family != kind})
   if differs:
-    raise ValueError(f"This GPT ({differs}) is no HF {kind}: the Llama family exports with "
-                     f"{layout}.")
+    raise ValueError(
+      f"This GPT ({differs}) is no HF {kind}: the Llama family exports with {layout}."
+    )
   return kind
 
 
 def _hf_rope(config: dict) -> dict:
   rope = {"rope_type": "default", "rope_theta": config["rope_max_wavelength"]}
   if config["rope_scaling_factor"]:
-    rope.update(rope_type="llama3", factor=config["rope_scaling_factor"],
-                low_freq_factor=config["rope_low_freq_factor"],
-                high_freq_factor=config["rope_high_freq_factor"],
-                original_max_position_embeddings=config["rope_original_max_len"])
+    rope.update(
+      rope_type="llama3",
+      factor=config["rope_scaling_factor"],
+      low_freq_factor=config["rope_low_freq_factor"],
+      high_freq_factor=config["rope_high_freq_factor"],
+      original_max_position_embeddings=config["rope_original_max_len"],
+    )
   return rope
 
 

@@ -10,11 +10,20 @@ import ml_collections
 
 from bigflax.models import attention, bert, gpt, layers, lora, mlp, seq2seq, vit
 
-MODELS = {"bert": bert.BERT, "gpt": gpt.GPT, "mlp": mlp.MLPModel, "seq2seq": seq2seq.Seq2Seq,
-          "vit": vit.ViT}
-FLOPS_PER_TOKEN = {"bert": bert.flops_per_token, "gpt": gpt.flops_per_token,
-                   "mlp": mlp.flops_per_token, "seq2seq": seq2seq.flops_per_token,
-                   "vit": vit.flops_per_token}
+MODELS = {
+  "bert": bert.BERT,
+  "gpt": gpt.GPT,
+  "mlp": mlp.MLPModel,
+  "seq2seq": seq2seq.Seq2Seq,
+  "vit": vit.ViT,
+}
+FLOPS_PER_TOKEN = {
+  "bert": bert.flops_per_token,
+  "gpt": gpt.flops_per_token,
+  "mlp": mlp.flops_per_token,
+  "seq2seq": seq2seq.flops_per_token,
+  "vit": vit.flops_per_token,
+}
 # What parameters saved for another shape of the model need before they fit; by default
 # nothing.
 ADAPT_CHECKPOINT = {"vit": vit.adapt_to_resolution}
@@ -37,8 +46,7 @@ def _check_name(name: str) -> None:
     raise ValueError(f"model.name={name!r} is not a model; choose one of {sorted(MODELS)}.")
 
 
-def flops_per_token(config: ml_collections.ConfigDict, num_params: int,
-                    seq_len: int) -> float:
+def flops_per_token(config: ml_collections.ConfigDict, num_params: int, seq_len: int) -> float:
   """Training FLOPs per token of the model `config` (each model counts its own)."""
   _check_name(config.name)
   return FLOPS_PER_TOKEN[config.name](config, num_params, seq_len)
@@ -62,8 +70,9 @@ def build(config: ml_collections.ConfigDict, platform: str | None = None, **over
   valid = fields(config.name)
   unknown = sorted(set(kwargs) - valid)
   if unknown:
-    raise ValueError(f"model.{unknown[0]} is not a field of model '{config.name}'; valid "
-                     f"fields: {sorted(valid)}.")
+    raise ValueError(
+      f"model.{unknown[0]} is not a field of model '{config.name}'; valid fields: {sorted(valid)}."
+    )
   if "lora" in kwargs:
     kwargs["lora"] = lora.from_config(kwargs["lora"])
   for key in ("dtype", "param_dtype"):
@@ -73,6 +82,6 @@ def build(config: ml_collections.ConfigDict, platform: str | None = None, **over
       kwargs[key] = DTYPES[kwargs[key]]
   if "attention_impl" in kwargs:
     kwargs["attention_impl"] = attention.choose(
-        kwargs["attention_impl"], platform or jax.default_backend(),
-        kwargs.get("dtype", jnp.float32))
+      kwargs["attention_impl"], platform or jax.default_backend(), kwargs.get("dtype", jnp.float32)
+    )
   return cls(**kwargs)

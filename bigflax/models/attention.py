@@ -5,15 +5,16 @@ Shape suffixes name the axes: B batch, T queries, S keys, H query heads, K key/v
 G = H / K query heads per key/value head, D head dim.
 """
 
+from collections.abc import Callable
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 Array = jax.Array
 
@@ -39,14 +40,16 @@ def segment_mask(query_segments: Array, key_segments: Array) -> Array:
 
 class RopeScaling(NamedTuple):
   """Llama 3.1's RoPE frequency scaling (HF rope_type "llama3")."""
+
   factor: float
   low_freq_factor: float
   high_freq_factor: float
   original_max_len: int
 
 
-def rope_frequencies(head_dim: int, max_wavelength: float = 10_000.0,
-                     scaling: RopeScaling | None = None) -> Array:
+def rope_frequencies(
+  head_dim: int, max_wavelength: float = 10_000.0, scaling: RopeScaling | None = None
+) -> Array:
   """The D/2 rotation frequencies of RoPE; `scaling` stretches the low ones (Llama 3.1)."""
   half = head_dim // 2
   freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
@@ -57,13 +60,17 @@ def rope_frequencies(head_dim: int, max_wavelength: float = 10_000.0,
   # (Meta's reference code and HF's "llama3" rope_type).
   wavelength = 2 * np.pi / freq
   ratio = scaling.original_max_len / wavelength
-  smooth = jnp.clip((ratio - scaling.low_freq_factor)
-                    / (scaling.high_freq_factor - scaling.low_freq_factor), 0.0, 1.0)
+  smooth = jnp.clip(
+    (ratio - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor),
+    0.0,
+    1.0,
+  )
   return (1 - smooth) * freq / scaling.factor + smooth * freq
 
 
-def rope(x: Array, positions: Array, max_wavelength: float = 10_000.0,
-         scaling: RopeScaling | None = None) -> Array:
+def rope(
+  x: Array, positions: Array, max_wavelength: float = 10_000.0, scaling: RopeScaling | None = None
+) -> Array:
   """Rotary position embedding of x (B, T, H, D) at integer positions (B, T).
 
   Rotates pairs (x[i], x[i + D/2]) (the GPT-NeoX / LLaMA layout).
@@ -83,8 +90,13 @@ def sliding_window_mask(query_slots: Array, key_slots: Array, window: int) -> Ar
   return (query_slots[:, None] - key_slots[None, :] < window)[None, None]
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
-                          dropout: Callable[[Array], Array] = lambda p: p) -> Array:
+def dot_product_attention(
+  q: Array,
+  k: Array,
+  v: Array,
+  mask: Array | None = None,
+  dropout: Callable[[Array], Array] = lambda p: p,
+) -> Array:
   """Softmax attention with grouped-query support.
 
   q: (B, T, H, D); k, v: (B, S, K, D) with H a multiple of K; mask: boolean broadcastable
@@ -93,8 +105,9 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = Non
   b, t, h, d = q.shape
   kv_heads = k.shape[2]
   q_BxTxKxGxD = q.reshape(b, t, kv_heads, h // kv_heads, d)
-  logits_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k,
-                                preferred_element_type=jnp.float32)
+  logits_BxKxGxTxS = jnp.einsum(
+    "btkgd,bskd->bkgts", q_BxTxKxGxD, k, preferred_element_type=jnp.float32
+  )
   logits_BxKxGxTxS = logits_BxKxGxTxS / np.sqrt(d).astype(np.float32)
   if mask is not None:  # (B, 1, T, S) -> (B, 1, 1, T, S)
     logits_BxKxGxTxS = jnp.where(mask[:, :, None], logits_BxKxGxTxS, NEG_INF)
@@ -103,8 +116,13 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = Non
   return out_BxTxKxGxD.reshape(b, t, h, d)
 
 
-def causal_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
-                     dropout: Callable[[Array], Array] = lambda p: p) -> Array:
+def causal_attention(
+  q: Array,
+  k: Array,
+  v: Array,
+  mask: Array | None = None,
+  dropout: Callable[[Array], Array] = lambda p: p,
+) -> Array:
   """Self-attention where query t sees keys <= t (and `mask`, if given).
 
   The queries are split in blocks and block i only meets keys up to its own end, which
@@ -119,8 +137,9 @@ def causal_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
     block_mask = (jnp.arange(end)[None, :] <= jnp.arange(i * size, end)[:, None])[None, None]
     if mask is not None:  # its query dimension may be 1 (a padding mask broadcasts)
       block_mask = block_mask & mask[..., queries if mask.shape[-2] > 1 else slice(None), :end]
-    outputs.append(dot_product_attention(q[:, queries], k[:, :end], v[:, :end], block_mask,
-                                         dropout))
+    outputs.append(
+      dot_product_attention(q[:, queries], k[:, :end], v[:, :end], block_mask, dropout)
+    )
   return jnp.concatenate(outputs, axis=1)
 
 
@@ -141,11 +160,19 @@ def choose(requested: str, platform: str, dtype) -> str:
   return "xla"
 
 
-def attend(q: Array, k: Array, v: Array, *, implementation: str = "xla",
-           causal: bool = False, mask: Array | None = None,
-           segment_ids: Array | None = None, sliding_window: int = 0,
-           dropout: Callable[[Array], Array] | None = None,
-           partition: P | None = None) -> Array:
+def attend(
+  q: Array,
+  k: Array,
+  v: Array,
+  *,
+  implementation: str = "xla",
+  causal: bool = False,
+  mask: Array | None = None,
+  segment_ids: Array | None = None,
+  sliding_window: int = 0,
+  dropout: Callable[[Array], Array] | None = None,
+  partition: P | None = None,
+) -> Array:
   """The one entry point of softmax attention; every implementation means the same.
 
   q: (B, T, H, D); k, v: (B, S, K, D) with H a multiple of K (GQA; K = 1 is MQA).
@@ -158,26 +185,29 @@ def attend(q: Array, k: Array, v: Array, *, implementation: str = "xla",
   if implementation == "auto":  # a model built without models.build: auto on this backend
     implementation = choose("auto", jax.default_backend(), q.dtype)
   if implementation != "xla" and dropout is not None:
-    raise ValueError(f"model.attention_impl={implementation!r} has no attention dropout; "
-                     f"set model.attention_dropout_rate=0 or attention_impl='xla'.")
+    raise ValueError(
+      f"model.attention_impl={implementation!r} has no attention dropout; "
+      f"set model.attention_dropout_rate=0 or attention_impl='xla'."
+    )
   if implementation == "splash":
     if mask is not None:
-      raise ValueError("model.attention_impl='splash' takes segment ids, not a dense mask; "
-                       "use attention_impl='xla' for masked attention.")
+      raise ValueError(
+        "model.attention_impl='splash' takes segment ids, not a dense mask; "
+        "use attention_impl='xla' for masked attention."
+      )
     return _splash(q, k, v, causal, segment_ids, sliding_window, partition)
   if segment_ids is not None:
     segments = segment_mask(segment_ids, segment_ids)
     mask = segments if mask is None else mask & segments
   if implementation == "cudnn":  # segment ids go in as a dense mask
     window = (sliding_window - 1, 0) if sliding_window else None
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                        local_window_size=window, implementation="cudnn")
+    return jax.nn.dot_product_attention(
+      q, k, v, mask=mask, is_causal=causal, local_window_size=window, implementation="cudnn"
+    )
   if implementation != "xla":
-    raise ValueError(f"model.attention_impl={implementation!r}; choose one of "
-                     f"{IMPLEMENTATIONS}.")
+    raise ValueError(f"model.attention_impl={implementation!r}; choose one of {IMPLEMENTATIONS}.")
   if sliding_window:
-    window = sliding_window_mask(jnp.arange(q.shape[1]), jnp.arange(k.shape[1]),
-                                 sliding_window)
+    window = sliding_window_mask(jnp.arange(q.shape[1]), jnp.arange(k.shape[1]), sliding_window)
     mask = window if mask is None else mask & window
   attend_xla = causal_attention if causal else dot_product_attention
   return attend_xla(q, k, v, mask, dropout or (lambda p: p))
@@ -202,26 +232,37 @@ def _splash(q, k, v, causal, segment_ids, sliding_window, partition):
   def kernel(q, k, v, segment_ids, interpret):
     heads = q.shape[2]
     if sliding_window:
-      shape_mask = splash_mask.LocalMask((t, t), (sliding_window - 1, 0 if causal else None),
-                                         offset=0)
+      shape_mask = splash_mask.LocalMask(
+        (t, t), (sliding_window - 1, 0 if causal else None), offset=0
+      )
     elif causal:
       shape_mask = splash_mask.CausalMask((t, t))
     else:
       shape_mask = splash_mask.FullMask((t, t))
     block = next(n for n in (512, 256, 128) if t % n == 0)
     sizes = splash.BlockSizes(block, block, block, block, block, block, block, block)
-    run = splash.make_splash_mha(splash_mask.MultiHeadMask([shape_mask] * heads),
-                                 block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                 interpret=interpret)
-    one = lambda q, k, v, s: run(q.swapaxes(0, 1), k.swapaxes(0, 1), v.swapaxes(0, 1),
-                                 segment_ids=splash.SegmentIds(s, s)).swapaxes(0, 1)
+    run = splash.make_splash_mha(
+      splash_mask.MultiHeadMask([shape_mask] * heads),
+      block_sizes=sizes,
+      head_shards=1,
+      q_seq_shards=1,
+      interpret=interpret,
+    )
+    one = lambda q, k, v, s: run(
+      q.swapaxes(0, 1), k.swapaxes(0, 1), v.swapaxes(0, 1), segment_ids=splash.SegmentIds(s, s)
+    ).swapaxes(0, 1)
     scaled = q * jnp.asarray(1 / np.sqrt(d), q.dtype)
     return jax.vmap(one)(scaled, k, v, segment_ids).astype(q.dtype)
 
   def local(q, k, v, segment_ids):
     return jax.lax.platform_dependent(
-        q, k, v, segment_ids, tpu=functools.partial(kernel, interpret=False),
-        default=functools.partial(kernel, interpret=True))
+      q,
+      k,
+      v,
+      segment_ids,
+      tpu=functools.partial(kernel, interpret=False),
+      default=functools.partial(kernel, interpret=True),
+    )
 
   mesh = jax.sharding.get_abstract_mesh()
   if partition is None or mesh.empty:
@@ -229,6 +270,7 @@ def _splash(q, k, v, causal, segment_ids, sliding_window, partition):
   # Batch rows and heads split across devices; each device's kernel sees whole sequences.
   rows, heads = partition[0], partition[2]
   qkv = P(rows, None, heads, None)
-  out = jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows, None)),
-                      out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
+  out = jax.shard_map(
+    local, mesh=mesh, in_specs=(qkv, qkv, qkv, P(rows, None)), out_specs=qkv, check_vma=False
+  )(q, k, v, segment_ids)
   return out[:, :length]

@@ -29,6 +29,7 @@ HEADS = (None, "pool", "classify", "mlm")
 
 class BERT(nn.Module):
   """(tokens, segments, mask, head) -> hidden states, pooled or MLM logits (module doc)."""
+
   vocab_size: int
   num_layers: int
   num_heads: int
@@ -51,8 +52,13 @@ class BERT(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, segments: jax.Array | None = None,
-               mask: jax.Array | None = None, head: str | None = None) -> jax.Array:
+  def __call__(
+    self,
+    tokens: jax.Array,
+    segments: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    head: str | None = None,
+  ) -> jax.Array:
     if head not in HEADS:
       raise ValueError(f"head={head!r}; choose one of {HEADS}.")
     if head in ("pool", "classify") and not self.pooler:
@@ -61,21 +67,32 @@ class BERT(nn.Module):
       raise ValueError("head='classify' needs model.num_classes > 0.")
     if tokens.shape[1] > self.max_len:  # a position lookup past the table would not fail
       raise ValueError(f"{tokens.shape[1]} tokens exceed max_len={self.max_len}.")
-    embed = functools.partial(layers.Embed, features=self.embed_dim, init_std=self.init_std,
-                              dtype=self.dtype, param_dtype=self.param_dtype)
+    embed = functools.partial(
+      layers.Embed,
+      features=self.embed_dim,
+      init_std=self.init_std,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     norm = functools.partial(layers.Norm, "layernorm", self.norm_eps, self.dtype)
-    dense = functools.partial(nn.Dense, self.embed_dim, dtype=self.dtype,
-                              param_dtype=self.param_dtype,
-                              # a logical name occurs once per array: the input side is unnamed
-                              kernel_init=layers.normal(self.init_std, (None, "embed")),
-                              bias_init=layers.zeros(("embed",)))
+    dense = functools.partial(
+      nn.Dense,
+      self.embed_dim,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      # a logical name occurs once per array: the input side is unnamed
+      kernel_init=layers.normal(self.init_std, (None, "embed")),
+      bias_init=layers.zeros(("embed",)),
+    )
 
     token_embed = embed(self.vocab_size, name="token_embed")
     segments = jnp.zeros_like(tokens) if segments is None else segments
     positions = jnp.arange(tokens.shape[1])[None]
-    x = (token_embed(tokens)
-         + embed(self.max_len, axes=(None, "embed"), name="position_embed")(positions)
-         + embed(self.num_segments, axes=(None, "embed"), name="segment_embed")(segments))
+    x = (
+      token_embed(tokens)
+      + embed(self.max_len, axes=(None, "embed"), name="position_embed")(positions)
+      + embed(self.num_segments, axes=(None, "embed"), name="segment_embed")(segments)
+    )
     # Post-LN normalizes the embeddings before the first block, pre-LN the output of the
     # last: each layout has exactly one norm outside the blocks.
     if not self.pre_norm:
@@ -83,10 +100,10 @@ class BERT(nn.Module):
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
     valid = None if mask is None else mask.astype(bool)
-    inputs = blocks.BlockInputs(
-        mask=None if mask is None else attention.padding_mask(valid, valid))
-    x = blocks.stack(self.block_config(), self.num_layers, x, inputs, scan=self.scan_layers,
-                     remat=self.remat)
+    inputs = blocks.BlockInputs(mask=None if mask is None else attention.padding_mask(valid, valid))
+    x = blocks.stack(
+      self.block_config(), self.num_layers, x, inputs, scan=self.scan_layers, remat=self.remat
+    )
     if self.pre_norm:
       x = norm(name="final_norm")(x)
 
@@ -96,14 +113,17 @@ class BERT(nn.Module):
       return pooled
     if head == "classify":  # as HF's BertForSequenceClassification: dropout, then linear
       pooled = layers.apply_dropout(pooled, self.dropout_rate, self)
-      return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      kernel_init=layers.normal(self.init_std, ("embed", None)),
-                      name="classifier")(pooled).astype(jnp.float32)
+      return nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=layers.normal(self.init_std, ("embed", None)),
+        name="classifier",
+      )(pooled).astype(jnp.float32)
     if head == "mlm":
       h = layers.ACTIVATIONS[self.activation](dense(name="mlm_dense")(x))
       h = norm(name="mlm_norm")(h)
-      bias = self.param("mlm_bias", layers.zeros(("vocab",)), (self.vocab_size,),
-                        self.param_dtype)
+      bias = self.param("mlm_bias", layers.zeros(("vocab",)), (self.vocab_size,), self.param_dtype)
       logits = token_embed.attend(h) + bias.astype(self.dtype)
       return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
     return x
@@ -111,11 +131,20 @@ class BERT(nn.Module):
   def block_config(self) -> blocks.BlockConfig:
     """The options of this model's blocks: its fields, each named."""
     return blocks.BlockConfig(
-        num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-        norm_eps=self.norm_eps, pre_norm=self.pre_norm, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
-        out_init_std=self.init_std, max_len=self.max_len, lora=self.lora, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      activation=self.activation,
+      norm_eps=self.norm_eps,
+      pre_norm=self.pre_norm,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      init_std=self.init_std,
+      out_init_std=self.init_std,
+      max_len=self.max_len,
+      lora=self.lora,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
 
 
 def flops_per_token(config, num_params: int, seq_len: int) -> float:
@@ -125,7 +154,8 @@ def flops_per_token(config, num_params: int, seq_len: int) -> float:
   embedding counts, as it is the MLM head's tied output matmul; under a pooled
   classification head that overstates by 6 * vocab * embed_dim per token.
   """
-  lookups = (config.get("max_len", BERT.max_len)
-             + config.get("num_segments", BERT.num_segments)) * config.embed_dim
+  lookups = (
+    config.get("max_len", BERT.max_len) + config.get("num_segments", BERT.num_segments)
+  ) * config.embed_dim
   attention = 12 * config.num_layers * config.embed_dim * seq_len
   return 6 * (num_params - lookups) + attention

@@ -28,6 +28,7 @@ class GPT(nn.Module):
   decode. Both let a batch of left-padded prompts decode together. `segment_ids` (B, T)
   keep packed documents apart (0 is padding); their `positions` restart at each document.
   """
+
   vocab_size: int
   num_layers: int
   num_heads: int
@@ -62,14 +63,23 @@ class GPT(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               mask: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+  ) -> jax.Array:
     if self.position not in ("learned", "rope"):
       raise ValueError(f"model.position must be 'learned' or 'rope', got {self.position!r}.")
-    token_embed = layers.Embed(self.vocab_size, self.embed_dim, self.init_std,
-                               dtype=self.dtype, param_dtype=self.param_dtype,
-                               name="token_embed")
+    token_embed = layers.Embed(
+      self.vocab_size,
+      self.embed_dim,
+      self.init_std,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="token_embed",
+    )
     x = token_embed(tokens)
     if self.scale_embeddings:
       x = x * jnp.sqrt(self.embed_dim).astype(x.dtype)
@@ -81,46 +91,77 @@ class GPT(nn.Module):
         positions = (index.value + jnp.arange(tokens.shape[1]))[None]
         if not self.is_initializing():
           index.value += tokens.shape[1]
-      x = x + layers.Embed(self.max_len, self.embed_dim, self.init_std / 2,
-                           axes=(None, "embed"), dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="position_embed")(positions)
+      x = x + layers.Embed(
+        self.max_len,
+        self.embed_dim,
+        self.init_std / 2,
+        axes=(None, "embed"),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="position_embed",
+      )(positions)
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
     inputs = blocks.BlockInputs(
-        mask=None if mask is None else mask.astype(bool)[:, None, None, :],
-        # Under decode without explicit positions, RoPE's come from the cache index.
-        positions=positions if self.position == "rope" else None, segment_ids=segment_ids)
-    x = blocks.stack(self.block_config(), self.num_layers, x, inputs, scan=self.scan_layers,
-                     remat=self.remat)
+      mask=None if mask is None else mask.astype(bool)[:, None, None, :],
+      # Under decode without explicit positions, RoPE's come from the cache index.
+      positions=positions if self.position == "rope" else None,
+      segment_ids=segment_ids,
+    )
+    x = blocks.stack(
+      self.block_config(), self.num_layers, x, inputs, scan=self.scan_layers, remat=self.remat
+    )
     x = layers.Norm(self.norm, self.norm_eps, self.dtype, name="final_norm")(x)
 
     if self.tie_embeddings:
       logits = token_embed.attend(x)
     else:
-      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype,
-                        kernel_init=layers.normal(self.init_std, ("embed", "vocab")),
-                        name="lm_head")(x)
+      logits = nn.Dense(
+        self.vocab_size,
+        use_bias=False,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=layers.normal(self.init_std, ("embed", "vocab")),
+        name="lm_head",
+      )(x)
     return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
   def block_config(self) -> blocks.BlockConfig:
     """The options of this model's blocks: its fields, each named, and what it derives."""
     rope_scaling = None
     if self.rope_scaling_factor:
-      rope_scaling = attention.RopeScaling(self.rope_scaling_factor, self.rope_low_freq_factor,
-                                           self.rope_high_freq_factor,
-                                           self.rope_original_max_len)
+      rope_scaling = attention.RopeScaling(
+        self.rope_scaling_factor,
+        self.rope_low_freq_factor,
+        self.rope_high_freq_factor,
+        self.rope_original_max_len,
+      )
     return blocks.BlockConfig(
-        num_heads=self.num_heads, mlp_dim=self.mlp_dim, head_dim=self.head_dim,
-        num_kv_heads=self.num_kv_heads, causal=True, activation=self.activation,
-        norm=self.norm, norm_eps=self.norm_eps, use_bias=self.use_bias,
-        qkv_bias=self.qkv_bias, use_rope=self.position == "rope",
-        rope_max_wavelength=self.rope_max_wavelength, rope_scaling=rope_scaling,
-        sliding_window=self.sliding_window, attention_impl=self.attention_impl,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        init_std=self.init_std, out_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
-        decode=self.decode, max_len=self.max_len, lora=self.lora, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      head_dim=self.head_dim,
+      num_kv_heads=self.num_kv_heads,
+      causal=True,
+      activation=self.activation,
+      norm=self.norm,
+      norm_eps=self.norm_eps,
+      use_bias=self.use_bias,
+      qkv_bias=self.qkv_bias,
+      use_rope=self.position == "rope",
+      rope_max_wavelength=self.rope_max_wavelength,
+      rope_scaling=rope_scaling,
+      sliding_window=self.sliding_window,
+      attention_impl=self.attention_impl,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      init_std=self.init_std,
+      out_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
+      decode=self.decode,
+      max_len=self.max_len,
+      lora=self.lora,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
 
 
 def flops_per_token(config, num_params: int, seq_len: int) -> float:

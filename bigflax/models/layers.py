@@ -7,10 +7,11 @@ Parameters and key activations carry logical axis names ("batch", "length", "emb
 mesh axes. Dropout is active exactly when the caller passes a 'dropout' rng.
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import re
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,7 @@ import numpy as np
 
 Array = jax.Array
 Dtype = Any
+
 
 def partitioned(init_fn: Callable, axes: tuple) -> Callable:
   return nn.with_logical_partitioning(init_fn, axes)
@@ -50,6 +52,7 @@ def mesh_spec(axes: tuple) -> jax.sharding.PartitionSpec | None:
 
 class Embed(nn.Module):
   """Token (or learned position) embedding; `attend` gives the tied output head."""
+
   num_embeddings: int
   features: int
   init_std: float = 0.02
@@ -59,8 +62,11 @@ class Embed(nn.Module):
 
   def setup(self):
     self.embedding = self.param(
-        "embedding", normal(self.init_std, self.axes),
-        (self.num_embeddings, self.features), self.param_dtype)
+      "embedding",
+      normal(self.init_std, self.axes),
+      (self.num_embeddings, self.features),
+      self.param_dtype,
+    )
 
   def __call__(self, ids: Array) -> Array:
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
@@ -92,16 +98,16 @@ def _tied_logits_bwd(residuals, g):
 tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
-def sinusoidal_positions(positions: Array, features: int,
-                         max_wavelength: float = 10_000.0) -> Array:
+def sinusoidal_positions(
+  positions: Array, features: int, max_wavelength: float = 10_000.0
+) -> Array:
   """The fixed position encoding of "Attention Is All You Need": (B, T) -> (B, T, features).
 
   Channel 2i is sin(pos / max_wavelength^(2i/features)), channel 2i+1 its cosine.
   """
   inverse_freq = max_wavelength ** (-np.arange(0, features, 2, dtype=np.float32) / features)
   angle = positions[..., None].astype(jnp.float32) * inverse_freq  # (B, T, features/2)
-  return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(
-      *angle.shape[:-1], features)
+  return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(*angle.shape[:-1], features)
 
 
 # ---------------------------------------------------------------- projections
@@ -113,6 +119,7 @@ class LoRA:
   path (e.g. 'layer_0/attention/query/kernel'; 'layers/...' when scanned) matches the
   regex `targets`: y = x W + (alpha / rank) dropout(x) A B. A is random and B zero, so
   the adapted model starts out as the base model."""
+
   rank: int
   alpha: float
   dropout: float
@@ -131,6 +138,7 @@ class DenseGeneral(nn.Module):
   With `lora` matching this layer's kernel it adds the adapter parameters lora_a
   (*in, rank) and lora_b (rank, *features).
   """
+
   features: tuple
   axes: tuple
   init_std: float
@@ -142,22 +150,31 @@ class DenseGeneral(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    in_shape = x.shape[x.ndim - self.in_dims:]
-    kernel = self.param("kernel", normal(self.init_std, self.axes),
-                        in_shape + tuple(self.features), self.param_dtype)
+    in_shape = x.shape[x.ndim - self.in_dims :]
+    kernel = self.param(
+      "kernel", normal(self.init_std, self.axes), in_shape + tuple(self.features), self.param_dtype
+    )
     y = self._contract(x, kernel, self.in_dims)
     if self.use_bias:
-      bias = self.param("bias", zeros(self.axes[self.in_dims:]), tuple(self.features),
-                        self.param_dtype)
+      bias = self.param(
+        "bias", zeros(self.axes[self.in_dims :]), tuple(self.features), self.param_dtype
+      )
       y = y + bias.astype(self.dtype)
     path = "/".join(self.scope.path) + "/kernel"
     if self.lora is not None and re.search(self.lora.targets, path):
       rank = self.lora.rank
-      a = self.param("lora_a", normal(1 / np.sqrt(np.prod(in_shape)),
-                                      self.axes[:self.in_dims] + (None,)),
-                     in_shape + (rank,), self.param_dtype)
-      b = self.param("lora_b", zeros((None,) + self.axes[self.in_dims:]),
-                     (rank,) + tuple(self.features), self.param_dtype)
+      a = self.param(
+        "lora_a",
+        normal(1 / np.sqrt(np.prod(in_shape)), self.axes[: self.in_dims] + (None,)),
+        in_shape + (rank,),
+        self.param_dtype,
+      )
+      b = self.param(
+        "lora_b",
+        zeros((None,) + self.axes[self.in_dims :]),
+        (rank,) + tuple(self.features),
+        self.param_dtype,
+      )
       h = self._contract(apply_dropout(x, self.lora.dropout, self), a, self.in_dims)
       y = y + self.lora.scale * self._contract(h, b, 1)
     return y
@@ -165,18 +182,17 @@ class DenseGeneral(nn.Module):
   def _contract(self, x: Array, w: Array, dims: int) -> Array:
     """x's last `dims` axes with w's first `dims` axes."""
     contract = (tuple(range(x.ndim - dims, x.ndim)), tuple(range(dims)))
-    return jax.lax.dot_general(x.astype(self.dtype), w.astype(self.dtype),
-                               (contract, ((), ())))
+    return jax.lax.dot_general(x.astype(self.dtype), w.astype(self.dtype), (contract, ((), ())))
 
 
 # ---------------------------------------------------------------- activations, norms, dropout
 
 
 ACTIVATIONS = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's "gelu_new"
-    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),  # BERT
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
+  "gelu": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's "gelu_new"
+  "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),  # BERT
+  "relu": jax.nn.relu,
+  "silu": jax.nn.silu,
 }
 # Gated linear units (Shazeer, 2020): act(x W_gate) * (x W_up).
 GATED = {"swiglu": jax.nn.silu, "geglu": ACTIVATIONS["gelu"]}  # Llama's; Gemma's (tanh)
@@ -184,6 +200,7 @@ GATED = {"swiglu": jax.nn.silu, "geglu": ACTIVATIONS["gelu"]}  # Llama's; Gemma'
 
 class OffsetRMSNorm(nn.Module):
   """RMSNorm scaled by (1 + scale), the scale starting at 0 (Gemma's)."""
+
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
 
@@ -199,14 +216,14 @@ def Norm(kind: str, eps: float = 1e-5, dtype: Dtype = jnp.float32, name: str | N
   parameters."""
   scale_init = partitioned(nn.initializers.ones_init(), ("embed",))
   if kind == "layernorm":
-    return nn.LayerNorm(epsilon=eps, dtype=dtype, scale_init=scale_init,
-                        bias_init=zeros(("embed",)), name=name)
+    return nn.LayerNorm(
+      epsilon=eps, dtype=dtype, scale_init=scale_init, bias_init=zeros(("embed",)), name=name
+    )
   if kind == "rmsnorm":
     return nn.RMSNorm(epsilon=eps, dtype=dtype, scale_init=scale_init, name=name)
   if kind == "rmsnorm_offset":
     return OffsetRMSNorm(eps, dtype, name=name)
-  raise ValueError(f"Unknown norm {kind!r}; choose 'layernorm', 'rmsnorm' or "
-                   f"'rmsnorm_offset'.")
+  raise ValueError(f"Unknown norm {kind!r}; choose 'layernorm', 'rmsnorm' or 'rmsnorm_offset'.")
 
 
 def apply_dropout(x: Array, rate: float, module: nn.Module) -> Array:

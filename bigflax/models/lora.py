@@ -5,10 +5,10 @@ is `layers.DenseGeneral`."""
 import dataclasses
 import re
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from bigflax.models import layers
@@ -23,8 +23,10 @@ def from_config(config) -> layers.LoRA | None:
     return config
   config = dict(config)
   if set(config) != set(FIELDS):
-    raise ValueError(f"model.lora needs exactly the fields {list(FIELDS)} (configs.lora() "
-                     f"gives them); got {sorted(config)}.")
+    raise ValueError(
+      f"model.lora needs exactly the fields {list(FIELDS)} (configs.lora() "
+      f"gives them); got {sorted(config)}."
+    )
   rank = config["rank"]
   if not isinstance(rank, int) or rank < 0:
     raise ValueError(f"model.lora.rank={rank!r} must be an integer >= 0 (0 = no LoRA).")
@@ -51,8 +53,9 @@ def merge(params, lora: layers.LoRA) -> dict:
   merged = {k: merge(v, lora) for k, v in params.items() if k not in ("lora_a", "lora_b")}
   if "lora_a" in params:
     kernel = params["kernel"]
-    merged["kernel"] = (kernel + _product(params["lora_a"], params["lora_b"], kernel.ndim)
-                        * lora.scale).astype(kernel.dtype)
+    merged["kernel"] = (
+      kernel + _product(params["lora_a"], params["lora_b"], kernel.ndim) * lora.scale
+    ).astype(kernel.dtype)
   return merged
 
 
@@ -67,8 +70,9 @@ def _product(a, b, kernel_ndim: int):
 
 def save(path: str, params) -> None:
   """Writes the adapters of `params` (host arrays) alone to a safetensors file."""
-  save_file({k: np.ascontiguousarray(np.asarray(x, np.float32))
-             for k, x in adapters(params).items()}, path)
+  save_file(
+    {k: np.ascontiguousarray(np.asarray(x, np.float32)) for k, x in adapters(params).items()}, path
+  )
 
 
 def load(path: str, params) -> dict:
@@ -77,14 +81,25 @@ def load(path: str, params) -> dict:
   saved = load_file(path)
   own = adapters(params)
   missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-  misshaped = [f"{k}: file {saved[k].shape} != model {tuple(own[k].shape)}"
-               for k in sorted(set(own) & set(saved)) if saved[k].shape != own[k].shape]
-  problems = [f"{label}: {', '.join(items)}" for label, items in
-              (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-              if items]
+  misshaped = [
+    f"{k}: file {saved[k].shape} != model {tuple(own[k].shape)}"
+    for k in sorted(set(own) & set(saved))
+    if saved[k].shape != own[k].shape
+  ]
+  problems = [
+    f"{label}: {', '.join(items)}"
+    for label, items in (
+      ("missing", missing),
+      ("unexpected", unexpected),
+      ("mis-shaped", misshaped),
+    )
+    if items
+  ]
   if problems:
-    raise ValueError(f"{path} does not hold this model's adapters (is model.lora the "
-                     f"same?): " + "; ".join(problems) + ".")
+    raise ValueError(
+      f"{path} does not hold this model's adapters (is model.lora the "
+      f"same?): " + "; ".join(problems) + "."
+    )
   flat = traverse_util.flatten_dict(params, sep="/")
   flat.update({k: jnp.asarray(saved[k], own[k].dtype) for k in own})
   return traverse_util.unflatten_dict(flat, sep="/")

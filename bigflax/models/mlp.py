@@ -11,6 +11,7 @@ from bigflax.models import layers
 
 class MLPModel(nn.Module):
   """features (B, F) -> outputs (B, num_outputs) float32; no hidden layers = linear model."""
+
   num_outputs: int
   hidden_dims: tuple = ()
   activation: str = "relu"
@@ -23,12 +24,21 @@ class MLPModel(nn.Module):
     x = features.astype(self.dtype)
     for i, width in enumerate(self.hidden_dims):
       x = layers.ACTIVATIONS[self.activation](
-          nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=layers.normal(self.init_std, ("embed", "mlp")),
-                   name=f"hidden_{i}")(x))
-    return nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=layers.normal(self.init_std, ("mlp", None)),
-                    name="output")(x).astype(jnp.float32)
+        nn.Dense(
+          width,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          kernel_init=layers.normal(self.init_std, ("embed", "mlp")),
+          name=f"hidden_{i}",
+        )(x)
+      )
+    return nn.Dense(
+      self.num_outputs,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=layers.normal(self.init_std, ("mlp", None)),
+      name="output",
+    )(x).astype(jnp.float32)
 
 
 def flops_per_token(config, num_params: int, seq_len: int) -> float:

@@ -32,6 +32,7 @@ POSITIONS = ("sinusoidal", "learned")
 
 class Seq2Seq(nn.Module):
   """(source, target_inputs, source_mask, logits) -> logits or decoder states (module doc)."""
+
   vocab_size: int  # the target's; also the source's when source_vocab_size is 0
   num_encoder_layers: int
   num_decoder_layers: int
@@ -57,26 +58,40 @@ class Seq2Seq(nn.Module):
   def setup(self):
     if self.position not in POSITIONS:
       raise ValueError(f"model.position={self.position!r}; choose one of {POSITIONS}.")
-    embed = functools.partial(layers.Embed, features=self.embed_dim,
-                              init_std=self.embed_dim ** -0.5, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
+    embed = functools.partial(
+      layers.Embed,
+      features=self.embed_dim,
+      init_std=self.embed_dim**-0.5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     self.token_embed = embed(self.vocab_size)
     if self.source_vocab_size:
       self.source_embed = embed(self.source_vocab_size)
     if not self.tie_embeddings:
-      self.output = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             kernel_init=layers.normal(self.init_std, ("embed", "vocab")))
+      self.output = nn.Dense(
+        self.vocab_size,
+        use_bias=False,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=layers.normal(self.init_std, ("embed", "vocab")),
+      )
     block_config = self.block_config()
     encoder_block = dataclasses.replace(block_config, decode=False)
     decoder_block = dataclasses.replace(block_config, causal=True, cross_attention=True)
-    stack = functools.partial(Stack, position=self.position, scan_layers=self.scan_layers,
-                              remat=self.remat)
+    stack = functools.partial(
+      Stack, position=self.position, scan_layers=self.scan_layers, remat=self.remat
+    )
     self.encoder = stack(encoder_block, self.num_encoder_layers)
     self.decoder = stack(decoder_block, self.num_decoder_layers)
 
-  def __call__(self, source: jax.Array, target_inputs: jax.Array,
-               source_mask: jax.Array | None = None, logits: bool = True) -> jax.Array:
+  def __call__(
+    self,
+    source: jax.Array,
+    target_inputs: jax.Array,
+    source_mask: jax.Array | None = None,
+    logits: bool = True,
+  ) -> jax.Array:
     encoded = self.encode(source, source_mask)
     return self.run_decoder(encoded, source_mask, target_inputs, logits)
 
@@ -89,38 +104,52 @@ class Seq2Seq(nn.Module):
       mask = attention.padding_mask(valid, valid)
     return self.encoder(self._scaled(embed, source), mask)
 
-  def run_decoder(self, encoded: jax.Array, source_mask: jax.Array | None,
-                  target_inputs: jax.Array, logits: bool = True) -> jax.Array:
+  def run_decoder(
+    self,
+    encoded: jax.Array,
+    source_mask: jax.Array | None,
+    target_inputs: jax.Array,
+    logits: bool = True,
+  ) -> jax.Array:
     """Decoder states or logits of `target_inputs` attending to `encoded`; under
     decode=True the inputs continue the ones already cached."""
     encoder_mask = None
     if source_mask is not None:  # (B, 1, 1, S): every query sees the real source tokens
       encoder_mask = source_mask.astype(bool)[:, None, None, :]
-    states = self.decoder(self._scaled(self.token_embed, target_inputs), encoder_mask,
-                          encoded)
+    states = self.decoder(self._scaled(self.token_embed, target_inputs), encoder_mask, encoded)
     if not logits:
       return states
     out = self.token_embed.attend(states) if self.tie_embeddings else self.output(states)
     return layers.constrain(out.astype(jnp.float32), ("batch", "length", "vocab"))
 
   def _scaled(self, embed: layers.Embed, ids: jax.Array) -> jax.Array:
-    return embed(ids) * jnp.asarray(self.embed_dim ** 0.5, self.dtype)
+    return embed(ids) * jnp.asarray(self.embed_dim**0.5, self.dtype)
 
   def block_config(self) -> blocks.BlockConfig:
     """The options both stacks' blocks share: the model's fields, each named. The encoder
     never decodes; the decoder adds causal self-attention and cross-attention."""
     return blocks.BlockConfig(
-        num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-        norm_eps=self.norm_eps, pre_norm=self.pre_norm, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
-        out_init_std=self.init_std, decode=self.decode, max_len=self.max_len,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      activation=self.activation,
+      norm_eps=self.norm_eps,
+      pre_norm=self.pre_norm,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      init_std=self.init_std,
+      out_init_std=self.init_std,
+      decode=self.decode,
+      max_len=self.max_len,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
 
 
 class Stack(nn.Module):
   """Positions, dropout, `num_layers` blocks and (pre-norm) a final norm: the encoder or,
   with `config.cross_attention`, the decoder (causal self-attention, cross-attention, KV
   cache)."""
+
   config: blocks.BlockConfig
   num_layers: int
   position: str
@@ -128,8 +157,9 @@ class Stack(nn.Module):
   remat: str
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None,
-               encoded: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, mask: jax.Array | None, encoded: jax.Array | None = None
+  ) -> jax.Array:
     """x: embedded tokens (B, T, d); mask: the self-attention mask (encoder) or the
     cross-attention mask (decoder)."""
     c = self.config
@@ -146,8 +176,15 @@ class Stack(nn.Module):
     if self.position == "sinusoidal":
       x = x + layers.sinusoidal_positions(positions, d).astype(c.dtype)
     else:
-      x = x + layers.Embed(c.max_len, d, c.init_std, axes=(None, "embed"), dtype=c.dtype,
-                           param_dtype=c.param_dtype, name="position_embed")(positions)
+      x = x + layers.Embed(
+        c.max_len,
+        d,
+        c.init_std,
+        axes=(None, "embed"),
+        dtype=c.dtype,
+        param_dtype=c.param_dtype,
+        name="position_embed",
+      )(positions)
     x = layers.apply_dropout(x, c.dropout_rate, self)
 
     if c.cross_attention:

@@ -29,6 +29,7 @@ POOLS = ("cls", "mean")
 
 class ViT(nn.Module):
   """(images, head) -> token states, pooled vector or class logits (module doc)."""
+
   num_classes: int
   num_layers: int
   num_heads: int
@@ -55,29 +56,49 @@ class ViT(nn.Module):
     if self.pool not in POOLS:
       raise ValueError(f"model.pool={self.pool!r}; choose one of {POOLS}.")
     if self.image_size % self.patch_size:
-      raise ValueError(f"model.image_size={self.image_size} is not a multiple of "
-                       f"model.patch_size={self.patch_size}.")
+      raise ValueError(
+        f"model.image_size={self.image_size} is not a multiple of "
+        f"model.patch_size={self.patch_size}."
+      )
     expected = (self.image_size, self.image_size, self.num_channels)
     if images.shape[1:] != expected:
-      raise ValueError(f"images of shape {images.shape[1:]} do not match the model's "
-                       f"(image_size, image_size, num_channels) = {expected}.")
+      raise ValueError(
+        f"images of shape {images.shape[1:]} do not match the model's "
+        f"(image_size, image_size, num_channels) = {expected}."
+      )
 
     x = images.astype(self.dtype) / 127.5 - 1.0
-    x = layers.DenseGeneral((self.embed_dim,), (None, None, None, "embed"), self.init_std,
-                            in_dims=3, dtype=self.dtype, param_dtype=self.param_dtype,
-                            name="patch_embed")(patches(x, self.patch_size))
+    x = layers.DenseGeneral(
+      (self.embed_dim,),
+      (None, None, None, "embed"),
+      self.init_std,
+      in_dims=3,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="patch_embed",
+    )(patches(x, self.patch_size))
     if self.pool == "cls":
-      cls = self.param("cls_token", layers.zeros(("embed",)), (self.embed_dim,),
-                       self.param_dtype)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (len(x), 1, self.embed_dim)),
-                           x], axis=1)
-    x = x + layers.Embed(x.shape[1], self.embed_dim, self.init_std, axes=(None, "embed"),
-                         dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="position_embed")(jnp.arange(x.shape[1]))[None]
+      cls = self.param("cls_token", layers.zeros(("embed",)), (self.embed_dim,), self.param_dtype)
+      x = jnp.concatenate(
+        [jnp.broadcast_to(cls.astype(self.dtype), (len(x), 1, self.embed_dim)), x], axis=1
+      )
+    x = (
+      x
+      + layers.Embed(
+        x.shape[1],
+        self.embed_dim,
+        self.init_std,
+        axes=(None, "embed"),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="position_embed",
+      )(jnp.arange(x.shape[1]))[None]
+    )
     x = layers.apply_dropout(x, self.dropout_rate, self)
 
-    x = blocks.stack(self.block_config(), self.num_layers, x, scan=self.scan_layers,
-                     remat=self.remat)
+    x = blocks.stack(
+      self.block_config(), self.num_layers, x, scan=self.scan_layers, remat=self.remat
+    )
     x = layers.Norm("layernorm", self.norm_eps, self.dtype, name="final_norm")(x)
     if head is None:
       return x
@@ -87,17 +108,29 @@ class ViT(nn.Module):
       return pooled
     if not self.num_classes:
       raise ValueError("head='classify' needs model.num_classes > 0.")
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=layers.zeros(("embed", None)), bias_init=layers.zeros((None,)),
-                    name="head")(pooled).astype(jnp.float32)
+    return nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=layers.zeros(("embed", None)),
+      bias_init=layers.zeros((None,)),
+      name="head",
+    )(pooled).astype(jnp.float32)
 
   def block_config(self) -> blocks.BlockConfig:
     """The options of this model's blocks: its fields, each named."""
     return blocks.BlockConfig(
-        num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-        norm_eps=self.norm_eps, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, init_std=self.init_std,
-        out_init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      activation=self.activation,
+      norm_eps=self.norm_eps,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      init_std=self.init_std,
+      out_init_std=self.init_std,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
 
 
 def patches(images: jax.Array, size: int) -> jax.Array:
@@ -127,8 +160,10 @@ def resize_position_embedding(embedding, num_rows: int, num_extra: int) -> np.nd
   extra, grid = embedding[:num_extra], embedding[num_extra:]
   old, new = math.isqrt(len(grid)), math.isqrt(num_rows - num_extra)
   if old * old != len(grid) or new * new != num_rows - num_extra:
-    raise ValueError(f"Cannot resize a position embedding of {len(embedding)} rows to "
-                     f"{num_rows}: beyond {num_extra} class row(s) both must be square grids.")
+    raise ValueError(
+      f"Cannot resize a position embedding of {len(embedding)} rows to "
+      f"{num_rows}: beyond {num_extra} class row(s) both must be square grids."
+    )
   grid = grid.reshape(old, old, -1)
   resized = jax.image.resize(grid, (new, new, grid.shape[-1]), "bilinear", antialias=False)
   return np.concatenate([extra, np.asarray(resized, embedding.dtype).reshape(new * new, -1)])
@@ -157,8 +192,9 @@ def flops_per_token(config, num_params: int, seq_len: int) -> float:
   del seq_len
   t = num_tokens(config)
   d = config.embed_dim
-  patch = (config.get("patch_size", ViT.patch_size) ** 2
-           * config.get("num_channels", ViT.num_channels) + 1) * d
+  patch = (
+    config.get("patch_size", ViT.patch_size) ** 2 * config.get("num_channels", ViT.num_channels) + 1
+  ) * d
   head = (d + 1) * config.num_classes
   lookups = t * d + d * (config.get("pool", ViT.pool) == "cls")
   blocks = num_params - patch - head - lookups

@@ -4,8 +4,7 @@ collectives it runs, per device and per step (read by `bigflax plan`)."""
 import math
 import re
 
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-               "collective-permute")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+|c64|c128)\[([\d,]*)\]")
 
@@ -38,8 +37,7 @@ def collectives(hlo: str) -> dict:
   for line in hlo.splitlines():
     header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
     if header and not line.startswith(" "):
-      current = computations.setdefault(header.group(1),
-                                        {"ops": [], "calls": [], "constants": {}})
+      current = computations.setdefault(header.group(1), {"ops": [], "calls": [], "constants": {}})
       if line.startswith("ENTRY"):
         computations["__entry__"] = current
       continue
@@ -51,8 +49,7 @@ def collectives(hlo: str) -> dict:
     bound = re.search(r"ROOT .*compare\([^,]+, %?([\w.\-]+)\), direction=LT", line)
     if bound and bound.group(1) in current["constants"]:
       current["limit"] = current["constants"][bound.group(1)]
-    for callee in re.findall(r"(?:body|calls|to_apply|branch_computations=\{)=?%?([\w.\-]+)",
-                             line):
+    for callee in re.findall(r"(?:body|calls|to_apply|branch_computations=\{)=?%?([\w.\-]+)", line):
       current["calls"].append([callee, 1])
       if " while(" in line:  # the condition may come later in the text: resolve after
         loops.append((current["calls"][-1], line))

@@ -21,38 +21,72 @@ def _si(n: float) -> str:
 
 def format_report(r: dict) -> str:
   m, roof = r["memory_per_device"], r["roofline"]
-  rows = [("topology", f"{r['topology']}: {r['chips']} {r['chip']} chips, {r['devices']} "
-                       f"devices, mesh {r['mesh']}"),
-          ("layout", f"remat={r['remat']} microbatches={r['microbatches']} "
-                     f"global_batch_size={r['global_batch_size']}"),
-          ("parameters", f"{r['parameters']['total']:,}")]
+  rows = [
+    (
+      "topology",
+      f"{r['topology']}: {r['chips']} {r['chip']} chips, {r['devices']} devices, mesh {r['mesh']}",
+    ),
+    (
+      "layout",
+      f"remat={r['remat']} microbatches={r['microbatches']} "
+      f"global_batch_size={r['global_batch_size']}",
+    ),
+    ("parameters", f"{r['parameters']['total']:,}"),
+  ]
   rows += [(f"  {k}", f"{v:,}") for k, v in r["parameters"].items() if k != "total"]
   rows += [("memory / device", "")]
-  rows += [(f"  {k}", _size(m[k])) for k in (
-      "parameters", "optimizer_state", "other_arguments", "outputs", "aliased",
-      "temporaries", "generated_code") if m.get(k) is not None]
+  rows += [
+    (f"  {k}", _size(m[k]))
+    for k in (
+      "parameters",
+      "optimizer_state",
+      "other_arguments",
+      "outputs",
+      "aliased",
+      "temporaries",
+      "generated_code",
+    )
+    if m.get(k) is not None
+  ]
   verdict = "FITS" if r["fits"] else "DOES NOT FIT"
-  rows += [("  total", f"{_size(m['total'])} of {_size(m['capacity'])} "
-                       f"({100 * m['total'] / m['capacity']:.0f} %): {verdict}")]
+  rows += [
+    (
+      "  total",
+      f"{_size(m['total'])} of {_size(m['capacity'])} "
+      f"({100 * m['total'] / m['capacity']:.0f} %): {verdict}",
+    )
+  ]
   if "compiler_message" in r:
     rows += [("  compiler", r["compiler_message"])]
   f = r["flops_per_step"]
-  rows += [("FLOPs / step", f"model {_si(f['model'])}FLOP (6N + attention over the whole "
-                            f"T x T, as PaLM counts; MFU's)"),
-           ("  causal-halved", f"{_si(f['model_causal'])}FLOP (as MaxText counts)"),
-           ("  executed", f"{_si(f['executed'])}FLOP (with remat's recomputation; the "
-                          f"roofline's)")]
+  rows += [
+    (
+      "FLOPs / step",
+      f"model {_si(f['model'])}FLOP (6N + attention over the whole T x T, as PaLM counts; MFU's)",
+    ),
+    ("  causal-halved", f"{_si(f['model_causal'])}FLOP (as MaxText counts)"),
+    ("  executed", f"{_si(f['executed'])}FLOP (with remat's recomputation; the roofline's)"),
+  ]
   if f["compiled"]:
     rows += [("  compiled", f"{_si(f['compiled'])}FLOP (XLA's cost analysis)")]
   for op, c in sorted(r["collectives"].items()):
     rows.append((f"  {op}", f"{c['count']} ops, {_size(c['bytes'])} / device / step"))
   if roof:
     s = roof["seconds"]
-    rows += [("roofline step", f"{roof['step_time'] * 1e3:.1f} ms (compute "
-                               f"{s['compute'] * 1e3:.1f}, HBM {s['memory'] * 1e3:.1f}, "
-                               f"collectives {s['collectives'] * 1e3:.1f} ms)")]
-    rows += [("tokens / s", f"{roof['tokens_per_second']:,.0f} (at most; MFU bound "
-                            f"{100 * roof['mfu_bound']:.0f} %)")]
+    rows += [
+      (
+        "roofline step",
+        f"{roof['step_time'] * 1e3:.1f} ms (compute "
+        f"{s['compute'] * 1e3:.1f}, HBM {s['memory'] * 1e3:.1f}, "
+        f"collectives {s['collectives'] * 1e3:.1f} ms)",
+      )
+    ]
+    rows += [
+      (
+        "tokens / s",
+        f"{roof['tokens_per_second']:,.0f} (at most; MFU bound {100 * roof['mfu_bound']:.0f} %)",
+      )
+    ]
   if "budget" in r:
     b = r["budget"]
     text = f"{b['steps']:,} steps, {b['hours']:,.1f} h"

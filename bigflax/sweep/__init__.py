@@ -11,4 +11,13 @@ imports nothing heavy:
 """
 
 from bigflax.sweep.space import (  # noqa: F401  pylint: disable=unused-import
-    Choice, IntUniform, LogUniform, Uniform, format_value, product, random, seeds, zip_)
+  Choice,
+  IntUniform,
+  LogUniform,
+  Uniform,
+  format_value,
+  product,
+  random,
+  seeds,
+  zip_,
+)

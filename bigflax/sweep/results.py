@@ -9,8 +9,9 @@ from etils import epath
 from bigflax.sweep import space as sweep_space
 
 
-def write(directory: epath.Path, rows: list[dict], fields: list[str], metric: str,
-          mode: str) -> str:
+def write(
+  directory: epath.Path, rows: list[dict], fields: list[str], metric: str, mode: str
+) -> str:
   """results.csv, results.md and results.png in `directory`; returns the markdown table.
   Rows are ranked by the metric; a non-finite one (a diverged run) comes after every finite
   one, marked "not finite", then the rows without the metric."""
@@ -29,13 +30,23 @@ def write(directory: epath.Path, rows: list[dict], fields: list[str], metric: st
     writer.writeheader()
     writer.writerows(rows)
 
-  shown = ["trial", *fields, "status", metric, *[c for c in metric_columns
-                                                   if c.endswith("/loss")], "step", "seconds"]
+  shown = [
+    "trial",
+    *fields,
+    "status",
+    metric,
+    *[c for c in metric_columns if c.endswith("/loss")],
+    "step",
+    "seconds",
+  ]
   cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
-  cells = lambda r: [cell(r.get(c, "")) + (" (not finite)" if c == metric and r in not_finite
-                                             else "") for c in shown]
-  table = "\n".join(["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)] +
-                    ["| " + " | ".join(cells(r)) + " |" for r in rows])
+  cells = lambda r: [
+    cell(r.get(c, "")) + (" (not finite)" if c == metric and r in not_finite else "") for c in shown
+  ]
+  table = "\n".join(
+    ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    + ["| " + " | ".join(cells(r)) + " |" for r in rows]
+  )
   (directory / "results.md").write_text(table + "\n")
   if has_metric and fields:
     plot(directory / "results.png", has_metric, fields, metric)
@@ -46,8 +57,10 @@ def plot(path, rows, fields, metric):
   """The metric against each swept field, one line per combination of the other fields.
   Fields swept together (zip_) share a panel."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   panels = []  # [field, *fields tied to it]
   for field in fields:
     if not any(_tied(rows, panel[0], field) for panel in panels):
@@ -62,10 +75,15 @@ def plot(path, rows, fields, metric):
       group = sorted(group, key=lambda r: _sort_key(r.get(field)))
       xs = [r.get(field) for r in group]
       numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-      label = ", ".join(f"{f.split('.')[-1]}={sweep_space.format_value(v)}"
-                        for f, v in zip(others, key))
-      ax.plot(xs if numeric else [str(x) for x in xs], [r[metric] for r in group], "o-",
-              label=label or None)
+      label = ", ".join(
+        f"{f.split('.')[-1]}={sweep_space.format_value(v)}" for f, v in zip(others, key)
+      )
+      ax.plot(
+        xs if numeric else [str(x) for x in xs],
+        [r[metric] for r in group],
+        "o-",
+        label=label or None,
+      )
       if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
     ax.set_xlabel(" / ".join(panel))

@@ -57,15 +57,20 @@ DEFAULT_METRIC = "validation/loss"
 # ---------------------------------------------------------------------------------------
 # The two modes.
 
+
 def grid(args, runner, experiment, overrides) -> list[dict]:
   """Every trial of get_sweep(); returns the result rows."""
   if not hasattr(experiment, "get_sweep"):
-    raise ValueError(f"{args.config} defines no get_sweep(): add one returning trials, e.g. "
-                     f"sweep.product(**{{'optim.lr': [1e-3, 3e-4]}}).")
+    raise ValueError(
+      f"{args.config} defines no get_sweep(): add one returning trials, e.g. "
+      f"sweep.product(**{{'optim.lr': [1e-3, 3e-4]}})."
+    )
   trials = experiment.get_sweep()
   if isinstance(trials, dict):
-    raise ValueError(f"{args.config}: get_sweep() returns a search space (a dict); run it "
-                     f"with --optuna N_TRIALS, or return a list of trials.")
+    raise ValueError(
+      f"{args.config}: get_sweep() returns a search space (a dict); run it "
+      f"with --optuna N_TRIALS, or return a list of trials."
+    )
   names = [sweep_trials.trial_name(t) for t in trials]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
@@ -78,7 +83,7 @@ def grid(args, runner, experiment, overrides) -> list[dict]:
     jobs.append((name, trial, train_args))
   print(f"bigflax sweep: {len(jobs)} trials in {directory}", flush=True)
   if args.dry_run:
-    for name, _, train_args in jobs:
+    for _, _, train_args in jobs:
       if isinstance(runner, sweep_trials.TpuRunner):
         for step in launch.train_steps(runner.slice, train_args, runner.launch_dir):
           launch.print_step(step)
@@ -97,13 +102,18 @@ def grid(args, runner, experiment, overrides) -> list[dict]:
       message = "finished earlier, skipped"
     else:
       record = sweep_trials.run_trial(runner, train_args, workdir)
-      message = {"done": f"done in {record['seconds']:.0f} s",
-                 "preempted": "preempted (SIGTERM; checkpoint saved): the next sweep resumes "
-                              "it"}.get(record["status"],
-                                        f"FAILED (exit {record['returncode']}), log: "
-                                        f"{record['log']}")
-    row = dict(trial=name, **trial, **sweep_trials.final_metrics(workdir),
-               status=record["status"], seconds=record["seconds"], log=record["log"])
+      message = {
+        "done": f"done in {record['seconds']:.0f} s",
+        "preempted": "preempted (SIGTERM; checkpoint saved): the next sweep resumes it",
+      }.get(record["status"], f"FAILED (exit {record['returncode']}), log: {record['log']}")
+    row = dict(
+      trial=name,
+      **trial,
+      **sweep_trials.final_metrics(workdir),
+      status=record["status"],
+      seconds=record["seconds"],
+      log=record["log"],
+    )
     with lock:
       done[0] += 1
       value = row.get(args.metric)
@@ -121,11 +131,19 @@ def optuna_search(args, runner, experiment, overrides) -> list[dict]:
   """Trials from Optuna's TPE sampler until the study holds --optuna finished trials."""
   import optuna
   import sqlalchemy
-  space = (experiment.get_search_space() if hasattr(experiment, "get_search_space")
-           else experiment.get_sweep() if hasattr(experiment, "get_sweep") else None)
+
+  space = (
+    experiment.get_search_space()
+    if hasattr(experiment, "get_search_space")
+    else experiment.get_sweep()
+    if hasattr(experiment, "get_sweep")
+    else None
+  )
   if not isinstance(space, dict) or not space:
-    raise ValueError(f"{args.config}: --optuna needs get_search_space() (or get_sweep()) "
-                     f"returning {{field: LogUniform(...) | Uniform | IntUniform | Choice}}.")
+    raise ValueError(
+      f"{args.config}: --optuna needs get_search_space() (or get_sweep()) "
+      f"returning {{field: LogUniform(...) | Uniform | IntUniform | Choice}}."
+    )
   _check_fields(args.config, overrides, [{k: None for k in space}])
   directory = epath.Path(args.workdir)
   url = args.storage or f"sqlite:///{pathlib.Path(args.workdir).absolute()}/study.db"
@@ -135,38 +153,47 @@ def optuna_search(args, runner, experiment, overrides) -> list[dict]:
     pathlib.Path(args.workdir).mkdir(parents=True, exist_ok=True)
   try:
     study = optuna.create_study(
-        study_name=args.study_name or pathlib.Path(args.config.split(":")[0]).stem,
-        storage=study_storage(url), load_if_exists=True,
-        direction="minimize" if args.mode == "min" else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=args.prune_after,
-                                           n_warmup_steps=0))
+      study_name=args.study_name or pathlib.Path(args.config.split(":")[0]).stem,
+      storage=study_storage(url),
+      load_if_exists=True,
+      direction="minimize" if args.mode == "min" else "maximize",
+      sampler=optuna.samplers.TPESampler(seed=args.seed),
+      pruner=optuna.pruners.MedianPruner(n_startup_trials=args.prune_after, n_warmup_steps=0),
+    )
     print(f"bigflax sweep: Optuna study {study.study_name!r} in {url}", flush=True)
     _fail_stale_trials(study)
     return _optimize(args, runner, study, space, directory, overrides)
   except sqlalchemy.exc.OperationalError as e:  # e.g. SQLite's "database is locked"
-    raise OSError(f"the study's storage {url} failed: {e.orig}. Trials already finished are "
-                  f"kept; run the same sweep again to go on, with fewer --parallel trials or "
-                  f"--storage postgresql://... for many writers.") from None
+    raise OSError(
+      f"the study's storage {url} failed: {e.orig}. Trials already finished are "
+      f"kept; run the same sweep again to go on, with fewer --parallel trials or "
+      f"--storage postgresql://... for many writers."
+    ) from None
 
 
 def study_storage(url: str):
   """Optuna's RDB storage with heartbeats (stale trials are failed, then retried once) and,
   for SQLite, writers that wait SQLITE_TIMEOUT_SECONDS for each other."""
   import optuna
+
   with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     return optuna.storages.RDBStorage(
-        url, engine_kwargs=({"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
-                            if url.startswith("sqlite") else None),
-        heartbeat_interval=HEARTBEAT_SECONDS, grace_period=STALE_SECONDS,
-        heartbeat_stale_trial_callback=_retry_once)
+      url,
+      engine_kwargs=(
+        {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}} if url.startswith("sqlite") else None
+      ),
+      heartbeat_interval=HEARTBEAT_SECONDS,
+      grace_period=STALE_SECONDS,
+      heartbeat_stale_trial_callback=_retry_once,
+    )
 
 
 def _retry_once(study, trial):
   """Requeues a stale trial once, under its name, so the retry trains in its directory (a
   sweep killed before the trial had a name gives it the one it would have had)."""
   import optuna
+
   trial.user_attrs.setdefault("name", trial_dir_name(study.study_name, trial.number))
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -182,18 +209,25 @@ def trial_dir_name(study_name: str, number: int) -> str:
 def _fail_stale_trials(study):
   """Fails (and requeues) the RUNNING trials whose sweep stopped beating, saying so."""
   import optuna
+
   running = {t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))}
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     optuna.storages.fail_stale_trials(study)
   for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):
     if t.number in running:  # a retry's retry_history is not empty: it is not retried again
-      again = ("tried again, resuming from its checkpoint" if not t.system_attrs.get(
-          "retry_history") else "not tried again (it was the retry)")
+      again = (
+        "tried again, resuming from its checkpoint"
+        if not t.system_attrs.get("retry_history")
+        else "not tried again (it was the retry)"
+      )
       name = t.user_attrs.get("name", trial_dir_name(study.study_name, t.number))
-      print(f"bigflax sweep: {name} was RUNNING with no "
-            f"heartbeat for over {STALE_SECONDS} s (its sweep was killed): marked failed, "
-            f"{again}", flush=True)
+      print(
+        f"bigflax sweep: {name} was RUNNING with no "
+        f"heartbeat for over {STALE_SECONDS} s (its sweep was killed): marked failed, "
+        f"{again}",
+        flush=True,
+      )
 
 
 def _optimize(args, runner, study, space, directory, overrides) -> list[dict]:
@@ -214,9 +248,12 @@ def _optimize(args, runner, study, space, directory, overrides) -> list[dict]:
 
     record = sweep_trials.run_trial(runner, train_args, workdir, args.metric, should_prune)
     value = sweep_trials.final_metrics(workdir).get(args.metric)
-    print(f"bigflax sweep: {name} {sweep_trials.trial_name(values)}: {record['status']}"
-          + (f", {args.metric}={value:.4f}" if value is not None else "")
-          + ("" if record["status"] != "failed" else f", log: {record['log']}"), flush=True)
+    print(
+      f"bigflax sweep: {name} {sweep_trials.trial_name(values)}: {record['status']}"
+      + (f", {args.metric}={value:.4f}" if value is not None else "")
+      + ("" if record["status"] != "failed" else f", log: {record['log']}"),
+      flush=True,
+    )
     if record["status"] == "pruned":
       raise optuna.TrialPruned()
     if record["status"] in ("failed", "preempted") or value is None:
@@ -228,19 +265,30 @@ def _optimize(args, runner, study, space, directory, overrides) -> list[dict]:
   finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
   remaining = args.optuna - len(study.get_trials(states=finished))
   if remaining > 0:
-    study.optimize(objective, n_trials=remaining, n_jobs=args.parallel, catch=(TrialFailed,),
-                   callbacks=[optuna.study.MaxTrialsCallback(args.optuna, states=finished)])
+    study.optimize(
+      objective,
+      n_trials=remaining,
+      n_jobs=args.parallel,
+      catch=(TrialFailed,),
+      callbacks=[optuna.study.MaxTrialsCallback(args.optuna, states=finished)],
+    )
   rows = {}  # by directory: a retried trial's row replaces its failed first try's
   for t in study.trials:
     name = t.user_attrs.get("name")
     if name:
       workdir = directory / name
       status = {"COMPLETE": "done", "PRUNED": "pruned", "FAIL": "failed"}.get(
-          t.state.name, t.state.name.lower())  # or waiting, running
-      seconds = (t.duration.total_seconds() if t.duration else "")
-      rows[name] = dict(trial=name, **t.params, **sweep_trials.final_metrics(workdir),
-                        status=status, seconds=seconds,
-                        log=str(workdir / sweep_trials.LOG_FILE))
+        t.state.name, t.state.name.lower()
+      )  # or waiting, running
+      seconds = t.duration.total_seconds() if t.duration else ""
+      rows[name] = dict(
+        trial=name,
+        **t.params,
+        **sweep_trials.final_metrics(workdir),
+        status=status,
+        seconds=seconds,
+        log=str(workdir / sweep_trials.LOG_FILE),
+      )
   return list(rows.values())
 
 
@@ -251,8 +299,9 @@ class TrialFailed(Exception):
 def _check_fields(config_arg, overrides, trials):
   """Names a swept field or an override that the experiment's config does not have."""
   fields = sorted({k for t in trials for k in t})  # the CLI's own check: the same message
-  problem = configs.unknown_override(["--config", config_arg, *overrides,
-                                      *(f"--config.{k}=0" for k in fields)])
+  problem = configs.unknown_override(
+    ["--config", config_arg, *overrides, *(f"--config.{k}=0" for k in fields)]
+  )
   if problem:
     raise ValueError(problem)
 
@@ -280,8 +329,7 @@ def main(args, overrides: list[str]) -> int:
       slice_ = launch.slice_from_args(args)
       launch.check_workdir(slice_, args.workdir)
       if args.parallel != 1:
-        raise ValueError("--launcher tpu trains one trial at a time on the slice: drop "
-                         "--parallel.")
+        raise ValueError("--launcher tpu trains one trial at a time on the slice: drop --parallel.")
       runner = sweep_trials.TpuRunner(slice_, launch_dir)
       setup = launch.setup_steps(slice_, args, launch_dir)
       launch.run_steps(setup, args.dry_run)
@@ -294,8 +342,11 @@ def main(args, overrides: list[str]) -> int:
       rows = search(args, runner, experiment, overrides)
     except BaseException:
       if tpu and not args.dry_run:  # a trial may still train there, detached
-        print(f"\nbigflax sweep: stopped before the end; nothing was stopped or deleted.\n"
-              f"{launch.still_running(slice_, launch_dir, runner.workdir)}", file=sys.stderr)
+        print(
+          f"\nbigflax sweep: stopped before the end; nothing was stopped or deleted.\n"
+          f"{launch.still_running(slice_, launch_dir, runner.workdir)}",
+          file=sys.stderr,
+        )
       raise
     if tpu and args.delete:  # every trial has ended
       launch.run_steps([launch.delete_step(slice_)], args.dry_run)
@@ -307,23 +358,34 @@ def main(args, overrides: list[str]) -> int:
     return 2
   if args.dry_run:
     return 0
-  fields = list(dict.fromkeys(k for r in rows for k in r
-                              if k not in ("trial", "status", "seconds", "log") and "/" not in k))
+  fields = list(
+    dict.fromkeys(
+      k for r in rows for k in r if k not in ("trial", "status", "seconds", "log") and "/" not in k
+    )
+  )
   table = sweep_results.write(epath.Path(args.workdir), rows, fields, args.metric, args.mode)
   print(table)
   print(f"bigflax sweep: {args.workdir}/results.csv, results.md, results.png")
-  not_finite = [r["trial"] for r in rows if isinstance(r.get(args.metric), float)
-                and not math.isfinite(r[args.metric])]
+  not_finite = [
+    r["trial"]
+    for r in rows
+    if isinstance(r.get(args.metric), float) and not math.isfinite(r[args.metric])
+  ]
   if not_finite:
-    print(f"bigflax sweep: {len(not_finite)} trial(s) ended with a non-finite {args.metric}, "
-          f"ranked last: {not_finite}")
+    print(
+      f"bigflax sweep: {len(not_finite)} trial(s) ended with a non-finite {args.metric}, "
+      f"ranked last: {not_finite}"
+    )
   failed = [r["trial"] for r in rows if r["status"] == "failed"]
   if failed:
-    print(f"bigflax sweep: {len(failed)} trial(s) failed: {failed}; see their "
-          f"{sweep_trials.LOG_FILE}.")
+    print(
+      f"bigflax sweep: {len(failed)} trial(s) failed: {failed}; see their {sweep_trials.LOG_FILE}."
+    )
   preempted = [r["trial"] for r in rows if r["status"] == "preempted"]
   if preempted:
-    print(f"bigflax sweep: {len(preempted)} trial(s) preempted: {preempted}; run the same "
-          f"sweep again to resume them.")
+    print(
+      f"bigflax sweep: {len(preempted)} trial(s) preempted: {preempted}; run the same "
+      f"sweep again to resume them."
+    )
     return loop.EXIT_PREEMPTED
   return 0

@@ -76,6 +76,7 @@ class Uniform:
 @dataclasses.dataclass(frozen=True)
 class IntUniform:
   """An integer in [low, high], both included."""
+
   low: int
   high: int
 

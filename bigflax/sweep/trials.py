@@ -32,16 +32,23 @@ def trial_name(trial: dict) -> str:
 
 
 def trial_args(config_arg: str, workdir, overrides, trial: dict) -> list[str]:
-  return ["--config", config_arg, "--workdir", str(workdir), *overrides,
-          *(f"--config.{k}={sweep_space.format_value(v)}" for k, v in trial.items())]
+  return [
+    "--config",
+    config_arg,
+    "--workdir",
+    str(workdir),
+    *overrides,
+    *(f"--config.{k}={sweep_space.format_value(v)}" for k, v in trial.items()),
+  ]
 
 
 class LocalRunner:
   """Trains a trial in a subprocess on this machine."""
 
   def start(self, train_args: list[str], workdir: epath.Path, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bigflax", "train", *train_args],
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+      [sys.executable, "-m", "bigflax", "train", *train_args], stdout=log, stderr=subprocess.STDOUT
+    )
 
   def stop(self, process: subprocess.Popen, workdir):
     process.terminate()  # SIGTERM: the trainer saves a checkpoint and exits
@@ -102,8 +109,9 @@ def final_metrics(workdir) -> dict:
   return out
 
 
-def run_trial(runner, train_args, workdir: epath.Path, metric: str | None = None,
-              should_prune=None) -> dict:
+def run_trial(
+  runner, train_args, workdir: epath.Path, metric: str | None = None, should_prune=None
+) -> dict:
   """Trains one trial to the end (or until `should_prune(step, value)` says stop) and
   records its status in workdir/sweep_trial.json."""
   workdir.mkdir(parents=True, exist_ok=True)
@@ -123,10 +131,22 @@ def run_trial(runner, train_args, workdir: epath.Path, metric: str | None = None
           pruned = True
           break
     process.wait()
-  status = ("pruned" if pruned else "done" if process.returncode == 0
-            else "preempted" if process.returncode == loop.EXIT_PREEMPTED else "failed")
-  record = dict(status=status, returncode=process.returncode, args=train_args,
-                seconds=round(time.time() - start, 1), log=str(log_path))
+  status = (
+    "pruned"
+    if pruned
+    else "done"
+    if process.returncode == 0
+    else "preempted"
+    if process.returncode == loop.EXIT_PREEMPTED
+    else "failed"
+  )
+  record = dict(
+    status=status,
+    returncode=process.returncode,
+    args=train_args,
+    seconds=round(time.time() - start, 1),
+    log=str(log_path),
+  )
   (workdir / STATUS_FILE).write_text(json.dumps(record, indent=2))
   return record
 

@@ -3,8 +3,9 @@
 from bigflax.tasks import classify, lm, mlm, regression, seq2seq, sft
 from bigflax.tasks.base import Task
 
-TASKS = {t.name: t for t in (lm.TASK, sft.TASK, mlm.TASK, regression.TASK, classify.TASK,
-                             seq2seq.TASK)}
+TASKS = {
+  t.name: t for t in (lm.TASK, sft.TASK, mlm.TASK, regression.TASK, classify.TASK, seq2seq.TASK)
+}
 
 
 def register(task: Task):

@@ -35,8 +35,8 @@ Optional (None: the task has no such thing):
   default_metric: what `promote` and sweeps compare by default
 """
 
+from collections.abc import Callable
 import dataclasses
-from typing import Callable
 
 
 @dataclasses.dataclass(frozen=True)

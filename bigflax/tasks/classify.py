@@ -16,8 +16,11 @@ from bigflax.data import augment, batches, packing, pipeline, sources
 from bigflax.tasks import base, regression
 
 # What the model reads, by the kind of data source (`data/sources.py`).
-_INPUTS = {"features": ("features",), "image": ("image",),
-           "labelled_text": ("tokens", "segments", "mask")}
+_INPUTS = {
+  "features": ("features",),
+  "image": ("image",),
+  "labelled_text": ("tokens", "segments", "mask"),
+}
 
 
 def _kind(config) -> str:
@@ -29,18 +32,20 @@ def make_data(config, tokenizer, split, *, process_index, process_count):
   kind = _kind(config)
   if kind == "image":
     padding, flip = config.data.get("crop_padding", 0), config.data.get("flip", False)
-    transform = functools.partial(augment.crop_and_flip, seed=config.data.seed,
-                                  padding=padding, flip=flip) if padding or flip else None
-    return make_image_classification_batches(config.data, split, **kwargs,
-                                             transform=transform)
+    transform = (
+      functools.partial(augment.crop_and_flip, seed=config.data.seed, padding=padding, flip=flip)
+      if padding or flip
+      else None
+    )
+    return make_image_classification_batches(config.data, split, **kwargs, transform=transform)
   if kind == "labelled_text":
     return make_text_classification_batches(config.data, tokenizer, split, **kwargs)
   return regression.make_feature_batches(config.data, split, **kwargs)
 
 
-def make_text_classification_batches(data_config, tokenizer, split: str, *,
-                                      process_index: int, process_count: int
-                                      ) -> batches.Batches:
+def make_text_classification_batches(
+  data_config, tokenizer, split: str, *, process_index: int, process_count: int
+) -> batches.Batches:
   """Labelled-sentence batches of one split: tokens, mask, segments, label, weight.
 
   tokens are [CLS] ids [SEP] + padding for BERT tokenizers ([bos] ids [eos] for
@@ -53,25 +58,34 @@ def make_text_classification_batches(data_config, tokenizer, split: str, *,
   `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed.
   """
   sentences, labels = pipeline.load_labelled_sentences(
-      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+    data_config.name, split, data_config.data_dir, data_config.get("source_dir")
   )
   tokens, mask = packing.frame_texts(tokenizer, sentences, data_config.seq_len)
-  arrays = {"tokens": tokens, "mask": mask, "segments": np.zeros_like(tokens),
-            "label": labels, "weight": np.ones(len(sentences), np.float32)}
+  arrays = {
+    "tokens": tokens,
+    "mask": mask,
+    "segments": np.zeros_like(tokens),
+    "label": labels,
+    "weight": np.ones(len(sentences), np.float32),
+  }
   blank_tokens, blank_mask = packing.frame_texts(tokenizer, [""], data_config.seq_len)
   buckets = data_config.get("length_buckets")
-  trim = lambda step, batch: batches.trim_to_bucket(batch, buckets,
-                                                    ("tokens", "mask", "segments"))
-  return batches.split_batches(arrays, data_config, split, process_index=process_index,
-                               process_count=process_count,
-                               padding={"tokens": blank_tokens[0], "mask": blank_mask[0]},
-                               transform=trim if buckets else None,
-                               lengths=mask.sum(axis=1) if buckets else None)
+  trim = lambda step, batch: batches.trim_to_bucket(batch, buckets, ("tokens", "mask", "segments"))
+  return batches.split_batches(
+    arrays,
+    data_config,
+    split,
+    process_index=process_index,
+    process_count=process_count,
+    padding={"tokens": blank_tokens[0], "mask": blank_mask[0]},
+    transform=trim if buckets else None,
+    lengths=mask.sum(axis=1) if buckets else None,
+  )
 
 
-def make_image_classification_batches(data_config, split: str, *, process_index: int,
-                                       process_count: int, transform=None
-                                       ) -> batches.Batches:
+def make_image_classification_batches(
+  data_config, split: str, *, process_index: int, process_count: int, transform=None
+) -> batches.Batches:
   """Labelled-image batches of one split: image (uint8), label, weight.
 
   'train' is shuffled, endless and passed through `transform` (augmentation); other
@@ -79,12 +93,18 @@ def make_image_classification_batches(data_config, split: str, *, process_index:
   so `steps_per_epoch` steps evaluate every example exactly once.
   """
   images, labels = pipeline.load_labelled_images(
-      data_config.name, split, data_config.data_dir, data_config.get("source_dir")
+    data_config.name, split, data_config.data_dir, data_config.get("source_dir")
   )
   arrays = {"image": images, "label": labels, "weight": np.ones(len(images), np.float32)}
-  return batches.split_batches(arrays, data_config, split, process_index=process_index,
-                               process_count=process_count, padding={},
-                               transform=transform if split == "train" else None)
+  return batches.split_batches(
+    arrays,
+    data_config,
+    split,
+    process_index=process_index,
+    process_count=process_count,
+    padding={},
+    transform=transform if split == "train" else None,
+  )
 
 
 def init_inputs(config):
@@ -112,8 +132,13 @@ def batch_spec(config):
     x = init_inputs(config)[0]
     return {kind: spec(*x.shape[1:], dtype=x.dtype), "label": spec()}
   length = config.data.seq_len
-  return {"tokens": spec(length), "segments": spec(length), "mask": spec(length),
-          "label": spec(), "weight": spec(dtype=jnp.float32)}
+  return {
+    "tokens": spec(length),
+    "segments": spec(length),
+    "mask": spec(length),
+    "label": spec(),
+    "weight": spec(dtype=jnp.float32),
+  }
 
 
 def _logits(model, params, batch, rngs):
@@ -121,8 +146,9 @@ def _logits(model, params, batch, rngs):
     return model.apply({"params": params}, batch["features"], rngs=rngs)
   if "image" in batch:
     return model.apply({"params": params}, batch["image"], rngs=rngs)
-  return model.apply({"params": params}, batch["tokens"], batch["segments"], batch["mask"],
-                     "classify", rngs=rngs)
+  return model.apply(
+    {"params": params}, batch["tokens"], batch["segments"], batch["mask"], "classify", rngs=rngs
+  )
 
 
 def _loss_and_predictions(logits, labels):
@@ -141,15 +167,19 @@ def outputs(model, params, batch, rngs):
 def _sums(model, params, batch, rngs):
   logits, labels, weights = outputs(model, params, batch, rngs)
   nll, predictions = _loss_and_predictions(logits, labels)
-  return {"loss": (nll * weights).sum(), "count": weights.sum(),
-          "confusion": metrics.confusion_matrix(labels, predictions,
-                                                max(logits.shape[-1], 2), weights)}
+  return {
+    "loss": (nll * weights).sum(),
+    "count": weights.sum(),
+    "confusion": metrics.confusion_matrix(labels, predictions, max(logits.shape[-1], 2), weights),
+  }
 
 
 def loss_fn(model, params, batch, rng):
   sums = _sums(model, params, batch, {"dropout": rng})
-  mean = metrics.means({"loss": sums["loss"], "accuracy": jnp.trace(sums["confusion"]),
-                        "count": sums["count"]}, "count")
+  mean = metrics.means(
+    {"loss": sums["loss"], "accuracy": jnp.trace(sums["confusion"]), "count": sums["count"]},
+    "count",
+  )
   return mean["loss"], mean
 
 
@@ -158,8 +188,10 @@ def eval_fn(model, params, batch):
 
 
 def finalize(totals):
-  return {"loss": float(totals["loss"] / totals["count"]),
-          **metrics.classification_metrics(totals["confusion"])}
+  return {
+    "loss": float(totals["loss"] / totals["count"]),
+    **metrics.classification_metrics(totals["confusion"]),
+  }
 
 
 def serving(config, model, params, tokenizer):
@@ -169,15 +201,23 @@ def serving(config, model, params, tokenizer):
   forward(params, tokens, segments, mask (b, seq_len)) -> logits (b, classes), with the
   batch b symbolic.
   """
-  b, = jax.export.symbolic_shape("b")
-  arrays = [jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype) for x in init_inputs(config)
-            if hasattr(x, "shape")]
+  (b,) = jax.export.symbolic_shape("b")
+  arrays = [
+    jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype)
+    for x in init_inputs(config)
+    if hasattr(x, "shape")
+  ]
   names = _INPUTS[_kind(config)]
   if len(names) == 1:
     meta = {"input": names[0], "input_shape": list(arrays[0].shape[1:])}
   else:
-    meta = {"input": "text", "seq_len": config.data.seq_len, "bos_id": tokenizer.bos_id,
-            "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
+    meta = {
+      "input": "text",
+      "seq_len": config.data.seq_len,
+      "bos_id": tokenizer.bos_id,
+      "eos_id": tokenizer.eos_id,
+      "pad_id": tokenizer.pad_id,
+    }
   forward = lambda params, *arrays: _logits(model, params, dict(zip(names, arrays)), {})
   num_classes = max(jax.eval_shape(forward, params, *arrays).shape[-1], 2)
   meta["labels"] = list(sources.class_names(config.data.name) or map(str, range(num_classes)))
@@ -194,7 +234,17 @@ def eval_report(config, totals, prefix) -> dict:
 
 
 TASK = base.Task(
-    name="classify", make_data=make_data, init_inputs=init_inputs,
-    tokens_per_example=tokens_per_example, loss_fn=loss_fn, eval_fn=eval_fn,
-    finalize=finalize, batch_spec=batch_spec, outputs=outputs, eval_report=eval_report,
-    serving=serving, served_as="classify", default_metric="accuracy")
+  name="classify",
+  make_data=make_data,
+  init_inputs=init_inputs,
+  tokens_per_example=tokens_per_example,
+  loss_fn=loss_fn,
+  eval_fn=eval_fn,
+  finalize=finalize,
+  batch_spec=batch_spec,
+  outputs=outputs,
+  eval_report=eval_report,
+  serving=serving,
+  served_as="classify",
+  default_metric="accuracy",
+)

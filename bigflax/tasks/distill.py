@@ -23,8 +23,9 @@ PROJECTION = "distill_projection"
 
 
 def init_projection(rng, student_dim: int, teacher_dim: int) -> dict:
-  return {"kernel": layers.normal(student_dim ** -0.5, ("embed", None))(
-      rng, (student_dim, teacher_dim))}
+  return {
+    "kernel": layers.normal(student_dim**-0.5, ("embed", None))(rng, (student_dim, teacher_dim))
+  }
 
 
 def _outputs_and_hidden(task, model, params, batch, rngs, hidden_module: str):
@@ -40,8 +41,10 @@ def _outputs_and_hidden(task, model, params, batch, rngs, hidden_module: str):
   with nn.intercept_methods(keep):
     result = task.outputs(model, params, batch, rngs)
   if not captured:
-    raise ValueError(f"distill.hidden_module={hidden_module!r} is not a submodule of "
-                     f"{type(model).__name__}; name one (e.g. 'final_norm').")
+    raise ValueError(
+      f"distill.hidden_module={hidden_module!r} is not a submodule of "
+      f"{type(model).__name__}; name one (e.g. 'final_norm')."
+    )
   return result, captured[-1]
 
 
@@ -49,25 +52,32 @@ def loss_fn(task, student, teacher, cfg, params, batch, rng, teacher_params):
   rngs = {"dropout": rng}
   if cfg.hidden_weight:
     (logits, labels, weights), hidden = _outputs_and_hidden(
-        task, student, params, batch, rngs, cfg.hidden_module)
+      task, student, params, batch, rngs, cfg.hidden_module
+    )
     (teacher_logits, _, _), teacher_hidden = _outputs_and_hidden(
-        task, teacher, teacher_params, batch, {}, cfg.hidden_module)
+      task, teacher, teacher_params, batch, {}, cfg.hidden_module
+    )
   else:
     logits, labels, weights = task.outputs(student, params, batch, rngs)
     teacher_logits, _, _ = task.outputs(teacher, teacher_params, batch, {})
   if logits.shape != teacher_logits.shape or logits.shape[-1] < 2:
-    raise ValueError(f"Distillation compares softmax outputs of one shape: the student "
-                     f"gives {logits.shape}, the teacher {teacher_logits.shape}. Use the "
-                     f"teacher's vocabulary / number of classes (model.vocab_size, "
-                     f"model.num_outputs >= 2).")
+    raise ValueError(
+      f"Distillation compares softmax outputs of one shape: the student "
+      f"gives {logits.shape}, the teacher {teacher_logits.shape}. Use the "
+      f"teacher's vocabulary / number of classes (model.vocab_size, "
+      f"model.num_outputs >= 2)."
+    )
 
   count = jnp.maximum(weights.sum(), 1.0)
   mean = lambda per_position: (per_position * weights).sum() / count
   hard = mean(losses.cross_entropy(logits, labels))
   soft = mean(losses.distillation_kl(logits, teacher_logits, cfg.temperature))
   loss = cfg.alpha * hard + (1 - cfg.alpha) * soft
-  metrics = {"hard_loss": hard, "kd_loss": soft,
-             "accuracy": mean(losses.correct(jax.lax.stop_gradient(logits), labels))}
+  metrics = {
+    "hard_loss": hard,
+    "kd_loss": soft,
+    "accuracy": mean(losses.correct(jax.lax.stop_gradient(logits), labels)),
+  }
   if cfg.hidden_weight:
     projected = hidden.astype(jnp.float32) @ params[PROJECTION]["kernel"]
     target = jax.lax.stop_gradient(teacher_hidden).astype(jnp.float32)

@@ -19,12 +19,14 @@ from bigflax.tasks import base
 
 def make_data(config, tokenizer, split, *, process_index, process_count):
   """Documents tokenized and packed into windows; the batch of step s is fixed by s."""
-  return make_lm_batches(config.data, tokenizer, split,
-                         process_index=process_index, process_count=process_count)
+  return make_lm_batches(
+    config.data, tokenizer, split, process_index=process_index, process_count=process_count
+  )
 
 
-def make_lm_batches(data_config, tokenizer, split: str, *, process_index: int,
-                    process_count: int) -> batches.Batches:
+def make_lm_batches(
+  data_config, tokenizer, split: str, *, process_index: int, process_count: int
+) -> batches.Batches:
   """LM batches of one split; 'train' is shuffled, other splits are not.
 
   `data_config` has name, data_dir, source_dir, seq_len, global_batch_size, seed; or,
@@ -33,17 +35,23 @@ def make_lm_batches(data_config, tokenizer, split: str, *, process_index: int,
   """
   fields = document_fields(data_config, tokenizer.eos_id)
   if data_config.get("corpora"):
-    return prepared_lm_batches(data_config, tokenizer, split, process_index=process_index,
-                               process_count=process_count, transform=fields)
-  windows = pipeline.packed_windows(data_config, tokenizer, split, data_config.seq_len + 1)
-  return lm_batches(
-      windows,
-      data_config.global_batch_size,
-      seed=data_config.seed,
-      shuffle=split == "train",
+    return prepared_lm_batches(
+      data_config,
+      tokenizer,
+      split,
       process_index=process_index,
       process_count=process_count,
       transform=fields,
+    )
+  windows = pipeline.packed_windows(data_config, tokenizer, split, data_config.seq_len + 1)
+  return lm_batches(
+    windows,
+    data_config.global_batch_size,
+    seed=data_config.seed,
+    shuffle=split == "train",
+    process_index=process_index,
+    process_count=process_count,
+    transform=fields,
   )
 
 
@@ -63,28 +71,40 @@ def document_fields(data_config, eos_id: int):
     if data_config.get("skip_document_start"):
       batch["weights"] = (batch["inputs"] != eos_id).astype(np.float32)
     return batch
+
   return add_fields
 
 
-def prepared_lm_batches(data_config, tokenizer, split: str, *, process_index: int,
-                        process_count: int, transform=None) -> mixture.MixtureBatches:
+def prepared_lm_batches(
+  data_config, tokenizer, split: str, *, process_index: int, process_count: int, transform=None
+) -> mixture.MixtureBatches:
   """LM batches of a mixture of prepared corpora, windows read from disk by index."""
   shards.check_config(data_config)
   made_with = {"tokenizer": tokenizers.fingerprint(tokenizer), "window": data_config.seq_len + 1}
   weights = shards.mixture_weights(data_config)
-  windows = {name: shards.Windows(data_config.prepared_dir, name, split, made_with)
-             for name, weight in weights.items() if weight > 0}
-  return mixture.MixtureBatches(windows, weights, data_config.global_batch_size,
-                                seed=data_config.seed, shuffle=split == "train",
-                                process_index=process_index, process_count=process_count,
-                                transform=transform)
+  windows = {
+    name: shards.Windows(data_config.prepared_dir, name, split, made_with)
+    for name, weight in weights.items()
+    if weight > 0
+  }
+  return mixture.MixtureBatches(
+    windows,
+    weights,
+    data_config.global_batch_size,
+    seed=data_config.seed,
+    shuffle=split == "train",
+    process_index=process_index,
+    process_count=process_count,
+    transform=transform,
+  )
 
 
 def lm_batches(windows: np.ndarray, global_batch_size: int, **kwargs) -> batches.Batches:
   """{'inputs': w[:-1], 'targets': w[1:]} batches of packed windows (views, no copy);
   `kwargs` are Batches'."""
-  return batches.Batches({"inputs": windows[:, :-1], "targets": windows[:, 1:]},
-                         global_batch_size, **kwargs)
+  return batches.Batches(
+    {"inputs": windows[:, :-1], "targets": windows[:, 1:]}, global_batch_size, **kwargs
+  )
 
 
 def unigram_entropy(windows: np.ndarray, vocab_size: int) -> float:
@@ -116,8 +136,13 @@ def batch_spec(config):
 def outputs(model, params, batch, rngs):
   """(logits, labels, weights) of every position: what a distillation compares. Packed
   batches' segment_ids and positions keep documents apart."""
-  logits = model.apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
-                       segment_ids=batch.get("segment_ids"), rngs=rngs)
+  logits = model.apply(
+    {"params": params},
+    batch["inputs"],
+    positions=batch.get("positions"),
+    segment_ids=batch.get("segment_ids"),
+    rngs=rngs,
+  )
   weights = batch.get("weights", jnp.ones(batch["targets"].shape, jnp.float32))
   return logits, batch["targets"], weights
 
@@ -127,24 +152,33 @@ def loss_fn(model, params, batch, rng):
   count = jnp.maximum(weights.sum(), 1.0)
   loss = (losses.cross_entropy(logits, targets) * weights).sum() / count
   correct = losses.correct(jax.lax.stop_gradient(logits), targets)
-  return loss, {"loss": loss, "perplexity": jnp.exp(loss),
-                "accuracy": (correct * weights).sum() / count}
+  return loss, {
+    "loss": loss,
+    "perplexity": jnp.exp(loss),
+    "accuracy": (correct * weights).sum() / count,
+  }
 
 
 def eval_fn(model, params, batch):
   logits, targets, weights = outputs(model, params, batch, {})
-  return {"loss": (losses.cross_entropy(logits, targets) * weights).sum(),
-          "correct": (losses.correct(logits, targets) * weights).sum(),
-          "tokens": weights.sum(),
-          **metrics.class_count_sums(targets, logits.argmax(-1), logits.shape[-1], weights)}
+  return {
+    "loss": (losses.cross_entropy(logits, targets) * weights).sum(),
+    "correct": (losses.correct(logits, targets) * weights).sum(),
+    "tokens": weights.sum(),
+    **metrics.class_count_sums(targets, logits.argmax(-1), logits.shape[-1], weights),
+  }
 
 
 def finalize(totals: dict) -> dict:
   loss = float(totals["loss"] / totals["tokens"])
-  return {"loss": loss, "perplexity": metrics.perplexity(loss),
-          "accuracy": float(totals["correct"] / totals["tokens"]),
-          **metrics.averaged_metrics(totals["true_positives"], totals["support"],
-                                     totals["predicted"], present_only=True)}
+  return {
+    "loss": loss,
+    "perplexity": metrics.perplexity(loss),
+    "accuracy": float(totals["correct"] / totals["tokens"]),
+    **metrics.averaged_metrics(
+      totals["true_positives"], totals["support"], totals["predicted"], present_only=True
+    ),
+  }
 
 
 def data_summary(config, tokenizer, train_data) -> str:
@@ -164,13 +198,20 @@ def sample(config, model, tokenizer, params, prompts, options):
     ids = [tokenizer.eos_id] + tokenizer.encode(prompt)  # eos marks a document start
     if len(ids) + s["max_new_tokens"] > model.max_len:
       raise configs.UsageError(
-          f"The prompt ({len(ids)} tokens) plus --max_new_tokens={s['max_new_tokens']} "
-          f"exceeds the model's context (model.max_len={model.max_len}); shorten one.")
+        f"The prompt ({len(ids)} tokens) plus --max_new_tokens={s['max_new_tokens']} "
+        f"exceeds the model's context (model.max_len={model.max_len}); shorten one."
+      )
     tokens = decode.generate(
-        decode_model, params, jnp.asarray([ids] * s["num_samples"]),
-        jax.random.key(s["seed"] + i), max_new_tokens=s["max_new_tokens"],
-        temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"],
-        vocab_size=tokenizer.vocab_size)
+      decode_model,
+      params,
+      jnp.asarray([ids] * s["num_samples"]),
+      jax.random.key(s["seed"] + i),
+      max_new_tokens=s["max_new_tokens"],
+      temperature=s["temperature"],
+      top_k=s["top_k"],
+      top_p=s["top_p"],
+      vocab_size=tokenizer.vocab_size,
+    )
     tokens = multihost_utils.process_allgather(tokens, tiled=True)
     for row in tokens if jax.process_index() == 0 else []:
       print(f"--- sample ({prompt!r}) ---\n{prompt}{tokenizer.decode(row.tolist())}")
@@ -180,9 +221,17 @@ def after_training(config, model, tokenizer, params):
   """A finished run ends with samples of config.sample.prompts (answers after SFT), as
   long as fits the context whatever config.sample asks."""
   longest = max(len(tokenizer.encode(p)) for p in config.sample.prompts) + 1
-  sample(config, model, tokenizer, params, config.sample.prompts,
-         {"num_samples": 1,
-          "max_new_tokens": min(config.sample.max_new_tokens, model.max_len - longest)})
+  sample(
+    config,
+    model,
+    tokenizer,
+    params,
+    config.sample.prompts,
+    {
+      "num_samples": 1,
+      "max_new_tokens": min(config.sample.max_new_tokens, model.max_len - longest),
+    },
+  )
 
 
 def serving(config, model, params, tokenizer):
@@ -201,26 +250,43 @@ def serving(config, model, params, tokenizer):
   b, t = jax.export.symbolic_shape("b, t", constraints=(f"t <= {model.max_len}",))
   prefill_args = (params, ints(b, t), ints(b))
   _, state = jax.eval_shape(prefill, *prefill_args)
-  b, = jax.export.symbolic_shape("b")  # a decode step has no prompt length
-  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
-      tuple(d if isinstance(d, int) else b for d in s.shape), s.dtype), state)
+  (b,) = jax.export.symbolic_shape("b")  # a decode step has no prompt length
+  state = jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(tuple(d if isinstance(d, int) else b for d in s.shape), s.dtype),
+    state,
+  )
   functions = {
-      "prefill": (prefill, prefill_args),
-      "decode_step": (functools.partial(decode.decode_step, decoder),
-                      (params, state, ints(b))),
-      "sample": (functools.partial(decode.sample_rows, vocab_size=tokenizer.vocab_size),
-                 (floats(b, model.vocab_size), ints(b), ints(), floats(b), ints(b),
-                  floats(b))),
+    "prefill": (prefill, prefill_args),
+    "decode_step": (functools.partial(decode.decode_step, decoder), (params, state, ints(b))),
+    "sample": (
+      functools.partial(decode.sample_rows, vocab_size=tokenizer.vocab_size),
+      (floats(b, model.vocab_size), ints(b), ints(), floats(b), ints(b), floats(b)),
+    ),
   }
   # A prompt starts after an eos, as documents do in training.
-  meta = {"max_len": model.max_len, "vocab_size": tokenizer.vocab_size,
-          "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
-          "prompt_prefix": [tokenizer.eos_id]}
+  meta = {
+    "max_len": model.max_len,
+    "vocab_size": tokenizer.vocab_size,
+    "eos_id": tokenizer.eos_id,
+    "pad_id": tokenizer.pad_id,
+    "prompt_prefix": [tokenizer.eos_id],
+  }
   return functions, meta
 
 
 TASK = base.Task(
-    name="lm", make_data=make_data, init_inputs=init_inputs,
-    tokens_per_example=tokens_per_example, loss_fn=loss_fn, eval_fn=eval_fn,
-    finalize=finalize, batch_spec=batch_spec, outputs=outputs, data_summary=data_summary,
-    sample=sample, after_training=after_training, serving=serving, served_as="lm")
+  name="lm",
+  make_data=make_data,
+  init_inputs=init_inputs,
+  tokens_per_example=tokens_per_example,
+  loss_fn=loss_fn,
+  eval_fn=eval_fn,
+  finalize=finalize,
+  batch_spec=batch_spec,
+  outputs=outputs,
+  data_summary=data_summary,
+  sample=sample,
+  after_training=after_training,
+  serving=serving,
+  served_as="lm",
+)

@@ -49,15 +49,22 @@ class Manager(ocp.CheckpointManager):
 
 def manager(directory, keep: int | None, async_save: bool = True) -> Manager:
   """Keeps the newest `keep` steps; 0 or None keeps all."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
-                                         enable_async_checkpointing=async_save)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep or None, create=True, enable_async_checkpointing=async_save
+  )
   return Manager(_absolute(directory), options)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state, data_position: dict,
-         force: bool = False) -> bool:
-  return mgr.save(step, force=force, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position)))
+def save(
+  mgr: ocp.CheckpointManager, step: int, state, data_position: dict, force: bool = False
+) -> bool:
+  return mgr.save(
+    step,
+    force=force,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position)
+    ),
+  )
 
 
 def _warn(message: str):
@@ -88,8 +95,10 @@ def _newest_intact(directory: epath.Path, steps, read):
     # Process 0 hashes the files (all processes see the same ones); every process reads.
     problems = hashes.problems(directory / str(step)) if jax.process_index() == 0 else []
     if problems is None:
-      _warn(f"checkpoint step {step} in {directory} has no content hashes (saved before "
-            f"bigflax recorded them): restoring it unverified.")
+      _warn(
+        f"checkpoint step {step} in {directory} has no content hashes (saved before "
+        f"bigflax recorded them): restoring it unverified."
+      )
       problems = []
     restored = None
     if not problems:
@@ -99,18 +108,20 @@ def _newest_intact(directory: epath.Path, steps, read):
         problems = [_short(e)]
     if _everywhere(not problems):
       if failures:
-        _warn(f"restoring step {step} instead of the damaged step(s) "
-              f"{', '.join(map(str, failures))}.")
+        _warn(
+          f"restoring step {step} instead of the damaged step(s) {', '.join(map(str, failures))}."
+        )
       return step, restored
     failures[step] = problems or ["failed to read on another process"]
     _warn(f"checkpoint step {step} in {directory} is damaged: {'; '.join(problems)}")
   tried = "\n".join(f"  step {step}: {'; '.join(p)}" for step, p in failures.items())
   raise ValueError(
-      f"No intact checkpoint in {directory}; tried:\n{tried}\nIf every step fails alike, "
-      f"the checkpoints were written by another model or optimizer config (see "
-      f"config.json next to them); otherwise they are damaged: restore them from a copy, "
-      f"or move them out of {directory} (a run then starts from step 0), or use a new "
-      f"--workdir.")
+    f"No intact checkpoint in {directory}; tried:\n{tried}\nIf every step fails alike, "
+    f"the checkpoints were written by another model or optimizer config (see "
+    f"config.json next to them); otherwise they are damaged: restore them from a copy, "
+    f"or move them out of {directory} (a run then starts from step 0), or use a new "
+    f"--workdir."
+  )
 
 
 def _restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None):
@@ -119,8 +130,9 @@ def _restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None):
   steps = mgr.all_steps() if step is None else [step]
   if not steps:
     return None, None
-  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                            data=ocp.args.JsonRestore())
+  args = ocp.args.Composite(
+    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+  )
   return _newest_intact(mgr.directory, steps, lambda s: mgr.restore(s, args=args))
 
 
@@ -174,16 +186,19 @@ def restore_params_with_step(directory, target=None, step: int | None = None):
     path = directory / str(step) / "state"
     if target is None:
       wanted = checkpointer.metadata(path).item_metadata.tree["params"]
-      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                  wanted)
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
     else:
       wanted = target
       restore_args = jax.tree.map(
-          lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
-                                         dtype=x.dtype), target)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item={"params": wanted}, restore_args={"params": restore_args},
-        partial_restore=True))["params"]
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype),
+        target,
+      )
+    return checkpointer.restore(
+      path,
+      args=ocp.args.PyTreeRestore(
+        item={"params": wanted}, restore_args={"params": restore_args}, partial_restore=True
+      ),
+    )["params"]
 
   return _newest_intact(directory, steps, read)
 

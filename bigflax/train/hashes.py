@@ -25,8 +25,13 @@ def _sha256(path: epath.Path) -> tuple[str, int]:
 
 def _files(step_dir: epath.Path) -> list[str]:
   """Every file below the step's item directories, relative to the step directory."""
-  return sorted(str((folder / name).relative_to(step_dir)) for item in step_dir.iterdir()
-                if item.is_dir() for folder, _, names in item.walk() for name in names)
+  return sorted(
+    str((folder / name).relative_to(step_dir))
+    for item in step_dir.iterdir()
+    if item.is_dir()
+    for folder, _, names in item.walk()
+    for name in names
+  )
 
 
 def _hash_all(step_dir: epath.Path, names) -> dict:
@@ -38,8 +43,7 @@ def _hash_all(step_dir: epath.Path, names) -> dict:
 def write(step_dir) -> None:
   """Records the hashes of the files of `step_dir` (all of them written) in its manifest."""
   step_dir = epath.Path(step_dir)
-  hashes = {name: digest
-            for name, (digest, _) in _hash_all(step_dir, _files(step_dir)).items()}
+  hashes = {name: digest for name, (digest, _) in _hash_all(step_dir, _files(step_dir)).items()}
   partial = step_dir / (MANIFEST + ".tmp")  # a manifest is whole or absent
   partial.write_text(json.dumps(hashes, indent=1, sort_keys=True))
   partial.replace(step_dir / MANIFEST)
@@ -61,5 +65,7 @@ def problems(step_dir) -> list[str] | None:
   missing = sorted(set(recorded) - present)
   found = _hash_all(step_dir, sorted(set(recorded) & present))
   return [f"{name}: missing" for name in missing] + [
-      f"{name}: its content ({length} bytes) does not match the SHA-256 recorded when it "
-      f"was saved" for name, (digest, length) in found.items() if digest != recorded[name]]
+    f"{name}: its content ({length} bytes) does not match the SHA-256 recorded when it was saved"
+    for name, (digest, length) in found.items()
+    if digest != recorded[name]
+  ]

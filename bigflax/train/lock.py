@@ -55,17 +55,23 @@ def acquire(workdir: str):
   """Takes the lock, or a dead process's over; returns the function that releases it."""
   path = workdir_lib.lock(workdir)
   store = _Object(path) if path.startswith("gs://") else _File(path)
-  mine = {"host": platform.node(), "pid": os.getpid(),
-          "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  mine = {
+    "host": platform.node(),
+    "pid": os.getpid(),
+    "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+  }
   try:
     store.create(json.dumps(mine))
   except FileExistsError:
     holder = _holder(store)
     if not _dead(holder):
       raise Held(_refusal(workdir, path, holder)) from None
-    print(f"bigflax: warning: taking over {path}, left by PID {holder['pid']} on this host "
-          f"(since {holder.get('since')}), which is no longer running.", file=sys.stderr,
-          flush=True)
+    print(
+      f"bigflax: warning: taking over {path}, left by PID {holder['pid']} on this host "
+      f"(since {holder.get('since')}), which is no longer running.",
+      file=sys.stderr,
+      flush=True,
+    )
     store.remove()
     try:
       store.create(json.dumps(mine))
@@ -75,6 +81,7 @@ def acquire(workdir: str):
   def release():
     if _holder(store) == mine:  # not a lock someone deleted by hand and another run took
       store.remove()
+
   return release
 
 
@@ -102,11 +109,16 @@ def _dead(holder: dict) -> bool:
 
 
 def _refusal(workdir: str, path: str, holder: dict) -> str:
-  who = (f"PID {holder.get('pid')} on host {holder.get('host')} since {holder.get('since')}"
-         if holder else "a process that has not written its name yet")
-  return (f"--workdir={workdir} is in use: `train` {who} holds {path}. Two writers would "
-          f"interleave metrics and overwrite each other's checkpoints. Wait for it to end or "
-          f"stop it; if that process is gone (its host died), delete {path}.")
+  who = (
+    f"PID {holder.get('pid')} on host {holder.get('host')} since {holder.get('since')}"
+    if holder
+    else "a process that has not written its name yet"
+  )
+  return (
+    f"--workdir={workdir} is in use: `train` {who} holds {path}. Two writers would "
+    f"interleave metrics and overwrite each other's checkpoints. Wait for it to end or "
+    f"stop it; if that process is gone (its host died), delete {path}."
+  )
 
 
 class _File:
@@ -142,6 +154,7 @@ class _Object:
 
   def create(self, text: str):
     from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+
     try:
       self.blob.upload_from_string(text, if_generation_match=0)
     except exceptions.PreconditionFailed as e:
@@ -149,6 +162,7 @@ class _Object:
 
   def read(self) -> str:
     from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+
     try:
       return self.blob.download_as_text()
     except exceptions.NotFound as e:
@@ -156,5 +170,6 @@ class _Object:
 
   def remove(self):
     from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+
     with contextlib.suppress(exceptions.NotFound):
       self.blob.delete()

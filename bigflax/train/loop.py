@@ -1,16 +1,16 @@
 """The training loop, top to bottom. It trains whatever `run.py` hands it: a state, a
 jittable train step, evaluators and data; it imports no model, task or dataset."""
 
+from collections.abc import Callable, Iterator
 import dataclasses
 import signal
 import sys
 import time
-from typing import Callable, Iterator
 
 import flax.linen as nn
 import jax
-import ml_collections
 from jax.experimental import multihost_utils
+import ml_collections
 from tqdm import tqdm
 
 from bigflax.train import checkpoint, chips, partitioning
@@ -21,6 +21,7 @@ from bigflax.train.writers import MetricWriter
 @dataclasses.dataclass
 class Run:
   """What a training run needs; `run.py` builds it from the config."""
+
   config: ml_collections.ConfigDict  # the `train` section
   workdir: str
   mesh: jax.sharding.Mesh
@@ -85,12 +86,17 @@ def peak_flops_per_device(config) -> float:
 TRAIN_STEP_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "bfloat16-propagation"}
 
 
-def jit_train_step(train_step: Callable, state_shardings, batch_sharding,
-                   frozen_shardings=None) -> Callable:
+def jit_train_step(
+  train_step: Callable, state_shardings, batch_sharding, frozen_shardings=None
+) -> Callable:
   """The train step as the trainer compiles it (`bigflax plan` compiles this very one)."""
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, frozen_shardings),
-                 out_shardings=(state_shardings, None), donate_argnums=0,
-                 compiler_options=TRAIN_STEP_COMPILER_OPTIONS)
+  return jax.jit(
+    train_step,
+    in_shardings=(state_shardings, batch_sharding, frozen_shardings),
+    out_shardings=(state_shardings, None),
+    donate_argnums=0,
+    compiler_options=TRAIN_STEP_COMPILER_OPTIONS,
+  )
 
 
 def run_evaluators(evaluators: list, params, step: int) -> dict:
@@ -110,8 +116,9 @@ def train(run: Run) -> object:
 def _train(run: Run) -> object:
   cfg = run.config
   is_main = jax.process_index() == 0
-  train_step = jit_train_step(run.train_step, run.state_shardings, run.batch_sharding,
-                               run.frozen_shardings)
+  train_step = jit_train_step(
+    run.train_step, run.state_shardings, run.batch_sharding, run.frozen_shardings
+  )
   writer = MetricWriter(run.workdir)
   state = run.state
   start = int(state.step)
@@ -123,17 +130,30 @@ def _train(run: Run) -> object:
 
   def save(state, step, force=False):
     if not params_finite(state.params):  # only a run started from such parameters
-      raise ValueError(f"step {step}: the parameters are not finite; not saving them. "
-                       f"Was the run initialised from non-finite parameters (init_from)?")
-    checkpoint.save(run.checkpoints, step, state, dict(
-        next_step=step, skipped_steps=skipped_steps, skipped_in_a_row=skipped_in_a_row),
-        force=force)
+      raise ValueError(
+        f"step {step}: the parameters are not finite; not saving them. "
+        f"Was the run initialised from non-finite parameters (init_from)?"
+      )
+    checkpoint.save(
+      run.checkpoints,
+      step,
+      state,
+      dict(next_step=step, skipped_steps=skipped_steps, skipped_in_a_row=skipped_in_a_row),
+      force=force,
+    )
+
   # A resume carries on counting: a streak cut by preemption still ends the run in time.
   skipped_steps = run.resumed_position.get("skipped_steps", 0)
   skipped_in_a_row = run.resumed_position.get("skipped_in_a_row", 0)
 
-  bar = tqdm(total=cfg.num_steps, initial=start, disable=not is_main, desc="train",
-             dynamic_ncols=True, mininterval=1.0)
+  bar = tqdm(
+    total=cfg.num_steps,
+    initial=start,
+    disable=not is_main,
+    desc="train",
+    dynamic_ncols=True,
+    mininterval=1.0,
+  )
   pending = []  # per-step metrics still on device: fetched every log_every steps
   interval_start, interval_steps = time.perf_counter(), 0
   step = start
@@ -148,8 +168,7 @@ def _train(run: Run) -> object:
       jax.block_until_ready(step_metrics)
       interval_start, interval_steps = time.perf_counter(), 0
 
-    due = [e for e in run.evaluators
-           if e.every and (step % e.every == 0 or step == cfg.num_steps)]
+    due = [e for e in run.evaluators if e.every and (step % e.every == 0 or step == cfg.num_steps)]
     save_now = step % cfg.checkpoint_every == 0 or step == cfg.num_steps
     # A checkpoint records the skip counts up to its step: fetch them first.
     log_now = step % cfg.log_every == 0 or save_now or bool(due)
@@ -162,20 +181,25 @@ def _train(run: Run) -> object:
       speed = {}  # none for an interval holding only the compiling first step
       if interval_steps:
         steps_per_sec = interval_steps / elapsed
-        speed = dict(steps_per_sec=steps_per_sec,
-                     tokens_per_sec=steps_per_sec * run.tokens_per_step,
-                     mfu=steps_per_sec * run.flops_per_step / peak)
+        speed = dict(
+          steps_per_sec=steps_per_sec,
+          tokens_per_sec=steps_per_sec * run.tokens_per_step,
+          mfu=steps_per_sec * run.flops_per_step / peak,
+        )
       for s, m in fetched:
         skipped = int(m.pop("skipped"))
         skipped_steps += skipped
         skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
         if skipped:
-          bar.write(f"step {s}: loss={float(m['loss']):.4g} grad_norm="
-                    f"{float(m['grad_norm']):.4g}: not finite, step skipped (parameters "
-                    f"and optimizer state unchanged; {skipped_steps} skipped so far)")
+          bar.write(
+            f"step {s}: loss={float(m['loss']):.4g} grad_norm="
+            f"{float(m['grad_norm']):.4g}: not finite, step skipped (parameters "
+            f"and optimizer state unchanged; {skipped_steps} skipped so far)"
+          )
         writer.write(s, "train", dict(m, skipped_steps=skipped_steps, **speed))
-      bar.set_postfix(loss=f"{float(fetched[-1][1]['loss']):.4f}",
-                      tok_s=f"{speed.get('tokens_per_sec', 0):,.0f}")
+      bar.set_postfix(
+        loss=f"{float(fetched[-1][1]['loss']):.4f}", tok_s=f"{speed.get('tokens_per_sec', 0):,.0f}"
+      )
       pending = []
       interval_start, interval_steps = time.perf_counter(), 0
       if cfg.max_skipped_steps and skipped_in_a_row >= cfg.max_skipped_steps:
@@ -183,17 +207,18 @@ def _train(run: Run) -> object:
     if stop:  # the checkpoint first: an evaluation may outlast the grace period
       save(state, step, force=True)
       run.checkpoints.wait_until_finished()
-      bar.write(f"SIGTERM: checkpoint of step {step} committed "
-                f"{time.monotonic() - sigterm.raised_at:.1f} s after the signal; rerun the "
-                f"same command to resume.")
+      bar.write(
+        f"SIGTERM: checkpoint of step {step} committed "
+        f"{time.monotonic() - sigterm.raised_at:.1f} s after the signal; rerun the "
+        f"same command to resume."
+      )
       break
 
     if due:
       for name, eval_metrics in run_evaluators(due, state.params, step).items():
         writer.write(step, name, eval_metrics)
         printed = [k for k in eval_metrics if any(e.printed(k) for e in due if e.name == name)]
-        bar.write(f"step {step}: {name} " + " ".join(f"{k}={eval_metrics[k]:.4f}"
-                                                     for k in printed))
+        bar.write(f"step {step}: {name} " + " ".join(f"{k}={eval_metrics[k]:.4f}" for k in printed))
       interval_start, interval_steps = time.perf_counter(), 0  # evaluation is no training
 
     if save_now:
@@ -204,12 +229,15 @@ def _train(run: Run) -> object:
   sys.stdout.flush()
   if cfg.max_skipped_steps and skipped_in_a_row >= cfg.max_skipped_steps:
     raise Diverged(
-        f"the last {skipped_in_a_row} steps (to step {step}) had a non-finite loss or "
-        f"gradient and were skipped (train.max_skipped_steps={cfg.max_skipped_steps}): "
-        f"the run diverged. The latest checkpoint (step "
-        f"{run.checkpoints.latest_step()}) holds finite parameters; resume with a lower "
-        f"optim.lr or with optim.clip_norm set.")
+      f"the last {skipped_in_a_row} steps (to step {step}) had a non-finite loss or "
+      f"gradient and were skipped (train.max_skipped_steps={cfg.max_skipped_steps}): "
+      f"the run diverged. The latest checkpoint (step "
+      f"{run.checkpoints.latest_step()}) holds finite parameters; resume with a lower "
+      f"optim.lr or with optim.clip_norm set."
+    )
   if sigterm.raised_at is not None:
-    raise Preempted(f"stopped by SIGTERM at step {step}, its checkpoint saved; rerun the "
-                    f"same command to resume (exit status {EXIT_PREEMPTED}).")
+    raise Preempted(
+      f"stopped by SIGTERM at step {step}, its checkpoint saved; rerun the "
+      f"same command to resume (exit status {EXIT_PREEMPTED})."
+    )
   return state

@@ -19,8 +19,7 @@ def schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
   elif config.decay == "constant":
     decay = optax.constant_schedule(config.lr)
   else:
-    raise ValueError(f"optim.decay={config.decay!r}; choose 'cosine', 'linear' or "
-                     f"'constant'.")
+    raise ValueError(f"optim.decay={config.decay!r}; choose 'cosine', 'linear' or 'constant'.")
   if warmup == 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
@@ -35,7 +34,8 @@ def path_mask(params, pattern: str, match: bool = True):
   """A tree of bools: does each parameter's path match the regex `pattern`?"""
   regex = re.compile(pattern)
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: bool(regex.search(param_path(path))) == match, params)
+    lambda path, _: bool(regex.search(param_path(path))) == match, params
+  )
 
 
 def make(config: ml_collections.ConfigDict, num_steps: int, train_only: str = ""):
@@ -47,22 +47,30 @@ def make(config: ml_collections.ConfigDict, num_steps: int, train_only: str = ""
   """
   lr = schedule(config, num_steps)
   tx = optax.chain(
-      optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
-      optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
-                  weight_decay=config.weight_decay,
-                  mask=lambda params: path_mask(params, config.no_decay, match=False)),
+    optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
+    optax.adamw(
+      lr,
+      b1=config.b1,
+      b2=config.b2,
+      eps=config.eps,
+      weight_decay=config.weight_decay,
+      mask=lambda params: path_mask(params, config.no_decay, match=False),
+    ),
   )
   if config.get("freeze") or train_only:
-    labels = lambda params: jax.tree.map(lambda t: "trained" if t else "frozen",
-                                         trained_mask(config, params, train_only))
+    labels = lambda params: jax.tree.map(
+      lambda t: "trained" if t else "frozen", trained_mask(config, params, train_only)
+    )
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, lr
 
 
 def trained_mask(config: ml_collections.ConfigDict, params, train_only: str = ""):
   """A tree of bools: which parameters `make(config, ..., train_only)` updates."""
+
   def trained(path, _):
     name = param_path(path)
     frozen = bool(config.get("freeze")) and re.search(config.freeze, name) is not None
     return not frozen and (not train_only or re.search(train_only, name) is not None)
+
   return jax.tree_util.tree_map_with_path(trained, params)

@@ -8,8 +8,9 @@ import math
 
 import flax.linen as nn
 import jax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -29,20 +30,24 @@ def make_mesh(shape: dict, devices=None) -> Mesh:
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh.shape={dict(shape)}: {len(devices)} devices are not "
-                       f"divisible by {known}.")
+      raise ValueError(
+        f"mesh.shape={dict(shape)}: {len(devices)} devices are not divisible by {known}."
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh.shape={dict(shape)} needs {math.prod(sizes)} devices but "
-                     f"{len(devices)} are present; set one axis to -1 to take the rest.")
+    raise ValueError(
+      f"mesh.shape={dict(shape)} needs {math.prod(sizes)} devices but "
+      f"{len(devices)} are present; set one axis to -1 to take the rest."
+    )
   device_grid = np.asarray(devices).reshape(sizes)
   return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def rules_tuple(rules) -> tuple:
   """Config rules (a list of [logical, mesh axis or list or None]) as flax wants them."""
-  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-               for name, axes in rules)
+  return tuple(
+    (name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in rules
+  )
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
@@ -63,5 +68,4 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
   """Assembles each process's rows of the batch into global arrays."""
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

@@ -1,7 +1,8 @@
 """Training state and its sharded creation."""
 
+from collections.abc import Callable
 import re
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -25,26 +26,43 @@ def _boxed_state_fn(init_params, optimizer, rng):
 
   def boxed_state():
     params = init_params(params_rng)
-    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                      opt_state=optimizer.init(params), rng=state_rng)
+    return TrainState(
+      step=jax.numpy.zeros((), jax.numpy.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      rng=state_rng,
+    )
+
   return boxed_state
 
 
-def layout(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
-           rng: jax.Array, mesh, rules):
+def layout(
+  init_params: Callable[[jax.Array], Any],
+  optimizer: optax.GradientTransformation,
+  rng: jax.Array,
+  mesh,
+  rules,
+):
   """(abstract state, shardings) without allocating anything: the state's
   ShapeDtypeStructs carrying their shardings, and the shardings tree jit uses."""
   boxed = jax.eval_shape(_boxed_state_fn(init_params, optimizer, rng))
   shapes = nn.unbox(boxed)
   # Spread each sharding over its subtree: flax gives one for an empty optimizer-state
   # node (optax's MaskedNode of a frozen parameter), which then keeps the state's shape.
-  shardings = jax.tree.map(lambda sharding, subtree: jax.tree.map(lambda _: sharding, subtree),
-                           partitioning.logical_shardings(boxed, mesh, rules), shapes)
+  shardings = jax.tree.map(
+    lambda sharding, subtree: jax.tree.map(lambda _: sharding, subtree),
+    partitioning.logical_shardings(boxed, mesh, rules),
+    shapes,
+  )
   return abstract(shardings, shapes), shardings
 
 
-def create(init_params: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
-           rng: jax.Array, shardings):
+def create(
+  init_params: Callable[[jax.Array], Any],
+  optimizer: optax.GradientTransformation,
+  rng: jax.Array,
+  shardings,
+):
   """Initialises the state directly in its sharded layout (`layout`'s shardings).
 
   `init_params(rng)` returns parameters boxed with logical axis names (what flax's
@@ -64,16 +82,16 @@ def param_layout(init_params: Callable[[jax.Array], Any], mesh, rules):
 
 def abstract(state_shardings, shapes) -> Any:
   """ShapeDtypeStructs carrying shardings: the target a checkpoint restores onto."""
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shapes, state_shardings)
+  return jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings
+  )
 
 
 def num_params(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-def merge_params(target, source: dict, new: str = "",
-                 optional: str = "") -> tuple[object, dict]:
+def merge_params(target, source: dict, new: str = "", optional: str = "") -> tuple[object, dict]:
   """Takes every parameter of `target` from `source` (same path and shape), except those
   whose path matches the regex `new`, which keep their fresh initialisation, and those
   matching the regex `optional` that `source` lacks (e.g. LoRA adapters), which do too.
@@ -89,7 +107,8 @@ def merge_params(target, source: dict, new: str = "",
   def take(path, x):
     name = optim.param_path(path)
     if (new and re.search(new, name)) or (
-        optional and re.search(optional, name) and name not in flat_source):
+      optional and re.search(optional, name) and name not in flat_source
+    ):
       report["new"].append(name)
       return x
     if name not in flat_source:

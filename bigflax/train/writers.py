@@ -66,15 +66,19 @@ class MetricWriter:
 
 def _line(record: dict) -> str:
   """A record as strict JSON (also one read from a file written with bare NaN)."""
-  finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-            for k, v in record.items()}
+  finite = {
+    k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+  }
   return json.dumps(finite, allow_nan=False) + "\n"
 
 
 def read(workdir: str, split: str = "train") -> dict:
   """{step: record} of a workdir's metrics.jsonl, for analysis and tests."""
-  return {r["step"]: {k: math.nan if v is None else v for k, v in r.items()}
-          for r in records(workdir) if r["split"] == split}
+  return {
+    r["step"]: {k: math.nan if v is None else v for k, v in r.items()}
+    for r in records(workdir)
+    if r["split"] == split
+  }
 
 
 def records(workdir: str) -> list[dict]:
@@ -93,6 +97,10 @@ def _records(path: epath.Path) -> list[dict]:
     try:
       records.append(json.loads(line))
     except ValueError:
-      print(f"bigflax: warning: {path} line {number} is not JSON (a crash or a full disk "
-            f"while writing?), dropped: {line[:80]!r}", file=sys.stderr, flush=True)
+      print(
+        f"bigflax: warning: {path} line {number} is not JSON (a crash or a full disk "
+        f"while writing?), dropped: {line[:80]!r}",
+        file=sys.stderr,
+        flush=True,
+      )
   return records

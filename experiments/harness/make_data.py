@@ -37,8 +37,11 @@ def write(name: str, rows: list[dict]):
 def main():
   rng = random.Random(0)
   files = list(held_out())
-  pairs = [(q, a) for path, source in files
-           for q, a in stdlib_qa.questions(stdlib_qa.module_name(path), source)]
+  pairs = [
+    (q, a)
+    for path, source in files
+    for q, a in stdlib_qa.questions(stdlib_qa.module_name(path), source)
+  ]
   short = [(q, a) for q, a in pairs if len(a) <= MAX_CHOICE_CHARS]
   rng.shuffle(short)
   choice = []
@@ -50,8 +53,9 @@ def main():
   write("stdlib_qa_choice.jsonl", choice)
 
   rng.shuffle(pairs)
-  answer = [{"question": q, "answer": a.split(". ")[0].rstrip(".") + "."}
-            for q, a in pairs[:NUM_ANSWER]]
+  answer = [
+    {"question": q, "answer": a.split(". ")[0].rstrip(".") + "."} for q, a in pairs[:NUM_ANSWER]
+  ]
   write("stdlib_qa_answer.jsonl", answer)
 
   write("stdlib_text.jsonl", [{"path": p, "text": s[:3000]} for p, s in files[:NUM_TEXT]])

@@ -14,4 +14,4 @@ batching of a language model's decode steps), and one module per served kind (`l
 `classify`, `translate`: request schema, checks, response), listed in `kinds`.
 """
 
-from bigflax.infer.serve.app import make_app, run  # pylint: disable=unused-import
+from bigflax.infer.serve.app import make_app, run  # noqa: F401  (the package's API)

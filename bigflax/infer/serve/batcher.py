@@ -14,12 +14,12 @@ handler waits for its job: until the deadline (504) or until its client leaves.
 """
 
 import asyncio
+from collections.abc import Callable
 import dataclasses
 import logging
 import queue
 import threading
 import time
-from typing import Callable
 
 import fastapi
 import numpy as np
@@ -36,6 +36,7 @@ log = logging.getLogger("bigflax.serve")
 class Job:
   """One request in the queue. `emit(event)` hands events to the request's handler (from
   the worker thread) on `events`; the last event has "done" or "error"."""
+
   rows: list  # prompt ids per row (lm), inputs (classify), texts (seq2seq)
   emit: Callable[[dict], None]
   events: asyncio.Queue
@@ -58,6 +59,7 @@ class Job:
 @dataclasses.dataclass(frozen=True)
 class Batching:
   """How a kind's jobs share a batch and run."""
+
   # (model, batch: list[Job], rows, metrics): runs the batch padded to `rows` rows and
   # emits each job's events.
   run: Callable | None
@@ -82,8 +84,15 @@ class Batcher:
   sees two models.
   """
 
-  def __init__(self, model: bundle_lib.Bundle, batching: Batching, max_batch: int,
-               max_wait_ms: float, metrics: api.Metrics, limits: api.Limits = api.Limits()):
+  def __init__(
+    self,
+    model: bundle_lib.Bundle,
+    batching: Batching,
+    max_batch: int,
+    max_wait_ms: float,
+    metrics: api.Metrics,
+    limits: api.Limits = api.Limits(),
+  ):
     self.model, self.batching, self.limits = model, batching, limits
     self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
     self.metrics = metrics
@@ -99,22 +108,30 @@ class Batcher:
     if not self.thread.is_alive():
       raise api.RequestError("server", "the server's worker has stopped", 503)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job = Job(emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-              events=events, deadline=time.monotonic() + self.limits.timeout_s,
-              request_id=request.state.request_id, **fields)
+    job = Job(
+      emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+      events=events,
+      deadline=time.monotonic() + self.limits.timeout_s,
+      request_id=request.state.request_id,
+      **fields,
+    )
     try:
       self.queue.put_nowait(job)
     except queue.Full as e:
-      raise api.RequestError("server", f"the server is busy ({self.limits.max_queue} "
-                             "requests queued); retry later", 429,
-                             {"Retry-After": "1"}) from e
+      raise api.RequestError(
+        "server",
+        f"the server is busy ({self.limits.max_queue} requests queued); retry later",
+        429,
+        {"Retry-After": "1"},
+      ) from e
     return job
 
   async def run_rows(self, request: fastapi.Request, inputs: list) -> dict | None:
     """Inputs of a kind that runs in one pass, one row each, as one job: its last event."""
     if len(inputs) > self.max_batch:
-      raise api.RequestError("input", f"{len(inputs)} inputs exceed this server's batch "
-                             f"limit of {self.max_batch}")
+      raise api.RequestError(
+        "input", f"{len(inputs)} inputs exceed this server's batch limit of {self.max_batch}"
+      )
     return await wait(request, self.submit(request, rows=inputs))
 
   def warmup(self):
@@ -129,8 +146,9 @@ class Batcher:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
       try:
-        job = self.queue.get(timeout=None if deadline is None
-                             else max(deadline - time.monotonic(), 0))
+        job = self.queue.get(
+          timeout=None if deadline is None else max(deadline - time.monotonic(), 0)
+        )
       except queue.Empty:
         return None
       if not job.dropped():
@@ -189,8 +207,9 @@ async def wait(request: fastapi.Request, job: Job) -> dict | None:
     except TimeoutError:
       if time.monotonic() > job.deadline:
         job.cancelled = True
-        raise api.RequestError("timeout", "the request did not finish within the server's "
-                               "time limit (--timeout_s)", 504)
+        raise api.RequestError(
+          "timeout", "the request did not finish within the server's time limit (--timeout_s)", 504
+        ) from None
       if await request.is_disconnected():
         job.cancelled = True
         return None
@@ -208,13 +227,14 @@ def forward(outputs: Callable, example: Callable) -> Batching:
     results = outputs(model, [x for job in batch for x in job.rows], rows)
     start = 0
     for job in batch:
-      job.emit({"done": results[start:start + len(job.rows)]})
+      job.emit({"done": results[start : start + len(job.rows)]})
       start += len(job.rows)
 
   return Batching(run, lambda model, rows: outputs(model, [example(model)], rows))
 
 
 # ------------------------------------------------------------ generation step by step
+
 
 def mixed_seeds(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
   """One int32 seed per (seed, step) (a 64-bit multiplicative hash), for the model's
@@ -259,8 +279,11 @@ def generate(model, batch: list[Job], num_rows: int, metrics: api.Metrics):
 
   choices = np.asarray([i for _, i, _ in rows] + [0] * (num_rows - len(rows)))
   seeds = (per_row("seed", 0, np.int64) + choices) % 2**31  # choice i: seed + i
-  sampling = (per_row("temperature", 0.0, np.float32), per_row("top_k", 0, np.int32),
-              per_row("top_p", 1.0, np.float32))
+  sampling = (
+    per_row("temperature", 0.0, np.float32),
+    per_row("top_k", 0, np.int32),
+    per_row("top_p", 1.0, np.float32),
+  )
   outputs = [Completion(job, model.tokenizer) for job, _, _ in rows]
   logits, state = model.prefill([ids for _, _, ids in rows], length=length, rows=num_rows)
   generated = 0
@@ -279,8 +302,13 @@ def generate(model, batch: list[Job], num_rows: int, metrics: api.Metrics):
         out.add(int(host_tokens[i]), model.meta["eos_id"])
     for job in batch:
       if job.stream:
-        job.emit({"delta": [(i, out.delta(), out.finish_reason)
-                            for i, out in enumerate(outputs) if out.job is job]})
+        job.emit(
+          {
+            "delta": [
+              (i, out.delta(), out.finish_reason) for i, out in enumerate(outputs) if out.job is job
+            ]
+          }
+        )
     if all(out.finish_reason for out in outputs):
       break
     logits, state = model.decode_step(state, tokens)
@@ -293,9 +321,13 @@ def generate(model, batch: list[Job], num_rows: int, metrics: api.Metrics):
 
 def answer(job: Job, outs: list) -> dict:
   """A completion job's last event: each choice's (text, finish reason) and the usage."""
-  return {"done": [(out.text, out.finish_reason) for out in outs],
-          "usage": {"prompt_tokens": sum(len(ids) for ids in job.rows[:1]),
-                    "completion_tokens": sum(len(out.ids) for out in outs)}}
+  return {
+    "done": [(out.text, out.finish_reason) for out in outs],
+    "usage": {
+      "prompt_tokens": sum(len(ids) for ids in job.rows[:1]),
+      "completion_tokens": sum(len(out.ids) for out in outs),
+    },
+  }
 
 
 DECODE = Batching(generate, warmup_decoding, fits_context)
@@ -318,7 +350,7 @@ class Completion:
     self.text = self.tokenizer.decode(self.ids)
     cuts = [self.text.find(s) for s in self.job.stop if s in self.text]
     if cuts:
-      self.text, self.finish_reason = self.text[:min(cuts)], "stop"
+      self.text, self.finish_reason = self.text[: min(cuts)], "stop"
     elif len(self.ids) >= self.job.max_tokens:
       self.finish_reason = "length"
 
@@ -332,5 +364,5 @@ class Completion:
         end -= 1
     if end <= self.sent:
       return ""
-    delta, self.sent = self.text[self.sent:end], end
+    delta, self.sent = self.text[self.sent : end], end
     return delta

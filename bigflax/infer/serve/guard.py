@@ -33,22 +33,30 @@ def refusal(scope, api_key, admin_key, max_body_bytes, request_id):
   path = scope["path"]
   if path.startswith("/admin"):
     if not admin_key:
-      return api.error_response(403, "admin endpoints are off: start the server with "
-                                "--admin_key (or BIGFLAX_ADMIN_KEY)", "authorization",
-                                request_id)
+      return api.error_response(
+        403,
+        "admin endpoints are off: start the server with --admin_key (or BIGFLAX_ADMIN_KEY)",
+        "authorization",
+        request_id,
+      )
     key = admin_key
   else:
     key = api_key if path not in OPEN_PATHS else None
   if key and not secrets.compare_digest(bearer(scope), f"Bearer {key}".encode()):
-    response = api.error_response(401, "missing or wrong key: send 'Authorization: Bearer "
-                                  "KEY'", "authorization", request_id)
+    response = api.error_response(
+      401, "missing or wrong key: send 'Authorization: Bearer KEY'", "authorization", request_id
+    )
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
   if scope["method"] == "POST":
     media_type = header(scope, b"content-type").split(";")[0].strip().lower()
     if media_type != "application/json":
-      return api.error_response(415, "POST bodies must be JSON: send 'Content-Type: "
-                                "application/json'", "content-type", request_id)
+      return api.error_response(
+        415,
+        "POST bodies must be JSON: send 'Content-Type: application/json'",
+        "content-type",
+        request_id,
+      )
     length = header(scope, b"content-length")
     if length.isdigit() and int(length) > max_body_bytes:
       return too_large(max_body_bytes, request_id)
@@ -56,12 +64,12 @@ def refusal(scope, api_key, admin_key, max_body_bytes, request_id):
 
 
 def too_large(max_body_bytes, request_id):
-  return api.error_response(413, f"the body exceeds this server's limit of {max_body_bytes} "
-                            "bytes", "body", request_id)
+  return api.error_response(
+    413, f"the body exceeds this server's limit of {max_body_bytes} bytes", "body", request_id
+  )
 
 
 class Guard:
-
   def __init__(self, app, *, api_key, admin_key, max_body_bytes, metrics, paths):
     self.app, self.api_key, self.admin_key = app, api_key, admin_key
     self.max_body_bytes, self.metrics = max_body_bytes, metrics
@@ -86,14 +94,15 @@ class Guard:
     async def tracked_send(message):
       if message["type"] == "http.response.start":
         sent["status"] = message["status"]
-        message = {**message, "headers": [*message.get("headers", []),
-                                          (b"x-request-id", request_id.encode())]}
+        message = {
+          **message,
+          "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())],
+        }
       elif message["type"] == "http.response.body" and not message.get("more_body"):
         sent["complete"] = True
       await send(message)
 
-    response = refusal(scope, self.api_key, self.admin_key, self.max_body_bytes,
-                       request_id)
+    response = refusal(scope, self.api_key, self.admin_key, self.max_body_bytes, request_id)
     try:
       if response is not None:
         await response(scope, receive, tracked_send)
@@ -105,9 +114,11 @@ class Guard:
     except Exception:  # pylint: disable=broad-except
       log.exception("request %s (%s %s) failed", request_id, scope["method"], scope["path"])
       if sent["status"] is None:
-        await api.error_response(500, "internal error; the server log has the details under "
-                                 f"request id {request_id}", request_id=request_id
-                                 )(scope, receive, tracked_send)
+        await api.error_response(
+          500,
+          f"internal error; the server log has the details under request id {request_id}",
+          request_id=request_id,
+        )(scope, receive, tracked_send)
     finally:
       status = sent["status"] if sent["complete"] else 499
       path = scope["path"] if scope["path"] in self.paths else "other"

@@ -2,14 +2,10 @@
 request model, input checks and response, in the kind's module) and how the batcher runs
 its rows. A new servable kind is a module like `classify.py` and a line here."""
 
+from collections.abc import Callable
 import dataclasses
-from typing import Callable
 
-from bigflax.infer.serve import batcher
-from bigflax.infer.serve import classify
-from bigflax.infer.serve import lm
-from bigflax.infer.serve import slots
-from bigflax.infer.serve import translate
+from bigflax.infer.serve import batcher, classify, lm, slots, translate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,12 +18,21 @@ class Kind:
 
 
 KINDS = {
-    "lm": Kind("/v1/completions", lm.completions, lm.CompletionRequest, batcher.DECODE,
-               slots.CONTINUOUS),
-    "classify": Kind("/v1/classify", classify.classify, classify.ClassifyRequest,
-                     batcher.forward(classify.probabilities, classify.example)),
-    "seq2seq": Kind("/v1/translate", translate.translate, translate.TranslateRequest,
-                    batcher.forward(translate.translations, translate.example)),
+  "lm": Kind(
+    "/v1/completions", lm.completions, lm.CompletionRequest, batcher.DECODE, slots.CONTINUOUS
+  ),
+  "classify": Kind(
+    "/v1/classify",
+    classify.classify,
+    classify.ClassifyRequest,
+    batcher.forward(classify.probabilities, classify.example),
+  ),
+  "seq2seq": Kind(
+    "/v1/translate",
+    translate.translate,
+    translate.TranslateRequest,
+    batcher.forward(translate.translations, translate.example),
+  ),
 }
 
 

@@ -24,6 +24,7 @@ Name = Annotated[str, pydantic.StringConstraints(max_length=256)]
 
 class CompletionRequest(pydantic.BaseModel):
   """OpenAI's completions fields that bigflax serves; others are refused by name."""
+
   model_config = pydantic.ConfigDict(extra="forbid", strict=True)
   prompt: str = pydantic.Field(max_length=MAX_PROMPT_CHARS)
   max_tokens: int = pydantic.Field(16, ge=1, le=1 << 16)
@@ -49,16 +50,24 @@ async def checked_ids(body: CompletionRequest, model, max_n: int) -> list[int]:
     raise api.RequestError("n", f"n={body.n} exceeds this server's limit of {max_n}")
   max_len = model.meta["max_len"]
   if len(body.prompt) > CHARS_PER_TOKEN * max_len:
-    raise api.RequestError("prompt", f"the prompt is {len(body.prompt)} characters; the "
-                           f"model's context is {max_len} tokens")
+    raise api.RequestError(
+      "prompt",
+      f"the prompt is {len(body.prompt)} characters; the model's context is {max_len} tokens",
+    )
   ids = await asyncio.to_thread(model.prompt_ids, body.prompt)
   if len(ids) >= max_len:
-    raise api.RequestError("prompt", f"the prompt is {len(ids)} tokens; the model's context "
-                           f"is {max_len} tokens, and generation needs one more")
+    raise api.RequestError(
+      "prompt",
+      f"the prompt is {len(ids)} tokens; the model's context "
+      f"is {max_len} tokens, and generation needs one more",
+    )
   if len(ids) + body.max_tokens > max_len:
-    raise api.RequestError("max_tokens", f"max_tokens={body.max_tokens} plus the prompt's "
-                           f"{len(ids)} tokens exceeds the context of {max_len}; at most "
-                           f"{max_len - len(ids)}")
+    raise api.RequestError(
+      "max_tokens",
+      f"max_tokens={body.max_tokens} plus the prompt's "
+      f"{len(ids)} tokens exceeds the context of {max_len}; at most "
+      f"{max_len - len(ids)}",
+    )
   return ids
 
 
@@ -72,18 +81,39 @@ async def completions(request: fastapi.Request, server):
   ids = await checked_ids(body, model, server.limits.max_n)
   seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
   job = server.batcher.submit(
-      request, rows=[ids] * body.n, max_tokens=body.max_tokens,
-      temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=seed,
-      stop=tuple(stop_strings(body)), stream=body.stream)
+    request,
+    rows=[ids] * body.n,
+    max_tokens=body.max_tokens,
+    temperature=body.temperature,
+    top_k=body.top_k,
+    top_p=body.top_p,
+    seed=seed,
+    stop=tuple(stop_strings(body)),
+    stream=body.stream,
+  )
   created, completion_id = int(time.time()), f"cmpl-{secrets.token_hex(12)}"
-  header = {"id": completion_id, "object": "text_completion", "created": created,
-            "model": model.info.get("source", "bigflax")}
+  header = {
+    "id": completion_id,
+    "object": "text_completion",
+    "created": created,
+    "model": model.info.get("source", "bigflax"),
+  }
 
   def log_answers(texts):
     if server.log:
-      server.log.write([{"id": completion_id, "index": i, "kind": "completion",
-                         "prompt": body.prompt, "completion": text, "source": server.source}
-                        for i, text in enumerate(texts)])
+      server.log.write(
+        [
+          {
+            "id": completion_id,
+            "index": i,
+            "kind": "completion",
+            "prompt": body.prompt,
+            "completion": text,
+            "source": server.source,
+          }
+          for i, text in enumerate(texts)
+        ]
+      )
 
   if not body.stream:
     event = await batcher_lib.wait(request, job)
@@ -92,21 +122,28 @@ async def completions(request: fastapi.Request, server):
     if "error" in event:
       return api.internal_error(request)
     log_answers([text for text, _ in event["done"]])
-    return {**header, "usage": {**event["usage"], "total_tokens": sum(event["usage"].values())},
-            "choices": [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
-                        for i, (text, reason) in enumerate(event["done"])]}
+    return {
+      **header,
+      "usage": {**event["usage"], "total_tokens": sum(event["usage"].values())},
+      "choices": [
+        {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+        for i, (text, reason) in enumerate(event["done"])
+      ],
+    }
 
   async def stream():
     try:
       while True:
         try:
-          event = await asyncio.wait_for(job.events.get(),
-                                         max(job.deadline - time.monotonic(), 0))
+          event = await asyncio.wait_for(job.events.get(), max(job.deadline - time.monotonic(), 0))
         except TimeoutError:
           event = {"error": "the request did not finish within the server's time limit"}
         if "error" in event:
-          message = (event["error"] if event["error"] != "internal" else
-                     f"internal error; request id {request.state.request_id}")
+          message = (
+            event["error"]
+            if event["error"] != "internal"
+            else f"internal error; request id {request.state.request_id}"
+          )
           yield f"data: {json.dumps({'error': {'message': message}})}\n\n"
           return
         if "done" in event:
@@ -119,4 +156,5 @@ async def completions(request: fastapi.Request, server):
             yield f"data: {json.dumps({**header, 'choices': [choice]})}\n\n"
     finally:  # done, or the client left (the response is cancelled): its rows stop
       job.cancelled = True
+
   return responses.StreamingResponse(stream(), media_type="text/event-stream")

@@ -113,8 +113,7 @@ class Slots:
     index = np.asarray(keep + [self.capacity] * (capacity - len(keep)), np.int32)
     self.cache = regather(self.cache, index)
     self.rows = [self.rows[i] for i in keep] + [None] * (capacity - len(keep))
-    self.tokens = np.concatenate([self.tokens[keep],
-                                  np.zeros(capacity - len(keep), np.int32)])
+    self.tokens = np.concatenate([self.tokens[keep], np.zeros(capacity - len(keep), np.int32)])
 
   def fit(self):
     """Shrinks the cache once a quarter or less of it is used."""
@@ -142,14 +141,14 @@ class Slots:
     needed = len(self.active()) + len(rows)
     if needed > self.capacity:
       self.resize(batcher_lib.bucket(needed, self.num_slots))
-    logits, state = self.model.prefill([ids for _, _, ids in rows], length=length,
-                                       rows=padded)
-    free = [i for i, row in enumerate(self.rows) if row is None][:len(rows)]
+    logits, state = self.model.prefill([ids for _, _, ids in rows], length=length, rows=padded)
+    free = [i for i, row in enumerate(self.rows) if row is None][: len(rows)]
     slot_ids = np.asarray(free + [self.capacity] * (padded - len(rows)), np.int32)
     if pointer != self.pointer:  # rare: a newcomer needs more room behind the column
       self.cache = roll(self.cache, np.int32(pointer - self.pointer))
-    self.cache = place(self.cache, state["cache"], slot_ids, np.int32(pointer - length),
-                       np.int32(pointer))
+    self.cache = place(
+      self.cache, state["cache"], slot_ids, np.int32(pointer - length), np.int32(pointer)
+    )
     self.pointer = pointer
     for job in jobs:
       self.jobs[job] = [batcher_lib.Completion(job, self.model.tokenizer) for _ in job.rows]
@@ -167,7 +166,8 @@ class Slots:
     for i in running:
       offsets[i], positions[i] = self.pointer - self.rows[i].used, self.rows[i].used
     logits, state = self.model.decode_step(
-        {"cache": self.cache, "offset": offsets, "position": positions}, self.tokens)
+      {"cache": self.cache, "offset": offsets, "position": positions}, self.tokens
+    )
     self.cache, self.pointer = state["cache"], self.pointer + 1
     for i in running:
       self.rows[i].used += 1
@@ -180,13 +180,21 @@ class Slots:
     sampling; a row that is done leaves its slot."""
     rows = [self.rows[i] if i in slots else None for i in range(self.capacity)]
     per_row = lambda f, default, dtype: np.asarray(
-        [default if r is None else f(r) for r in rows], dtype)
-    seeds = batcher_lib.mixed_seeds(per_row(lambda r: r.seed, 0, np.int64),
-                                    per_row(lambda r: len(r.out.ids), 0, np.int64))
-    tokens = np.asarray(self.model.sample(
-        logits, seeds, 0, per_row(lambda r: r.job.temperature, 0.0, np.float32),
+      [default if r is None else f(r) for r in rows], dtype
+    )
+    seeds = batcher_lib.mixed_seeds(
+      per_row(lambda r: r.seed, 0, np.int64), per_row(lambda r: len(r.out.ids), 0, np.int64)
+    )
+    tokens = np.asarray(
+      self.model.sample(
+        logits,
+        seeds,
+        0,
+        per_row(lambda r: r.job.temperature, 0.0, np.float32),
         per_row(lambda r: r.job.top_k, 0, np.int32),
-        per_row(lambda r: r.job.top_p, 1.0, np.float32)))
+        per_row(lambda r: r.job.top_p, 1.0, np.float32),
+      )
+    )
     for i in slots:
       self.tokens[i] = tokens[i]
       self.rows[i].out.add(int(tokens[i]), self.model.meta["eos_id"])
@@ -206,8 +214,7 @@ class Slots:
         del self.jobs[job]
         continue
       if job.stream:
-        job.emit({"delta": [(i, out.delta(), out.finish_reason)
-                            for i, out in enumerate(outs)]})
+        job.emit({"delta": [(i, out.delta(), out.finish_reason) for i, out in enumerate(outs)]})
       if all(out.finish_reason for out in outs):
         job.emit(batcher_lib.answer(job, outs))
         del self.jobs[job]
@@ -252,8 +259,9 @@ def serve(batcher):
         slots.report(metrics)
         slots.fit()
     except Exception:  # pylint: disable=broad-except
-      batcher_lib.fail([*(slots.jobs if slots else ()),
-                        *(j for j in joining if not slots or j not in slots.jobs)])
+      batcher_lib.fail(
+        [*(slots.jobs if slots else ()), *(j for j in joining if not slots or j not in slots.jobs)]
+      )
       slots = None
     batcher.busy_rows = len(slots.active()) if slots else 0
     if batcher.busy_rows:
@@ -274,8 +282,9 @@ def warmup(model, num_slots: int):
     slots.resize(capacity)
     for rows in (r for r in buckets if r <= capacity):
       logits, state = states[rows]
-      slots.cache = place(slots.cache, state["cache"], np.full(rows, capacity, np.int32),
-                          np.int32(0), np.int32(1))
+      slots.cache = place(
+        slots.cache, state["cache"], np.full(rows, capacity, np.int32), np.int32(0), np.int32(1)
+      )
       padded_logits(logits, [0], capacity)
     slots.step(api.Metrics())
     slots.cache = roll(slots.cache, np.int32(0))

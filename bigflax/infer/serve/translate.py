@@ -33,8 +33,21 @@ async def translate(request: fastapi.Request, server):
     return api.internal_error(request)
   response_id = f"tr-{secrets.token_hex(12)}"
   if server.log:
-    server.log.write([{"id": response_id, "index": i, "kind": "translation", "input": x,
-                       "translation": t, "source": server.source}
-                      for i, (x, t) in enumerate(zip(inputs, event["done"]))])
-  return {"id": response_id, "object": "list", "data": [
-      {"index": i, "translation": t} for i, t in enumerate(event["done"])]}
+    server.log.write(
+      [
+        {
+          "id": response_id,
+          "index": i,
+          "kind": "translation",
+          "input": x,
+          "translation": t,
+          "source": server.source,
+        }
+        for i, (x, t) in enumerate(zip(inputs, event["done"]))
+      ]
+    )
+  return {
+    "id": response_id,
+    "object": "list",
+    "data": [{"index": i, "translation": t} for i, t in enumerate(event["done"])],
+  }
