@@ -764,9 +764,10 @@ def entry_point():
   if shown:
     print(shown)
     sys.exit(0)
-  if "--helpfull" in args:
+  if "--helpfull" in args:  # every flag, the libraries' too: absl's own listing
     import_libraries()
-    app.run(main, flags_parser=parse_flags)  # absl prints every flag
+    print(FLAGS.get_help())
+    sys.exit(0)
   try:
     command = check_command_line(args)
   except UsageError as e:

@@ -168,6 +168,9 @@ def test_command_help_shows_its_own_flags_and_an_example():
     assert other not in shown.stdout
   shown = bigflax("launch", "-h")  # the flags of the former argparse commands too
   assert shown.returncode == 0 and "--accelerator_type, --accelerator-type*" in shown.stdout
+  shown = bigflax("--helpfull")  # every flag, the libraries' too
+  assert shown.returncode == 0, shown.stderr
+  assert "--grain_num_threads_fetching_records" in shown.stdout and "--port" in shown.stdout
 
 
 @pytest.mark.parametrize(
