@@ -297,3 +297,65 @@ def write_llama_tokenizer(directory):
     single="<s> $A", special_tokens=[("<s>", 1)]
   )
   tokenizer.save(f"{directory}/tokenizer.json")
+
+
+# A stand-in for gcloud: runs the worker scripts with bash in $FAKE_HOME (one worker), copies
+# for scp, and logs every call in $FAKE_HOME/../gcloud.log, with whether training had ended
+# (an exit file existed). The first $DROP_STREAMS log streams are cut after 1 s (as a
+# dropped connection: exit 255, the remote side killed), and the first $UNREACHABLE
+# exit-file checks fail as an unreachable host would.
+FAKE_GCLOUD = """#!{python}
+import glob, os, pathlib, signal, subprocess, sys, time
+home = pathlib.Path(os.environ["FAKE_HOME"])
+args = sys.argv[1:]
+ended = bool(glob.glob(str(home / "bigflax-launch/*/logs/*.exit")))
+with open(home.parent / "gcloud.log", "a") as f:
+  f.write(" ".join(args[3:5]) + (" ended" if ended else " running") + "\\n")
+
+def first(name, limit):  # True for the first `limit` calls of this kind
+  counter = home.parent / name
+  n = int(counter.read_text()) if counter.exists() else 0
+  counter.write_text(str(n + 1))
+  return n < int(limit)
+
+if args[3] == "scp":
+  home.joinpath(args[5].split(":", 1)[1]).write_bytes(pathlib.Path(args[4]).read_bytes())
+elif args[3] == "ssh":
+  command = next(a for a in args if a.startswith("--command=")).split("=", 1)[1]
+  env = dict(os.environ, HOME=str(home), PATH=os.environ["FAKE_PATH"])
+  if "tail -c" in command and first("streams", os.environ.get("DROP_STREAMS", 0)):
+    bash = subprocess.Popen(["bash", "-c", command], cwd=home, env=env, start_new_session=True)
+    time.sleep(1)
+    os.killpg(bash.pid, signal.SIGKILL)
+    sys.exit(255)
+  if "cat " in command and first("checks", os.environ.get("UNREACHABLE", 0)):
+    sys.exit("ssh: connect to host 10.0.0.2 port 22: Network is unreachable")
+  sys.exit(subprocess.run(["bash", "-c", command], cwd=home, env=env).returncode)
+"""
+
+# A stand-in for uv: `uv venv DIR` makes DIR/bin/python the fake trainer ($FAKE_TRAINER).
+FAKE_UV = """#!/bin/sh
+if [ "$1" = venv ]; then
+  eval "dir=\\${{$#}}"; mkdir -p "$dir/bin"; cp "$FAKE_TRAINER" "$dir/bin/python"
+fi
+"""
+
+
+def fake_cloud(tmp_path, trainer: str, **env) -> dict:
+  """Environment for a launch through fake gcloud and uv, training with `trainer` (sh)."""
+  bin_dir, home = tmp_path / "bin", tmp_path / "home"
+  bin_dir.mkdir()
+  home.mkdir()
+  (bin_dir / "gcloud").write_text(FAKE_GCLOUD.format(python=sys.executable))
+  (bin_dir / "uv").write_text(FAKE_UV.format())
+  (tmp_path / "trainer").write_text("#!/bin/sh\n" + trainer)
+  for f in (bin_dir / "gcloud", bin_dir / "uv", tmp_path / "trainer"):
+    f.chmod(0o755)
+  path = f"{bin_dir}:{os.environ['PATH']}"
+  return dict(
+    PATH=path,
+    FAKE_PATH=path,
+    FAKE_HOME=str(home),
+    FAKE_TRAINER=str(tmp_path / "trainer"),
+    **{k: str(v) for k, v in env.items()},
+  )

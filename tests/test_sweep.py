@@ -21,7 +21,7 @@ from bigflax.sweep import space as sweep_space
 from bigflax.sweep import trials as sweep_trials
 from bigflax.train import writers
 from conftest import REPO
-from helpers import TINY
+from helpers import TINY, fake_cloud
 
 
 def sweep_main(args) -> int:
@@ -531,8 +531,6 @@ def test_bad_sweep_fields_are_named(experiment, tmp_path, capsys):
 def test_a_tpu_trial_outlives_a_dropped_stream(tmp_path, monkeypatch, capsys):
   """A sweep on a (fake) TPU slice: the trial's log stream is cut mid-run; the sweep
   re-attaches, records the trainer's own status and log, and deletes the slice at the end."""
-  from test_launch import fake_cloud
-
   from bigflax import launch
 
   trainer = 'echo "trainer: $*"; for i in 1 2 3 4; do echo "step $i"; sleep 0.5; done\n'
