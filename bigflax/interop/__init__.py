@@ -1,7 +1,6 @@
 """Hugging Face checkpoints <-> bigflax: hf.py (BERT and the shared helpers), gpt2.py,
 llama.py (Llama, Mistral, Qwen2, Gemma)."""
 
-import json
 import os
 
 from bigflax.interop import gpt2, hf, llama
@@ -31,8 +30,7 @@ def model_type(directory: str) -> str:
       f"{path} not found: a Hugging Face checkpoint directory holds "
       f"config.json and model.safetensors (or its shards)."
     )
-  with open(path) as f:
-    return json.load(f).get("model_type")
+  return hf.read_json(path).get("model_type")
 
 
 def export_checkpoint(directory: str, model_config, params, dtype: str = "float32") -> None:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from bigflax.models import bert
@@ -193,6 +193,44 @@ INDEX_FILE = "model.safetensors.index.json"  # {"weight_map": {tensor: shard fil
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
+# Sizes a config.json gives: each a whole number from 1 to MAX_SIZE. Anything else is a
+# damaged or hostile file, refused before a model of that size is built or allocated.
+SIZE_FIELDS = (
+  "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+  "num_key_value_heads", "num_hidden_layers", "head_dim", "max_position_embeddings",
+  "type_vocab_size", "n_embd", "n_head", "n_layer", "n_positions", "n_inner",
+)  # fmt: skip
+MAX_SIZE = 2**31 - 1
+
+
+def read_json(path: str) -> dict:
+  """A checkpoint's JSON object (config.json, the shard index), its sizes checked; a
+  ValueError naming the file and the field otherwise."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      parsed = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); copy it again from its source.") from None
+  if not isinstance(parsed, dict):
+    raise ValueError(f"{path} holds a JSON {type(parsed).__name__}, not an object.")
+  for key in SIZE_FIELDS:
+    value = parsed.get(key)
+    if value is not None and (type(value) is not int or not 0 < value <= MAX_SIZE):
+      raise ValueError(f"{path}: {key}={value!r}; it must be a whole number from 1 to {MAX_SIZE}.")
+  return parsed
+
+
+def open_safetensors(path: str):
+  """`safe_open` of `path` (its header read, nothing else), or a ValueError naming the file."""
+  try:
+    return safe_open(path, framework="numpy")
+  except (SafetensorError, OSError) as e:
+    raise ValueError(
+      f"{path} is not a readable safetensors file ({e}): a truncated or damaged copy, or "
+      f"another format under that name; copy it again from its source."
+    ) from None
+
+
 def is_checkpoint(directory: str) -> bool:
   """Whether `directory` holds HF safetensors weights (one file or an index of shards)."""
   return any(os.path.exists(os.path.join(directory, name)) for name in (SINGLE_FILE, INDEX_FILE))
@@ -222,7 +260,7 @@ class LazyTensors(collections.abc.Mapping):
     path = self._files[name]
     if self._open[0] != path:
       self._open = (None, None)  # unmaps the previous file before mapping the next
-      self._open = (path, safe_open(path, framework="numpy"))
+      self._open = (path, open_safetensors(path))
     return self._open[1]
 
   def __iter__(self):
@@ -236,20 +274,20 @@ def open_checkpoint(directory: str) -> tuple[dict, LazyTensors]:
   """(parsed config.json, lazily read tensors) of a HF checkpoint directory."""
   index = os.path.join(directory, INDEX_FILE)
   if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index} has no weight_map object (tensor name -> shard file).")
     files = {name: os.path.join(directory, shard) for name, shard in weight_map.items()}
   elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
     path = os.path.join(directory, SINGLE_FILE)
-    with safe_open(path, framework="numpy") as f:
+    with open_safetensors(path) as f:
       files = dict.fromkeys(f.keys(), path)
   else:
     raise FileNotFoundError(
       f"Neither {SINGLE_FILE} nor {INDEX_FILE} in {directory}; "
       f"bigflax reads safetensors only (never pickled .bin files)."
     )
-  with open(os.path.join(directory, "config.json")) as f:
-    return json.load(f), LazyTensors(files)
+  return read_json(os.path.join(directory, "config.json")), LazyTensors(files)
 
 
 def read_checkpoint(directory: str) -> tuple[dict, dict]:
